@@ -1,0 +1,72 @@
+//! The gateway's shared state: one `Clone` struct of `Arc`s, built once at
+//! start-up from the validated configuration and handed to every connection.
+
+use std::sync::Arc;
+
+use crate::auth::Verifier;
+use crate::auth::token;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::proxy::UpstreamClient;
+use crate::proxy::headers::ProtectedHeaders;
+use crate::store::{self, StoreError, TokenStore};
+use crate::tokens::TokenManager;
+
+#[derive(Clone)]
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn TokenStore>,
+    pub verifier: Arc<Verifier>,
+    pub tokens: TokenManager,
+    pub upstream: Arc<UpstreamClient>,
+    pub clock: Arc<dyn Clock>,
+    pub protected_headers: Arc<ProtectedHeaders>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Client(#[from] crate::proxy::ClientSetupError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl App {
+    /// Opens the configured store (applying migrations) and builds the state.
+    pub async fn open(config: Config) -> Result<App, StartError> {
+        let store = store::open(&config.database_url).await?;
+        App::with_store(config, store, Arc::new(SystemClock))
+    }
+
+    /// Builds the state around an already open store and a clock (tests move time).
+    pub fn with_store(config: Config, store: Arc<dyn TokenStore>, clock: Arc<dyn Clock>) -> Result<App, StartError> {
+        let verifier = Arc::new(Verifier::new(
+            store.clone(),
+            token::hasher(config.argon2),
+            config.verify_cache_ttl,
+        ));
+        let tokens = TokenManager {
+            store: store.clone(),
+            verifier: verifier.clone(),
+            clock: clock.clone(),
+            max_days_until_expiry: config.max_days_until_expiry,
+        };
+        let protected_headers = ProtectedHeaders::new(&[&config.identity_header, &config.upstream_secret_header]);
+        Ok(App {
+            upstream: Arc::new(UpstreamClient::new(&config)?),
+            config: Arc::new(config),
+            store,
+            verifier,
+            tokens,
+            clock,
+            protected_headers: Arc::new(protected_headers),
+        })
+    }
+}

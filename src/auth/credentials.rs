@@ -1,0 +1,207 @@
+//! Decoding `Authorization` into credentials (SPEC §2.5). Pure: no I/O, no
+//! token knowledge beyond the `tgw_` prefix that marks a gateway credential.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hyper::HeaderMap;
+use hyper::header::AUTHORIZATION;
+
+use super::token::TOKEN_PREFIX;
+
+/// The scheme a credential arrived in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Basic,
+    Bearer,
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Basic => "Basic",
+            Scheme::Bearer => "Bearer",
+        }
+    }
+}
+
+/// What the client presented.
+#[derive(PartialEq, Eq)]
+pub enum Credentials {
+    /// `Basic base64(user:secret)`.
+    Basic { user: String, secret: String },
+    /// `Bearer secret`.
+    Bearer { secret: String },
+    /// Any other scheme (Negotiate, Digest, ...): never a gateway credential.
+    Other,
+}
+
+impl std::fmt::Debug for Credentials {
+    /// Redacts the secret, so credentials can never leak through a `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Basic { user, .. } => write!(f, "Basic({user:?}, <redacted>)"),
+            Credentials::Bearer { .. } => f.write_str("Bearer(<redacted>)"),
+            Credentials::Other => f.write_str("Other"),
+        }
+    }
+}
+
+impl Credentials {
+    /// The secret and scheme if this looks like a gateway token (`tgw_` prefix).
+    pub fn gateway_token(&self) -> Option<(&str, Scheme)> {
+        let (secret, scheme) = match self {
+            Credentials::Basic { secret, .. } => (secret, Scheme::Basic),
+            Credentials::Bearer { secret } => (secret, Scheme::Bearer),
+            Credentials::Other => return None,
+        };
+        secret.starts_with(TOKEN_PREFIX).then_some((secret.as_str(), scheme))
+    }
+
+    /// The Basic user name, if any.
+    pub fn basic_user(&self) -> Option<&str> {
+        match self {
+            Credentials::Basic { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+}
+
+/// Why an `Authorization` header is malformed (400 `bad_credentials`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadCredentials {
+    #[error("more than one Authorization header")]
+    Repeated,
+    #[error("the Authorization header is not visible ASCII")]
+    NotAscii,
+    #[error("Basic credentials are not valid base64")]
+    BadBase64,
+    #[error("Basic credentials are not UTF-8")]
+    NotUtf8,
+    #[error("Basic credentials have no ':' between user and secret")]
+    NoColon,
+}
+
+/// Reads the credentials of a request: `Ok(None)` when there is no `Authorization`.
+pub fn from_headers(headers: &HeaderMap) -> Result<Option<Credentials>, BadCredentials> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(BadCredentials::Repeated);
+    }
+    let value = value.to_str().map_err(|_| BadCredentials::NotAscii)?;
+    parse(value).map(Some)
+}
+
+/// Parses one `Authorization` value. Scheme names are case-insensitive.
+pub fn parse(value: &str) -> Result<Credentials, BadCredentials> {
+    let value = value.trim();
+    let (scheme, param) = value.split_once(' ').unwrap_or((value, ""));
+    let param = param.trim_start();
+    if scheme.eq_ignore_ascii_case("basic") {
+        decode_basic(param)
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        Ok(Credentials::Bearer {
+            secret: param.to_owned(),
+        })
+    } else {
+        Ok(Credentials::Other)
+    }
+}
+
+fn decode_basic(param: &str) -> Result<Credentials, BadCredentials> {
+    let bytes = STANDARD.decode(param).map_err(|_| BadCredentials::BadBase64)?;
+    let text = String::from_utf8(bytes).map_err(|_| BadCredentials::NotUtf8)?;
+    let (user, secret) = text.split_once(':').ok_or(BadCredentials::NoColon)?;
+    Ok(Credentials::Basic {
+        user: user.to_owned(),
+        secret: secret.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn basic(raw: &str) -> String {
+        format!("Basic {}", STANDARD.encode(raw))
+    }
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn basic_secret_is_everything_after_the_first_colon() {
+        let creds = parse(&basic("alice@example.com:tgw_a:b:c")).unwrap();
+        assert_eq!(
+            creds,
+            Credentials::Basic {
+                user: "alice@example.com".into(),
+                secret: "tgw_a:b:c".into()
+            }
+        );
+        assert_eq!(creds.gateway_token(), Some(("tgw_a:b:c", Scheme::Basic)));
+        assert_eq!(creds.basic_user(), Some("alice@example.com"));
+    }
+
+    #[test]
+    fn scheme_names_are_case_insensitive() {
+        assert!(matches!(
+            parse(&basic("a:b").replace("Basic", "bAsIc")),
+            Ok(Credentials::Basic { .. })
+        ));
+        assert_eq!(
+            parse("BEARER   tgw_x").unwrap(),
+            Credentials::Bearer { secret: "tgw_x".into() }
+        );
+    }
+
+    #[test]
+    fn other_schemes_and_non_token_secrets_are_not_gateway_credentials() {
+        assert_eq!(parse("Negotiate YIIG").unwrap(), Credentials::Other);
+        assert_eq!(parse("Digest username=x").unwrap().gateway_token(), None);
+        assert_eq!(parse(&basic("alice:password")).unwrap().gateway_token(), None);
+        assert_eq!(
+            parse("Bearer NjQ2MDc1NDk0OTQ6Confluence-PAT").unwrap().gateway_token(),
+            None
+        );
+        assert_eq!(parse("Bearer").unwrap().gateway_token(), None);
+    }
+
+    #[test]
+    fn malformed_basic_is_rejected() {
+        assert_eq!(parse("Basic !!!"), Err(BadCredentials::BadBase64));
+        assert_eq!(parse("Basic"), Err(BadCredentials::NoColon));
+        assert_eq!(parse(&basic("no-colon")), Err(BadCredentials::NoColon));
+        let not_utf8 = format!("Basic {}", STANDARD.encode([0xff, 0xfe, b':', b'x']));
+        assert_eq!(parse(&not_utf8), Err(BadCredentials::NotUtf8));
+    }
+
+    #[test]
+    fn header_level_errors() {
+        assert_eq!(from_headers(&HeaderMap::new()), Ok(None));
+        assert_eq!(
+            from_headers(&headers(&[b"Bearer a", b"Bearer b"])),
+            Err(BadCredentials::Repeated)
+        );
+        assert_eq!(
+            from_headers(&headers(&[b"Bearer t\xe9st"])),
+            Err(BadCredentials::NotAscii)
+        );
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let creds = parse(&basic("alice:tgw_secretvalue")).unwrap();
+        assert!(!format!("{creds:?}").contains("secretvalue"));
+        let bearer = parse("Bearer tgw_secretvalue").unwrap();
+        assert!(!format!("{bearer:?}").contains("secretvalue"));
+    }
+}

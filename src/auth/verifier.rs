@@ -1,0 +1,261 @@
+//! Token verification (SPEC §4): the verified cache, argon2 off the async
+//! threads behind a semaphore, and revocation.
+//!
+//! The warm path is one SHA-256 and one cache read: no argon2, no database.
+//! Concurrent first uses of one secret share a single verification (the cache
+//! coalesces them). A revoked token is flagged in place, so every cache entry
+//! that points at it stops working at once.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use argon2::Argon2;
+use ipnet::IpNet;
+use moka::future::Cache;
+use tokio::sync::Semaphore;
+
+use super::token::{self, SecretDigest};
+use crate::clock::EpochMs;
+use crate::rules::RuleSet;
+use crate::store::{StoreError, TokenRecord, TokenStore};
+use crate::tokens::parse_ip_list;
+
+/// Most verified secrets kept in memory at once.
+const CACHE_CAPACITY: u64 = 200_000;
+/// Revoked ids remembered to close the race with an in-flight verification.
+const REVOKED_MEMORY: usize = 100_000;
+
+/// A verified token, as the request pipeline needs it. Immutable but for the
+/// revocation flag: tokens cannot be edited, only deleted.
+#[derive(Debug)]
+pub struct ActiveToken {
+    pub id: String,
+    pub label: String,
+    /// The bound user; `None` for an unbound token.
+    pub user: Option<String>,
+    pub valid_until: Option<EpochMs>,
+    /// Allowed client networks (empty: any). `Err` when the stored list no
+    /// longer parses: the token then refuses every client IP (fail closed).
+    pub ip_allowlist: Result<Vec<IpNet>, String>,
+    /// Compiled restriction rules. `Err` when the stored rules no longer
+    /// compile: the token then denies every request (fail closed).
+    pub rules: Result<RuleSet, String>,
+    revoked: AtomicBool,
+}
+
+impl ActiveToken {
+    /// Compiles a stored record. Never fails: a defect in stored data becomes
+    /// a token that refuses everything, and an error in the log.
+    pub fn from_record(record: &TokenRecord) -> Self {
+        let ip_allowlist = parse_ip_list(&record.ip);
+        let rules = RuleSet::parse(&record.limit_to).map_err(|e| e.to_string());
+        for defect in [ip_allowlist.as_ref().err(), rules.as_ref().err()]
+            .into_iter()
+            .flatten()
+        {
+            tracing::error!(token.id = %record.id, error = %defect, "stored token no longer compiles; it will refuse every request");
+        }
+        ActiveToken {
+            id: record.id.clone(),
+            label: record.label.clone(),
+            user: record.user.clone(),
+            valid_until: record.valid_until,
+            ip_allowlist,
+            rules,
+            revoked: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    pub fn is_expired(&self, now: EpochMs) -> bool {
+        self.valid_until.is_some_and(|until| until <= now)
+    }
+
+    pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        match &self.ip_allowlist {
+            Ok(nets) => nets.is_empty() || nets.iter().any(|net| net.contains(&ip)),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Counters for tests and metrics.
+#[derive(Debug, Default)]
+pub struct VerifierStats {
+    pub argon2_checks: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("argon2 task failed: {0}")]
+    Task(String),
+}
+
+/// Why a cold verification found no token; only `NotFound` is a normal outcome.
+#[derive(Debug, thiserror::Error)]
+enum ColdError {
+    #[error("no token matches")]
+    NotFound,
+    #[error(transparent)]
+    Failed(#[from] VerifyError),
+}
+
+pub struct Verifier {
+    store: Arc<dyn TokenStore>,
+    cache: Cache<SecretDigest, Arc<ActiveToken>>,
+    /// Verified tokens by id, and recently revoked ids. A std mutex: it is
+    /// held for a few map operations, only on cold verifications and
+    /// revocations, never across an await.
+    registry: Mutex<Registry>,
+    argon2_slots: Semaphore,
+    hasher: Argon2<'static>,
+    pub stats: VerifierStats,
+}
+
+#[derive(Default)]
+struct Registry {
+    live: HashMap<String, Vec<Weak<ActiveToken>>>,
+    revoked: HashSet<String>,
+    revoked_order: VecDeque<String>,
+}
+
+impl Verifier {
+    pub fn new(store: Arc<dyn TokenStore>, hasher: Argon2<'static>, cache_ttl: Duration) -> Self {
+        let slots = std::thread::available_parallelism().map_or(2, usize::from);
+        Verifier {
+            store,
+            cache: Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(cache_ttl)
+                .build(),
+            registry: Mutex::new(Registry::default()),
+            argon2_slots: Semaphore::new(slots),
+            hasher,
+            stats: VerifierStats::default(),
+        }
+    }
+
+    /// The token a presented secret belongs to, `None` when it is not a valid
+    /// token (unknown, mistyped, deleted). `Err` only for internal failures.
+    pub async fn verify(&self, secret: &str) -> Result<Option<Arc<ActiveToken>>, VerifyError> {
+        if !token::is_plausible(secret) {
+            return Ok(None);
+        }
+        let digest = token::digest(secret);
+        if let Some(active) = self.cache.get(&digest).await {
+            if !active.is_revoked() {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(active));
+            }
+            self.cache.invalidate(&digest).await;
+        }
+        self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        match self.cache.try_get_with(digest, self.verify_cold(secret)).await {
+            Ok(active) => Ok(Some(active)),
+            Err(error) => match Arc::try_unwrap(error).unwrap_or_else(|shared| clone_cold(&shared)) {
+                ColdError::NotFound => Ok(None),
+                ColdError::Failed(e) => Err(e),
+            },
+        }
+    }
+
+    async fn verify_cold(&self, secret: &str) -> Result<Arc<ActiveToken>, ColdError> {
+        let record = self.find_record(secret).await?.ok_or(ColdError::NotFound)?;
+        let active = Arc::new(ActiveToken::from_record(&record));
+        self.register(&active);
+        if active.is_revoked() {
+            return Err(ColdError::NotFound);
+        }
+        Ok(active)
+    }
+
+    /// The stored record whose hash matches `secret`, checking each row that
+    /// shares its lookup prefix (a prefix with no rows costs no argon2).
+    pub async fn find_record(&self, secret: &str) -> Result<Option<TokenRecord>, VerifyError> {
+        let candidates = self.store.tokens_by_lookup(token::lookup_of(secret)).await?;
+        for record in candidates {
+            if self.argon2_verify(secret, &record.token_hash).await? {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn argon2_verify(&self, secret: &str, phc: &str) -> Result<bool, VerifyError> {
+        let (secret, phc) = (secret.to_owned(), phc.to_owned());
+        self.off_thread(move |_| token::verify(&secret, &phc)).await
+    }
+
+    /// The argon2id PHC string for a new token value.
+    pub async fn hash(&self, value: &str) -> Result<String, VerifyError> {
+        let value = value.to_owned();
+        self.off_thread(move |hasher| token::hash(&hasher, &value))
+            .await?
+            .map_err(|e| VerifyError::Task(e.to_string()))
+    }
+
+    /// Runs argon2 work on the blocking pool, at most one job per core.
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(Argon2<'static>) -> T + Send + 'static,
+    ) -> Result<T, VerifyError> {
+        let _slot = self
+            .argon2_slots
+            .acquire()
+            .await
+            .map_err(|e| VerifyError::Task(e.to_string()))?;
+        self.stats.argon2_checks.fetch_add(1, Ordering::Relaxed);
+        let hasher = self.hasher.clone();
+        tokio::task::spawn_blocking(move || job(hasher))
+            .await
+            .map_err(|e| VerifyError::Task(e.to_string()))
+    }
+
+    fn register(&self, active: &Arc<ActiveToken>) {
+        let mut registry = self.registry.lock().expect("verifier registry poisoned");
+        if registry.revoked.contains(&active.id) {
+            active.revoked.store(true, Ordering::Release);
+            return;
+        }
+        let entries = registry.live.entry(active.id.clone()).or_default();
+        entries.retain(|weak| weak.strong_count() > 0);
+        entries.push(Arc::downgrade(active));
+    }
+
+    /// Stops a token working in this process at once: every cache entry that
+    /// points at it is flagged, and a verification in flight will not cache it.
+    pub fn revoke(&self, id: &str) {
+        let mut registry = self.registry.lock().expect("verifier registry poisoned");
+        for weak in registry.live.remove(id).unwrap_or_default() {
+            if let Some(active) = weak.upgrade() {
+                active.revoked.store(true, Ordering::Release);
+            }
+        }
+        if registry.revoked.insert(id.to_owned()) {
+            registry.revoked_order.push_back(id.to_owned());
+            if registry.revoked_order.len() > REVOKED_MEMORY
+                && let Some(oldest) = registry.revoked_order.pop_front()
+            {
+                registry.revoked.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// Another waiter's error, when the cache shares one failure among them.
+fn clone_cold(error: &ColdError) -> ColdError {
+    match error {
+        ColdError::NotFound => ColdError::NotFound,
+        ColdError::Failed(e) => ColdError::Failed(VerifyError::Task(e.to_string())),
+    }
+}

@@ -1,0 +1,341 @@
+//! The command line (SPEC §9): `serve`, `token create|list|delete` and
+//! `migrate`. Exit codes: 0 success, 1 failure, 2 usage or configuration error.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::App;
+use crate::config::{self, Config, LogFormat, Overrides};
+use crate::store::TokenQuery;
+use crate::tokens::{NewToken, TokenError, token_json};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tokengate",
+    version,
+    about = "Authenticating API-token gateway for Confluence"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Create, list and delete tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Apply database migrations and exit.
+    Migrate(StoreArgs),
+}
+
+/// Where the configuration and store are; every command that touches the store takes these.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Configuration file (default: config/tokengate.toml when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Token store URL (overrides database_url).
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to serve on (overrides listen).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Confluence base URL (overrides upstream).
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its value (shown this once).
+    Create(CreateArgs),
+    /// List tokens (never their values).
+    List(ListArgs),
+    /// Delete one token by id, or all tokens of a user.
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// What the token is for (1 to 255 characters).
+    #[arg(long)]
+    pub label: String,
+    /// Bind the token to this user (unbound when absent: any Basic user name may use it).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Days until the token expires (0 or absent: no expiry, or max_days_until_expiry).
+    #[arg(long, value_name = "N")]
+    pub days: Option<i64>,
+    /// Restriction rules, or @FILE to read them from a file.
+    #[arg(long, value_name = "RULES")]
+    pub limit_to: Option<String>,
+    /// Comma-separated client IPs and CIDRs allowed to use the token.
+    #[arg(long, value_name = "LIST")]
+    pub ip: Option<String>,
+    /// A custom value instead of a generated one (must begin with tgw_).
+    #[arg(long, value_name = "VALUE")]
+    pub token: Option<String>,
+    /// Print the API's create response as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only tokens bound to this user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Print a JSON array of token objects.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["id", "user"]))]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The token id.
+    pub id: Option<String>,
+    /// Delete every token bound to this user.
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+/// A command's failure, and the exit code it maps to.
+#[derive(Debug)]
+enum Failure {
+    /// Exit 2.
+    Usage(String),
+    /// Exit 1.
+    Failed(String),
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Failed(e.to_string())
+    }
+}
+
+/// Runs a parsed command line to completion.
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tokengate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("tokengate: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(message)) => {
+            eprintln!("tokengate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Token(TokenCommand::Create(args)) => create(args).await,
+        Command::Token(TokenCommand::List(args)) => list(args).await,
+        Command::Token(TokenCommand::Delete(args)) => delete(args).await,
+        Command::Migrate(args) => {
+            let app = open(&args, Overrides::default()).await?;
+            app.store.close().await;
+            println!("migrations applied");
+            Ok(())
+        }
+    }
+}
+
+fn load_config(args: &StoreArgs, mut overrides: Overrides) -> Result<Config, Failure> {
+    overrides.database = args.database.clone();
+    let config = config::load(args.config.as_deref(), std::env::vars(), &overrides)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    init_tracing(config.log_format);
+    Ok(config)
+}
+
+async fn open(args: &StoreArgs, overrides: Overrides) -> Result<App, Failure> {
+    let config = load_config(args, overrides)?;
+    Ok(App::open(config).await?)
+}
+
+/// Logs go to stderr; the level comes from `RUST_LOG` (default `info`).
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let overrides = Overrides {
+        listen: args.listen,
+        upstream: args.upstream,
+        database: None,
+    };
+    let config = load_config(&args.store, overrides)?;
+    let listen = config.listen;
+    let app = App::open(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Failure::Failed(format!("cannot listen on {listen}: {e}")))?;
+    crate::server::run(listener, app, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// A value given inline, or `@FILE` to read it from a file.
+fn inline_or_file(value: String) -> Result<String, Failure> {
+    match value.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| Failure::Usage(format!("cannot read {path}: {e}"))),
+        None => Ok(value),
+    }
+}
+
+async fn create(args: CreateArgs) -> Result<(), Failure> {
+    let limit_to = args.limit_to.map(inline_or_file).transpose()?;
+    let app = open(&args.store, Overrides::default()).await?;
+    let new = NewToken {
+        label: args.label,
+        user: args.user,
+        days_until_expiry: args.days,
+        limit_to,
+        ip: args.ip,
+        token: args.token,
+        author: "cli".to_owned(),
+    };
+    let created = app.tokens.create(new).await.map_err(|e| describe(&e))?;
+    app.store.close().await;
+    if args.json {
+        println!("{}", created.to_json());
+    } else {
+        let record = &created.record;
+        eprintln!("created token '{}' (id {})", record.label, record.id);
+        println!("{}", created.value);
+        eprintln!("store this value now: it is not shown again");
+    }
+    Ok(())
+}
+
+async fn list(args: ListArgs) -> Result<(), Failure> {
+    let app = open(&args.store, Overrides::default()).await?;
+    let query = TokenQuery {
+        user: args.user,
+        max_results: u64::MAX,
+        ..TokenQuery::default()
+    };
+    let page = app.tokens.list(&query).await.map_err(|e| describe(&e))?;
+    app.store.close().await;
+    let now = app.clock.now_ms();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let tokens: Vec<_> = page.items.iter().map(|t| token_json(t, now)).collect();
+        writeln!(out, "{}", serde_json::Value::Array(tokens))?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<22}  {:<24}  {:<20}  {:<10}  {:>8}",
+        "ID", "LABEL", "USER", "EXPIRES", "USES"
+    )?;
+    for token in &page.items {
+        let expires = match token.valid_until {
+            None => "never".to_owned(),
+            Some(until) if until <= now => "expired".to_owned(),
+            Some(until) => format!(
+                "in {}d",
+                (until - now + crate::clock::DAY_MS - 1) / crate::clock::DAY_MS
+            ),
+        };
+        writeln!(
+            out,
+            "{:<22}  {:<24}  {:<20}  {:<10}  {:>8}",
+            token.id,
+            truncate(&token.label, 24),
+            truncate(token.user.as_deref().unwrap_or("(unbound)"), 20),
+            expires,
+            token.counter
+        )?;
+    }
+    Ok(())
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut short: String = text.chars().take(width - 1).collect();
+    short.push('…');
+    short
+}
+
+async fn delete(args: DeleteArgs) -> Result<(), Failure> {
+    let app = open(&args.store, Overrides::default()).await?;
+    let deleted = match (&args.id, &args.user) {
+        (Some(id), _) => app.tokens.delete(id).await.map(|()| 1),
+        (None, Some(user)) => app.tokens.delete_user(user).await,
+        (None, None) => unreachable!("clap requires an id or --user"),
+    };
+    app.store.close().await;
+    let deleted = deleted.map_err(|e| describe(&e))?;
+    println!("deleted {deleted} token{}", if deleted == 1 { "" } else { "s" });
+    Ok(())
+}
+
+/// A token error as a CLI message; invalid input is a usage error.
+fn describe(error: &TokenError) -> Failure {
+    match error {
+        TokenError::Invalid { field, message, .. } => Failure::Usage(format!("{field}: {message}")),
+        other => Failure::Failed(other.to_string()),
+    }
+}

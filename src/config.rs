@@ -1,0 +1,726 @@
+//! Configuration: a TOML file, `TOKENGATE_<KEY>` environment overrides and
+//! command-line flags, merged in that order of increasing precedence and then
+//! validated once into a typed [`Config`]. Every error names the key (and where
+//! its value came from), so an operator can fix a bad start-up at a glance.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper::Uri;
+use hyper::header::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+/// Every configuration key, as documented in `config/tokengate.example.toml`.
+pub const KEYS: &[&str] = &[
+    "listen",
+    "upstream",
+    "public_url",
+    "database_url",
+    "tls_cert",
+    "tls_key",
+    "upstream_ca",
+    "connect_timeout_s",
+    "upstream_timeout_s",
+    "token_auth",
+    "scope",
+    "identity_header",
+    "upstream_secret",
+    "upstream_secret_header",
+    "preserve_host",
+    "passthrough",
+    "anonymous",
+    "admin_users",
+    "max_json_body",
+    "max_days_until_expiry",
+    "verify_cache_ttl_s",
+    "argon2_memory_kib",
+    "argon2_iterations",
+    "argon2_parallelism",
+    "failed_auth_per_minute",
+    "trusted_proxies",
+    "audit_retention_days",
+    "log_format",
+];
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "config/tokengate.toml";
+
+/// A configuration problem. Start-up stops with exit code 2 and this message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("unknown configuration key `{key}` ({origin})")]
+    UnknownKey { key: String, origin: Origin },
+    #[error("invalid value for `{key}` ({origin}): {message}")]
+    Invalid {
+        key: &'static str,
+        origin: Origin,
+        message: String,
+    },
+}
+
+/// Where a raw value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("built-in default"),
+            Origin::File(path) => write!(f, "from {}", path.display()),
+            Origin::Env(var) => write!(f, "from environment variable {var}"),
+            Origin::Flag(flag) => write!(f, "from {flag}"),
+        }
+    }
+}
+
+/// Which schemes may carry a gateway token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAuth {
+    Basic,
+    Bearer,
+    Both,
+}
+
+impl TokenAuth {
+    pub fn allows_basic(self) -> bool {
+        matches!(self, TokenAuth::Basic | TokenAuth::Both)
+    }
+    pub fn allows_bearer(self) -> bool {
+        matches!(self, TokenAuth::Bearer | TokenAuth::Both)
+    }
+}
+
+/// Which paths tokens may be used on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `/rest/*`
+    Rest,
+    /// `/rest/extender/*`
+    Extender,
+}
+
+impl Scope {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Scope::Rest => "/rest/",
+            Scope::Extender => "/rest/extender/",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The upstream Confluence origin: scheme and authority only. Requests keep
+/// their own path, so Confluence must be reachable at the same context path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub https: bool,
+    pub authority: hyper::http::uri::Authority,
+}
+
+impl Upstream {
+    /// `http://host:port`, the prefix an upstream `Location` header starts with.
+    pub fn origin(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.authority)
+    }
+}
+
+/// argon2id cost parameters for new token hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Cost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+/// A PEM certificate chain and key to serve HTTPS with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The validated configuration. Built once at start-up; code after that trusts it.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    /// The gateway's public origin (no trailing slash), for `Location` rewriting.
+    pub public_url: Option<String>,
+    pub database_url: String,
+    pub tls: Option<TlsFiles>,
+    pub upstream_ca: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub token_auth: TokenAuth,
+    pub scope: Scope,
+    pub identity_header: HeaderName,
+    pub upstream_secret: Option<HeaderValue>,
+    pub upstream_secret_header: HeaderName,
+    pub preserve_host: bool,
+    pub passthrough: bool,
+    pub allow_anonymous: bool,
+    pub admin_users: Vec<String>,
+    pub max_json_body: usize,
+    pub max_days_until_expiry: Option<u32>,
+    pub verify_cache_ttl: Duration,
+    pub argon2: Argon2Cost,
+    pub failed_auth_per_minute: u32,
+    pub trusted_proxies: Vec<IpNet>,
+    pub audit_retention_days: u32,
+    pub log_format: LogFormat,
+}
+
+impl fmt::Debug for Config {
+    /// Like a derived Debug, but never prints the upstream secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("upstream", &self.upstream.origin())
+            .field("database_url", &self.database_url)
+            .field("tls", &self.tls.is_some())
+            .field("token_auth", &self.token_auth)
+            .field("scope", &self.scope)
+            .field("identity_header", &self.identity_header)
+            .field("upstream_secret", &self.upstream_secret.as_ref().map(|_| "<set>"))
+            .field("passthrough", &self.passthrough)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_sources(RawConfig::default()).expect("built-in defaults are valid")
+    }
+}
+
+/// Command-line flags that override configuration keys.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub database: Option<String>,
+}
+
+/// Raw key/value pairs before validation, each remembering where it came from.
+#[derive(Debug, Default, Clone)]
+pub struct RawConfig {
+    values: BTreeMap<String, (toml::Value, Origin)>,
+}
+
+impl RawConfig {
+    /// Reads the TOML file. Unknown keys are refused here.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        let mut raw = RawConfig::default();
+        for (key, value) in table {
+            raw.set(key, value, Origin::File(path.to_owned()))?;
+        }
+        Ok(raw)
+    }
+
+    /// Applies `TOKENGATE_<KEY>` variables. An unknown `TOKENGATE_` variable is an error,
+    /// since it is almost always a misspelt key.
+    pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+        for (name, value) in vars {
+            let Some(key) = name.strip_prefix("TOKENGATE_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            self.set(key, toml::Value::String(value), Origin::Env(name))?;
+        }
+        Ok(())
+    }
+
+    /// Applies command-line flags.
+    pub fn apply_overrides(&mut self, overrides: &Overrides) {
+        let flags = [
+            ("listen", "--listen", &overrides.listen),
+            ("upstream", "--upstream", &overrides.upstream),
+            ("database_url", "--database", &overrides.database),
+        ];
+        for (key, flag, value) in flags {
+            if let Some(value) = value {
+                let origin = Origin::Flag(flag);
+                self.values
+                    .insert(key.to_owned(), (toml::Value::String(value.clone()), origin));
+            }
+        }
+    }
+
+    /// Sets one key, refusing keys that do not exist.
+    pub fn set(&mut self, key: String, value: toml::Value, origin: Origin) -> Result<(), ConfigError> {
+        if !KEYS.contains(&key.as_str()) {
+            return Err(ConfigError::UnknownKey { key, origin });
+        }
+        self.values.insert(key, (value, origin));
+        Ok(())
+    }
+}
+
+/// Loads the configuration as `tokengate serve` does: file (explicit, else the
+/// default path when it exists), then environment, then flags.
+pub fn load(
+    config_path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    let default_path = Path::new(DEFAULT_CONFIG_PATH);
+    let mut raw = match config_path {
+        Some(path) => RawConfig::from_file(path)?,
+        None if default_path.exists() => RawConfig::from_file(default_path)?,
+        None => RawConfig::default(),
+    };
+    raw.apply_env(env)?;
+    raw.apply_overrides(overrides);
+    Config::from_sources(raw)
+}
+
+impl Config {
+    /// Validates raw values into a typed configuration, filling in defaults.
+    pub fn from_sources(raw: RawConfig) -> Result<Self, ConfigError> {
+        let r = Reader { raw: &raw };
+        let tls_cert = r.opt_string("tls_cert")?.map(PathBuf::from);
+        let tls_key = r.opt_string("tls_key")?.map(PathBuf::from);
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(r.invalid("tls_key", "must be set together with tls_cert")),
+            (None, Some(_)) => return Err(r.invalid("tls_cert", "must be set together with tls_key")),
+        };
+        let config = Config {
+            listen: r.parse("listen", "127.0.0.1:8080", |s| {
+                s.parse::<SocketAddr>()
+                    .map_err(|_| "expected ADDRESS:PORT, e.g. 127.0.0.1:8080".to_owned())
+            })?,
+            upstream: r.parse("upstream", "http://127.0.0.1:8090", parse_upstream)?,
+            public_url: r.opt_parse("public_url", parse_public_url)?,
+            database_url: r.parse("database_url", "sqlite://data/tokengate.db", parse_database_url)?,
+            tls,
+            upstream_ca: r.opt_string("upstream_ca")?.map(PathBuf::from),
+            connect_timeout: Duration::from_secs(r.positive("connect_timeout_s", 5)?),
+            upstream_timeout: Duration::from_secs(r.positive("upstream_timeout_s", 300)?),
+            token_auth: r.choice(
+                "token_auth",
+                "basic",
+                &[
+                    ("basic", TokenAuth::Basic),
+                    ("bearer", TokenAuth::Bearer),
+                    ("both", TokenAuth::Both),
+                ],
+            )?,
+            scope: r.choice("scope", "rest", &[("rest", Scope::Rest), ("extender", Scope::Extender)])?,
+            identity_header: r.parse("identity_header", "X-Forwarded-User", parse_header_name)?,
+            upstream_secret: r.opt_parse("upstream_secret", |s| {
+                let mut value = HeaderValue::from_str(s).map_err(|_| "must be visible ASCII".to_owned())?;
+                value.set_sensitive(true);
+                Ok(value)
+            })?,
+            upstream_secret_header: r.parse("upstream_secret_header", "X-Tokengate-Secret", parse_header_name)?,
+            preserve_host: r.bool("preserve_host", true)?,
+            passthrough: r.bool("passthrough", true)?,
+            allow_anonymous: r.choice("anonymous", "allow", &[("allow", true), ("deny", false)])?,
+            admin_users: r.list("admin_users", &["admin"])?,
+            max_json_body: r.size("max_json_body", 1 << 20)?,
+            max_days_until_expiry: r.opt_positive("max_days_until_expiry")?,
+            verify_cache_ttl: Duration::from_secs(r.positive("verify_cache_ttl_s", 600)?),
+            argon2: Argon2Cost {
+                memory_kib: r.positive("argon2_memory_kib", 19456)?,
+                iterations: r.positive("argon2_iterations", 2)?,
+                parallelism: r.positive("argon2_parallelism", 1)?,
+            },
+            failed_auth_per_minute: r.positive("failed_auth_per_minute", 20)?,
+            trusted_proxies: r
+                .list("trusted_proxies", &[])?
+                .iter()
+                .map(|s| parse_net(s).map_err(|m| r.invalid("trusted_proxies", &m)))
+                .collect::<Result<_, _>>()?,
+            audit_retention_days: r.positive("audit_retention_days", 90)?,
+            log_format: r.choice(
+                "log_format",
+                "text",
+                &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            )?,
+        };
+        config.check_argon2(&r)?;
+        Ok(config)
+    }
+
+    fn check_argon2(&self, r: &Reader<'_>) -> Result<(), ConfigError> {
+        let cost = self.argon2;
+        argon2::Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
+            .map(|_| ())
+            .map_err(|e| r.invalid("argon2_memory_kib", &format!("argon2 rejects these parameters: {e}")))
+    }
+}
+
+/// Typed access to raw values; every error it makes names the key and origin.
+struct Reader<'a> {
+    raw: &'a RawConfig,
+}
+
+impl Reader<'_> {
+    fn origin(&self, key: &str) -> Origin {
+        self.raw.values.get(key).map_or(Origin::Default, |(_, o)| o.clone())
+    }
+
+    fn invalid(&self, key: &'static str, message: &str) -> ConfigError {
+        ConfigError::Invalid {
+            key,
+            origin: self.origin(key),
+            message: message.to_owned(),
+        }
+    }
+
+    /// The value as text: strings as they are, numbers and booleans as written.
+    fn opt_string(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.raw.values.get(key) {
+            None => Ok(None),
+            Some((toml::Value::String(s), _)) => Ok(Some(s.clone())),
+            Some((v @ (toml::Value::Integer(_) | toml::Value::Boolean(_)), _)) => Ok(Some(v.to_string())),
+            Some((v, _)) => Err(self.invalid(key, &format!("expected a string, found {}", v.type_str()))),
+        }
+    }
+
+    fn opt_parse<T>(&self, key: &'static str, f: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, ConfigError> {
+        match self.opt_string(key)? {
+            None => Ok(None),
+            Some(s) => f(s.trim()).map(Some).map_err(|m| self.invalid(key, &m)),
+        }
+    }
+
+    fn parse<T>(
+        &self,
+        key: &'static str,
+        default: &str,
+        f: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let text = self.opt_string(key)?.unwrap_or_else(|| default.to_owned());
+        f(text.trim()).map_err(|m| self.invalid(key, &m))
+    }
+
+    fn choice<T: Copy>(&self, key: &'static str, default: &str, options: &[(&str, T)]) -> Result<T, ConfigError> {
+        self.parse(key, default, |s| {
+            options
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(s))
+                .map(|(_, value)| *value)
+                .ok_or_else(|| {
+                    let names: Vec<_> = options.iter().map(|(n, _)| format!("`{n}`")).collect();
+                    format!("`{s}` is not one of {}", names.join(", "))
+                })
+        })
+    }
+
+    fn bool(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        self.parse(key, if default { "true" } else { "false" }, |s| {
+            match s.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(format!("`{s}` is not a boolean (true or false)")),
+            }
+        })
+    }
+
+    fn opt_positive<T: TryFrom<u64>>(&self, key: &'static str) -> Result<Option<T>, ConfigError> {
+        self.opt_parse(key, |s| {
+            let n: u64 = s.parse().map_err(|_| format!("`{s}` is not a whole number"))?;
+            if n == 0 {
+                return Err("must be greater than 0".to_owned());
+            }
+            T::try_from(n).map_err(|_| format!("{n} is too large"))
+        })
+    }
+
+    fn positive<T: TryFrom<u64>>(&self, key: &'static str, default: T) -> Result<T, ConfigError> {
+        Ok(self.opt_positive(key)?.unwrap_or(default))
+    }
+
+    fn size(&self, key: &'static str, default: usize) -> Result<usize, ConfigError> {
+        Ok(self.opt_parse(key, parse_size)?.unwrap_or(default))
+    }
+
+    /// A list: a TOML array of strings, or (from the environment) comma-separated text.
+    fn list(&self, key: &'static str, default: &[&str]) -> Result<Vec<String>, ConfigError> {
+        let items = match self.raw.values.get(key) {
+            None => return Ok(default.iter().map(|s| (*s).to_owned()).collect()),
+            Some((toml::Value::Array(items), _)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| self.invalid(key, "expected an array of strings"))?,
+            Some((toml::Value::String(s), _)) => s.split(',').map(str::to_owned).collect(),
+            Some((v, _)) => return Err(self.invalid(key, &format!("expected an array, found {}", v.type_str()))),
+        };
+        Ok(items
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect())
+    }
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("`{s}` must start with http:// or https://")),
+    };
+    let authority = uri.authority().cloned().ok_or_else(|| format!("`{s}` has no host"))?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "`{s}` must be an origin without a path (requests keep their own path, so serve the gateway at Confluence's context path)"
+        ));
+    }
+    Ok(Upstream { https, authority })
+}
+
+fn parse_public_url(s: &str) -> Result<String, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return Err(format!("`{s}` must be an absolute http:// or https:// URL"));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
+}
+
+fn parse_database_url(s: &str) -> Result<String, String> {
+    if s.starts_with("sqlite:") || s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("`{s}` must start with sqlite:// or postgres://"))
+    }
+}
+
+fn parse_header_name(s: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("`{s}` is not a valid header name"))
+}
+
+/// An IP network, or a single address as a /32 or /128.
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR network"))
+}
+
+/// A byte size: a whole number of bytes, or a number with a unit (KiB, MiB, GiB, KB, MB, GB, B).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size such as 1MiB"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => return Err(format!("unknown size unit `{other}` (use B, KiB, MiB or GiB)")),
+    };
+    number
+        .checked_mul(factor)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{s}` is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let mut raw = RawConfig::default();
+        for (k, v) in table {
+            raw.set(k, v, Origin::File("test.toml".into()))?;
+        }
+        Config::from_sources(raw)
+    }
+
+    fn error_of(text: &str) -> String {
+        from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_match_the_spec_table() {
+        let c = Config::default();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.upstream.origin(), "http://127.0.0.1:8090");
+        assert_eq!(c.database_url, "sqlite://data/tokengate.db");
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.upstream_timeout, Duration::from_secs(300));
+        assert_eq!(c.token_auth, TokenAuth::Basic);
+        assert_eq!(c.scope, Scope::Rest);
+        assert_eq!(c.identity_header, "x-forwarded-user");
+        assert_eq!(c.upstream_secret_header, "x-tokengate-secret");
+        assert!(c.upstream_secret.is_none() && c.public_url.is_none() && c.tls.is_none());
+        assert!(c.preserve_host && c.passthrough && c.allow_anonymous);
+        assert_eq!(c.admin_users, vec!["admin"]);
+        assert_eq!(c.max_json_body, 1 << 20);
+        assert_eq!(c.max_days_until_expiry, None);
+        assert_eq!(c.verify_cache_ttl, Duration::from_secs(600));
+        assert_eq!(
+            c.argon2,
+            Argon2Cost {
+                memory_kib: 19456,
+                iterations: 2,
+                parallelism: 1
+            }
+        );
+        assert_eq!(c.failed_auth_per_minute, 20);
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.audit_retention_days, 90);
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn the_example_file_sets_every_key_and_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokengate.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        for key in KEYS {
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start_matches(['#', ' ']).starts_with(&format!("{key} ="))),
+                "example does not document {key}"
+            );
+        }
+        RawConfig::from_file(&path).and_then(Config::from_sources).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        assert_eq!(
+            error_of("listen_addr = '0.0.0.0:80'"),
+            "unknown configuration key `listen_addr` (from test.toml)"
+        );
+        let mut raw = RawConfig::default();
+        let err = raw
+            .apply_env([("TOKENGATE_UPSTREM".to_owned(), "x".to_owned())])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown configuration key `upstrem` (from environment variable TOKENGATE_UPSTREM)"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("listen = 'localhost'", "`listen`"),
+            ("upstream = 'ftp://x'", "`upstream`"),
+            ("upstream = 'http://x:8090/confluence'", "`upstream`"),
+            ("database_url = 'mysql://x'", "`database_url`"),
+            ("token_auth = 'digest'", "`token_auth`"),
+            ("scope = 'all'", "`scope`"),
+            ("identity_header = 'X User'", "`identity_header`"),
+            ("preserve_host = 'maybe'", "`preserve_host`"),
+            ("anonymous = 'sometimes'", "`anonymous`"),
+            ("admin_users = 5", "`admin_users`"),
+            ("max_json_body = '1 parsec'", "`max_json_body`"),
+            ("verify_cache_ttl_s = 0", "`verify_cache_ttl_s`"),
+            ("connect_timeout_s = -1", "`connect_timeout_s`"),
+            ("argon2_memory_kib = 1", "`argon2_memory_kib`"),
+            ("trusted_proxies = ['10.0.0.0/33']", "`trusted_proxies`"),
+            ("log_format = 'xml'", "`log_format`"),
+            ("tls_cert = 'a.pem'", "`tls_key`"),
+            ("public_url = 'gateway.example.com'", "`public_url`"),
+            ("listen = [1]", "`listen`"),
+        ];
+        for (text, key) in cases {
+            let message = error_of(text);
+            assert!(message.contains(key), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "listen = '127.0.0.1:1'\nupstream = 'http://file:1'\nscope = 'extender'\n",
+        )
+        .unwrap();
+        let env = [
+            ("TOKENGATE_UPSTREAM".to_owned(), "https://env:2".to_owned()),
+            ("TOKENGATE_ADMIN_USERS".to_owned(), "alice, bob".to_owned()),
+            ("TOKENGATE_MAX_JSON_BODY".to_owned(), "64KiB".to_owned()),
+            ("TOKENGATE_PASSTHROUGH".to_owned(), "false".to_owned()),
+            ("TOKENGATE_VERIFY_CACHE_TTL_S".to_owned(), "30".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        let flags = Overrides {
+            listen: Some("127.0.0.1:3".into()),
+            ..Default::default()
+        };
+        let c = load(Some(&path), env, &flags).unwrap();
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.upstream.origin(), "https://env:2");
+        assert_eq!(c.scope, Scope::Extender);
+        assert_eq!(c.admin_users, vec!["alice", "bob"]);
+        assert_eq!(c.max_json_body, 64 << 10);
+        assert!(!c.passthrough);
+        assert_eq!(c.verify_cache_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let err = load(
+            None,
+            [("TOKENGATE_CONNECT_TIMEOUT_S".to_owned(), "soon".to_owned())],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for `connect_timeout_s` (from environment variable TOKENGATE_CONNECT_TIMEOUT_S): `soon` is not a whole number"
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("2mb"), Ok(2_000_000));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_the_upstream_secret() {
+        let c = from_toml("upstream_secret = 's3cr3t-value'").unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+}

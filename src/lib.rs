@@ -1,0 +1,42 @@
+//! tokengate: an authenticating reverse proxy for Confluence.
+//!
+//! Scripts present gateway API tokens (`tgw_...`) with HTTP Basic or Bearer;
+//! the gateway verifies them, applies their restrictions, and forwards the
+//! request to Confluence as the token's user. Everything that is not a
+//! gateway token passes through untouched.
+//!
+//! # Request flow
+//!
+//! 1. [`server`] accepts a connection (TLS optional) and hands each request to
+//!    [`pipeline::handle`].
+//! 2. [`pipeline::canonical`] canonicalises the path once: it is both what is
+//!    checked and what is forwarded.
+//! 3. [`proxy::headers`] strips the identity and secret headers no client may set.
+//! 4. [`routes`] serves the gateway's own routes (probes, management API).
+//! 5. [`auth::credentials`] decodes `Authorization`; [`auth::Verifier`] turns a
+//!    `tgw_` secret into an [`auth::ActiveToken`] through the verified cache,
+//!    the [`store`] and argon2.
+//! 6. [`pipeline::authorize`] runs the token checks in SPEC order, then the
+//!    token's [`rules`].
+//! 7. [`proxy`] forwards to Confluence with the user's identity, or
+//!    [`error`] answers with a reason code.
+//!
+//! Tokens are created and deleted through [`tokens`], from the CLI ([`cli`])
+//! or the management API. [`config`] validates configuration once at start-up.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod pipeline;
+pub mod proxy;
+pub mod routes;
+pub mod rules;
+pub mod server;
+pub mod store;
+pub mod tokens;
+
+pub use app::App;
+pub use config::Config;

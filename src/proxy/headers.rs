@@ -1,0 +1,148 @@
+//! Header hygiene: hop-by-hop headers, and the identity and secret headers no
+//! client may set (SPEC §2.3).
+
+use hyper::HeaderMap;
+use hyper::header::{CONNECTION, HeaderName, UPGRADE};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded as received.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Names stripped from every inbound request, matched ignoring case and
+/// treating `_` as `-` (so `X_Forwarded_User` is stripped too: some servers
+/// fold underscores into dashes).
+#[derive(Debug, Clone)]
+pub struct ProtectedHeaders {
+    folded: Vec<String>,
+}
+
+impl ProtectedHeaders {
+    pub fn new(names: &[&HeaderName]) -> Self {
+        ProtectedHeaders {
+            folded: names.iter().map(|n| fold(n.as_str())).collect(),
+        }
+    }
+
+    fn matches(&self, name: &HeaderName) -> bool {
+        let name = name.as_str();
+        self.folded
+            .iter()
+            .any(|p| p.len() == name.len() && p.bytes().zip(name.bytes()).all(|(a, b)| a == fold_byte(b)))
+    }
+
+    /// Removes every header that matches a protected name.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        let doomed: Vec<HeaderName> = headers.keys().filter(|n| self.matches(n)).cloned().collect();
+        for name in doomed {
+            headers.remove(&name);
+        }
+    }
+}
+
+fn fold(name: &str) -> String {
+    name.bytes().map(|b| char::from(fold_byte(b))).collect()
+}
+
+fn fold_byte(b: u8) -> u8 {
+    if b == b'_' { b'-' } else { b.to_ascii_lowercase() }
+}
+
+/// Whether the request asks for a protocol upgrade (WebSocket).
+pub fn upgrade_requested(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// Removes hop-by-hop headers and those the `Connection` header names. With
+/// `keep_upgrade`, an `Upgrade` handshake survives (`Connection: upgrade`).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    let upgrade = headers.get(UPGRADE).cloned();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    if keep_upgrade && let Some(protocol) = upgrade {
+        headers.insert(UPGRADE, protocol);
+        headers.insert(CONNECTION, hyper::header::HeaderValue::from_static("upgrade"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    #[test]
+    fn strips_identity_headers_in_every_spelling() {
+        let identity = HeaderName::from_static("x-forwarded-user");
+        let secret = HeaderName::from_static("x-tokengate-secret");
+        let protected = ProtectedHeaders::new(&[&identity, &secret]);
+        let mut headers = HeaderMap::new();
+        for name in [
+            "X-Forwarded-User",
+            "x_forwarded_user",
+            "X_FORWARDED-USER",
+            "x-tokengate_secret",
+            "x-forwarded-users",
+            "accept",
+        ] {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("admin"),
+            );
+        }
+        protected.strip(&mut headers);
+        let mut left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-forwarded-users"]);
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_named_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, X-Secret-Hop"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        remove_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+    }
+
+    #[test]
+    fn keeps_an_upgrade_handshake_when_asked() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(upgrade_requested(&headers));
+        remove_hop_by_hop(&mut headers, true);
+        assert_eq!(headers[UPGRADE], "websocket");
+        assert_eq!(headers[CONNECTION], "upgrade");
+        let mut plain = HeaderMap::new();
+        plain.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!upgrade_requested(&plain));
+    }
+}

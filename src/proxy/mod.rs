@@ -1,0 +1,332 @@
+//! Forwarding to Confluence (SPEC §2.8): the pooled upstream client, the
+//! request rewrite (identity, `X-Forwarded-*`, `Host`), streaming bodies,
+//! WebSocket upgrades, `Location` rewriting, and 502/504 on failure.
+
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{HOST, HeaderValue, LOCATION};
+use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::config::{Config, Upstream};
+use crate::error::{GatewayError, Reason};
+use crate::pipeline::canonical::Target;
+
+/// Every body the gateway passes on: streamed from a peer, or made whole
+/// (a buffered JSON body, a gateway response).
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Who Confluence should see the request as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// A verified token: `Authorization` is removed, the identity header set.
+    User(String),
+    /// Anything else: credentials (if any) forwarded untouched.
+    Passthrough,
+}
+
+/// What the forwarder needs to know about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// The pooled, keep-alive client to Confluence.
+pub struct UpstreamClient {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    upstream: Upstream,
+    timeout: Duration,
+    public_url: Option<String>,
+    identity_header: hyper::header::HeaderName,
+    secret: Option<(hyper::header::HeaderName, HeaderValue)>,
+    preserve_host: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSetupError {
+    #[error("cannot read upstream_ca {path}: {message}")]
+    Ca { path: String, message: String },
+    #[error("cannot build the TLS client: {0}")]
+    Tls(String),
+}
+
+impl UpstreamClient {
+    pub fn new(config: &Config) -> Result<Self, ClientSetupError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_client_config(config)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(UpstreamClient {
+            client,
+            upstream: config.upstream.clone(),
+            timeout: config.upstream_timeout,
+            public_url: config.public_url.clone(),
+            identity_header: config.identity_header.clone(),
+            secret: config
+                .upstream_secret
+                .clone()
+                .map(|value| (config.upstream_secret_header.clone(), value)),
+            preserve_host: config.preserve_host,
+        })
+    }
+
+    /// Forwards a checked request and returns Confluence's response as is
+    /// (but for hop-by-hop headers and `Location` rewriting).
+    pub async fn forward(
+        &self,
+        mut req: Request<Body>,
+        target: &Target,
+        identity: &Identity,
+        conn: ConnInfo,
+    ) -> Result<Response<Body>, GatewayError> {
+        let upgrade = headers::upgrade_requested(req.headers()) && req.version() == Version::HTTP_11;
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        self.rewrite_request(&mut req, target, identity, conn)?;
+        let mut response = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => {
+                return Err(GatewayError::new(
+                    Reason::UpstreamTimeout,
+                    "Confluence did not answer in time",
+                ));
+            }
+            Ok(Err(e)) => return Err(upstream_error(&e)),
+            Ok(Ok(response)) => response,
+        };
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(splice_upgraded(client_upgrade, upstream_upgrade));
+        }
+        headers::remove_hop_by_hop(response.headers_mut(), switching);
+        self.rewrite_location(&mut response);
+        Ok(response.map(Either::Left))
+    }
+
+    fn rewrite_request(
+        &self,
+        req: &mut Request<Body>,
+        target: &Target,
+        identity: &Identity,
+        conn: ConnInfo,
+    ) -> Result<(), GatewayError> {
+        let original_host = req.headers().get(HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        *req.uri_mut() = self.upstream_uri(target)?;
+        *req.version_mut() = Version::HTTP_11;
+        let keep_upgrade = headers::upgrade_requested(req.headers());
+        let headers = req.headers_mut();
+        headers::remove_hop_by_hop(headers, keep_upgrade);
+        match (&original_host, self.preserve_host) {
+            (Some(host), true) => {
+                headers.insert(HOST, host.clone());
+            }
+            _ => {
+                headers.remove(HOST);
+            }
+        }
+        if let Identity::User(user) = identity {
+            headers.remove(hyper::header::AUTHORIZATION);
+            let value = HeaderValue::from_str(user)
+                .or_else(|_| HeaderValue::from_bytes(user.as_bytes()))
+                .map_err(|_| GatewayError::new(Reason::BadCredentials, "the user name cannot be sent in a header"))?;
+            headers.insert(self.identity_header.clone(), value);
+        }
+        if let Some((name, value)) = &self.secret {
+            headers.insert(name.clone(), value.clone());
+        }
+        append_forwarded_for(headers, conn.peer);
+        let proto = if conn.tls { "https" } else { "http" };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        if let Some(host) = original_host {
+            headers.insert("x-forwarded-host", host);
+        }
+        Ok(())
+    }
+
+    fn upstream_uri(&self, target: &Target) -> Result<Uri, GatewayError> {
+        let scheme = if self.upstream.https {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let path_and_query = PathAndQuery::try_from(target.path_and_query())
+            .map_err(|_| GatewayError::new(Reason::BadPath, "the request target cannot be forwarded"))?;
+        Uri::builder()
+            .scheme(scheme)
+            .authority(self.upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| GatewayError::internal(&e))
+    }
+
+    /// Points a redirect at the upstream origin back at the gateway.
+    fn rewrite_location<B>(&self, response: &mut Response<B>) {
+        let Some(public_url) = &self.public_url else {
+            return;
+        };
+        let Some(location) = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        let origin = self.upstream.origin();
+        let Some(rest) = strip_prefix_ignore_case(location, &origin) else {
+            return;
+        };
+        if !(rest.is_empty() || rest.starts_with(['/', '?', '#'])) {
+            return; // http://upstream:80 must not match http://upstream:8090
+        }
+        if let Ok(value) = HeaderValue::from_str(&format!("{public_url}{rest}")) {
+            response.headers_mut().insert(LOCATION, value);
+        }
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
+}
+
+fn append_forwarded_for(headers: &mut hyper::HeaderMap, peer: SocketAddr) {
+    let peer = peer.ip().to_canonical().to_string();
+    let chain = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .chain(std::iter::once(peer.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        headers.insert("x-forwarded-for", value);
+    }
+}
+
+fn upstream_error(error: &hyper_util::client::legacy::Error) -> GatewayError {
+    if error.is_connect() {
+        tracing::warn!(error = %error, "cannot connect to Confluence");
+        GatewayError::new(Reason::UpstreamUnavailable, "Confluence is unavailable")
+    } else {
+        tracing::warn!(error = ?error, "Confluence request failed");
+        GatewayError::new(Reason::UpstreamUnavailable, "Confluence closed the connection")
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection.
+async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+fn tls_client_config(config: &Config) -> Result<rustls::ClientConfig, ClientSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = &config.upstream_ca {
+        let ca_error = |message: String| ClientSetupError::Ca {
+            path: path.display().to_string(),
+            message,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ca_error(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_error("no certificate in the file".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientSetupError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(public_url: Option<&str>) -> UpstreamClient {
+        let config = Config {
+            upstream: Upstream {
+                https: false,
+                authority: "confluence.internal:8090".parse().unwrap(),
+            },
+            public_url: public_url.map(Into::into),
+            ..Config::default()
+        };
+        UpstreamClient::new(&config).unwrap()
+    }
+
+    fn location_after(client: &UpstreamClient, location: &str) -> String {
+        let mut response = Response::builder().header(LOCATION, location).body(()).unwrap();
+        client.rewrite_location(&mut response);
+        response.headers()[LOCATION].to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn location_pointing_at_upstream_is_rewritten() {
+        let c = client(Some("https://wiki.example.com"));
+        assert_eq!(
+            location_after(&c, "http://confluence.internal:8090/login.action?os_destination=x"),
+            "https://wiki.example.com/login.action?os_destination=x"
+        );
+        assert_eq!(
+            location_after(&c, "HTTP://Confluence.Internal:8090"),
+            "https://wiki.example.com"
+        );
+        assert_eq!(
+            location_after(&c, "http://confluence.internal:80901/x"),
+            "http://confluence.internal:80901/x"
+        );
+        assert_eq!(location_after(&c, "https://elsewhere/x"), "https://elsewhere/x");
+        assert_eq!(location_after(&c, "/relative"), "/relative");
+        assert_eq!(
+            location_after(&client(None), "http://confluence.internal:8090/x"),
+            "http://confluence.internal:8090/x"
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2, 3.3.3.3"));
+        append_forwarded_for(&mut headers, "[::ffff:10.0.0.1]:5000".parse().unwrap());
+        assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1");
+    }
+}

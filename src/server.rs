@@ -1,0 +1,225 @@
+//! Listening and connections: plain TCP or TLS (rustls, h2 and http/1.1 by
+//! ALPN), HTTP/1.1 and HTTP/2 (h2c by prior knowledge) on each connection,
+//! background tasks, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::app::{App, StartError};
+use crate::config::TlsFiles;
+use crate::pipeline;
+use crate::proxy::ConnInfo;
+
+/// How long a client may take to send its request headers (slow-loris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests may run on after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How often each process looks for tokens deleted elsewhere (CLI, replicas).
+const REVOCATION_POLL: Duration = Duration::from_millis(500);
+
+/// Serves on an already bound listener until `shutdown` completes, then
+/// stops accepting and lets in-flight requests finish (bounded).
+pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let tls = app.config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let background = tokio::spawn(poll_revocations(app.clone()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let connections = Connections::new();
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        upstream = %app.config.upstream.origin(),
+        tls = tls.is_some(),
+        "tokengate serving"
+    );
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ConnInfo {
+            peer,
+            tls: tls.is_some(),
+        };
+        let (app, builder) = (app.clone(), builder.clone());
+        let watcher = connections.watcher();
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(builder, stream, app, conn, watcher));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(stream)) => serve_connection(builder, stream, app, conn, watcher).await,
+                        Ok(Err(e)) => tracing::debug!(client.peer = %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(client.peer = %peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish in time");
+    }
+    background.abort();
+    app.store.close().await;
+    Ok(())
+}
+
+/// Open connections: each holds a [`ConnectionWatcher`]; shutdown tells them
+/// to finish their in-flight requests and waits until the last one is gone.
+struct Connections {
+    stop: watch::Sender<bool>,
+    alive: mpsc::Sender<()>,
+    gone: mpsc::Receiver<()>,
+}
+
+struct ConnectionWatcher {
+    stop: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+}
+
+impl Connections {
+    fn new() -> Self {
+        let (alive, gone) = mpsc::channel(1);
+        Connections {
+            stop: watch::Sender::new(false),
+            alive,
+            gone,
+        }
+    }
+
+    fn watcher(&self) -> ConnectionWatcher {
+        ConnectionWatcher {
+            stop: self.stop.subscribe(),
+            _alive: self.alive.clone(),
+        }
+    }
+
+    async fn shutdown(self) {
+        let Connections { stop, alive, mut gone } = self;
+        stop.send_replace(true);
+        drop(alive);
+        // Completes when every watcher (and so every connection) is dropped.
+        let _ = gone.recv().await;
+    }
+}
+
+async fn serve_connection<S>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: S,
+    app: App,
+    conn: ConnInfo,
+    mut watcher: ConnectionWatcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(pipeline::handle(&app, conn, req).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop_requested(&mut watcher.stop) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client.peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    // The guard wait_for returns is not Send: drop it before the caller awaits.
+    let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Drops tokens deleted by other processes from this one's verified cache.
+async fn poll_revocations(app: App) {
+    let mut cursor = loop {
+        match app.store.revocation_cursor().await {
+            Ok(cursor) => break cursor,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the revocation cursor; retrying");
+                tokio::time::sleep(REVOCATION_POLL).await;
+            }
+        }
+    };
+    let mut interval = tokio::time::interval(REVOCATION_POLL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match app.store.revocations_after(cursor).await {
+            Ok(revocations) => {
+                for revocation in revocations {
+                    app.verifier.revoke(&revocation.token_id);
+                    cursor = revocation.seq;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read revocations"),
+        }
+    }
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| StartError::Tls(format!("cannot read {}: {e}", path.display())))
+    };
+    let certs = rustls_pemfile::certs(&mut read(&files.cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StartError::Tls(format!("{}: {e}", files.cert.display())))?;
+    if certs.is_empty() {
+        return Err(StartError::Tls(format!(
+            "{}: no certificate found",
+            files.cert.display()
+        )));
+    }
+    let key = rustls_pemfile::private_key(&mut read(&files.key)?.as_slice())
+        .map_err(|e| StartError::Tls(format!("{}: {e}", files.key.display())))?
+        .ok_or_else(|| StartError::Tls(format!("{}: no private key found", files.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

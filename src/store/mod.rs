@@ -1,0 +1,110 @@
+//! Persistent state behind one trait, [`TokenStore`], so the gateway and the
+//! tests can use either backend: SQLite (default, one process) or PostgreSQL
+//! (several replicas).
+//!
+//! Deleting a token also appends a revocation; every process polls
+//! [`TokenStore::revocations_after`] to drop deleted tokens from its verified
+//! cache, whichever process (CLI, API, another replica) deleted them.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::clock::EpochMs;
+
+pub use sqlite::SqliteStore;
+
+/// A stored token (SPEC §4). Never contains the token value.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TokenRecord {
+    pub id: String,
+    pub label: String,
+    /// The bound user; `None` for an unbound token.
+    #[sqlx(rename = "user_name")]
+    pub user: Option<String>,
+    pub author: String,
+    /// Rule lines joined with `\n`; empty for none.
+    pub limit_to: String,
+    /// Comma-separated IPs and CIDRs; empty for any.
+    pub ip: String,
+    pub created_at: EpochMs,
+    pub valid_until: Option<EpochMs>,
+    pub token_hash: String,
+    pub lookup: String,
+    pub counter: i64,
+    pub last_used_at: Option<EpochMs>,
+    pub last_ip: Option<String>,
+}
+
+/// Filters and paging for listing tokens.
+#[derive(Debug, Clone, Default)]
+pub struct TokenQuery {
+    /// Bound user, compared case-insensitively.
+    pub user: Option<String>,
+    /// Case-insensitive substring of the label.
+    pub label: Option<String>,
+    pub start_at: u64,
+    pub max_results: u64,
+}
+
+/// One page of results and the total that matched.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub total: u64,
+    pub items: Vec<T>,
+}
+
+/// A deleted token, in deletion order.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Revocation {
+    pub seq: i64,
+    pub token_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot prepare the database file {path}: {source}")]
+    File { path: String, source: std::io::Error },
+    #[error("unsupported database URL: {0}")]
+    Url(String),
+}
+
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// Candidate rows for a presented secret (normally zero or one).
+    async fn tokens_by_lookup(&self, lookup: &str) -> Result<Vec<TokenRecord>, StoreError>;
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Newest first.
+    async fn list_tokens(&self, query: &TokenQuery) -> Result<Page<TokenRecord>, StoreError>;
+    /// Deletes one token and records its revocation; false when there was none.
+    async fn delete_token(&self, id: &str, at: EpochMs) -> Result<bool, StoreError>;
+    /// Deletes every token bound to `user` (case-insensitively); returns their ids.
+    async fn delete_user_tokens(&self, user: &str, at: EpochMs) -> Result<Vec<String>, StoreError>;
+    /// The newest revocation seq, the cursor a new process starts polling from.
+    async fn revocation_cursor(&self) -> Result<i64, StoreError>;
+    async fn revocations_after(&self, seq: i64) -> Result<Vec<Revocation>, StoreError>;
+    /// Forgets revocations older than `before`; no process needs them any more.
+    async fn purge_revocations(&self, before: EpochMs) -> Result<u64, StoreError>;
+    /// Whether the store answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+    async fn close(&self);
+}
+
+/// Opens the store a `database_url` names and applies its migrations.
+pub async fn open(database_url: &str) -> Result<Arc<dyn TokenStore>, StoreError> {
+    if database_url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(database_url).await?))
+    } else {
+        Err(StoreError::Url(format!(
+            "{}: only sqlite:// is supported by this build",
+            database_url.split('@').next_back().unwrap_or_default()
+        )))
+    }
+}

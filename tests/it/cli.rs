@@ -1,0 +1,181 @@
+//! The `tokengate` binary: token commands, exit codes, configuration errors.
+
+use std::path::Path;
+use std::process::Output;
+
+use crate::common::{FakeConfluence, basic, get};
+
+fn tokengate(dir: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(args)
+        .current_dir(dir)
+        .env("TOKENGATE_ARGON2_MEMORY_KIB", "64")
+        .env("TOKENGATE_ARGON2_ITERATIONS", "1")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+#[test]
+fn token_create_list_delete_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokengate(
+        dir.path(),
+        &[
+            "token", "create", "--label", "ci bot", "--user", "alice", "--days", "30",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let value = stdout(&out).trim().to_owned();
+    assert!(value.starts_with("tgw_") && value.len() == 44, "{value}");
+    assert!(
+        Path::new(&dir.path().join("data/tokengate.db")).exists(),
+        "default store under data/"
+    );
+
+    let out = tokengate(
+        dir.path(),
+        &["token", "create", "--label", "json", "--json", "--ip", "10.0.0.0/8"],
+    );
+    let created: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(created["status"], "ok");
+    assert_eq!(created["user"], serde_json::Value::Null);
+    assert_eq!(created["ip"], "10.0.0.0/8");
+    assert!(created["token"].as_str().unwrap().starts_with("tgw_"));
+    let json_id = created["id"].as_str().unwrap().to_owned();
+
+    let out = tokengate(dir.path(), &["token", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(!stdout(&out).contains(&value), "list shows a token value");
+    let alice = &listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["user"] == "alice")
+        .unwrap();
+    assert_eq!(alice["label"], "ci bot");
+    assert_eq!(alice["authorKey"], "cli");
+    assert_eq!(alice["expired"], false);
+    assert!(alice["validUntil"].as_i64().unwrap() > alice["dateCreated"].as_i64().unwrap());
+
+    let out = tokengate(dir.path(), &["token", "list", "--user", "ALICE"]);
+    assert!(stdout(&out).contains("ci bot") && !stdout(&out).contains("json"));
+
+    let out = tokengate(dir.path(), &["token", "delete", &json_id]);
+    assert_eq!((out.status.code(), stdout(&out).trim()), (Some(0), "deleted 1 token"));
+    let out = tokengate(dir.path(), &["token", "delete", &json_id]);
+    assert_eq!(out.status.code(), Some(1), "unknown id is a failure");
+    let out = tokengate(dir.path(), &["token", "delete", "--user", "alice"]);
+    assert_eq!(stdout(&out).trim(), "deleted 1 token");
+}
+
+#[test]
+fn exit_codes_for_usage_and_configuration_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(tokengate(dir.path(), &["token", "delete"]).status.code(), Some(2));
+    assert_eq!(tokengate(dir.path(), &["frobnicate"]).status.code(), Some(2));
+    let out = tokengate(dir.path(), &["token", "create", "--label", " "]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("label"));
+    let out = tokengate(dir.path(), &["token", "create", "--label", "x", "--ip", "300.1.1.1"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "listen = '127.0.0.1:0'\nlisten_port = 8080\n",
+    )
+    .unwrap();
+    let out = tokengate(dir.path(), &["serve", "--config", "bad.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown configuration key `listen_port`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["migrate"])
+        .current_dir(dir.path())
+        .env("TOKENGATE_SCOPE", "everything")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("`scope`") && stderr(&out).contains("TOKENGATE_SCOPE"));
+}
+
+#[test]
+fn default_config_file_is_read_and_migrate_creates_a_private_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    std::fs::write(
+        dir.path().join("config/tokengate.toml"),
+        "database_url = 'sqlite://store/x.db'\n",
+    )
+    .unwrap();
+    let out = tokengate(dir.path(), &["migrate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("store/x.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+/// The README's quick start: start the gateway against Confluence, create a
+/// token with the CLI, call Confluence through it with curl.
+#[tokio::test]
+async fn readme_quick_start() {
+    let confluence = FakeConfluence::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["serve", "--listen", &listen, "--upstream", &confluence.origin()])
+        .current_dir(dir.path())
+        .env("TOKENGATE_ARGON2_MEMORY_KIB", "64")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{listen}/rest/api/space");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(std::time::Instant::now() < deadline, "gateway did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = tokengate(dir.path(), &["token", "create", "--label", "quick", "--user", "alice"]);
+    let token = stdout(&out).trim().to_owned();
+    let reply = get(&url, &[("authorization", &basic("alice", &token))]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(confluence.last().header("x-forwarded-user"), Some("alice"));
+    assert!(!confluence.last().contains(&token));
+
+    #[cfg(unix)]
+    {
+        let pid = server.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), server.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    }
+    #[cfg(not(unix))]
+    server.kill().await.unwrap();
+}

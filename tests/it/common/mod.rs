@@ -1,0 +1,182 @@
+//! Test harness: the real gateway on 127.0.0.1:0 in front of a fake
+//! Confluence, with a manual clock and a throwaway SQLite store.
+
+pub mod fake_confluence;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokengate::App;
+use tokengate::clock::ManualClock;
+use tokengate::config::{Argon2Cost, Config, Upstream};
+use tokengate::store::SqliteStore;
+use tokengate::tokens::{CreatedToken, NewToken};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub use fake_confluence::FakeConfluence;
+
+/// Cheap argon2 so tests stay fast; the default cost has its own test.
+pub const TEST_ARGON2: Argon2Cost = Argon2Cost {
+    memory_kib: 64,
+    iterations: 1,
+    parallelism: 1,
+};
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub app: App,
+    pub clock: Arc<ManualClock>,
+    pub upstream: FakeConfluence,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A configuration pointing at `upstream` with a store in `dir`.
+pub fn test_config(upstream: &FakeConfluence, dir: &std::path::Path) -> Config {
+    Config {
+        upstream: Upstream {
+            https: false,
+            authority: upstream.addr.to_string().parse().unwrap(),
+        },
+        database_url: format!("sqlite://{}/tokengate.db", dir.display()),
+        argon2: TEST_ARGON2,
+        ..Config::default()
+    }
+}
+
+impl Gateway {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a gateway whose configuration `adjust` may change.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let upstream = FakeConfluence::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(&upstream, dir.path());
+        adjust(&mut config);
+        let store = Arc::new(SqliteStore::open(&config.database_url).await.unwrap());
+        let clock = ManualClock::starting_now();
+        let app = App::with_store(config, store, clock.clone()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server_app = app.clone();
+        let task = tokio::spawn(async move {
+            tokengate::server::run(listener, server_app, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Gateway {
+            addr,
+            app,
+            clock,
+            upstream,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn create_token(&self, new: NewToken) -> CreatedToken {
+        let new = NewToken {
+            author: "admin".into(),
+            ..new
+        };
+        self.app.tokens.create(new).await.unwrap()
+    }
+
+    /// A token bound to `user` with no restrictions; returns its value.
+    pub async fn token_for(&self, user: &str) -> String {
+        let new = NewToken {
+            label: format!("{user}-bot"),
+            user: Some(user.into()),
+            ..NewToken::default()
+        };
+        self.create_token(new).await.value
+    }
+
+    /// Stops the server (graceful shutdown) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// `Basic base64(user:secret)`.
+pub fn basic(user: &str, secret: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"))
+    )
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The gateway's reason code (`X-Tokengate-Reason`), checked against the body.
+    pub fn reason(&self) -> String {
+        let header = self
+            .headers
+            .get("x-tokengate-reason")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = self.json()["reason"].as_str().map(str::to_owned);
+        assert_eq!(header, body, "header and body reasons differ");
+        header.unwrap_or_default()
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends one request with the given headers and body.
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    let mut builder = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let response = client()
+        .request(builder.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send(Method::GET, url, headers, Bytes::new()).await
+}

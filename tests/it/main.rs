@@ -1,0 +1,9 @@
+//! The integration suite: the real server on 127.0.0.1:0 against a fake
+//! Confluence that records what it receives.
+
+mod auth;
+mod cli;
+mod common;
+mod forwarding;
+mod protocols;
+mod tokens;
