@@ -2,6 +2,7 @@
 //! start-up from the validated configuration and handed to every connection.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::auth::Verifier;
 use crate::auth::token;
@@ -9,7 +10,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::proxy::UpstreamClient;
 use crate::proxy::headers::ProtectedHeaders;
-use crate::store::{self, StoreError, TokenStore};
+use crate::store::{self, Settings, StoreError, TokenStore};
 use crate::tokens::TokenManager;
 
 #[derive(Clone)]
@@ -21,6 +22,36 @@ pub struct App {
     pub upstream: Arc<UpstreamClient>,
     pub clock: Arc<dyn Clock>,
     pub protected_headers: Arc<ProtectedHeaders>,
+    pub settings: Arc<LiveSettings>,
+}
+
+/// The settings as the hot path reads them: atomics, so a request never
+/// waits on a lock or the store. The store holds the persistent copy.
+#[derive(Debug)]
+pub struct LiveSettings {
+    usage_details: AtomicBool,
+    audit_log: AtomicBool,
+}
+
+impl LiveSettings {
+    pub fn new(settings: Settings) -> Self {
+        LiveSettings {
+            usage_details: AtomicBool::new(settings.usage_details),
+            audit_log: AtomicBool::new(settings.audit_log),
+        }
+    }
+
+    pub fn get(&self) -> Settings {
+        Settings {
+            usage_details: self.usage_details.load(Ordering::Relaxed),
+            audit_log: self.audit_log.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn set(&self, settings: Settings) {
+        self.usage_details.store(settings.usage_details, Ordering::Relaxed);
+        self.audit_log.store(settings.audit_log, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,11 +73,16 @@ impl App {
     /// Opens the configured store (applying migrations) and builds the state.
     pub async fn open(config: Config) -> Result<App, StartError> {
         let store = store::open(&config.database_url).await?;
-        App::with_store(config, store, Arc::new(SystemClock))
+        App::with_store(config, store, Arc::new(SystemClock)).await
     }
 
     /// Builds the state around an already open store and a clock (tests move time).
-    pub fn with_store(config: Config, store: Arc<dyn TokenStore>, clock: Arc<dyn Clock>) -> Result<App, StartError> {
+    pub async fn with_store(
+        config: Config,
+        store: Arc<dyn TokenStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<App, StartError> {
+        let settings = Arc::new(LiveSettings::new(store.settings().await?));
         let verifier = Arc::new(Verifier::new(
             store.clone(),
             token::hasher(config.argon2),
@@ -67,6 +103,7 @@ impl App {
             tokens,
             clock,
             protected_headers: Arc::new(protected_headers),
+            settings,
         })
     }
 }

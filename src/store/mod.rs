@@ -63,6 +63,22 @@ pub struct Revocation {
     pub token_id: String,
 }
 
+/// Gateway-wide switches (SPEC §5 `usageDetails`, `auditLog`); both default on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub usage_details: bool,
+    pub audit_log: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            usage_details: true,
+            audit_log: true,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -92,6 +108,9 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn revocations_after(&self, seq: i64) -> Result<Vec<Revocation>, StoreError>;
     /// Forgets revocations older than `before`; no process needs them any more.
     async fn purge_revocations(&self, before: EpochMs) -> Result<u64, StoreError>;
+    /// The stored settings; defaults for any never set.
+    async fn settings(&self) -> Result<Settings, StoreError>;
+    async fn save_settings(&self, settings: Settings) -> Result<(), StoreError>;
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
     async fn close(&self);

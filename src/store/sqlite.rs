@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{Page, Revocation, StoreError, TokenQuery, TokenRecord, TokenStore};
+use super::{Page, Revocation, Settings, StoreError, TokenQuery, TokenRecord, TokenStore};
 use crate::clock::EpochMs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -179,6 +179,38 @@ impl TokenStore for SqliteStore {
         Ok(result.rows_affected())
     }
 
+    async fn settings(&self) -> Result<Settings, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT name, value FROM settings")
+            .fetch_all(&self.pool)
+            .await?;
+        let stored = |name: &str, default: bool| {
+            rows.iter()
+                .find(|(n, _)| n == name)
+                .map_or(default, |(_, value)| value == "true")
+        };
+        let defaults = Settings::default();
+        Ok(Settings {
+            usage_details: stored("usageDetails", defaults.usage_details),
+            audit_log: stored("auditLog", defaults.audit_log),
+        })
+    }
+
+    async fn save_settings(&self, settings: Settings) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (name, value) in [
+            ("usageDetails", settings.usage_details),
+            ("auditLog", settings.audit_log),
+        ] {
+            sqlx::query("INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+                .bind(name)
+                .bind(value.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -296,6 +328,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(store.list_tokens(&label).await.unwrap().items[0].id, "t2");
+    }
+
+    #[tokio::test]
+    async fn settings_default_on_and_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        assert_eq!(store.settings().await.unwrap(), Settings::default());
+        let off = Settings {
+            usage_details: false,
+            audit_log: true,
+        };
+        store.save_settings(off).await.unwrap();
+        store.close().await;
+        let store = SqliteStore::open(&url).await.unwrap();
+        assert_eq!(store.settings().await.unwrap(), off);
     }
 
     #[tokio::test]

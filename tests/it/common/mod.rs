@@ -66,7 +66,7 @@ impl Gateway {
         adjust(&mut config);
         let store = Arc::new(SqliteStore::open(&config.database_url).await.unwrap());
         let clock = ManualClock::starting_now();
-        let app = App::with_store(config, store, clock.clone()).unwrap();
+        let app = App::with_store(config, store, clock.clone()).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
