@@ -1,5 +1,5 @@
-//! The command line (SPEC §9): `serve`, `token create|list|delete` and
-//! `migrate`. Exit codes: 0 success, 1 failure, 2 usage or configuration error.
+//! The command line (SPEC §9): `serve`, `token create|list|delete`,
+//! `rules check` and `migrate`. Exit codes: 0 success, 1 failure, 2 usage or configuration error.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app::App;
 use crate::config::{self, Config, LogFormat, Overrides};
+use crate::pipeline::canonical::canonical_path;
+use crate::rules::{JsonBody, RequestHead, RuleSet};
 use crate::store::TokenQuery;
 use crate::tokens::{NewToken, TokenError, token_json};
 
@@ -30,8 +32,36 @@ pub enum Command {
     /// Create, list and delete tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Dry-run restriction rules against a request.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Apply database migrations and exit.
     Migrate(StoreArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Print ALLOW with the matching line, or DENY with why each line fails (exit 0 / 1).
+    Check(RulesCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RulesCheckArgs {
+    /// The rules, or @FILE to read them from a file.
+    #[arg(long, value_name = "RULES|@FILE")]
+    pub rules: String,
+    /// The request method.
+    #[arg(long, value_name = "M")]
+    pub method: String,
+    /// The request path and query, e.g. /rest/api/content?spaceKey=DOCS.
+    #[arg(long, value_name = "PATH?QUERY")]
+    pub url: String,
+    /// A file holding the request body (for JsonData rules).
+    #[arg(long, value_name = "FILE")]
+    pub body: Option<PathBuf>,
+    /// The body's Content-Type (default application/json when --body is given).
+    #[arg(long, value_name = "T")]
+    pub content_type: Option<String>,
 }
 
 /// Where the configuration and store are; every command that touches the store takes these.
@@ -125,6 +155,8 @@ enum Failure {
     Usage(String),
     /// Exit 1.
     Failed(String),
+    /// Exit 1, the answer already printed (a dry run that denies).
+    Denied,
 }
 
 impl<E: std::fmt::Display> From<E> for Failure {
@@ -152,6 +184,7 @@ pub fn main(cli: Cli) -> ExitCode {
             eprintln!("tokengate: {message}");
             ExitCode::FAILURE
         }
+        Err(Failure::Denied) => ExitCode::FAILURE,
     }
 }
 
@@ -161,6 +194,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Token(TokenCommand::Create(args)) => create(args).await,
         Command::Token(TokenCommand::List(args)) => list(args).await,
         Command::Token(TokenCommand::Delete(args)) => delete(args).await,
+        Command::Rules(RulesCommand::Check(args)) => rules_check(args),
         Command::Migrate(args) => {
             let app = open(&args, Overrides::default()).await?;
             app.store.close().await;
@@ -330,6 +364,59 @@ async fn delete(args: DeleteArgs) -> Result<(), Failure> {
     let deleted = deleted.map_err(|e| describe(&e))?;
     println!("deleted {deleted} token{}", if deleted == 1 { "" } else { "s" });
     Ok(())
+}
+
+/// The admin's dry run: the same canonical path, rules and JSON reading as the gateway.
+fn rules_check(args: RulesCheckArgs) -> Result<(), Failure> {
+    let text = inline_or_file(args.rules)?;
+    let rules = RuleSet::parse(&text).map_err(|e| Failure::Usage(format!("invalid rules: {e}")))?;
+    let (path, query) = args
+        .url
+        .split_once('?')
+        .map_or((args.url.as_str(), None), |(p, q)| (p, Some(q)));
+    let path = canonical_path(path).map_err(|e| Failure::Usage(format!("--url: {e}")))?;
+    let method = args.method.to_ascii_uppercase();
+    let body = match &args.body {
+        None => None,
+        Some(file) => {
+            let bytes =
+                std::fs::read(file).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let content_type = args.content_type.as_deref().unwrap_or("application/json");
+            match JsonBody::parse(Some(content_type), &bytes) {
+                Ok(body) => Some(body),
+                Err(e) => {
+                    println!("DENY: {e} (the gateway answers 400 ambiguous_json)");
+                    return Err(Failure::Denied);
+                }
+            }
+        }
+    };
+    let head = RequestHead {
+        method: &method,
+        path: &path,
+        query,
+    };
+    let explanation = rules.explain(&head, body.as_ref());
+    let mut out = std::io::stdout().lock();
+    match (explanation.allowed, explanation.allowed_by) {
+        (true, Some(line)) => writeln!(
+            out,
+            "ALLOW {method} {path}: line {line}: {}",
+            rules.line(line).unwrap_or_default()
+        )?,
+        (true, None) => writeln!(out, "ALLOW {method} {path}: no rules, everything in scope is allowed")?,
+        (false, _) => {
+            writeln!(out, "DENY {method} {path}: no rule matches")?;
+            for (line, why) in &explanation.failures {
+                writeln!(out, "  line {line}: {why}")?;
+            }
+        }
+    }
+    if explanation.allowed {
+        Ok(())
+    } else {
+        Err(Failure::Denied)
+    }
 }
 
 /// A token error as a CLI message; invalid input is a usage error.

@@ -654,6 +654,9 @@ mod tests {
     fn lines_are_the_trimmed_rules_without_blank_lines() {
         let rules = rule_set("  /a  <br/><br>\\n [get] /b [QueryParam::x==1] \r\n");
         assert_eq!(rules.lines(), ["/a", "[get] /b [QueryParam::x==1]"]);
+        assert_eq!(rules.line(1), Some("/a"));
+        assert_eq!(rules.line(2), None, "line 2 is blank");
+        assert_eq!(rules.line(4), Some("[get] /b [QueryParam::x==1]"));
     }
 
     #[test]
@@ -662,7 +665,7 @@ mod tests {
             panic!("not denied");
         };
         assert_eq!(denied.reason(), "rule_mismatch");
-        assert_eq!(denied.message(), "no rule allows POST /rest/api/content");
+        assert_eq!(denied.message(), "may not POST /rest/api/content: no rule matches");
     }
 
     // QueryParam (SPEC 3.3).
@@ -842,7 +845,7 @@ mod tests {
         let permit = rules.check_with_body(&head("GET", "/y"), &body).unwrap();
         assert_eq!(permit.line(), Some(3));
         let denied = rules.check_with_body(&head("PUT", "/x"), &body).unwrap_err();
-        assert_eq!(denied.message(), "no rule allows PUT /x");
+        assert_eq!(denied.message(), "may not PUT /x: no rule matches");
     }
 
     // explain, for `tokengate rules check`.

@@ -34,6 +34,8 @@ use eval::Matcher;
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     lines: Vec<String>,
+    /// The line number (as in errors and verdicts) of each of `lines`.
+    line_numbers: Vec<usize>,
     /// `None` when the text holds no rule: the token may make any request in
     /// its scope (SPEC 3.2).
     matcher: Option<Matcher>,
@@ -54,6 +56,7 @@ impl RuleSet {
         }
         let matcher = Matcher::compile(&rules)?;
         Ok(RuleSet {
+            line_numbers: rules.iter().map(|rule| rule.line).collect(),
             lines: rules.into_iter().map(|rule| rule.text).collect(),
             matcher: Some(matcher),
         })
@@ -62,6 +65,7 @@ impl RuleSet {
     fn unrestricted() -> RuleSet {
         RuleSet {
             lines: Vec::new(),
+            line_numbers: Vec::new(),
             matcher: None,
         }
     }
@@ -75,6 +79,12 @@ impl RuleSet {
     /// what is stored as `limit_to` (joined with `"\n"`) and shown as `rules`.
     pub fn lines(&self) -> &[String] {
         &self.lines
+    }
+
+    /// The rule on line `number` (counted as in errors and verdicts).
+    pub fn line(&self, number: usize) -> Option<&str> {
+        let index = self.line_numbers.iter().position(|n| *n == number)?;
+        Some(&self.lines[index])
     }
 
     /// The first pass, without the body. `Permit` when a rule without
@@ -180,7 +190,7 @@ pub struct Denied {
 impl Denied {
     fn no_rule_allows(head: &RequestHead<'_>) -> Denied {
         Denied {
-            message: format!("no rule allows {} {}", head.method, head.path),
+            message: format!("may not {} {}: no rule matches", head.method, head.path),
         }
     }
 
@@ -189,7 +199,7 @@ impl Denied {
         "rule_mismatch"
     }
 
-    /// For the token's holder, e.g. `no rule allows POST /rest/api/content`.
+    /// For the token's holder, e.g. `may not POST /rest/api/content: no rule matches`, to follow the token label.
     pub fn message(&self) -> &str {
         &self.message
     }

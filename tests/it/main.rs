@@ -6,4 +6,5 @@ mod cli;
 mod common;
 mod forwarding;
 mod protocols;
+mod rules;
 mod tokens;
