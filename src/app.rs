@@ -10,6 +10,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::proxy::UpstreamClient;
 use crate::proxy::headers::ProtectedHeaders;
+use crate::record::{AuditLog, Metrics, UsageBook};
 use crate::store::{self, Settings, StoreError, TokenStore};
 use crate::tokens::TokenManager;
 
@@ -23,7 +24,13 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub protected_headers: Arc<ProtectedHeaders>,
     pub settings: Arc<LiveSettings>,
+    pub usage: Arc<UsageBook>,
+    pub audit: AuditLog,
+    pub metrics: Arc<Metrics>,
 }
+
+/// Audit entries that may wait in memory before requests start waiting.
+const AUDIT_QUEUE: usize = 10_000;
 
 /// The settings as the hot path reads them: atomics, so a request never
 /// waits on a lock or the store. The store holds the persistent copy.
@@ -83,10 +90,14 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> Result<App, StartError> {
         let settings = Arc::new(LiveSettings::new(store.settings().await?));
+        let metrics = Metrics::new();
+        let usage = Arc::new(UsageBook::default());
         let verifier = Arc::new(Verifier::new(
             store.clone(),
             token::hasher(config.argon2),
             config.verify_cache_ttl,
+            metrics.clone(),
+            usage.clone(),
         ));
         let tokens = TokenManager {
             store: store.clone(),
@@ -98,12 +109,15 @@ impl App {
         Ok(App {
             upstream: Arc::new(UpstreamClient::new(&config)?),
             config: Arc::new(config),
-            store,
             verifier,
             tokens,
             clock,
             protected_headers: Arc::new(protected_headers),
             settings,
+            usage,
+            audit: AuditLog::start(store.clone(), AUDIT_QUEUE),
+            metrics,
+            store,
         })
     }
 }

@@ -1,5 +1,5 @@
 //! The command line (SPEC §9): `serve`, `token create|list|delete`,
-//! `rules check` and `migrate`. Exit codes: 0 success, 1 failure, 2 usage or configuration error.
+//! `rules check`, `audit` and `migrate`. Exit codes: 0 success, 1 failure, 2 usage or configuration error.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -10,8 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::App;
 use crate::config::{self, Config, LogFormat, Overrides};
 use crate::pipeline::canonical::canonical_path;
+use crate::record::audit_json;
 use crate::rules::{JsonBody, RequestHead, RuleSet};
-use crate::store::TokenQuery;
+use crate::store::{AuditKind, AuditQuery, TokenQuery};
 use crate::tokens::{NewToken, TokenError, token_json};
 
 #[derive(Debug, Parser)]
@@ -35,8 +36,28 @@ pub enum Command {
     /// Dry-run restriction rules against a request.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Show the audit log, newest first.
+    Audit(AuditArgs),
     /// Apply database migrations and exit.
     Migrate(StoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only entries of this token id.
+    #[arg(long = "token", value_name = "ID")]
+    pub token_id: Option<String>,
+    /// Only entries of this user (who a request acted as, or who acted).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// At most this many entries.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u64,
+    /// Print a JSON array of audit entries.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +216,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Token(TokenCommand::List(args)) => list(args).await,
         Command::Token(TokenCommand::Delete(args)) => delete(args).await,
         Command::Rules(RulesCommand::Check(args)) => rules_check(args),
+        Command::Audit(args) => audit(args).await,
         Command::Migrate(args) => {
             let app = open(&args, Overrides::default()).await?;
             app.store.close().await;
@@ -364,6 +386,52 @@ async fn delete(args: DeleteArgs) -> Result<(), Failure> {
     let deleted = deleted.map_err(|e| describe(&e))?;
     println!("deleted {deleted} token{}", if deleted == 1 { "" } else { "s" });
     Ok(())
+}
+
+async fn audit(args: AuditArgs) -> Result<(), Failure> {
+    let app = open(&args.store, Overrides::default()).await?;
+    let query = AuditQuery {
+        token_id: args.token_id,
+        user: args.user,
+        start_at: 0,
+        max_results: args.limit,
+    };
+    let page = app.store.list_audit(&query).await;
+    app.store.close().await;
+    let page = page?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let entries: Vec<_> = page.items.iter().map(audit_json).collect();
+        writeln!(out, "{}", serde_json::Value::Array(entries))?;
+        return Ok(());
+    }
+    for e in &page.items {
+        let what = match e.kind {
+            AuditKind::Request => format!(
+                "{} {} {} -> {} {}",
+                e.method.as_deref().unwrap_or("-"),
+                e.path.as_deref().unwrap_or("-"),
+                e.client_ip.as_deref().unwrap_or("-"),
+                e.status.map_or("-".to_owned(), |s| s.to_string()),
+                e.reason.as_deref().unwrap_or(&e.decision),
+            ),
+            AuditKind::Management => format!("{} {}", e.decision, e.detail.as_deref().unwrap_or("")),
+        };
+        writeln!(
+            out,
+            "{}  {:<22}  {:<20}  {what}",
+            format_time(e.at),
+            e.token_id.as_deref().unwrap_or("-"),
+            e.user.as_deref().unwrap_or("-"),
+        )?;
+    }
+    Ok(())
+}
+
+/// An epoch-millisecond time as RFC 3339 (UTC, to the second).
+fn format_time(at: crate::clock::EpochMs) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(at).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// The admin's dry run: the same canonical path, rules and JSON reading as the gateway.

@@ -20,6 +20,8 @@
 //!    token's [`rules`].
 //! 7. [`proxy`] forwards to Confluence with the user's identity, or
 //!    [`error`] answers with a reason code.
+//! 8. [`record`] counts usage, queues the audit entry and updates metrics,
+//!    off the request path.
 //!
 //! Tokens are created and deleted through [`tokens`], from the CLI ([`cli`])
 //! or the management API. [`config`] validates configuration once at start-up.
@@ -32,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod pipeline;
 pub mod proxy;
+pub mod record;
 pub mod routes;
 pub mod rules;
 pub mod server;

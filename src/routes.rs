@@ -1,5 +1,5 @@
 //! The gateway's own routes (SPEC §2.4), served here and never forwarded:
-//! health and readiness probes, and the management API.
+//! health and readiness probes, metrics, and the management API.
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -18,6 +18,7 @@ pub const TOKEN_TOOLS: &str = "/rest/extender/1.0/tokenTools";
 pub enum OwnRoute {
     Health,
     Ready,
+    Metrics,
     TokenTools,
 }
 
@@ -26,6 +27,7 @@ pub fn own_route(path: &str) -> Option<OwnRoute> {
     match path {
         "/tokengate/healthz" => Some(OwnRoute::Health),
         "/tokengate/readyz" => Some(OwnRoute::Ready),
+        "/tokengate/metrics" => Some(OwnRoute::Metrics),
         _ if is_under(path, TOKEN_TOOLS) => Some(OwnRoute::TokenTools),
         _ => None,
     }
@@ -51,6 +53,17 @@ pub async fn serve(app: &App, route: OwnRoute, req: Request<Incoming>) -> Result
                     r#"{"status":"unavailable","reason":"store"}"#,
                 ),
             };
+            probe(&req, response)
+        }
+        OwnRoute::Metrics => {
+            app.metrics
+                .audit_queue_depth
+                .set(i64::try_from(app.audit.queue_depth()).unwrap_or(i64::MAX));
+            let mut response = json_response(StatusCode::OK, app.metrics.render());
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
             probe(&req, response)
         }
         OwnRoute::TokenTools => Err(GatewayError::new(
@@ -89,6 +102,7 @@ mod tests {
     fn own_routes_match_whole_segments() {
         assert_eq!(own_route("/tokengate/healthz"), Some(OwnRoute::Health));
         assert_eq!(own_route("/tokengate/readyz"), Some(OwnRoute::Ready));
+        assert_eq!(own_route("/tokengate/metrics"), Some(OwnRoute::Metrics));
         assert_eq!(own_route("/rest/extender/1.0/tokenTools"), Some(OwnRoute::TokenTools));
         assert_eq!(
             own_route("/rest/extender/1.0/tokenTools/get"),

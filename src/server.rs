@@ -19,6 +19,7 @@ use crate::app::{App, StartError};
 use crate::config::TlsFiles;
 use crate::pipeline;
 use crate::proxy::ConnInfo;
+use crate::record;
 
 /// How long a client may take to send its request headers (slow-loris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,12 +29,24 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How often each process looks for tokens deleted elsewhere (CLI, replicas).
 const REVOCATION_POLL: Duration = Duration::from_millis(500);
+/// How often usage counters are written to the store (SPEC §6: at least every 5 s).
+const USAGE_FLUSH: Duration = Duration::from_secs(2);
+/// How often old audit entries are purged.
+const AUDIT_PURGE: Duration = Duration::from_secs(3600);
 
 /// Serves on an already bound listener until `shutdown` completes, then
 /// stops accepting and lets in-flight requests finish (bounded).
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let tls = app.config.tls.as_ref().map(tls_acceptor).transpose()?;
-    let background = tokio::spawn(poll_revocations(app.clone()));
+    let background = [
+        tokio::spawn(poll_revocations(app.clone())),
+        tokio::spawn(every(USAGE_FLUSH, app.clone(), |app| async move {
+            record::flush_usage(&app).await
+        })),
+        tokio::spawn(every(AUDIT_PURGE, app.clone(), |app| async move {
+            record::purge_audit(&app).await
+        })),
+    ];
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -94,7 +107,10 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
     {
         tracing::warn!("in-flight requests did not finish in time");
     }
-    background.abort();
+    for task in background {
+        task.abort();
+    }
+    record::flush(&app).await;
     app.store.close().await;
     Ok(())
 }
@@ -168,6 +184,20 @@ async fn serve_connection<S>(
 async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     // The guard wait_for returns is not Send: drop it before the caller awaits.
     let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Runs `job` now and then every `period`, until aborted.
+async fn every<F, Fut>(period: Duration, app: App, job: F)
+where
+    F: Fn(App) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        job(app.clone()).await;
+    }
 }
 
 /// Drops tokens deleted by other processes from this one's verified cache.

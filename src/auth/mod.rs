@@ -6,4 +6,4 @@ pub mod credentials;
 pub mod token;
 mod verifier;
 
-pub use verifier::{ActiveToken, Verifier, VerifierStats, VerifyError};
+pub use verifier::{ActiveToken, Verifier, VerifyError};

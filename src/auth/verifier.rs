@@ -8,9 +8,9 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use ipnet::IpNet;
@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use super::token::{self, SecretDigest};
 use crate::clock::EpochMs;
+use crate::record::{Metrics, TokenUsage, UsageBook};
 use crate::rules::RuleSet;
 use crate::store::{StoreError, TokenRecord, TokenStore};
 use crate::tokens::parse_ip_list;
@@ -43,13 +44,15 @@ pub struct ActiveToken {
     /// Compiled restriction rules. `Err` when the stored rules no longer
     /// compile: the token then denies every request (fail closed).
     pub rules: Result<RuleSet, String>,
+    /// Shared by every verified copy of this token.
+    pub usage: Arc<TokenUsage>,
     revoked: AtomicBool,
 }
 
 impl ActiveToken {
     /// Compiles a stored record. Never fails: a defect in stored data becomes
     /// a token that refuses everything, and an error in the log.
-    pub fn from_record(record: &TokenRecord) -> Self {
+    pub fn from_record(record: &TokenRecord, usage: Arc<TokenUsage>) -> Self {
         let ip_allowlist = parse_ip_list(&record.ip);
         let rules = RuleSet::parse(&record.limit_to).map_err(|e| e.to_string());
         for defect in [ip_allowlist.as_ref().err(), rules.as_ref().err()]
@@ -65,6 +68,7 @@ impl ActiveToken {
             valid_until: record.valid_until,
             ip_allowlist,
             rules,
+            usage,
             revoked: AtomicBool::new(false),
         }
     }
@@ -83,14 +87,6 @@ impl ActiveToken {
             Err(_) => false,
         }
     }
-}
-
-/// Counters for tests and metrics.
-#[derive(Debug, Default)]
-pub struct VerifierStats {
-    pub argon2_checks: AtomicU64,
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +115,8 @@ pub struct Verifier {
     registry: Mutex<Registry>,
     argon2_slots: Semaphore,
     hasher: Argon2<'static>,
-    pub stats: VerifierStats,
+    metrics: Arc<Metrics>,
+    usage: Arc<UsageBook>,
 }
 
 #[derive(Default)]
@@ -130,7 +127,13 @@ struct Registry {
 }
 
 impl Verifier {
-    pub fn new(store: Arc<dyn TokenStore>, hasher: Argon2<'static>, cache_ttl: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn TokenStore>,
+        hasher: Argon2<'static>,
+        cache_ttl: Duration,
+        metrics: Arc<Metrics>,
+        usage: Arc<UsageBook>,
+    ) -> Self {
         let slots = std::thread::available_parallelism().map_or(2, usize::from);
         Verifier {
             store,
@@ -141,7 +144,8 @@ impl Verifier {
             registry: Mutex::new(Registry::default()),
             argon2_slots: Semaphore::new(slots),
             hasher,
-            stats: VerifierStats::default(),
+            metrics,
+            usage,
         }
     }
 
@@ -154,12 +158,12 @@ impl Verifier {
         let digest = token::digest(secret);
         if let Some(active) = self.cache.get(&digest).await {
             if !active.is_revoked() {
-                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.cache_hits.inc();
                 return Ok(Some(active));
             }
             self.cache.invalidate(&digest).await;
         }
-        self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        self.metrics.cache_misses.inc();
         match self.cache.try_get_with(digest, self.verify_cold(secret)).await {
             Ok(active) => Ok(Some(active)),
             Err(error) => match Arc::try_unwrap(error).unwrap_or_else(|shared| clone_cold(&shared)) {
@@ -171,7 +175,7 @@ impl Verifier {
 
     async fn verify_cold(&self, secret: &str) -> Result<Arc<ActiveToken>, ColdError> {
         let record = self.find_record(secret).await?.ok_or(ColdError::NotFound)?;
-        let active = Arc::new(ActiveToken::from_record(&record));
+        let active = Arc::new(ActiveToken::from_record(&record, self.usage.usage_for(&record.id)));
         self.register(&active);
         if active.is_revoked() {
             return Err(ColdError::NotFound);
@@ -214,11 +218,12 @@ impl Verifier {
             .acquire()
             .await
             .map_err(|e| VerifyError::Task(e.to_string()))?;
-        self.stats.argon2_checks.fetch_add(1, Ordering::Relaxed);
+        self.metrics.argon2_checks.inc();
         let hasher = self.hasher.clone();
-        tokio::task::spawn_blocking(move || job(hasher))
-            .await
-            .map_err(|e| VerifyError::Task(e.to_string()))
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || job(hasher)).await;
+        self.metrics.argon2_duration.observe(started.elapsed().as_secs_f64());
+        result.map_err(|e| VerifyError::Task(e.to_string()))
     }
 
     fn register(&self, active: &Arc<ActiveToken>) {

@@ -168,21 +168,24 @@ mod tests {
     use crate::store::TokenRecord;
 
     fn token(user: Option<&str>, valid_until: Option<EpochMs>, ip: &str) -> ActiveToken {
-        ActiveToken::from_record(&TokenRecord {
-            id: "id1".into(),
-            label: "ci-bot".into(),
-            user: user.map(Into::into),
-            author: "admin".into(),
-            limit_to: String::new(),
-            ip: ip.into(),
-            created_at: 0,
-            valid_until,
-            token_hash: String::new(),
-            lookup: String::new(),
-            counter: 0,
-            last_used_at: None,
-            last_ip: None,
-        })
+        ActiveToken::from_record(
+            &TokenRecord {
+                id: "id1".into(),
+                label: "ci-bot".into(),
+                user: user.map(Into::into),
+                author: "admin".into(),
+                limit_to: String::new(),
+                ip: ip.into(),
+                created_at: 0,
+                valid_until,
+                token_hash: String::new(),
+                lookup: String::new(),
+                counter: 0,
+                last_used_at: None,
+                last_ip: None,
+            },
+            Default::default(),
+        )
     }
 
     fn cx<'a>(scheme: Scheme, basic_user: Option<&'a str>) -> CheckContext<'a> {

@@ -7,42 +7,111 @@ pub mod canonical;
 pub mod client_ip;
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::app::App;
+use crate::auth::ActiveToken;
 use crate::auth::credentials::{self, Credentials};
 use crate::error::{GatewayError, Reason};
 use crate::proxy::{Body, ConnInfo, Identity};
+use crate::record::Decision;
+use crate::store::{AuditEntry, AuditKind};
 use authorize::CheckContext;
 use canonical::Target;
 
-/// The outer handler: the only place that turns a failure into a response.
-pub async fn handle(app: &App, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
-    let method = req.method().clone();
-    match process(app, conn, req).await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::info!(
-                http.method = %method,
-                client.peer = %conn.peer.ip(),
-                reason = error.reason.code(),
-                "refused: {}", error.message
-            );
-            error.into_response(app.config.token_auth).map(Either::Right)
-        }
-    }
+/// What one request did, gathered on the way for the audit log, usage and metrics.
+#[derive(Default)]
+struct Trail {
+    /// A `tgw_` credential was presented: the request is audited.
+    token_presented: bool,
+    token: Option<Arc<ActiveToken>>,
+    user: Option<String>,
+    client_ip: Option<IpAddr>,
+    path: Option<String>,
+    decision: Option<Decision>,
 }
 
-async fn process(app: &App, conn: ConnInfo, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+/// The outer handler: the only place that turns a failure into a response,
+/// and where every request's outcome is recorded.
+pub async fn handle(app: &App, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        http.method = %method,
+        url.path = Empty,
+        client.ip = Empty,
+        token.id = Empty,
+        user = Empty,
+        http.status = Empty,
+        duration_ms = Empty,
+    );
+    let mut trail = Trail::default();
+    let result = process(app, conn, req, &mut trail).instrument(span.clone()).await;
+    let (response, reason) = match result {
+        Ok(response) => (response, None),
+        Err(error) => {
+            span.in_scope(|| tracing::info!(reason = error.reason.code(), "refused: {}", error.message));
+            let reason = error.reason;
+            (
+                error.into_response(app.config.token_auth).map(Either::Right),
+                Some(reason),
+            )
+        }
+    };
+    let elapsed = started.elapsed();
+    let decision = if reason.is_some() {
+        Decision::Deny
+    } else {
+        trail.decision.unwrap_or(Decision::Own)
+    };
+    app.metrics.observe_request(decision, reason, elapsed);
+    span.record("http.status", response.status().as_u16());
+    span.record("duration_ms", elapsed.as_millis() as u64);
+    if trail.token_presented && app.settings.get().audit_log {
+        let entry = AuditEntry {
+            at: app.clock.now_ms(),
+            kind: AuditKind::Request,
+            token_id: trail.token.as_ref().map(|t| t.id.clone()),
+            token_label: trail.token.as_ref().map(|t| t.label.clone()),
+            user: trail.user,
+            client_ip: trail.client_ip.map(|ip| ip.to_string()),
+            method: Some(method.to_string()),
+            path: trail.path,
+            status: Some(i64::from(response.status().as_u16())),
+            decision: if reason.is_some() { "deny" } else { "allow" }.to_owned(),
+            reason: reason.map(|r| r.code().to_owned()),
+            duration_ms: Some(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)),
+            detail: None,
+        };
+        app.audit.record(entry).await;
+    }
+    response
+}
+
+async fn process(
+    app: &App,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+    trail: &mut Trail,
+) -> Result<Response<Body>, GatewayError> {
     let target = canonical::canonicalise(req.uri()).map_err(|e| GatewayError::new(Reason::BadPath, e.to_string()))?;
+    tracing::Span::current().record("url.path", target.path.as_str());
     app.protected_headers.strip(req.headers_mut());
     if let Some(route) = crate::routes::own_route(&target.path) {
         return crate::routes::serve(app, route, req).await;
     }
     let client_ip = client_ip::client_ip(conn.peer.ip(), req.headers(), &app.config.trusted_proxies);
+    tracing::Span::current().record("client.ip", tracing::field::display(client_ip));
+    trail.client_ip = Some(client_ip);
+    trail.path = Some(target.path.clone());
     let credentials = credentials::from_headers(req.headers())
         .map_err(|e| GatewayError::new(Reason::BadCredentials, e.to_string()))?;
     let (req, identity) = match credentials {
@@ -53,8 +122,12 @@ async fn process(app: &App, conn: ConnInfo, mut req: Request<Incoming>) -> Resul
                 "credentials are required",
             ));
         }
-        Some(credentials) => authenticate(app, req, &target, &credentials, client_ip).await?,
+        Some(credentials) => authenticate(app, req, &target, &credentials, client_ip, trail).await?,
     };
+    trail.decision = Some(match identity {
+        Identity::User(_) => Decision::Allow,
+        Identity::Passthrough => Decision::Passthrough,
+    });
     app.upstream.forward(req, &target, &identity, conn).await
 }
 
@@ -65,6 +138,7 @@ async fn authenticate(
     target: &Target,
     credentials: &Credentials,
     client_ip: IpAddr,
+    trail: &mut Trail,
 ) -> Result<(Request<Body>, Identity), GatewayError> {
     let Some((secret, scheme)) = credentials.gateway_token() else {
         if app.config.passthrough {
@@ -75,30 +149,40 @@ async fn authenticate(
             "only gateway tokens are accepted here",
         ));
     };
+    trail.token_presented = true;
+    trail.user = credentials.basic_user().map(str::to_owned);
     let token = app
         .verifier
         .verify(secret)
         .await
         .map_err(|e| GatewayError::internal(&e))?
         .ok_or_else(|| GatewayError::new(Reason::InvalidToken, "invalid credentials"))?;
+    tracing::Span::current().record("token.id", token.id.as_str());
+    trail.token = Some(token.clone());
     if target.has_path_parameters {
         return Err(GatewayError::new(
             Reason::BadPath,
             "path parameters (';') are not allowed on token requests",
         ));
     }
+    let now = app.clock.now_ms();
     let cx = CheckContext {
         scheme,
         basic_user: credentials.basic_user(),
         method: req.method(),
         path: &target.path,
         client_ip,
-        now: app.clock.now_ms(),
+        now,
         token_auth: app.config.token_auth,
         scope: app.config.scope,
     };
     let user = authorize::check_token(&token, &cx)?;
+    tracing::Span::current().record("user", user.as_str());
+    trail.user = Some(user.clone());
     let req = authorize::check_rules(&token, req, &target.path, app.config.max_json_body).await?;
-    tracing::debug!(token.id = %token.id, user = %user, scheme = scheme.name(), "token accepted");
+    if app.settings.get().usage_details {
+        token.usage.record(now, client_ip);
+    }
+    tracing::debug!(scheme = scheme.name(), "token accepted");
     Ok((req, Identity::User(user)))
 }

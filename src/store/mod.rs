@@ -63,6 +63,56 @@ pub struct Revocation {
     pub token_id: String,
 }
 
+/// One audit log entry (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditEntry {
+    pub at: EpochMs,
+    pub kind: AuditKind,
+    pub token_id: Option<String>,
+    pub token_label: Option<String>,
+    /// For a request: who it acted as (or claimed to). For a management action: who did it.
+    #[sqlx(rename = "user_name")]
+    pub user: Option<String>,
+    pub client_ip: Option<String>,
+    pub method: Option<String>,
+    /// The canonical path, never the query string.
+    pub path: Option<String>,
+    pub status: Option<i64>,
+    /// `allow` or `deny` for a request; the action (`create`, `delete`, ...) for a management entry.
+    pub decision: String,
+    /// The reason code of a refusal.
+    pub reason: Option<String>,
+    pub duration_ms: Option<i64>,
+    /// What a management action changed (never a token value).
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum AuditKind {
+    Request,
+    Management,
+}
+
+/// Filters and paging for reading the audit log (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub token_id: Option<String>,
+    /// Case-insensitive.
+    pub user: Option<String>,
+    pub start_at: u64,
+    pub max_results: u64,
+}
+
+/// Usage of one token since the last flush (SPEC §6 usage details).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub token_id: String,
+    pub calls: i64,
+    pub last_used_at: EpochMs,
+    pub last_ip: String,
+}
+
 /// Gateway-wide switches (SPEC §5 `usageDetails`, `auditLog`); both default on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
@@ -108,6 +158,14 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn revocations_after(&self, seq: i64) -> Result<Vec<Revocation>, StoreError>;
     /// Forgets revocations older than `before`; no process needs them any more.
     async fn purge_revocations(&self, before: EpochMs) -> Result<u64, StoreError>;
+    /// Adds usage to tokens' counters (rows deleted meanwhile are skipped).
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError>;
+    /// Appends audit entries in one transaction.
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError>;
+    /// Newest first.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>, StoreError>;
+    /// Deletes entries older than `before`; returns how many.
+    async fn purge_audit(&self, before: EpochMs) -> Result<u64, StoreError>;
     /// The stored settings; defaults for any never set.
     async fn settings(&self) -> Result<Settings, StoreError>;
     async fn save_settings(&self, settings: Settings) -> Result<(), StoreError>;

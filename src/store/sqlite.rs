@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{Page, Revocation, Settings, StoreError, TokenQuery, TokenRecord, TokenStore};
+use super::{
+    AuditEntry, AuditQuery, Page, Revocation, Settings, StoreError, TokenQuery, TokenRecord, TokenStore, UsageDelta,
+};
 use crate::clock::EpochMs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -179,6 +181,84 @@ impl TokenStore for SqliteStore {
         Ok(result.rows_affected())
     }
 
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for delta in deltas {
+            sqlx::query(
+                "UPDATE tokens SET counter = counter + ?1, \
+                 last_ip = CASE WHEN ?2 >= coalesce(last_used_at, 0) THEN ?3 ELSE last_ip END, \
+                 last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?4",
+            )
+            .bind(delta.calls)
+            .bind(delta.last_used_at)
+            .bind(&delta.last_ip)
+            .bind(&delta.token_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for e in entries {
+            sqlx::query(
+                "INSERT INTO audit (at, kind, token_id, token_label, user_name, client_ip, method, path, \
+                 status, decision, reason, duration_ms, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(e.at)
+            .bind(e.kind)
+            .bind(&e.token_id)
+            .bind(&e.token_label)
+            .bind(&e.user)
+            .bind(&e.client_ip)
+            .bind(&e.method)
+            .bind(&e.path)
+            .bind(e.status)
+            .bind(&e.decision)
+            .bind(&e.reason)
+            .bind(e.duration_ms)
+            .bind(&e.detail)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Page<AuditEntry>, StoreError> {
+        const FILTER: &str = "(?1 IS NULL OR token_id = ?1) AND (?2 IS NULL OR user_name = ?2 COLLATE NOCASE)";
+        let (total,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM audit WHERE {FILTER}"))
+            .bind(&q.token_id)
+            .bind(&q.user)
+            .fetch_one(&self.pool)
+            .await?;
+        let sql = format!(
+            "SELECT at, kind, token_id, token_label, user_name, client_ip, method, path, status, decision, \
+             reason, duration_ms, detail FROM audit WHERE {FILTER} ORDER BY at DESC, id DESC LIMIT ?3 OFFSET ?4"
+        );
+        let items = sqlx::query_as(&sql)
+            .bind(&q.token_id)
+            .bind(&q.user)
+            .bind(i64::try_from(q.max_results).unwrap_or(i64::MAX))
+            .bind(i64::try_from(q.start_at).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(Page {
+            total: total.try_into().unwrap_or(0),
+            items,
+        })
+    }
+
+    async fn purge_audit(&self, before: EpochMs) -> Result<u64, StoreError> {
+        let result = sqlx::query("DELETE FROM audit WHERE at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
     async fn settings(&self) -> Result<Settings, StoreError> {
         let rows: Vec<(String, String)> = sqlx::query_as("SELECT name, value FROM settings")
             .fetch_all(&self.pool)
@@ -328,6 +408,104 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(store.list_tokens(&label).await.unwrap().items[0].id, "t2");
+    }
+
+    fn audit_entry(at: EpochMs, token: Option<&str>, user: &str) -> AuditEntry {
+        AuditEntry {
+            at,
+            kind: super::super::AuditKind::Request,
+            token_id: token.map(Into::into),
+            token_label: None,
+            user: Some(user.into()),
+            client_ip: Some("10.0.0.1".into()),
+            method: Some("GET".into()),
+            path: Some("/rest/api/space".into()),
+            status: Some(200),
+            decision: "allow".into(),
+            reason: None,
+            duration_ms: Some(3),
+            detail: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_entries_filter_page_and_purge() {
+        let (_dir, store) = temp_store().await;
+        let entries: Vec<_> = (0..5)
+            .map(|i| {
+                audit_entry(
+                    i,
+                    Some(if i % 2 == 0 { "even" } else { "odd" }),
+                    if i < 3 { "Alice" } else { "bob" },
+                )
+            })
+            .collect();
+        store.append_audit(&entries).await.unwrap();
+        let all = store
+            .list_audit(&AuditQuery {
+                max_results: 50,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.total, 5);
+        assert_eq!(all.items.iter().map(|e| e.at).collect::<Vec<_>>(), [4, 3, 2, 1, 0]);
+        assert_eq!(all.items[0], entries[4]);
+        let even = AuditQuery {
+            token_id: Some("even".into()),
+            max_results: 1,
+            start_at: 1,
+            ..Default::default()
+        };
+        let page = store.list_audit(&even).await.unwrap();
+        assert_eq!((page.total, page.items[0].at), (3, 2));
+        let alice = AuditQuery {
+            user: Some("alice".into()),
+            max_results: 50,
+            ..Default::default()
+        };
+        assert_eq!(store.list_audit(&alice).await.unwrap().total, 3);
+        assert_eq!(store.purge_audit(2).await.unwrap(), 2);
+        assert_eq!(
+            store
+                .list_audit(&AuditQuery {
+                    max_results: 50,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .total,
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn usage_adds_up_and_keeps_the_latest_ip() {
+        let (_dir, store) = temp_store().await;
+        store.insert_token(&record("a", None, 0)).await.unwrap();
+        let delta = |calls, at, ip: &str| UsageDelta {
+            token_id: "a".into(),
+            calls,
+            last_used_at: at,
+            last_ip: ip.into(),
+        };
+        store.add_usage(&[delta(3, 100, "1.1.1.1")]).await.unwrap();
+        store
+            .add_usage(&[delta(2, 50, "2.2.2.2"), delta(1, 200, "3.3.3.3")])
+            .await
+            .unwrap();
+        let stored = store.token("a").await.unwrap().unwrap();
+        assert_eq!(
+            (stored.counter, stored.last_used_at, stored.last_ip.as_deref()),
+            (6, Some(200), Some("3.3.3.3"))
+        );
+        store
+            .add_usage(&[UsageDelta {
+                token_id: "gone".into(),
+                ..delta(1, 1, "x")
+            }])
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

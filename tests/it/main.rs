@@ -6,5 +6,6 @@ mod cli;
 mod common;
 mod forwarding;
 mod protocols;
+mod recording;
 mod rules;
 mod tokens;

@@ -2,7 +2,6 @@
 //! run once under concurrency, expiry with a controlled clock, deletion
 //! (in-process and by another process), and creation validation.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokengate::clock::DAY_MS;
@@ -17,8 +16,8 @@ const SPACE: &str = "/rest/api/space";
 async fn fifty_concurrent_first_uses_run_argon2_once() {
     let gw = Gateway::start().await;
     let token = gw.token_for("alice").await;
-    let stats = &gw.app.verifier.stats;
-    let before = stats.argon2_checks.load(Ordering::SeqCst);
+    let metrics = &gw.app.metrics;
+    let before = metrics.argon2_checks.get();
     let auth = basic("alice", &token);
     let url = gw.url(SPACE);
     let requests = (0..50).map(|_| {
@@ -28,18 +27,18 @@ async fn fifty_concurrent_first_uses_run_argon2_once() {
     for request in requests.collect::<Vec<_>>() {
         assert_eq!(request.await.unwrap(), 200);
     }
-    assert_eq!(stats.argon2_checks.load(Ordering::SeqCst) - before, 1);
+    assert_eq!(metrics.argon2_checks.get() - before, 1);
     assert_eq!(gw.upstream.count(), 50);
     // The warm path stays warm.
     assert_eq!(get(&url, &[("authorization", &auth)]).await.status, 200);
-    assert_eq!(stats.argon2_checks.load(Ordering::SeqCst) - before, 1);
+    assert_eq!(metrics.argon2_checks.get() - before, 1);
 }
 
 #[tokio::test]
 async fn unknown_lookup_prefixes_cost_no_argon2() {
     let gw = Gateway::start().await;
     gw.token_for("alice").await;
-    let before = gw.app.verifier.stats.argon2_checks.load(Ordering::SeqCst);
+    let before = gw.app.metrics.argon2_checks.get();
     let secret = "tgw_nosuchprefix_0123456789abcdefghijklmnop";
     assert_eq!(
         get(&gw.url(SPACE), &[("authorization", &basic("a", secret))])
@@ -47,7 +46,7 @@ async fn unknown_lookup_prefixes_cost_no_argon2() {
             .status,
         401
     );
-    assert_eq!(gw.app.verifier.stats.argon2_checks.load(Ordering::SeqCst), before);
+    assert_eq!(gw.app.metrics.argon2_checks.get(), before);
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! Confluence, with a manual clock and a throwaway SQLite store.
 
 pub mod fake_confluence;
+pub mod faulty_store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,12 +17,13 @@ use hyper_util::rt::TokioExecutor;
 use tokengate::App;
 use tokengate::clock::ManualClock;
 use tokengate::config::{Argon2Cost, Config, Upstream};
-use tokengate::store::SqliteStore;
+use tokengate::store::{SqliteStore, TokenStore};
 use tokengate::tokens::{CreatedToken, NewToken};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub use fake_confluence::FakeConfluence;
+pub use faulty_store::FaultyStore;
 
 /// Cheap argon2 so tests stay fast; the default cost has its own test.
 pub const TEST_ARGON2: Argon2Cost = Argon2Cost {
@@ -60,11 +62,33 @@ impl Gateway {
 
     /// Starts a gateway whose configuration `adjust` may change.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_store(adjust, |store| store).await
+    }
+
+    /// Starts a gateway over a store that can be made slow or unavailable.
+    pub async fn start_faulty() -> (Self, Arc<FaultyStore>) {
+        let mut faulty = None;
+        let gw = Self::start_with_store(
+            |_| {},
+            |store| {
+                let store = Arc::new(FaultyStore::new(store));
+                faulty = Some(store.clone());
+                store
+            },
+        )
+        .await;
+        (gw, faulty.unwrap())
+    }
+
+    async fn start_with_store(
+        adjust: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(Arc<dyn TokenStore>) -> Arc<dyn TokenStore>,
+    ) -> Self {
         let upstream = FakeConfluence::start().await;
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(&upstream, dir.path());
         adjust(&mut config);
-        let store = Arc::new(SqliteStore::open(&config.database_url).await.unwrap());
+        let store = wrap(Arc::new(SqliteStore::open(&config.database_url).await.unwrap()));
         let clock = ManualClock::starting_now();
         let app = App::with_store(config, store, clock.clone()).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,110 @@
+//! A store wrapper that can be made slow or unavailable, to test
+//! backpressure and outages against a real store underneath.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokengate::clock::EpochMs;
+use tokengate::store::{
+    AuditEntry, AuditQuery, Page, Revocation, Settings, StoreError, TokenQuery, TokenRecord, TokenStore, UsageDelta,
+};
+
+pub struct FaultyStore {
+    inner: Arc<dyn TokenStore>,
+    /// Every call fails while set.
+    pub down: AtomicBool,
+    /// Milliseconds each audit write takes.
+    pub audit_delay_ms: AtomicU64,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn TokenStore>) -> Self {
+        FaultyStore {
+            inner,
+            down: AtomicBool::new(false),
+            audit_delay_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Url("simulated outage".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TokenStore for FaultyStore {
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.insert_token(token).await
+    }
+    async fn tokens_by_lookup(&self, lookup: &str) -> Result<Vec<TokenRecord>, StoreError> {
+        self.check()?;
+        self.inner.tokens_by_lookup(lookup).await
+    }
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.check()?;
+        self.inner.token(id).await
+    }
+    async fn list_tokens(&self, query: &TokenQuery) -> Result<Page<TokenRecord>, StoreError> {
+        self.check()?;
+        self.inner.list_tokens(query).await
+    }
+    async fn delete_token(&self, id: &str, at: EpochMs) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.delete_token(id, at).await
+    }
+    async fn delete_user_tokens(&self, user: &str, at: EpochMs) -> Result<Vec<String>, StoreError> {
+        self.check()?;
+        self.inner.delete_user_tokens(user, at).await
+    }
+    async fn revocation_cursor(&self) -> Result<i64, StoreError> {
+        self.check()?;
+        self.inner.revocation_cursor().await
+    }
+    async fn revocations_after(&self, seq: i64) -> Result<Vec<Revocation>, StoreError> {
+        self.check()?;
+        self.inner.revocations_after(seq).await
+    }
+    async fn purge_revocations(&self, before: EpochMs) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.purge_revocations(before).await
+    }
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.add_usage(deltas).await
+    }
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        self.check()?;
+        let delay = self.audit_delay_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        self.inner.append_audit(entries).await
+    }
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>, StoreError> {
+        self.check()?;
+        self.inner.list_audit(query).await
+    }
+    async fn purge_audit(&self, before: EpochMs) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.purge_audit(before).await
+    }
+    async fn settings(&self) -> Result<Settings, StoreError> {
+        self.check()?;
+        self.inner.settings().await
+    }
+    async fn save_settings(&self, settings: Settings) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.save_settings(settings).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.ping().await
+    }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
