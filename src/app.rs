@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::auth::Verifier;
 use crate::auth::token;
+use crate::auth::{FailureThrottle, Verifier};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::proxy::UpstreamClient;
@@ -27,6 +27,7 @@ pub struct App {
     pub usage: Arc<UsageBook>,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
+    pub throttle: Arc<FailureThrottle>,
 }
 
 /// Audit entries that may wait in memory before requests start waiting.
@@ -106,7 +107,9 @@ impl App {
             max_days_until_expiry: config.max_days_until_expiry,
         };
         let protected_headers = ProtectedHeaders::new(&[&config.identity_header, &config.upstream_secret_header]);
+        let throttle = Arc::new(FailureThrottle::new(config.failed_auth_per_minute));
         Ok(App {
+            throttle,
             upstream: Arc::new(UpstreamClient::new(&config)?),
             config: Arc::new(config),
             verifier,

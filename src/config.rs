@@ -43,6 +43,7 @@ pub const KEYS: &[&str] = &[
     "trusted_proxies",
     "audit_retention_days",
     "log_format",
+    "max_connections",
 ];
 
 /// The file read when `--config` is not given, if it exists.
@@ -186,6 +187,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub audit_retention_days: u32,
     pub log_format: LogFormat,
+    /// Open client connections at most; more are refused with 503.
+    pub max_connections: usize,
 }
 
 impl fmt::Debug for Config {
@@ -366,6 +369,7 @@ impl Config {
                 "text",
                 &[("text", LogFormat::Text), ("json", LogFormat::Json)],
             )?,
+            max_connections: r.positive("max_connections", 10_000)?,
         };
         config.check_argon2(&r)?;
         Ok(config)
@@ -601,6 +605,7 @@ mod tests {
         assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.audit_retention_days, 90);
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.max_connections, 10_000);
     }
 
     #[test]

@@ -10,9 +10,10 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::{App, StartError};
@@ -21,8 +22,15 @@ use crate::pipeline;
 use crate::proxy::ConnInfo;
 use crate::record;
 
-/// How long a client may take to send its request headers (slow-loris guard).
+/// How long a client may take to send its request headers (slow-loris
+/// guard). hyper also runs it while a keep-alive connection waits for its
+/// next request, so it is the HTTP/1 idle timeout too.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head accepted (HTTP/1 read buffer, HTTP/2 header list).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+/// HTTP/2 pings to find dead peers on idle connections.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may run on after shutdown begins.
@@ -51,8 +59,16 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(Duration::from_secs(10));
+    let slots = Arc::new(Semaphore::new(app.config.max_connections));
     let builder = Arc::new(builder);
     let connections = Connections::new();
     tracing::info!(
@@ -75,13 +91,17 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
             },
             () = &mut shutdown => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_connection(stream, tls.is_some()));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let conn = ConnInfo {
             peer,
             tls: tls.is_some(),
         };
         let (app, builder) = (app.clone(), builder.clone());
-        let watcher = connections.watcher();
+        let watcher = connections.watcher(slot);
         match &tls {
             None => {
                 tokio::spawn(serve_connection(builder, stream, app, conn, watcher));
@@ -126,6 +146,8 @@ struct Connections {
 struct ConnectionWatcher {
     stop: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
+    /// The connection's place under `max_connections`, freed when it ends.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Connections {
@@ -138,10 +160,11 @@ impl Connections {
         }
     }
 
-    fn watcher(&self) -> ConnectionWatcher {
+    fn watcher(&self, slot: OwnedSemaphorePermit) -> ConnectionWatcher {
         ConnectionWatcher {
             stop: self.stop.subscribe(),
             _alive: self.alive.clone(),
+            _slot: slot,
         }
     }
 
@@ -179,6 +202,22 @@ async fn serve_connection<S>(
     if let Err(e) = result {
         tracing::debug!(client.peer = %conn.peer, error = %e, "connection ended with an error");
     }
+}
+
+/// Over `max_connections`: a plain client gets a short 503; a TLS client
+/// (no handshake yet) just sees the connection close.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, tls: bool) {
+    tracing::warn!("max_connections reached; refusing a connection");
+    if !tls {
+        let body = r#"{"statusCode":503,"message":"too many connections","reason":"unavailable","source":"tokengate"}"#;
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-tokengate-reason: unavailable\r\n\
+             retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
+    }
+    let _ = stream.shutdown().await;
 }
 
 async fn stop_requested(stop: &mut watch::Receiver<bool>) {

@@ -3,7 +3,9 @@
 //! through the verified cache, the store and argon2.
 
 pub mod credentials;
+pub mod throttle;
 pub mod token;
 mod verifier;
 
+pub use throttle::FailureThrottle;
 pub use verifier::{ActiveToken, Verifier, VerifyError};

@@ -152,17 +152,31 @@ impl Verifier {
     /// The token a presented secret belongs to, `None` when it is not a valid
     /// token (unknown, mistyped, deleted). `Err` only for internal failures.
     pub async fn verify(&self, secret: &str) -> Result<Option<Arc<ActiveToken>>, VerifyError> {
+        if let Some(active) = self.cached(secret).await {
+            return Ok(Some(active));
+        }
+        self.verify_uncached(secret).await
+    }
+
+    /// The warm path: the token, if this secret was verified recently.
+    pub async fn cached(&self, secret: &str) -> Option<Arc<ActiveToken>> {
+        let digest = token::digest(secret);
+        let active = self.cache.get(&digest).await?;
+        if active.is_revoked() {
+            self.cache.invalidate(&digest).await;
+            return None;
+        }
+        self.metrics.cache_hits.inc();
+        Some(active)
+    }
+
+    /// The cold path: store lookup and argon2, shared by concurrent callers
+    /// presenting the same secret.
+    pub async fn verify_uncached(&self, secret: &str) -> Result<Option<Arc<ActiveToken>>, VerifyError> {
         if !token::is_plausible(secret) {
             return Ok(None);
         }
         let digest = token::digest(secret);
-        if let Some(active) = self.cache.get(&digest).await {
-            if !active.is_revoked() {
-                self.metrics.cache_hits.inc();
-                return Ok(Some(active));
-            }
-            self.cache.invalidate(&digest).await;
-        }
         self.metrics.cache_misses.inc();
         match self.cache.try_get_with(digest, self.verify_cold(secret)).await {
             Ok(active) => Ok(Some(active)),

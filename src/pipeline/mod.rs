@@ -67,6 +67,11 @@ pub async fn handle(app: &App, conn: ConnInfo, req: Request<Incoming>) -> Respon
         }
     };
     let elapsed = started.elapsed();
+    if let (Some(reason), Some(ip)) = (reason, trail.client_ip)
+        && reason.is_failed_token_attempt()
+    {
+        app.throttle.record_failure(ip, app.clock.now_ms());
+    }
     let decision = if reason.is_some() {
         Decision::Deny
     } else {
@@ -151,12 +156,22 @@ async fn authenticate(
     };
     trail.token_presented = true;
     trail.user = credentials.basic_user().map(str::to_owned);
-    let token = app
-        .verifier
-        .verify(secret)
-        .await
-        .map_err(|e| GatewayError::internal(&e))?
-        .ok_or_else(|| GatewayError::new(Reason::InvalidToken, "invalid credentials"))?;
+    let token = match app.verifier.cached(secret).await {
+        Some(token) => token,
+        None => {
+            if let Some(retry_after) = app.throttle.blocked(client_ip, app.clock.now_ms()) {
+                let mut error =
+                    GatewayError::new(Reason::TooManyFailures, "too many failed token attempts; retry later");
+                error.retry_after = Some(retry_after);
+                return Err(error);
+            }
+            app.verifier
+                .verify_uncached(secret)
+                .await
+                .map_err(|e| GatewayError::internal(&e))?
+                .ok_or_else(|| GatewayError::new(Reason::InvalidToken, "invalid credentials"))?
+        }
+    };
     tracing::Span::current().record("token.id", token.id.as_str());
     trail.token = Some(token.clone());
     if target.has_path_parameters {

@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod common;
 mod forwarding;
+mod hardening;
 mod protocols;
 mod recording;
 mod rules;
