@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::admin::AdminState;
 use crate::auth::Verifier;
 use crate::auth::token;
 use crate::clock::{Clock, SystemClock};
@@ -23,6 +24,7 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub protected_headers: Arc<ProtectedHeaders>,
     pub settings: Arc<LiveSettings>,
+    pub admin: Arc<AdminState>,
 }
 
 /// The settings as the hot path reads them: atomics, so a request never
@@ -104,6 +106,7 @@ impl App {
             clock,
             protected_headers: Arc::new(protected_headers),
             settings,
+            admin: Arc::default(),
         })
     }
 }

@@ -40,7 +40,7 @@ async fn process(app: &App, conn: ConnInfo, mut req: Request<Incoming>) -> Resul
     let target = canonical::canonicalise(req.uri()).map_err(|e| GatewayError::new(Reason::BadPath, e.to_string()))?;
     app.protected_headers.strip(req.headers_mut());
     if let Some(route) = crate::routes::own_route(&target.path) {
-        return crate::routes::serve(app, route, req).await;
+        return crate::routes::serve(app, route, req, &target, conn).await;
     }
     let client_ip = client_ip::client_ip(conn.peer.ip(), req.headers(), &app.config.trusted_proxies);
     let credentials = credentials::from_headers(req.headers())
