@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::admin::AdminState;
 use crate::auth::token;
 use crate::auth::{FailureThrottle, Verifier};
 use crate::clock::{Clock, SystemClock};
@@ -28,6 +29,7 @@ pub struct App {
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
     pub throttle: Arc<FailureThrottle>,
+    pub admin: Arc<AdminState>,
 }
 
 /// Audit entries that may wait in memory before requests start waiting.
@@ -121,6 +123,7 @@ impl App {
             audit: AuditLog::start(store.clone(), AUDIT_QUEUE),
             metrics,
             store,
+            admin: Arc::default(),
         })
     }
 }

@@ -12,7 +12,7 @@ use crate::config::{self, Config, LogFormat, Overrides};
 use crate::pipeline::canonical::canonical_path;
 use crate::record::audit_json;
 use crate::rules::{JsonBody, RequestHead, RuleSet};
-use crate::store::{AuditKind, AuditQuery, TokenQuery};
+use crate::store::{AuditEntry, AuditKind, AuditQuery, TokenQuery};
 use crate::tokens::{NewToken, TokenError, token_json};
 
 #[derive(Debug, Parser)]
@@ -311,6 +311,13 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
         author: "cli".to_owned(),
     };
     let created = app.tokens.create(new).await.map_err(|e| describe(&e))?;
+    let record = &created.record;
+    let user = record.user.as_deref().unwrap_or("(unbound)");
+    let mut entry = cli_action(&app, "create", format!("token user {user}"));
+    entry.token_id = Some(record.id.clone());
+    entry.token_label = Some(record.label.clone());
+    app.audit.record(entry).await;
+    app.audit.flush().await;
     app.store.close().await;
     if args.json {
         println!("{}", created.to_json());
@@ -382,6 +389,21 @@ async fn delete(args: DeleteArgs) -> Result<(), Failure> {
         (None, Some(user)) => app.tokens.delete_user(user).await,
         (None, None) => unreachable!("clap requires an id or --user"),
     };
+    if let Ok(count) = &deleted {
+        let entry = match (&args.id, &args.user) {
+            (Some(id), _) => AuditEntry {
+                token_id: Some(id.clone()),
+                ..cli_action(&app, "delete", String::new())
+            },
+            (None, user) => cli_action(
+                &app,
+                "delete_user",
+                format!("{count} tokens of user {}", user.as_deref().unwrap_or_default()),
+            ),
+        };
+        app.audit.record(entry).await;
+        app.audit.flush().await;
+    }
     app.store.close().await;
     let deleted = deleted.map_err(|e| describe(&e))?;
     println!("deleted {deleted} token{}", if deleted == 1 { "" } else { "s" });
@@ -485,6 +507,18 @@ fn rules_check(args: RulesCheckArgs) -> Result<(), Failure> {
     } else {
         Err(Failure::Denied)
     }
+}
+
+/// A management action done from the command line, for the audit log:
+/// the actor is `cli`, the operating-system user is in the detail.
+fn cli_action(app: &App, action: &str, detail: String) -> AuditEntry {
+    let os_user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+    let mut entry = AuditEntry::management(app.clock.now_ms(), "cli", action);
+    entry.detail = Some(match detail.as_str() {
+        "" => format!("via cli (os user {os_user})"),
+        _ => format!("via cli (os user {os_user}); {detail}"),
+    });
+    entry
 }
 
 /// A token error as a CLI message; invalid input is a usage error.

@@ -63,6 +63,37 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 23] = [
+        Reason::BadPath,
+        Reason::BadCredentials,
+        Reason::AmbiguousJson,
+        Reason::BadRequest,
+        Reason::InvalidToken,
+        Reason::CredentialsRequired,
+        Reason::SchemeNotAllowed,
+        Reason::UserMismatch,
+        Reason::UnboundBearer,
+        Reason::TokenExpired,
+        Reason::OutOfScope,
+        Reason::IpNotAllowed,
+        Reason::RuleMismatch,
+        Reason::Forbidden,
+        Reason::NotFound,
+        Reason::MethodNotAllowed,
+        Reason::Conflict,
+        Reason::BodyTooLarge,
+        Reason::TooManyFailures,
+        Reason::Internal,
+        Reason::UpstreamUnavailable,
+        Reason::Unavailable,
+        Reason::UpstreamTimeout,
+    ];
+
+    /// The reason a code names (as the gateway's own responses carry it).
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
     /// The reason code, as in `X-Tokengate-Reason` and the body's `reason`.
     pub fn code(self) -> &'static str {
         match self {
@@ -213,7 +244,10 @@ mod tests {
         for (reason, status, code) in table {
             assert_eq!(reason.status().as_u16(), status, "{reason:?}");
             assert_eq!(reason.code(), code);
+            assert_eq!(Reason::from_code(code), Some(reason));
         }
+        assert_eq!(table.len(), Reason::ALL.len());
+        assert_eq!(Reason::from_code("nonsense"), None);
     }
 
     #[tokio::test]

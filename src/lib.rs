@@ -12,7 +12,8 @@
 //! 2. [`pipeline::canonical`] canonicalises the path once: it is both what is
 //!    checked and what is forwarded.
 //! 3. [`proxy::headers`] strips the identity and secret headers no client may set.
-//! 4. [`routes`] serves the gateway's own routes (probes, management API).
+//! 4. [`routes`] serves the gateway's own routes: the probes, and the
+//!    management API in [`admin`], which authenticates admins itself.
 //! 5. [`auth::credentials`] decodes `Authorization`; [`auth::Verifier`] turns a
 //!    `tgw_` secret into an [`auth::ActiveToken`] through the verified cache,
 //!    the [`store`] and argon2.
@@ -24,8 +25,9 @@
 //!    off the request path.
 //!
 //! Tokens are created and deleted through [`tokens`], from the CLI ([`cli`])
-//! or the management API. [`config`] validates configuration once at start-up.
+//! or the management API ([`admin`]). [`config`] validates configuration once at start-up.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -9,7 +9,8 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::app::App;
 use crate::error::{GatewayError, Reason};
-use crate::proxy::Body;
+use crate::pipeline::canonical::Target;
+use crate::proxy::{Body, ConnInfo};
 
 /// Base path of the Extender-compatible management API.
 pub const TOKEN_TOOLS: &str = "/rest/extender/1.0/tokenTools";
@@ -38,7 +39,13 @@ fn is_under(path: &str, base: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-pub async fn serve(app: &App, route: OwnRoute, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+pub async fn serve(
+    app: &App,
+    route: OwnRoute,
+    req: Request<Incoming>,
+    target: &Target,
+    conn: ConnInfo,
+) -> Result<Response<Body>, GatewayError> {
     match route {
         OwnRoute::Health => probe(&req, json_response(StatusCode::OK, r#"{"status":"ok"}"#)),
         OwnRoute::Ready => {
@@ -66,10 +73,7 @@ pub async fn serve(app: &App, route: OwnRoute, req: Request<Incoming>) -> Result
             );
             probe(&req, response)
         }
-        OwnRoute::TokenTools => Err(GatewayError::new(
-            Reason::NotFound,
-            "the management API is not available in this version; use the tokengate CLI",
-        )),
+        OwnRoute::TokenTools => Ok(crate::admin::serve(app, conn, target, req).await),
     }
 }
 

@@ -36,6 +36,14 @@ struct Trail {
     client_ip: Option<IpAddr>,
     path: Option<String>,
     decision: Option<Decision>,
+    /// Why an own route (the management API) refused, if it did.
+    own_refusal: Option<Reason>,
+}
+
+/// The reason code a response the gateway made itself carries, if any.
+fn own_refusal(response: &Response<Body>) -> Option<Reason> {
+    let code = response.headers().get("x-tokengate-reason")?.to_str().ok()?;
+    Reason::from_code(code)
 }
 
 /// The outer handler: the only place that turns a failure into a response,
@@ -56,7 +64,7 @@ pub async fn handle(app: &App, conn: ConnInfo, req: Request<Incoming>) -> Respon
     let mut trail = Trail::default();
     let result = process(app, conn, req, &mut trail).instrument(span.clone()).await;
     let (response, reason) = match result {
-        Ok(response) => (response, None),
+        Ok(response) => (response, trail.own_refusal),
         Err(error) => {
             span.in_scope(|| tracing::info!(reason = error.reason.code(), "refused: {}", error.message));
             let reason = error.reason;
@@ -110,12 +118,14 @@ async fn process(
     let target = canonical::canonicalise(req.uri()).map_err(|e| GatewayError::new(Reason::BadPath, e.to_string()))?;
     tracing::Span::current().record("url.path", target.path.as_str());
     app.protected_headers.strip(req.headers_mut());
-    if let Some(route) = crate::routes::own_route(&target.path) {
-        return crate::routes::serve(app, route, req).await;
-    }
     let client_ip = client_ip::client_ip(conn.peer.ip(), req.headers(), &app.config.trusted_proxies);
     tracing::Span::current().record("client.ip", tracing::field::display(client_ip));
     trail.client_ip = Some(client_ip);
+    if let Some(route) = crate::routes::own_route(&target.path) {
+        let response = crate::routes::serve(app, route, req, &target, conn).await?;
+        trail.own_refusal = own_refusal(&response);
+        return Ok(response);
+    }
     trail.path = Some(target.path.clone());
     let credentials = credentials::from_headers(req.headers())
         .map_err(|e| GatewayError::new(Reason::BadCredentials, e.to_string()))?;
@@ -134,6 +144,24 @@ async fn process(
         Identity::Passthrough => Decision::Passthrough,
     });
     app.upstream.forward(req, &target, &identity, conn).await
+}
+
+/// The token a `tgw_` secret belongs to: from the verified cache, else
+/// (unless this client is throttled) through the store and argon2.
+pub async fn resolve_token(app: &App, secret: &str, client_ip: IpAddr) -> Result<Arc<ActiveToken>, GatewayError> {
+    if let Some(token) = app.verifier.cached(secret).await {
+        return Ok(token);
+    }
+    if let Some(retry_after) = app.throttle.blocked(client_ip, app.clock.now_ms()) {
+        let mut error = GatewayError::new(Reason::TooManyFailures, "too many failed token attempts; retry later");
+        error.retry_after = Some(retry_after);
+        return Err(error);
+    }
+    app.verifier
+        .verify_uncached(secret)
+        .await
+        .map_err(|e| GatewayError::internal(&e))?
+        .ok_or_else(|| GatewayError::new(Reason::InvalidToken, "invalid credentials"))
 }
 
 /// Token resolution (SPEC §2.6) and the checks of §2.7 for a request with credentials.
@@ -156,22 +184,7 @@ async fn authenticate(
     };
     trail.token_presented = true;
     trail.user = credentials.basic_user().map(str::to_owned);
-    let token = match app.verifier.cached(secret).await {
-        Some(token) => token,
-        None => {
-            if let Some(retry_after) = app.throttle.blocked(client_ip, app.clock.now_ms()) {
-                let mut error =
-                    GatewayError::new(Reason::TooManyFailures, "too many failed token attempts; retry later");
-                error.retry_after = Some(retry_after);
-                return Err(error);
-            }
-            app.verifier
-                .verify_uncached(secret)
-                .await
-                .map_err(|e| GatewayError::internal(&e))?
-                .ok_or_else(|| GatewayError::new(Reason::InvalidToken, "invalid credentials"))?
-        }
-    };
+    let token = resolve_token(app, secret, client_ip).await?;
     tracing::Span::current().record("token.id", token.id.as_str());
     trail.token = Some(token.clone());
     if target.has_path_parameters {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{HOST, HeaderValue, LOCATION};
 use hyper::http::uri::{PathAndQuery, Scheme};
@@ -121,6 +121,62 @@ impl UpstreamClient {
         headers::remove_hop_by_hop(response.headers_mut(), switching);
         self.rewrite_location(&mut response);
         Ok(response.map(Either::Left))
+    }
+
+    /// The user Confluence says `authorization` authenticates, from
+    /// `GET /rest/api/user/current` sent with exactly that header and nothing
+    /// the gateway would add (no identity, no upstream secret).
+    ///
+    /// `Ok(None)` when Confluence does not accept them: a status other than
+    /// 200 and 5xx, or a 200 without a `username` (an anonymous user).
+    /// Unreachable, timed out or failing with a 5xx is `Err` (502, 504), so
+    /// that a caller never takes an outage for a verdict.
+    pub async fn current_user(&self, authorization: &HeaderValue) -> Result<Option<String>, GatewayError> {
+        const PATH: &str = "/rest/api/user/current";
+        const MAX_ANSWER: usize = 64 << 10;
+        let target = Target {
+            path: PATH.to_owned(),
+            query: None,
+            has_path_parameters: false,
+        };
+        let req = Request::get(self.upstream_uri(&target)?)
+            .header(hyper::header::AUTHORIZATION, authorization.clone())
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(Either::Right(Full::new(Bytes::new())))
+            .map_err(|e| GatewayError::internal(&e))?;
+        let exchange = async {
+            let response = self.client.request(req).await.map_err(|e| upstream_error(&e))?;
+            let status = response.status();
+            if status.is_server_error() {
+                tracing::warn!(http.status = status.as_u16(), "Confluence failed to check credentials");
+                return Err(GatewayError::new(
+                    Reason::UpstreamUnavailable,
+                    format!("Confluence could not check the credentials ({status})"),
+                ));
+            }
+            if status != StatusCode::OK {
+                return Ok(None);
+            }
+            let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "cannot read Confluence's answer about the current user");
+                    GatewayError::new(Reason::UpstreamUnavailable, "Confluence's answer could not be read")
+                })?
+                .to_bytes();
+            let user = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|json| json.get("username")?.as_str().map(str::to_owned));
+            Ok(user)
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => Err(GatewayError::new(
+                Reason::UpstreamTimeout,
+                "Confluence did not answer in time",
+            )),
+        }
     }
 
     fn rewrite_request(

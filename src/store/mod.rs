@@ -87,6 +87,27 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
+impl AuditEntry {
+    /// A management action by `actor`; the caller fills in what it concerns.
+    pub fn management(at: EpochMs, actor: &str, action: &str) -> AuditEntry {
+        AuditEntry {
+            at,
+            kind: AuditKind::Management,
+            token_id: None,
+            token_label: None,
+            user: Some(actor.to_owned()),
+            client_ip: None,
+            method: None,
+            path: None,
+            status: None,
+            decision: action.to_owned(),
+            reason: None,
+            duration_ms: None,
+            detail: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum AuditKind {

@@ -1,6 +1,7 @@
 //! The integration suite: the real server on 127.0.0.1:0 against a fake
 //! Confluence that records what it receives.
 
+mod admin;
 mod auth;
 mod cli;
 mod common;

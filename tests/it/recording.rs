@@ -357,7 +357,8 @@ async fn nothing_is_lost_across_sigterm() {
         max_results: 1000,
         ..Default::default()
     };
-    assert_eq!(store.list_audit(&query).await.unwrap().total, N as u64);
+    // Every request, and the CLI's creation of the token.
+    assert_eq!(store.list_audit(&query).await.unwrap().total, N as u64 + 1);
 
     let out = std::process::Command::new(bin)
         .args(["audit", "--token", id, "--limit", "5", "--json"])
@@ -373,4 +374,96 @@ async fn nothing_is_lost_across_sigterm() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 40);
+}
+
+const TOKEN_TOOLS: &str = "/rest/extender/1.0/tokenTools";
+
+fn admin() -> String {
+    basic("admin", crate::common::fake_confluence::ADMIN_PASSWORD)
+}
+
+#[tokio::test]
+async fn management_actions_are_audited_even_with_the_audit_log_off() {
+    let gw = Gateway::start().await;
+    let url = |path: &str| gw.url(&format!("{TOKEN_TOOLS}{path}"));
+    let json = [("authorization", admin()), ("content-type", "application/json".into())];
+    let json: Vec<_> = json.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let off = send(Method::POST, &url("/set"), &json, r#"{"auditLog":false}"#).await;
+    assert_eq!(off.status, 200, "{:?}", off.body);
+    let created = send(
+        Method::POST,
+        &url("/set"),
+        &json,
+        r#"{"label":"ci","userName":"alice"}"#,
+    )
+    .await
+    .json();
+    let (id, value) = (created["id"].as_str().unwrap(), created["token"].as_str().unwrap());
+    assert_eq!(
+        get(&gw.url("/rest/api/space"), &[("authorization", &basic("alice", value))])
+            .await
+            .status,
+        200
+    );
+    let deleted = send(Method::DELETE, &url(&format!("/delete?id={id}")), &json, "").await;
+    assert_eq!(deleted.status, 200);
+
+    record::flush(&gw.app).await;
+    let reply = get(&url("/audit?userName=ADMIN"), &[("authorization", &admin())]).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let page = reply.json();
+    assert_eq!(page["status"], "ok");
+    assert_eq!(
+        page["total"], 3,
+        "settings, create and delete; the token call is not audited: {page}"
+    );
+    let entries = page["entries"].as_array().unwrap();
+    let actions: Vec<_> = entries.iter().map(|e| e["decision"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["delete", "create", "settings"]);
+    for entry in entries {
+        assert_eq!(entry["kind"], "management");
+        assert_eq!(entry["user"], "admin");
+        assert_eq!(entry["clientIp"], "127.0.0.1");
+        assert!(entry["detail"].as_str().unwrap().starts_with("via password"));
+        assert!(!entry.to_string().contains(value), "a token value in the audit log");
+    }
+    assert_eq!(entries[1]["tokenId"], id);
+    assert_eq!(entries[1]["tokenLabel"], "ci");
+
+    let by_token = get(
+        &url(&format!("/audit?tokenId={id}&maxResults=1")),
+        &[("authorization", &admin())],
+    )
+    .await
+    .json();
+    assert_eq!(
+        (by_token["total"].as_u64(), by_token["pages"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(by_token["entries"][0]["decision"], "delete");
+    let bad = get(&url("/audit?maxResults=x"), &[("authorization", &admin())]).await;
+    assert_eq!(
+        (bad.status.as_u16(), bad.json()["field"].clone()),
+        (400, "maxResults".into())
+    );
+    assert_eq!(get(&url("/audit"), &[]).await.status, 401);
+}
+
+#[tokio::test]
+async fn guessing_admin_tokens_is_throttled_like_any_token() {
+    let gw = Gateway::start_with(|c| c.failed_auth_per_minute = 2).await;
+    let guess = basic("admin", "tgw_guessguessguessguessguessguessguess");
+    let url = gw.url(&format!("{TOKEN_TOOLS}/get"));
+    for _ in 0..2 {
+        assert_eq!(get(&url, &[("authorization", &guess)]).await.status, 401);
+    }
+    let reply = get(&url, &[("authorization", &guess)]).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.reason()),
+        (429, "too_many_failures".into())
+    );
+    assert!(reply.headers.contains_key("retry-after"));
+    // The proxy path shares the same per-client budget.
+    let reply = get(&gw.url("/rest/api/space"), &[("authorization", &guess)]).await;
+    assert_eq!(reply.status, 429);
 }

@@ -1,0 +1,398 @@
+//! One function per endpoint. Each turns the query or JSON body into typed,
+//! validated input at the edge (a bad field is a 400 naming it), calls
+//! [`crate::tokens`] or the store, records what it changed, and returns the
+//! JSON to answer with.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use super::{Action, Admin, AdminError, record_action};
+use crate::app::App;
+use crate::record::audit_json;
+use crate::store::{AuditQuery, Settings, TokenQuery};
+use crate::tokens::{NewToken, token_json};
+
+const DEFAULT_MAX_RESULTS: u64 = 50;
+/// Larger `maxResults` are served as this many.
+const MAX_MAX_RESULTS: u64 = 1000;
+
+/// `GET /get`: a page of tokens, newest first, never their values.
+pub async fn list_tokens(app: &App, query: Option<&str>) -> Result<Value, AdminError> {
+    let query = token_query(query)?;
+    let page = app.tokens.list(&query).await?;
+    let now = app.clock.now_ms();
+    let tokens: Vec<Value> = page.items.iter().map(|record| token_json(record, now)).collect();
+    Ok(json!({
+        "total": page.total,
+        "pages": page.total.div_ceil(query.max_results),
+        "maxResults": query.max_results,
+        "startAt": query.start_at,
+        "tokens": tokens,
+        "status": "ok",
+    }))
+}
+
+/// `GET /audit`: audit entries, newest first, in the envelope of `get`.
+pub async fn list_audit(app: &App, query: Option<&str>) -> Result<Value, AdminError> {
+    let paging = token_query(query)?;
+    let audit_query = AuditQuery {
+        token_id: query_param(query, "tokenId")?,
+        user: paging.user,
+        start_at: paging.start_at,
+        max_results: paging.max_results,
+    };
+    let page = app
+        .store
+        .list_audit(&audit_query)
+        .await
+        .map_err(|e| AdminError::internal(&e))?;
+    let entries: Vec<Value> = page.items.iter().map(audit_json).collect();
+    Ok(json!({
+        "total": page.total,
+        "pages": page.total.div_ceil(audit_query.max_results),
+        "maxResults": audit_query.max_results,
+        "startAt": audit_query.start_at,
+        "entries": entries,
+        "status": "ok",
+    }))
+}
+
+/// `POST /set`: creates a token when the body has a `label`, else switches
+/// the settings it names.
+pub async fn set(app: &App, admin: &Admin, body: Map<String, Value>) -> Result<Value, AdminError> {
+    match SetRequest::from_body(&body, &admin.name)? {
+        SetRequest::Create(new) => {
+            let created = app.tokens.create(new).await?;
+            record_action(app, admin, Action::Create(&created.record)).await;
+            Ok(created.to_json())
+        }
+        SetRequest::Settings(change) => change_settings(app, admin, change).await,
+    }
+}
+
+/// `GET /settings`: the settings this gateway runs with.
+pub fn settings(app: &App) -> Value {
+    settings_json(app.settings.get())
+}
+
+/// `DELETE /delete`: one token by `id`, or every token of `userName`, each
+/// from the body or the query.
+pub async fn delete(
+    app: &App,
+    admin: &Admin,
+    query: Option<&str>,
+    body: Map<String, Value>,
+) -> Result<Value, AdminError> {
+    let id = from_body_or_query(&body, query, "id")?;
+    let user = from_body_or_query(&body, query, "userName")?;
+    let deleted = match (id, user) {
+        (Some(id), None) => {
+            app.tokens.delete(&id).await?;
+            record_action(app, admin, Action::Delete { token_id: &id }).await;
+            1
+        }
+        (None, Some(user)) => {
+            let deleted = app.tokens.delete_user(&user).await?;
+            record_action(app, admin, Action::DeleteUser { user: &user, deleted }).await;
+            deleted
+        }
+        (Some(_), Some(_)) => return Err(AdminError::invalid("id", "give either id or userName, not both")),
+        (None, None) => {
+            return Err(AdminError::invalid(
+                "id",
+                "id (one token) or userName (all tokens of a user) is required",
+            ));
+        }
+    };
+    Ok(json!({"status": "ok", "deleted": deleted}))
+}
+
+/// What `POST /set` asks for.
+#[derive(Debug)]
+enum SetRequest {
+    Create(NewToken),
+    Settings(SettingsChange),
+}
+
+/// The switches a settings request names; the others keep their value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SettingsChange {
+    usage_details: Option<bool>,
+    audit_log: Option<bool>,
+}
+
+impl SetRequest {
+    /// Unknown fields are ignored, as Extender ignores them; `null` is absent.
+    fn from_body(body: &Map<String, Value>, author: &str) -> Result<SetRequest, AdminError> {
+        const TEXT: &str = "a string";
+        const SWITCH: &str = "true or false";
+        if let Some(label) = field::<String>(body, "label", TEXT)? {
+            return Ok(SetRequest::Create(NewToken {
+                label,
+                user: field(body, "userName", TEXT)?,
+                days_until_expiry: days_until_expiry(body)?,
+                limit_to: field(body, "limitTo", TEXT)?,
+                ip: field(body, "ip", TEXT)?,
+                token: field(body, "token", TEXT)?,
+                author: author.to_owned(),
+            }));
+        }
+        let change = SettingsChange {
+            usage_details: field(body, "usageDetails", SWITCH)?,
+            audit_log: field(body, "auditLog", SWITCH)?,
+        };
+        if change
+            == (SettingsChange {
+                usage_details: None,
+                audit_log: None,
+            })
+        {
+            return Err(AdminError::invalid(
+                "label",
+                "label is required (or usageDetails / auditLog to change the settings)",
+            ));
+        }
+        Ok(SetRequest::Settings(change))
+    }
+}
+
+async fn change_settings(app: &App, admin: &Admin, change: SettingsChange) -> Result<Value, AdminError> {
+    let _one_change_at_a_time = app.admin.settings_changes.lock().await;
+    let mut settings = app.store.settings().await.map_err(|e| AdminError::internal(&e))?;
+    settings.usage_details = change.usage_details.unwrap_or(settings.usage_details);
+    settings.audit_log = change.audit_log.unwrap_or(settings.audit_log);
+    app.store
+        .save_settings(settings)
+        .await
+        .map_err(|e| AdminError::internal(&e))?;
+    app.settings.set(settings);
+    record_action(app, admin, Action::Settings(settings)).await;
+    Ok(settings_json(settings))
+}
+
+fn settings_json(settings: Settings) -> Value {
+    json!({
+        "status": "ok",
+        "settings": {"usageDetails": settings.usage_details, "auditLog": settings.audit_log},
+    })
+}
+
+/// A body field as `T`; absent or `null` is `None`. The error names the field
+/// and what it must be, never the value sent (it could be a secret).
+fn field<T: DeserializeOwned>(
+    body: &Map<String, Value>,
+    name: &'static str,
+    expected: &str,
+) -> Result<Option<T>, AdminError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => T::deserialize(value)
+            .map(Some)
+            .map_err(|_| AdminError::invalid(name, format!("{name} must be {expected}"))),
+    }
+}
+
+/// Extender sends `daysUntilExpiry` as a number or as a numeric string; an
+/// empty string is absent.
+fn days_until_expiry(body: &Map<String, Value>) -> Result<Option<i64>, AdminError> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText {
+        Number(i64),
+        Text(String),
+    }
+    const NAME: &str = "daysUntilExpiry";
+    const EXPECTED: &str = "a whole number of days";
+    match field::<NumberOrText>(body, NAME, EXPECTED)? {
+        None => Ok(None),
+        Some(NumberOrText::Number(days)) => Ok(Some(days)),
+        Some(NumberOrText::Text(text)) if text.trim().is_empty() => Ok(None),
+        Some(NumberOrText::Text(text)) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| AdminError::invalid(NAME, format!("{NAME} must be {EXPECTED}"))),
+    }
+}
+
+/// Paging and filters of `GET /get`.
+fn token_query(query: Option<&str>) -> Result<TokenQuery, AdminError> {
+    let start_at = number_param(query, "startAt")?.unwrap_or(0);
+    let max_results = match number_param(query, "maxResults")? {
+        None => DEFAULT_MAX_RESULTS,
+        Some(0) => return Err(AdminError::invalid("maxResults", "maxResults must be at least 1")),
+        Some(n) => n.min(MAX_MAX_RESULTS),
+    };
+    Ok(TokenQuery {
+        user: query_param(query, "userName")?,
+        label: query_param(query, "label")?,
+        start_at,
+        max_results,
+    })
+}
+
+fn number_param(query: Option<&str>, name: &'static str) -> Result<Option<u64>, AdminError> {
+    query_param(query, name)?
+        .map(|value| value.trim().parse::<u64>())
+        .transpose()
+        .map_err(|_| AdminError::invalid(name, format!("{name} must be a whole number, 0 or more")))
+}
+
+/// One query parameter (form-decoded); absent or empty is `None`. A repeated
+/// parameter is refused rather than guessing which one was meant.
+fn query_param(query: Option<&str>, name: &'static str) -> Result<Option<String>, AdminError> {
+    let mut values = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned());
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(AdminError::invalid(name, format!("{name} is given more than once")));
+    }
+    Ok(first.filter(|value| !value.trim().is_empty()))
+}
+
+/// A string given in the body or the query (the same value if in both).
+fn from_body_or_query(
+    body: &Map<String, Value>,
+    query: Option<&str>,
+    name: &'static str,
+) -> Result<Option<String>, AdminError> {
+    let in_body = field::<String>(body, name, "a string")?.filter(|value| !value.trim().is_empty());
+    match (in_body, query_param(query, name)?) {
+        (Some(a), Some(b)) if a != b => Err(AdminError::invalid(
+            name,
+            format!("{name} differs between the body and the query"),
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: Value) -> Map<String, Value> {
+        match json {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn field_of(error: AdminError) -> Option<&'static str> {
+        match error {
+            AdminError::Invalid { field, .. } => field,
+            other => panic!("not Invalid: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn paging_has_defaults_a_cap_and_named_errors() {
+        let q = token_query(None).unwrap();
+        assert_eq!((q.start_at, q.max_results, q.user, q.label), (0, 50, None, None));
+        let q = token_query(Some("startAt=100&maxResults=5000&userName=Alice&label=ci+bot")).unwrap();
+        assert_eq!((q.start_at, q.max_results), (100, 1000));
+        assert_eq!((q.user.as_deref(), q.label.as_deref()), (Some("Alice"), Some("ci bot")));
+        let q = token_query(Some("userName=&label=&startAt=")).unwrap();
+        assert_eq!((q.user, q.label, q.start_at), (None, None, 0));
+        for (bad, field) in [
+            ("startAt=-1", "startAt"),
+            ("startAt=x", "startAt"),
+            ("maxResults=0", "maxResults"),
+            ("maxResults=1.5", "maxResults"),
+            ("userName=a&userName=b", "userName"),
+        ] {
+            assert_eq!(field_of(token_query(Some(bad)).unwrap_err()), Some(field), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_label_means_create_and_unknown_fields_are_ignored() {
+        let request = SetRequest::from_body(
+            &body(
+                json!({"label":"ci","userName":"alice","daysUntilExpiry":"30","limitTo":".*",
+                "ip":"10.0.0.1","token":null,"usageDetails":false,"color":"blue"}),
+            ),
+            "admin",
+        )
+        .unwrap();
+        let SetRequest::Create(new) = request else {
+            panic!("{request:?}")
+        };
+        assert_eq!((new.label.as_str(), new.user.as_deref()), ("ci", Some("alice")));
+        assert_eq!((new.days_until_expiry, new.token), (Some(30), None));
+        assert_eq!(
+            (new.limit_to.as_deref(), new.ip.as_deref()),
+            (Some(".*"), Some("10.0.0.1"))
+        );
+        assert_eq!(new.author, "admin");
+    }
+
+    #[test]
+    fn without_a_label_the_switches_change_settings() {
+        let request = SetRequest::from_body(&body(json!({"auditLog": false})), "admin").unwrap();
+        let SetRequest::Settings(change) = request else {
+            panic!("{request:?}")
+        };
+        assert_eq!(
+            change,
+            SettingsChange {
+                usage_details: None,
+                audit_log: Some(false)
+            }
+        );
+        let error = SetRequest::from_body(&body(json!({"userName": "alice"})), "admin").unwrap_err();
+        assert_eq!(field_of(error), Some("label"));
+    }
+
+    #[test]
+    fn wrong_types_name_the_field_but_never_echo_the_value() {
+        for (json, name) in [
+            (json!({"label": 5}), "label"),
+            (json!({"label": "x", "userName": ["a"]}), "userName"),
+            (json!({"label": "x", "token": 12345678}), "token"),
+            (json!({"usageDetails": "tgw_secret_value"}), "usageDetails"),
+            (json!({"label": "x", "daysUntilExpiry": 1.5}), "daysUntilExpiry"),
+            (json!({"label": "x", "daysUntilExpiry": "soon"}), "daysUntilExpiry"),
+        ] {
+            let error = SetRequest::from_body(&body(json.clone()), "admin").unwrap_err();
+            assert!(!error.to_string().contains("secret") && !error.to_string().contains("12345678"));
+            assert_eq!(field_of(error), Some(name), "{json}");
+        }
+    }
+
+    #[test]
+    fn days_may_be_a_number_or_numeric_text() {
+        let days = |json: Value| days_until_expiry(&body(json)).unwrap();
+        assert_eq!(days(json!({"daysUntilExpiry": 7})), Some(7));
+        assert_eq!(days(json!({"daysUntilExpiry": " 7 "})), Some(7));
+        assert_eq!(days(json!({"daysUntilExpiry": ""})), None);
+        assert_eq!(days(json!({"daysUntilExpiry": null})), None);
+        assert_eq!(days(json!({})), None);
+        assert_eq!(
+            days(json!({"daysUntilExpiry": -1})),
+            Some(-1),
+            "the token manager refuses it"
+        );
+    }
+
+    #[test]
+    fn delete_targets_come_from_body_or_query_consistently() {
+        let empty = Map::new();
+        assert_eq!(
+            from_body_or_query(&empty, Some("id=abc"), "id").unwrap().as_deref(),
+            Some("abc")
+        );
+        let in_body = body(json!({"id": "abc"}));
+        assert_eq!(
+            from_body_or_query(&in_body, None, "id").unwrap().as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            from_body_or_query(&in_body, Some("id=abc"), "id").unwrap().as_deref(),
+            Some("abc")
+        );
+        assert!(from_body_or_query(&in_body, Some("id=xyz"), "id").is_err());
+        assert_eq!(from_body_or_query(&body(json!({"id": " "})), None, "id").unwrap(), None);
+    }
+}
