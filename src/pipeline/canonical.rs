@@ -64,6 +64,9 @@ pub fn canonicalise(uri: &hyper::Uri) -> Result<Target, BadPath> {
 /// percent-encodings; refuses encodings that could route differently.
 pub fn canonical_path(raw: &str) -> Result<String, BadPath> {
     let rest = raw.strip_prefix('/').ok_or(BadPath::NotAbsolute)?;
+    if is_already_canonical(rest) {
+        return Ok(raw.to_owned());
+    }
     let segments: Vec<&str> = rest.split('/').collect();
     let mut out: Vec<String> = Vec::with_capacity(segments.len());
     let mut trailing_slash = false;
@@ -92,6 +95,16 @@ pub fn canonical_path(raw: &str) -> Result<String, BadPath> {
         path.push('/');
     }
     Ok(path)
+}
+
+/// The common case, checked without allocating: no encodings, no
+/// backslash, no empty or dot segments (a trailing slash is fine).
+fn is_already_canonical(rest: &str) -> bool {
+    !rest.is_empty()
+        && !rest.starts_with('/')
+        && !rest.contains(['%', '\\'])
+        && !rest.contains("//")
+        && !rest.split('/').any(|segment| segment == "." || segment == "..")
 }
 
 /// Decodes percent-encoded unreserved characters and normalises other
@@ -161,6 +174,18 @@ mod tests {
         assert_eq!(ok("/rest/api/space/.."), "/rest/api/");
         assert_eq!(ok("/rest/api/."), "/rest/api/");
         assert_eq!(ok("/a/b/../../c"), "/c");
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_one() {
+        for raw in ["/", "/rest/api/space", "/rest/api/", "/a", "/a/b.c/d..e/.f", "/a/b/c/"] {
+            let rest = &raw[1..];
+            assert!(is_already_canonical(rest) || rest.is_empty(), "{raw}");
+            assert_eq!(ok(raw), raw);
+        }
+        for raw in ["//", "/a//b", "/a/./b", "/a/..", "/a/.", "/%61", "/a\\b", "//a"] {
+            assert!(!is_already_canonical(&raw[1..]), "{raw}");
+        }
     }
 
     #[test]

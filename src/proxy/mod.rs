@@ -267,6 +267,13 @@ fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> 
 
 fn append_forwarded_for(headers: &mut hyper::HeaderMap, peer: SocketAddr) {
     let peer = peer.ip().to_canonical().to_string();
+    if !headers.contains_key("x-forwarded-for") {
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_str(&peer).expect("an IP address is a valid header value"),
+        );
+        return;
+    }
     let chain = headers
         .get_all("x-forwarded-for")
         .iter()

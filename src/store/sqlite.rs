@@ -201,27 +201,31 @@ impl TokenStore for SqliteStore {
     }
 
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        // One multi-row INSERT per chunk: each statement is a round trip to
+        // SQLite's worker thread, which per row cost more than the rows.
+        const ROWS_PER_STATEMENT: usize = 500;
         let mut tx = self.pool.begin().await?;
-        for e in entries {
-            sqlx::query(
+        for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO audit (at, kind, token_id, token_label, user_name, client_ip, method, path, \
-                 status, decision, reason, duration_ms, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(e.at)
-            .bind(e.kind)
-            .bind(&e.token_id)
-            .bind(&e.token_label)
-            .bind(&e.user)
-            .bind(&e.client_ip)
-            .bind(&e.method)
-            .bind(&e.path)
-            .bind(e.status)
-            .bind(&e.decision)
-            .bind(&e.reason)
-            .bind(e.duration_ms)
-            .bind(&e.detail)
-            .execute(&mut *tx)
-            .await?;
+                 status, decision, reason, duration_ms, detail) ",
+            );
+            insert.push_values(chunk, |mut row, e| {
+                row.push_bind(e.at)
+                    .push_bind(e.kind)
+                    .push_bind(&e.token_id)
+                    .push_bind(&e.token_label)
+                    .push_bind(&e.user)
+                    .push_bind(&e.client_ip)
+                    .push_bind(&e.method)
+                    .push_bind(&e.path)
+                    .push_bind(e.status)
+                    .push_bind(&e.decision)
+                    .push_bind(&e.reason)
+                    .push_bind(e.duration_ms)
+                    .push_bind(&e.detail);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

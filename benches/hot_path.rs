@@ -1,0 +1,92 @@
+//! The per-request work of the warm token path, piece by piece (SPEC §11):
+//! decoding credentials, canonicalising the path, the verified-cache lookup
+//! and the token checks. `cargo bench --bench hot_path`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use hyper::header::{AUTHORIZATION, HeaderValue};
+use hyper::{HeaderMap, Method};
+use tokengate::App;
+use tokengate::auth::credentials::{self, Scheme};
+use tokengate::clock::SystemClock;
+use tokengate::config::{Argon2Cost, Config, Scope, TokenAuth};
+use tokengate::pipeline::authorize::{CheckContext, check_token};
+use tokengate::pipeline::canonical::canonical_path;
+use tokengate::store::SqliteStore;
+use tokengate::tokens::NewToken;
+
+fn decoding(c: &mut Criterion) {
+    let mut headers = HeaderMap::new();
+    let basic = "Basic YWxpY2VAZXhhbXBsZS5jb206dGd3X2FiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6MDEyMzQ1Njc4OUFCQ0Q=";
+    headers.insert(AUTHORIZATION, HeaderValue::from_static(basic));
+    c.bench_function("credentials/basic", |b| {
+        b.iter(|| credentials::from_headers(black_box(&headers)))
+    });
+    headers.insert(
+        AUTHORIZATION,
+        HeaderValue::from_static("Bearer tgw_abcdefghijklmnopqrstuvwxyz0123456789ABCD"),
+    );
+    c.bench_function("credentials/bearer", |b| {
+        b.iter(|| credentials::from_headers(black_box(&headers)))
+    });
+}
+
+fn canonicalising(c: &mut Criterion) {
+    c.bench_function("canonical_path/plain", |b| {
+        b.iter(|| canonical_path(black_box("/rest/api/content/123456/child/attachment")))
+    });
+    c.bench_function("canonical_path/encoded_and_dots", |b| {
+        b.iter(|| canonical_path(black_box("/rest/api/./content/%31%32/../123456/child/My%20Page")))
+    });
+}
+
+fn warm_token(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (app, secret) = runtime.block_on(async {
+        let config = Config {
+            database_url: format!("sqlite://{}/bench.db", dir.path().display()),
+            argon2: Argon2Cost {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            ..Config::default()
+        };
+        let store = Arc::new(SqliteStore::open(&config.database_url).await.unwrap());
+        let app = App::with_store(config, store, Arc::new(SystemClock)).await.unwrap();
+        let new = NewToken {
+            label: "bench".into(),
+            user: Some("alice".into()),
+            limit_to: Some("[get].*/rest/api/space.*[QueryParam::spaceKey==DOCS]".into()),
+            ip: Some("127.0.0.0/8".into()),
+            author: "bench".into(),
+            ..NewToken::default()
+        };
+        let secret = app.tokens.create(new).await.unwrap().value;
+        app.verifier.verify(&secret).await.unwrap().expect("the token verifies");
+        (app, secret)
+    });
+    c.bench_function("verified_cache/hit", |b| {
+        b.to_async(&runtime).iter(|| app.verifier.cached(black_box(&secret)))
+    });
+    let token = runtime.block_on(app.verifier.cached(&secret)).unwrap();
+    let cx = CheckContext {
+        scheme: Scheme::Basic,
+        basic_user: Some("alice"),
+        method: &Method::GET,
+        path: "/rest/api/space",
+        client_ip: "127.0.0.1".parse().unwrap(),
+        now: 1,
+        token_auth: TokenAuth::Basic,
+        scope: Scope::Rest,
+    };
+    c.bench_function("check_token", |b| {
+        b.iter(|| check_token(black_box(&token), black_box(&cx)))
+    });
+}
+
+criterion_group!(benches, decoding, canonicalising, warm_token);
+criterion_main!(benches);
