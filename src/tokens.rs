@@ -4,11 +4,10 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ipnet::IpNet;
+use rand::TryRngCore;
+use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::OsRng;
-use rand::{RngCore, TryRngCore};
 
 use crate::auth::token::{self, TOKEN_PREFIX};
 use crate::auth::{Verifier, VerifyError};
@@ -221,11 +220,10 @@ fn normalise_ip_list(text: &str) -> Result<String, TokenError> {
     Ok(nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
 }
 
-/// A random, URL-safe token id (128 bits).
+/// A random token id: 22 base62 characters (131 bits), URL-safe and never
+/// starting with `-`, so `tokengate token delete ID` cannot take it for a flag.
 fn new_id() -> String {
-    let mut bytes = [0u8; 16];
-    OsRng.unwrap_err().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
+    Alphanumeric.sample_string(&mut OsRng.unwrap_err(), 22)
 }
 
 /// The token object of the management API's `get` and of `token list --json`
@@ -305,6 +303,6 @@ mod tests {
         let (a, b) = (new_id(), new_id());
         assert_ne!(a, b);
         assert_eq!(a.len(), 22);
-        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
     }
 }

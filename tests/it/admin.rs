@@ -4,17 +4,14 @@
 //! survive a restart, deletion that takes effect at once, and a token value
 //! that is shown once and never logged.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-
 use hyper::Method;
 use serde_json::{Value, json};
 use tokengate::clock::DAY_MS;
 use tokengate::config::TokenAuth;
 use tokengate::tokens::NewToken;
-use tokio::io::AsyncReadExt;
 
 use crate::common::fake_confluence::ADMIN_PASSWORD;
+use crate::common::process::GatewayProcess;
 use crate::common::{FakeConfluence, Gateway, Reply, basic, get, send};
 
 const BASE: &str = "/rest/extender/1.0/tokenTools";
@@ -611,37 +608,11 @@ async fn unknown_paths_and_wrong_methods_are_answered_by_the_gateway() {
 async fn the_token_value_is_shown_once_and_never_logged() {
     let upstream = FakeConfluence::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let database = format!("sqlite://{}/tokengate.db", dir.path().display());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--upstream", &upstream.origin(), "--database", &database])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "trace")
-        .env("TOKENGATE_LOG_FORMAT", "json")
-        .env("TOKENGATE_ARGON2_MEMORY_KIB", "64")
-        .env("TOKENGATE_ARGON2_ITERATIONS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // Read stderr as it comes, so a full pipe never blocks the gateway.
-    let mut stderr = child.stderr.take().unwrap();
-    let logs = tokio::spawn(async move {
-        let mut logs = Vec::new();
-        let _ = stderr.read_to_end(&mut logs).await;
-        String::from_utf8_lossy(&logs).into_owned()
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let args = ["--upstream", &upstream.origin(), "--database", &database];
+    let envs = [("RUST_LOG", "trace"), ("TOKENGATE_LOG_FORMAT", "json")];
+    let mut gateway = GatewayProcess::spawn(dir.path(), &args, &envs).await;
+    let port = gateway.addr.port();
     let url = |path: &str| format!("http://127.0.0.1:{port}{BASE}{path}");
     let auth = admin_password();
     let json_headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
@@ -671,9 +642,8 @@ async fn the_token_value_is_shown_once_and_never_logged() {
         401
     );
 
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
-    let logs = logs.await.unwrap();
+    assert!(gateway.terminate().await.success());
+    let logs = gateway.logs();
     assert!(logs.contains("token accepted"), "debug events are captured");
     for secret in [&value[4..], &basic("alice", &value)[6..], ADMIN_PASSWORD, &auth[6..]] {
         assert!(!logs.contains(secret), "a secret is in the logs");

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::Output;
 
+use crate::common::process::GatewayProcess;
 use crate::common::{FakeConfluence, basic, get};
 
 fn tokengate(dir: &Path, args: &[&str]) -> Output {
@@ -132,50 +133,22 @@ fn default_config_file_is_read_and_migrate_creates_a_private_store() {
 }
 
 /// The README's quick start: start the gateway against Confluence, create a
-/// token with the CLI, call Confluence through it with curl.
+/// token with the CLI, call Confluence through it.
 #[tokio::test]
 async fn readme_quick_start() {
     let confluence = FakeConfluence::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .args(["serve", "--listen", &listen, "--upstream", &confluence.origin()])
-        .current_dir(dir.path())
-        .env("TOKENGATE_ARGON2_MEMORY_KIB", "64")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("http://{listen}/rest/api/space");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(std::time::Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let mut gateway = GatewayProcess::spawn(dir.path(), &["--upstream", &confluence.origin()], &[]).await;
     let out = tokengate(dir.path(), &["token", "create", "--label", "quick", "--user", "alice"]);
     let token = stdout(&out).trim().to_owned();
-    let reply = get(&url, &[("authorization", &basic("alice", &token))]).await;
+    let reply = get(
+        &gateway.url("/rest/api/space"),
+        &[("authorization", &basic("alice", &token))],
+    )
+    .await;
     assert_eq!(reply.status, 200);
     assert_eq!(confluence.last().header("x-forwarded-user"), Some("alice"));
     assert!(!confluence.last().contains(&token));
-
-    #[cfg(unix)]
-    {
-        let pid = server.id().unwrap().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        let status = tokio::time::timeout(std::time::Duration::from_secs(10), server.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(status.success(), "graceful shutdown exits 0, got {status}");
-    }
-    #[cfg(not(unix))]
-    server.kill().await.unwrap();
+    let status = gateway.terminate().await;
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }

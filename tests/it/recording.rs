@@ -9,6 +9,7 @@ use tokengate::record::{self, AuditLog};
 use tokengate::store::{AuditEntry, AuditKind, AuditQuery, Settings, SqliteStore, TokenStore};
 use tokengate::tokens::NewToken;
 
+use crate::common::process::{GatewayProcess, cli};
 use crate::common::{FaultyStore, Gateway, basic, get, send};
 
 async fn audit(gw: &Gateway) -> Vec<AuditEntry> {
@@ -305,47 +306,20 @@ async fn upstream_errors_are_counted() {
 async fn nothing_is_lost_across_sigterm() {
     let confluence = crate::common::FakeConfluence::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_tokengate");
-    let out = std::process::Command::new(bin)
-        .args(["token", "create", "--label", "n", "--user", "alice", "--json"])
-        .current_dir(dir.path())
-        .env("TOKENGATE_ARGON2_MEMORY_KIB", "64")
-        .output()
-        .unwrap();
+    let out = cli(
+        dir.path(),
+        &["token", "create", "--label", "n", "--user", "alice", "--json"],
+    );
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let (id, value) = (created["id"].as_str().unwrap(), created["token"].as_str().unwrap());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut server = tokio::process::Command::new(bin)
-        .args(["serve", "--listen", &listen, "--upstream", &confluence.origin()])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(std::time::Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let mut gateway = GatewayProcess::spawn(dir.path(), &["--upstream", &confluence.origin()], &[]).await;
     let auth = basic("alice", value);
     const N: usize = 40;
     for i in 0..N {
         let path = if i % 4 == 0 { "/admin" } else { "/rest/api/space" };
-        get(&format!("http://{listen}{path}"), &[("authorization", &auth)]).await;
+        get(&gateway.url(path), &[("authorization", &auth)]).await;
     }
-    std::process::Command::new("kill")
-        .args(["-TERM", &server.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(std::time::Duration::from_secs(10), server.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = gateway.terminate().await;
     assert!(status.success(), "exit {status}");
 
     let store = SqliteStore::open(&format!("sqlite://{}/data/tokengate.db", dir.path().display()))
@@ -360,20 +334,12 @@ async fn nothing_is_lost_across_sigterm() {
     // Every request, and the CLI's creation of the token.
     assert_eq!(store.list_audit(&query).await.unwrap().total, N as u64 + 1);
 
-    let out = std::process::Command::new(bin)
-        .args(["audit", "--token", id, "--limit", "5", "--json"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = cli(dir.path(), &["audit", "--token", id, "--limit", "5", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(entries.as_array().unwrap().len(), 5);
     assert_eq!(entries[0]["tokenId"], id);
-    let out = std::process::Command::new(bin)
-        .args(["audit", "--user", "alice"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = cli(dir.path(), &["audit", "--user", "alice"]);
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 40);
 }
 

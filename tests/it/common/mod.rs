@@ -3,6 +3,7 @@
 
 pub mod fake_confluence;
 pub mod faulty_store;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
