@@ -245,12 +245,17 @@ impl RawConfig {
     }
 
     /// Applies `TOKENGATE_<KEY>` variables. An unknown `TOKENGATE_` variable is an error,
-    /// since it is almost always a misspelt key.
+    /// since it is almost always a misspelt key. `TOKENGATE_TEST_*` belongs to
+    /// the test suite (e.g. `TOKENGATE_TEST_POSTGRES_URL`), which runs the
+    /// binary with it set: no key begins with `test_`, so it is ignored.
     pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
         for (name, value) in vars {
             let Some(key) = name.strip_prefix("TOKENGATE_") else {
                 continue;
             };
+            if key.starts_with("TEST_") {
+                continue;
+            }
             let key = key.to_ascii_lowercase();
             self.set(key, toml::Value::String(value), Origin::Env(name))?;
         }
@@ -631,6 +636,8 @@ mod tests {
             err.to_string(),
             "unknown configuration key `upstrem` (from environment variable TOKENGATE_UPSTREM)"
         );
+        raw.apply_env([("TOKENGATE_TEST_POSTGRES_URL".to_owned(), "postgres://test".to_owned())])
+            .expect("the test suite's variables are not configuration");
     }
 
     #[test]
