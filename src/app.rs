@@ -1,8 +1,8 @@
 //! The gateway's shared state: one `Clone` struct of `Arc`s, built once at
 //! start-up from the validated configuration and handed to every connection.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::admin::AdminState;
 use crate::auth::token;
@@ -36,18 +36,51 @@ pub struct App {
 const AUDIT_QUEUE: usize = 10_000;
 
 /// The settings as the hot path reads them: atomics, so a request never
-/// waits on a lock or the store. The store holds the persistent copy.
+/// waits on a lock or the store. The store holds the persistent copy, which
+/// other processes (replicas) may change: [`LiveSettings::refresh`] follows it.
 #[derive(Debug)]
 pub struct LiveSettings {
     usage_details: AtomicBool,
     audit_log: AtomicBool,
+    /// The stored settings last seen; `None` before the store first answered.
+    /// A std mutex: taken only by refreshes, never across an await.
+    last_stored: Mutex<Option<Settings>>,
 }
 
 impl LiveSettings {
+    /// Settings just read from the store.
     pub fn new(settings: Settings) -> Self {
         LiveSettings {
             usage_details: AtomicBool::new(settings.usage_details),
             audit_log: AtomicBool::new(settings.audit_log),
+            last_stored: Mutex::new(Some(settings)),
+        }
+    }
+
+    /// The defaults, for a start while the store does not answer: the first
+    /// [`refresh`](Self::refresh) replaces them with the stored settings.
+    pub fn unloaded() -> Self {
+        let live = LiveSettings::new(Settings::default());
+        *live.last_stored.lock().expect("settings lock poisoned") = None;
+        live
+    }
+
+    /// Takes the stored settings when they changed since last seen (another
+    /// process switched them), or were never seen. Unchanged stored settings
+    /// leave the live ones alone, so a refresh never undoes a change made
+    /// here that is still on its way to the store.
+    pub fn refresh(&self, stored: Settings) {
+        let mut last = self.last_stored.lock().expect("settings lock poisoned");
+        if *last != Some(stored) {
+            if last.is_some() {
+                tracing::info!(
+                    usage_details = stored.usage_details,
+                    audit_log = stored.audit_log,
+                    "settings changed in the store"
+                );
+            }
+            self.set(stored);
+            *last = Some(stored);
         }
     }
 
@@ -80,19 +113,36 @@ pub enum StartError {
 }
 
 impl App {
-    /// Opens the configured store (applying migrations) and builds the state.
+    /// Opens the configured store (applying migrations) and builds the state;
+    /// fails when the store does not answer. For one-shot commands.
     pub async fn open(config: Config) -> Result<App, StartError> {
         let store = store::open(&config.database_url).await?;
         App::with_store(config, store, Arc::new(SystemClock)).await
     }
 
-    /// Builds the state around an already open store and a clock (tests move time).
+    /// Opens the configured store for the gateway, which starts even while
+    /// PostgreSQL is unavailable (see [`store::open_for_serving`]).
+    pub async fn open_for_serving(config: Config) -> Result<App, StartError> {
+        let store = store::open_for_serving(&config.database_url).await?;
+        App::with_store(config, store, Arc::new(SystemClock)).await
+    }
+
+    /// Builds the state around an already open store and a clock (tests move
+    /// time). A store that does not answer yet leaves the settings at their
+    /// defaults until the server's refresh reads them.
     pub async fn with_store(
         config: Config,
         store: Arc<dyn TokenStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<App, StartError> {
-        let settings = Arc::new(LiveSettings::new(store.settings().await?));
+        let settings = match store.settings().await {
+            Ok(stored) => LiveSettings::new(stored),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the settings yet; using the defaults until the store answers");
+                LiveSettings::unloaded()
+            }
+        };
+        let settings = Arc::new(settings);
         let metrics = Metrics::new();
         let usage = Arc::new(UsageBook::default());
         let verifier = Arc::new(Verifier::new(

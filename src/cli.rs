@@ -263,7 +263,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     let config = load_config(&args.store, overrides)?;
     let listen = config.listen;
-    let app = App::open(config).await?;
+    let app = App::open_for_serving(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Failure::Failed(format!("cannot listen on {listen}: {e}")))?;

@@ -26,6 +26,9 @@
 //!
 //! Tokens are created and deleted through [`tokens`], from the CLI ([`cli`])
 //! or the management API ([`admin`]). [`config`] validates configuration once at start-up.
+//! The [`store`] is SQLite for one process or PostgreSQL for several
+//! replicas; [`server`]'s background tasks apply deletions made elsewhere
+//! (pushed by PostgreSQL, and polled) and follow the stored settings.
 
 pub mod admin;
 pub mod app;

@@ -36,7 +36,11 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may run on after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How often each process looks for tokens deleted elsewhere (CLI, replicas).
+/// With PostgreSQL deletions are also pushed at once; this is the fallback.
 const REVOCATION_POLL: Duration = Duration::from_millis(500);
+/// How often the settings are re-read, to follow changes made through
+/// another replica (and to load them once a store unavailable at start answers).
+const SETTINGS_REFRESH: Duration = Duration::from_secs(1);
 /// How often usage counters are written to the store (SPEC §6: at least every 5 s).
 const USAGE_FLUSH: Duration = Duration::from_secs(2);
 /// How often old audit entries are purged.
@@ -46,15 +50,29 @@ const AUDIT_PURGE: Duration = Duration::from_secs(3600);
 /// stops accepting and lets in-flight requests finish (bounded).
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let tls = app.config.tls.as_ref().map(tls_acceptor).transpose()?;
-    let background = [
-        tokio::spawn(poll_revocations(app.clone())),
-        tokio::spawn(every(USAGE_FLUSH, app.clone(), |app| async move {
+    // Before the first request: every token verified here is then verified
+    // after the cursor, so its later deletion is after it too.
+    let cursor = revocation_cursor(&app).await;
+    let mut background = vec![
+        tokio::spawn(poll_revocations(app.clone(), cursor)),
+        // Nothing to flush at start.
+        tokio::spawn(every(USAGE_FLUSH, USAGE_FLUSH, app.clone(), |app| async move {
             record::flush_usage(&app).await
         })),
-        tokio::spawn(every(AUDIT_PURGE, app.clone(), |app| async move {
+        tokio::spawn(every(Duration::ZERO, AUDIT_PURGE, app.clone(), |app| async move {
             record::purge_audit(&app).await
         })),
+        // The settings were read at start (or are defaults until the store answers).
+        tokio::spawn(every(
+            SETTINGS_REFRESH,
+            SETTINGS_REFRESH,
+            app.clone(),
+            |app| async move { refresh_settings(&app).await },
+        )),
     ];
+    if let Some(feed) = app.store.revocation_feed() {
+        background.push(tokio::spawn(follow_revocations(app.clone(), feed)));
+    }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -225,13 +243,13 @@ async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
 }
 
-/// Runs `job` now and then every `period`, until aborted.
-async fn every<F, Fut>(period: Duration, app: App, job: F)
+/// Runs `job` after `first` (zero: now) and then every `period`, until aborted.
+async fn every<F, Fut>(first: Duration, period: Duration, app: App, job: F)
 where
     F: Fn(App) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut interval = tokio::time::interval(period);
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
@@ -239,17 +257,22 @@ where
     }
 }
 
-/// Drops tokens deleted by other processes from this one's verified cache.
-async fn poll_revocations(app: App) {
-    let mut cursor = loop {
-        match app.store.revocation_cursor().await {
-            Ok(cursor) => break cursor,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the revocation cursor; retrying");
-                tokio::time::sleep(REVOCATION_POLL).await;
-            }
+/// Where polling for deletions starts: the newest revocation so far.
+async fn revocation_cursor(app: &App) -> i64 {
+    match app.store.revocation_cursor().await {
+        Ok(cursor) => cursor,
+        Err(e) => {
+            // Tokens may be verified as soon as the store answers, before the
+            // poller could read a cursor: start from the beginning so that no
+            // deletion in between is missed. Replaying old deletions is harmless.
+            tracing::warn!(error = %e, "cannot read the revocation cursor; will replay every recorded deletion");
+            0
         }
-    };
+    }
+}
+
+/// Drops tokens deleted by other processes from this one's verified cache.
+async fn poll_revocations(app: App, mut cursor: i64) {
     let mut interval = tokio::time::interval(REVOCATION_POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -263,6 +286,23 @@ async fn poll_revocations(app: App) {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read revocations"),
         }
+    }
+}
+
+/// Applies deletions as the store pushes them (PostgreSQL NOTIFY), ahead of the poll.
+async fn follow_revocations(app: App, mut feed: mpsc::Receiver<String>) {
+    while let Some(id) = feed.recv().await {
+        tracing::debug!(token.id = %id, "token deleted elsewhere; revoked");
+        app.verifier.revoke(&id);
+    }
+}
+
+/// Follows the stored settings (changed through another replica, or not
+/// readable at start).
+async fn refresh_settings(app: &App) {
+    match app.store.settings().await {
+        Ok(stored) => app.settings.refresh(stored),
+        Err(e) => tracing::debug!(error = %e, "cannot read the settings"),
     }
 }
 

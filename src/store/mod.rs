@@ -4,16 +4,22 @@
 //!
 //! Deleting a token also appends a revocation; every process polls
 //! [`TokenStore::revocations_after`] to drop deleted tokens from its verified
-//! cache, whichever process (CLI, API, another replica) deleted them.
+//! cache, whichever process (CLI, API, another replica) deleted them. A
+//! backend that can push deletions as they commit (PostgreSQL's NOTIFY)
+//! offers them through [`TokenStore::revocation_feed`] as well; polling stays
+//! the fallback.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::mpsc;
 
 use crate::clock::EpochMs;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A stored token (SPEC §4). Never contains the token value.
@@ -160,6 +166,9 @@ pub enum StoreError {
     File { path: String, source: std::io::Error },
     #[error("unsupported database URL: {0}")]
     Url(String),
+    /// The database has not answered since start-up: its migrations have not run yet.
+    #[error("the database is not ready yet (migrations pending)")]
+    NotReady,
 }
 
 #[async_trait]
@@ -193,16 +202,55 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
     async fn close(&self);
+    /// Ids of tokens deleted by any process, pushed soon after each deletion
+    /// commits, when the backend can push them (PostgreSQL: LISTEN/NOTIFY).
+    /// Best effort: ids may be missed while the feed reconnects, so callers
+    /// keep polling [`revocations_after`](Self::revocations_after) too.
+    /// `None` when the backend only supports polling. Each call starts a new
+    /// feed; it stops when the receiver is dropped or the store is closed.
+    fn revocation_feed(&self) -> Option<mpsc::Receiver<String>> {
+        None
+    }
 }
 
-/// Opens the store a `database_url` names and applies its migrations.
+/// Opens the store a `database_url` names and applies its migrations; fails
+/// when the database does not answer. For commands that run once (the CLI).
 pub async fn open(database_url: &str) -> Result<Arc<dyn TokenStore>, StoreError> {
-    if database_url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(database_url).await?))
-    } else {
-        Err(StoreError::Url(format!(
-            "{}: only sqlite:// is supported by this build",
-            database_url.split('@').next_back().unwrap_or_default()
-        )))
+    match Backend::of(database_url)? {
+        Backend::Sqlite => Ok(Arc::new(SqliteStore::open(database_url).await?)),
+        Backend::Postgres => Ok(Arc::new(PgStore::open(database_url).await?)),
+    }
+}
+
+/// Opens the store for a long-running gateway, which must start even when
+/// its database is briefly unavailable: when PostgreSQL does not answer,
+/// its migrations are retried in the background until it does (until then
+/// every call fails with [`StoreError::NotReady`], so readiness is 503 and
+/// new verifications fail closed). SQLite, a local file, opens as with [`open`].
+pub async fn open_for_serving(database_url: &str) -> Result<Arc<dyn TokenStore>, StoreError> {
+    match Backend::of(database_url)? {
+        Backend::Sqlite => Ok(Arc::new(SqliteStore::open(database_url).await?)),
+        Backend::Postgres => Ok(Arc::new(PgStore::open_for_serving(database_url).await?)),
+    }
+}
+
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn of(database_url: &str) -> Result<Backend, StoreError> {
+        if database_url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            // Only what follows the credentials: the URL may hold a password.
+            Err(StoreError::Url(format!(
+                "{}: expected sqlite:// or postgres://",
+                database_url.split('@').next_back().unwrap_or_default()
+            )))
+        }
     }
 }

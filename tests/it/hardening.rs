@@ -136,6 +136,9 @@ async fn a_slow_client_is_cut_off_after_the_header_timeout() {
     slow.write_all(b"GET /rest/api/space HTTP/1.1\r\nhost: x\r\nx-slow: ")
         .await
         .unwrap();
+    // Let the server accept the connection and arm its header timer before
+    // time stops, or the runtime could jump past it to the test's own deadline.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     // With time paused, the runtime jumps to the next timer once idle: the
     // header timeout fires without the test waiting for it.
     tokio::time::pause();

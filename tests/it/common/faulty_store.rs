@@ -107,4 +107,7 @@ impl TokenStore for FaultyStore {
     async fn close(&self) {
         self.inner.close().await;
     }
+    fn revocation_feed(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        self.inner.revocation_feed()
+    }
 }

@@ -1,9 +1,12 @@
 //! Test harness: the real gateway on 127.0.0.1:0 in front of a fake
-//! Confluence, with a manual clock and a throwaway SQLite store.
+//! Confluence, with a manual clock and a throwaway SQLite store (or any
+//! store, e.g. PostgreSQL in a schema of its own, behind a TCP proxy).
 
 pub mod fake_confluence;
 pub mod faulty_store;
+pub mod postgres;
 pub mod process;
+pub mod tcp_proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +28,8 @@ use tokio::sync::oneshot;
 
 pub use fake_confluence::FakeConfluence;
 pub use faulty_store::FaultyStore;
+pub use postgres::PgSchema;
+pub use tcp_proxy::TcpProxy;
 
 /// Cheap argon2 so tests stay fast; the default cost has its own test.
 pub const TEST_ARGON2: Argon2Cost = Argon2Cost {
@@ -90,6 +95,23 @@ impl Gateway {
         let mut config = test_config(&upstream, dir.path());
         adjust(&mut config);
         let store = wrap(Arc::new(SqliteStore::open(&config.database_url).await.unwrap()));
+        Self::launch(upstream, dir, config, store).await
+    }
+
+    /// Starts a gateway over `store` (the configuration's SQLite URL is then unused).
+    pub async fn start_over(store: Arc<dyn TokenStore>) -> Self {
+        let upstream = FakeConfluence::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(&upstream, dir.path());
+        Self::launch(upstream, dir, config, store).await
+    }
+
+    async fn launch(
+        upstream: FakeConfluence,
+        dir: tempfile::TempDir,
+        config: Config,
+        store: Arc<dyn TokenStore>,
+    ) -> Self {
         let clock = ManualClock::starting_now();
         let app = App::with_store(config, store, clock.clone()).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

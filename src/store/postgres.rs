@@ -1,0 +1,542 @@
+//! The PostgreSQL store, so that several gateway replicas share one set of
+//! tokens, settings, usage counters and audit log (SPEC §7). Same semantics
+//! as the SQLite store; migrations from `migrations/postgres` are applied at
+//! open. Every deletion is also announced with NOTIFY as it commits, and
+//! [`TokenStore::revocation_feed`] follows those announcements (LISTEN on a
+//! connection of its own, reconnecting with backoff).
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use tokio::sync::mpsc;
+
+use super::{
+    AuditEntry, AuditKind, AuditQuery, Page, Revocation, Settings, StoreError, TokenQuery, TokenRecord, TokenStore,
+    UsageDelta,
+};
+use crate::clock::EpochMs;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+const TOKEN_COLUMNS: &str = "id, label, user_name, author, limit_to, ip, created_at, valid_until, \
+                             token_hash, lookup, counter, last_used_at, last_ip";
+
+/// The NOTIFY channel deletions are announced on; the payload is the token id.
+const REVOCATION_CHANNEL: &str = "tokengate_revocations";
+const MAX_CONNECTIONS: u32 = 10;
+/// How long a call waits for a connection. Short, so that during an outage
+/// a request whose token is not verified yet fails closed (500) promptly.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Waits between attempts while the database does not answer: doubling from
+/// the first to the cap.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(5);
+/// Announced deletions waiting for the gateway to apply them.
+const FEED_QUEUE: usize = 1024;
+
+pub struct PgStore {
+    pool: PgPool,
+    /// For the connections revocation feeds LISTEN on (one each, held for good).
+    options: PgConnectOptions,
+    /// Set once the migrations have run; every call fails with
+    /// [`StoreError::NotReady`] before, whatever the database would answer.
+    ready: Arc<AtomicBool>,
+}
+
+impl PgStore {
+    /// Connects and applies the migrations; fails when the database does not answer.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let store = PgStore::lazy(url)?;
+        MIGRATOR.run(&store.pool).await?;
+        store.ready.store(true, Ordering::Release);
+        Ok(store)
+    }
+
+    /// Connects and applies the migrations like [`open`](Self::open), but
+    /// when the database does not answer returns anyway, not ready, and keeps
+    /// trying in a background task with backoff. Needs a Tokio runtime.
+    pub async fn open_for_serving(url: &str) -> Result<Self, StoreError> {
+        let store = PgStore::lazy(url)?;
+        match MIGRATOR.run(&store.pool).await {
+            Ok(()) => store.ready.store(true, Ordering::Release),
+            Err(e) => {
+                tracing::warn!(error = %e, "database unavailable at start; not ready, retrying in the background");
+                tokio::spawn(migrate_until_done(store.pool.clone(), store.ready.clone()));
+            }
+        }
+        Ok(store)
+    }
+
+    fn lazy(url: &str) -> Result<Self, StoreError> {
+        let mut options = PgConnectOptions::from_str(url)?;
+        if options.get_application_name().is_none() {
+            options = options.application_name("tokengate");
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone());
+        Ok(PgStore {
+            pool,
+            options,
+            ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn check_ready(&self) -> Result<(), StoreError> {
+        if self.ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(StoreError::NotReady)
+        }
+    }
+
+    /// Begins a transaction once the store is ready.
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.check_ready()?;
+        Ok(self.pool.begin().await?)
+    }
+}
+
+/// Runs the migrations until they succeed (or the store is closed), then
+/// marks the store ready.
+async fn migrate_until_done(pool: PgPool, ready: Arc<AtomicBool>) {
+    let mut retry = Backoff::default();
+    loop {
+        match MIGRATOR.run(&pool).await {
+            Ok(()) => {
+                ready.store(true, Ordering::Release);
+                tracing::info!("database ready: migrations applied");
+                return;
+            }
+            Err(_) if pool.is_closed() => return,
+            Err(e) => {
+                let delay = retry.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "database unavailable; not ready, retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Exponential backoff between [`RETRY_FIRST`] and [`RETRY_CAP`].
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: RETRY_FIRST }
+    }
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (delay * 2).min(RETRY_CAP);
+        delay
+    }
+}
+
+#[async_trait]
+impl TokenStore for PgStore {
+    async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        self.check_ready()?;
+        sqlx::query(
+            "INSERT INTO tokens (id, label, user_name, author, limit_to, ip, created_at, valid_until, \
+             token_hash, lookup, counter, last_used_at, last_ip) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&t.id)
+        .bind(&t.label)
+        .bind(&t.user)
+        .bind(&t.author)
+        .bind(&t.limit_to)
+        .bind(&t.ip)
+        .bind(t.created_at)
+        .bind(t.valid_until)
+        .bind(&t.token_hash)
+        .bind(&t.lookup)
+        .bind(t.counter)
+        .bind(t.last_used_at)
+        .bind(&t.last_ip)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn tokens_by_lookup(&self, lookup: &str) -> Result<Vec<TokenRecord>, StoreError> {
+        self.check_ready()?;
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE lookup = $1");
+        Ok(sqlx::query_as(&sql).bind(lookup).fetch_all(&self.pool).await?)
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.check_ready()?;
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = $1");
+        Ok(sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?)
+    }
+
+    async fn list_tokens(&self, q: &TokenQuery) -> Result<Page<TokenRecord>, StoreError> {
+        self.check_ready()?;
+        // NULL filters match everything, so one statement serves every combination.
+        const FILTER: &str = "($1::text IS NULL OR tokengate_fold(user_name) = tokengate_fold($1)) \
+                              AND ($2::text IS NULL OR strpos(tokengate_fold(label), tokengate_fold($2)) > 0)";
+        let (total,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM tokens WHERE {FILTER}"))
+            .bind(&q.user)
+            .bind(&q.label)
+            .fetch_one(&self.pool)
+            .await?;
+        // Ids compare bytewise, as in SQLite, whatever the database collation.
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE {FILTER} \
+             ORDER BY created_at DESC, id COLLATE \"C\" LIMIT $3 OFFSET $4"
+        );
+        let items = sqlx::query_as(&sql)
+            .bind(&q.user)
+            .bind(&q.label)
+            .bind(i64::try_from(q.max_results).unwrap_or(i64::MAX))
+            .bind(i64::try_from(q.start_at).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(Page {
+            total: total.try_into().unwrap_or(0),
+            items,
+        })
+    }
+
+    async fn delete_token(&self, id: &str, at: EpochMs) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        lock_revocations(&mut tx).await?;
+        let deleted = sqlx::query("DELETE FROM tokens WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted > 0 {
+            record_revocations(&mut tx, &[id.to_owned()], at).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    async fn delete_user_tokens(&self, user: &str, at: EpochMs) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        lock_revocations(&mut tx).await?;
+        // Row locks in id order, like add_usage, so the two never deadlock.
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM tokens WHERE tokengate_fold(user_name) = tokengate_fold($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM tokens WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        record_revocations(&mut tx, &ids, at).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn revocation_cursor(&self) -> Result<i64, StoreError> {
+        self.check_ready()?;
+        let seq: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM revocations")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    async fn revocations_after(&self, seq: i64) -> Result<Vec<Revocation>, StoreError> {
+        self.check_ready()?;
+        Ok(
+            sqlx::query_as("SELECT seq, token_id FROM revocations WHERE seq > $1 ORDER BY seq")
+                .bind(seq)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn purge_revocations(&self, before: EpochMs) -> Result<u64, StoreError> {
+        self.check_ready()?;
+        // Keep the newest row, as the SQLite store does, so the cursor never goes back.
+        let result =
+            sqlx::query("DELETE FROM revocations WHERE revoked_at < $1 AND seq < (SELECT max(seq) FROM revocations)")
+                .bind(before)
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        // One row per token, in id order: the rows are locked in that order,
+        // so replicas flushing at the same time wait for each other instead
+        // of deadlocking, and `counter + calls` never loses an increment.
+        let mut merged: BTreeMap<&str, (i64, EpochMs, &str)> = BTreeMap::new();
+        for d in deltas {
+            let entry = merged.entry(&d.token_id).or_insert((0, d.last_used_at, &d.last_ip));
+            entry.0 += d.calls;
+            if d.last_used_at >= entry.1 {
+                (entry.1, entry.2) = (d.last_used_at, &d.last_ip);
+            }
+        }
+        let ids: Vec<&str> = merged.keys().copied().collect();
+        let calls: Vec<i64> = merged.values().map(|v| v.0).collect();
+        let used_at: Vec<EpochMs> = merged.values().map(|v| v.1).collect();
+        let ips: Vec<&str> = merged.values().map(|v| v.2).collect();
+        let mut tx = self.begin().await?;
+        sqlx::query("SELECT id FROM tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE tokens AS t SET counter = t.counter + d.calls, \
+             last_ip = CASE WHEN d.used_at >= coalesce(t.last_used_at, 0) THEN d.ip ELSE t.last_ip END, \
+             last_used_at = GREATEST(coalesce(t.last_used_at, 0), d.used_at) \
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS d(id, calls, used_at, ip) \
+             WHERE t.id = d.id",
+        )
+        .bind(&ids)
+        .bind(&calls)
+        .bind(&used_at)
+        .bind(&ips)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.check_ready()?;
+        let column = |f: fn(&AuditEntry) -> Option<&str>| entries.iter().map(f).collect::<Vec<_>>();
+        let number = |f: fn(&AuditEntry) -> Option<i64>| entries.iter().map(f).collect::<Vec<_>>();
+        // One statement for the batch; WITH ORDINALITY keeps the entries'
+        // order in their ids, the tie-break of entries with the same time.
+        sqlx::query(
+            "INSERT INTO audit (at, kind, token_id, token_label, user_name, client_ip, method, path, \
+             status, decision, reason, duration_ms, detail) \
+             SELECT at, kind, token_id, token_label, user_name, client_ip, method, path, \
+             status, decision, reason, duration_ms, detail \
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+             $8::text[], $9::bigint[], $10::text[], $11::text[], $12::bigint[], $13::text[]) WITH ORDINALITY \
+             AS e(at, kind, token_id, token_label, user_name, client_ip, method, path, \
+             status, decision, reason, duration_ms, detail, n) ORDER BY n",
+        )
+        .bind(entries.iter().map(|e| e.at).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| kind_name(e.kind)).collect::<Vec<_>>())
+        .bind(column(|e| e.token_id.as_deref()))
+        .bind(column(|e| e.token_label.as_deref()))
+        .bind(column(|e| e.user.as_deref()))
+        .bind(column(|e| e.client_ip.as_deref()))
+        .bind(column(|e| e.method.as_deref()))
+        .bind(column(|e| e.path.as_deref()))
+        .bind(number(|e| e.status))
+        .bind(entries.iter().map(|e| e.decision.as_str()).collect::<Vec<_>>())
+        .bind(column(|e| e.reason.as_deref()))
+        .bind(number(|e| e.duration_ms))
+        .bind(column(|e| e.detail.as_deref()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Page<AuditEntry>, StoreError> {
+        self.check_ready()?;
+        const FILTER: &str = "($1::text IS NULL OR token_id = $1) \
+                              AND ($2::text IS NULL OR tokengate_fold(user_name) = tokengate_fold($2))";
+        let (total,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM audit WHERE {FILTER}"))
+            .bind(&q.token_id)
+            .bind(&q.user)
+            .fetch_one(&self.pool)
+            .await?;
+        let sql = format!(
+            "SELECT at, kind, token_id, token_label, user_name, client_ip, method, path, status, decision, \
+             reason, duration_ms, detail FROM audit WHERE {FILTER} ORDER BY at DESC, id DESC LIMIT $3 OFFSET $4"
+        );
+        let items = sqlx::query_as(&sql)
+            .bind(&q.token_id)
+            .bind(&q.user)
+            .bind(i64::try_from(q.max_results).unwrap_or(i64::MAX))
+            .bind(i64::try_from(q.start_at).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(Page {
+            total: total.try_into().unwrap_or(0),
+            items,
+        })
+    }
+
+    async fn purge_audit(&self, before: EpochMs) -> Result<u64, StoreError> {
+        self.check_ready()?;
+        let result = sqlx::query("DELETE FROM audit WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn settings(&self) -> Result<Settings, StoreError> {
+        self.check_ready()?;
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT name, value FROM settings")
+            .fetch_all(&self.pool)
+            .await?;
+        let stored = |name: &str, default: bool| {
+            rows.iter()
+                .find(|(n, _)| n == name)
+                .map_or(default, |(_, value)| value == "true")
+        };
+        let defaults = Settings::default();
+        Ok(Settings {
+            usage_details: stored("usageDetails", defaults.usage_details),
+            audit_log: stored("auditLog", defaults.audit_log),
+        })
+    }
+
+    async fn save_settings(&self, settings: Settings) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for (name, value) in [
+            ("usageDetails", settings.usage_details),
+            ("auditLog", settings.audit_log),
+        ] {
+            sqlx::query(
+                "INSERT INTO settings (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(name)
+            .bind(value.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.check_ready()?;
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn revocation_feed(&self) -> Option<mpsc::Receiver<String>> {
+        let (feed, receiver) = mpsc::channel(FEED_QUEUE);
+        tokio::spawn(follow_revocations(self.pool.clone(), self.options.clone(), feed));
+        Some(receiver)
+    }
+}
+
+fn kind_name(kind: AuditKind) -> &'static str {
+    match kind {
+        AuditKind::Request => "request",
+        AuditKind::Management => "management",
+    }
+}
+
+/// Serialises deletions (the lock is self-exclusive; pollers' reads pass):
+/// revocation seqs are then taken in commit order, so a poller that has
+/// seen seq N has seen every revocation before it.
+async fn lock_revocations(tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    sqlx::query("LOCK TABLE revocations IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Records deletions for the pollers and announces them to the listeners;
+/// PostgreSQL delivers the announcements only if the transaction commits.
+async fn record_revocations(tx: &mut Transaction<'_, Postgres>, ids: &[String], at: EpochMs) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("INSERT INTO revocations (token_id, revoked_at) SELECT id, $2 FROM unnest($1::text[]) AS id")
+        .bind(ids)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id")
+        .bind(REVOCATION_CHANNEL)
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Forwards announced deletions to `feed` until its receiver is dropped or
+/// `pool` (the store) is closed. LISTENs on a connection of its own and
+/// reconnects with backoff when it is lost; announcements made meanwhile
+/// are missed, which is why the gateway polls as well.
+async fn follow_revocations(pool: PgPool, options: PgConnectOptions, feed: mpsc::Sender<String>) {
+    let listen_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_lazy_with(options);
+    let closed = pool.close_event();
+    tokio::pin!(closed);
+    let mut retry = Backoff::default();
+    loop {
+        tokio::select! {
+            () = feed.closed() => break,
+            () = &mut closed => break,
+            () = listen_until_lost(&listen_pool, &feed, &mut retry) => {}
+        }
+        tokio::select! {
+            () = feed.closed() => break,
+            () = &mut closed => break,
+            () = tokio::time::sleep(retry.next_delay()) => {}
+        }
+    }
+    listen_pool.close().await;
+}
+
+/// LISTENs and forwards announcements until the connection fails.
+async fn listen_until_lost(pool: &PgPool, feed: &mpsc::Sender<String>, retry: &mut Backoff) {
+    let mut listener = match PgListener::connect_with(pool).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot connect to listen for token deletions; retrying (polling meanwhile)");
+            return;
+        }
+    };
+    // Reconnections go through the caller's backoff.
+    listener.eager_reconnect(false);
+    if let Err(e) = listener.listen(REVOCATION_CHANNEL).await {
+        tracing::warn!(error = %e, "cannot listen for token deletions; retrying (polling meanwhile)");
+        return;
+    }
+    tracing::debug!("listening for token deletions");
+    *retry = Backoff::default();
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                if feed.send(notification.payload().to_owned()).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                tracing::warn!("lost the connection listening for token deletions; reconnecting (polling meanwhile)");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for token deletions failed; reconnecting (polling meanwhile)");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The store contract: what every [`TokenStore`] backend must do, written
+//! once and run against SQLite (`store_contract::sqlite::*`) and PostgreSQL
+//! (`store_contract::postgres::*`, in a fresh schema; skipped when
+//! POSTGRES_TEST_URL is unset). Each test gets its own database.
+
+use std::sync::Arc;
+
+use tokengate::clock::EpochMs;
+use tokengate::store::{
+    self, AuditEntry, AuditKind, AuditQuery, Settings, TokenQuery, TokenRecord, TokenStore, UsageDelta,
+};
+
+use crate::common::PgSchema;
+
+/// A throwaway database of one backend; [`TestDb::open`] gives a new handle
+/// on it each time, as another process would have.
+pub struct TestDb {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    _schema: Option<PgSchema>,
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        TestDb {
+            url: format!("sqlite://{}/contract.db", dir.path().display()),
+            _dir: Some(dir),
+            _schema: None,
+        }
+    }
+
+    async fn postgres() -> Option<TestDb> {
+        let schema = PgSchema::create().await?;
+        Some(TestDb {
+            url: schema.url.clone(),
+            _dir: None,
+            _schema: Some(schema),
+        })
+    }
+
+    async fn open(&self) -> Arc<dyn TokenStore> {
+        store::open(&self.url).await.unwrap()
+    }
+}
+
+/// Runs each contract test against both backends. `one:` tests take a
+/// store; `two:` tests take two handles on the same database.
+macro_rules! contract {
+    (one: [$($one:ident),* $(,)?], two: [$($two:ident),* $(,)?] $(,)?) => {
+        contract!(@backend sqlite, Some(super::TestDb::sqlite()), [$($one),*], [$($two),*]);
+        contract!(@backend postgres, super::TestDb::postgres().await, [$($one),*], [$($two),*]);
+    };
+    (@backend $backend:ident, $db:expr, [$($one:ident),*], [$($two:ident),*]) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $one() {
+                    let Some(db) = $db else { return };
+                    let store = db.open().await;
+                    super::$one(store.clone()).await;
+                    store.close().await;
+                }
+            )*
+            $(
+                #[tokio::test]
+                async fn $two() {
+                    let Some(db) = $db else { return };
+                    let (a, b) = (db.open().await, db.open().await);
+                    super::$two(a.clone(), b.clone()).await;
+                    a.close().await;
+                    b.close().await;
+                }
+            )*
+        }
+    };
+}
+
+contract! {
+    one: [
+        tokens_round_trip_and_are_found_by_lookup,
+        lists_newest_first_with_filters_and_paging,
+        filters_fold_ascii_case_only_and_labels_match_literally,
+        deletions_are_recorded_as_revocations,
+        usage_adds_up_and_keeps_the_latest_ip,
+        audit_entries_round_trip_filter_page_and_purge,
+        ping_answers,
+    ],
+    two: [
+        a_token_written_through_one_handle_is_read_and_revoked_through_the_other,
+        settings_default_on_and_persist_across_handles,
+        concurrent_usage_flushes_from_two_handles_add_up_exactly,
+    ],
+}
+
+fn record(id: &str, user: Option<&str>, created_at: EpochMs) -> TokenRecord {
+    TokenRecord {
+        id: id.into(),
+        label: format!("label {id}"),
+        user: user.map(Into::into),
+        author: "admin".into(),
+        limit_to: String::new(),
+        ip: String::new(),
+        created_at,
+        valid_until: None,
+        token_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA".into(),
+        lookup: format!("tgw_{id:0>8}"),
+        counter: 0,
+        last_used_at: None,
+        last_ip: None,
+    }
+}
+
+fn all_tokens() -> TokenQuery {
+    TokenQuery {
+        max_results: 1000,
+        ..Default::default()
+    }
+}
+
+fn ids(items: &[TokenRecord]) -> Vec<&str> {
+    items.iter().map(|t| t.id.as_str()).collect()
+}
+
+async fn tokens_round_trip_and_are_found_by_lookup(store: Arc<dyn TokenStore>) {
+    let full = TokenRecord {
+        label: "ci-bot ünïcode".into(),
+        limit_to: "[get].*/rest/api/space.*\n[post].*/rest/api/content/?[JsonData::type==page]".into(),
+        ip: "10.0.0.0/8,2001:db8::/32".into(),
+        valid_until: Some(1_900_000_000_000),
+        counter: 7,
+        last_used_at: Some(1_700_000_000_123),
+        last_ip: Some("10.1.2.3".into()),
+        ..record("full-Id_1", Some("Alice@Example.com"), 1_700_000_000_000)
+    };
+    store.insert_token(&full).await.unwrap();
+    let twin = TokenRecord {
+        lookup: full.lookup.clone(),
+        ..record("twin", None, 1)
+    };
+    store.insert_token(&twin).await.unwrap();
+
+    assert_eq!(store.token("full-Id_1").await.unwrap(), Some(full.clone()));
+    assert_eq!(store.token("full-id_1").await.unwrap(), None, "ids are exact");
+    let mut found = store.tokens_by_lookup(&full.lookup).await.unwrap();
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(found, [full.clone(), twin]);
+    assert!(store.tokens_by_lookup("tgw_00000000").await.unwrap().is_empty());
+    assert!(store.insert_token(&full).await.is_err(), "a duplicate id is refused");
+}
+
+async fn lists_newest_first_with_filters_and_paging(store: Arc<dyn TokenStore>) {
+    for (i, user) in [Some("Alice"), Some("bob"), None, Some("alice")]
+        .into_iter()
+        .enumerate()
+    {
+        store
+            .insert_token(&record(&format!("t{i}"), user, i as i64))
+            .await
+            .unwrap();
+    }
+    // Same creation time: ids break the tie, compared bytewise.
+    for id in ["b", "a", "B"] {
+        store.insert_token(&record(id, None, 10)).await.unwrap();
+    }
+    let all = store.list_tokens(&all_tokens()).await.unwrap();
+    assert_eq!(all.total, 7);
+    assert_eq!(ids(&all.items), ["B", "a", "b", "t3", "t2", "t1", "t0"]);
+
+    let alice = TokenQuery {
+        user: Some("ALICE".into()),
+        max_results: 1,
+        start_at: 1,
+        ..Default::default()
+    };
+    let page = store.list_tokens(&alice).await.unwrap();
+    assert_eq!((page.total, ids(&page.items)), (2, vec!["t0"]));
+
+    let label = TokenQuery {
+        label: Some("BEL T2".into()),
+        ..all_tokens()
+    };
+    assert_eq!(ids(&store.list_tokens(&label).await.unwrap().items), ["t2"]);
+
+    let both = TokenQuery {
+        user: Some("alice".into()),
+        label: Some("t3".into()),
+        ..all_tokens()
+    };
+    assert_eq!(ids(&store.list_tokens(&both).await.unwrap().items), ["t3"]);
+
+    let beyond = TokenQuery {
+        start_at: 7,
+        ..all_tokens()
+    };
+    let page = store.list_tokens(&beyond).await.unwrap();
+    assert_eq!((page.total, page.items.len()), (7, 0));
+    let huge = TokenQuery {
+        start_at: u64::MAX,
+        max_results: u64::MAX,
+        ..Default::default()
+    };
+    assert!(store.list_tokens(&huge).await.unwrap().items.is_empty());
+}
+
+/// Both backends compare user names ASCII case-insensitively (SQLite's
+/// NOCASE), and the label filter is a plain substring: `%` and `_` are literal.
+async fn filters_fold_ascii_case_only_and_labels_match_literally(store: Arc<dyn TokenStore>) {
+    store.insert_token(&record("e", Some("Émile"), 1)).await.unwrap();
+    store
+        .insert_token(&TokenRecord {
+            label: "50%_OFF".into(),
+            ..record("p", None, 2)
+        })
+        .await
+        .unwrap();
+    store.insert_token(&record("q", None, 3)).await.unwrap();
+    let by_user = |user: &str| TokenQuery {
+        user: Some(user.into()),
+        ..all_tokens()
+    };
+    assert_eq!(store.list_tokens(&by_user("ÉMILE")).await.unwrap().total, 1);
+    assert_eq!(
+        store.list_tokens(&by_user("émile")).await.unwrap().total,
+        0,
+        "É is not folded"
+    );
+    let by_label = |label: &str| TokenQuery {
+        label: Some(label.into()),
+        ..all_tokens()
+    };
+    assert_eq!(ids(&store.list_tokens(&by_label("%_off")).await.unwrap().items), ["p"]);
+    assert_eq!(store.list_tokens(&by_label("_")).await.unwrap().total, 1);
+    assert_eq!(store.list_tokens(&by_label("%")).await.unwrap().total, 1);
+}
+
+async fn deletions_are_recorded_as_revocations(store: Arc<dyn TokenStore>) {
+    for (id, user) in [("a", Some("alice")), ("b", Some("ALICE")), ("c", Some("bob"))] {
+        store.insert_token(&record(id, user, 0)).await.unwrap();
+    }
+    let cursor = store.revocation_cursor().await.unwrap();
+    assert!(store.revocations_after(cursor).await.unwrap().is_empty());
+    assert!(store.delete_token("c", 10).await.unwrap());
+    assert!(!store.delete_token("c", 11).await.unwrap());
+    let mut deleted = store.delete_user_tokens("Alice", 12).await.unwrap();
+    deleted.sort();
+    assert_eq!(deleted, ["a", "b"]);
+    assert!(store.delete_user_tokens("alice", 13).await.unwrap().is_empty());
+    let revoked = store.revocations_after(cursor).await.unwrap();
+    let revoked_ids: Vec<_> = revoked.iter().map(|r| r.token_id.as_str()).collect();
+    assert_eq!(revoked_ids.len(), 3);
+    assert_eq!(revoked_ids[0], "c");
+    assert!(revoked.windows(2).all(|w| w[0].seq < w[1].seq), "in deletion order");
+    assert_eq!(store.revocation_cursor().await.unwrap(), revoked[2].seq);
+    assert_eq!(store.revocations_after(revoked[0].seq).await.unwrap(), revoked[1..]);
+    assert_eq!(store.list_tokens(&all_tokens()).await.unwrap().total, 0);
+    // Purging keeps the newest row, so the cursor never goes back.
+    assert_eq!(store.purge_revocations(100).await.unwrap(), 2);
+    assert_eq!(store.revocation_cursor().await.unwrap(), revoked[2].seq);
+}
+
+async fn usage_adds_up_and_keeps_the_latest_ip(store: Arc<dyn TokenStore>) {
+    store.insert_token(&record("a", None, 0)).await.unwrap();
+    let delta = |calls, at, ip: &str| UsageDelta {
+        token_id: "a".into(),
+        calls,
+        last_used_at: at,
+        last_ip: ip.into(),
+    };
+    store.add_usage(&[delta(3, 100, "1.1.1.1")]).await.unwrap();
+    store
+        .add_usage(&[delta(2, 50, "2.2.2.2"), delta(1, 200, "3.3.3.3")])
+        .await
+        .unwrap();
+    let stored = store.token("a").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.counter, stored.last_used_at, stored.last_ip.as_deref()),
+        (6, Some(200), Some("3.3.3.3"))
+    );
+    // An older flush arriving late adds its calls but keeps the latest use.
+    store.add_usage(&[delta(4, 150, "4.4.4.4")]).await.unwrap();
+    let stored = store.token("a").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.counter, stored.last_used_at, stored.last_ip.as_deref()),
+        (10, Some(200), Some("3.3.3.3"))
+    );
+    // A token deleted meanwhile is skipped; nothing to add is fine.
+    store
+        .add_usage(&[UsageDelta {
+            token_id: "gone".into(),
+            ..delta(1, 1, "x")
+        }])
+        .await
+        .unwrap();
+    store.add_usage(&[]).await.unwrap();
+    assert_eq!(store.token("a").await.unwrap().unwrap().counter, 10);
+}
+
+fn audit_entry(at: EpochMs, token: Option<&str>, user: &str) -> AuditEntry {
+    AuditEntry {
+        at,
+        kind: AuditKind::Request,
+        token_id: token.map(Into::into),
+        token_label: token.map(|t| format!("label {t}")),
+        user: Some(user.into()),
+        client_ip: Some("10.0.0.1".into()),
+        method: Some("GET".into()),
+        path: Some("/rest/api/space".into()),
+        status: Some(200),
+        decision: "allow".into(),
+        reason: None,
+        duration_ms: Some(3),
+        detail: None,
+    }
+}
+
+fn all_audit() -> AuditQuery {
+    AuditQuery {
+        max_results: 1000,
+        ..Default::default()
+    }
+}
+
+async fn audit_entries_round_trip_filter_page_and_purge(store: Arc<dyn TokenStore>) {
+    let mut entries: Vec<_> = (0..5)
+        .map(|i| {
+            audit_entry(
+                i,
+                Some(if i % 2 == 0 { "even" } else { "odd" }),
+                if i < 3 { "Alice" } else { "bob" },
+            )
+        })
+        .collect();
+    entries[1] = AuditEntry {
+        status: Some(403),
+        decision: "deny".into(),
+        reason: Some("rule_mismatch".into()),
+        ..entries[1].clone()
+    };
+    let management = AuditEntry {
+        at: 4,
+        kind: AuditKind::Management,
+        token_id: Some("even".into()),
+        token_label: Some("label even".into()),
+        user: Some("admin".into()),
+        client_ip: None,
+        method: None,
+        path: None,
+        status: None,
+        decision: "delete".into(),
+        reason: None,
+        duration_ms: None,
+        detail: Some("deleted token 'label even'".into()),
+    };
+    store.append_audit(&entries).await.unwrap();
+    store.append_audit(std::slice::from_ref(&management)).await.unwrap();
+    store.append_audit(&[]).await.unwrap();
+
+    let all = store.list_audit(&all_audit()).await.unwrap();
+    assert_eq!(all.total, 6);
+    // Newest first; at the same time, the later written first.
+    assert_eq!(all.items[0], management);
+    assert_eq!(all.items[1], entries[4]);
+    assert_eq!(all.items.iter().map(|e| e.at).collect::<Vec<_>>(), [4, 4, 3, 2, 1, 0]);
+    assert_eq!(all.items[4], entries[1]);
+
+    let even = AuditQuery {
+        token_id: Some("even".into()),
+        max_results: 2,
+        start_at: 1,
+        ..Default::default()
+    };
+    let page = store.list_audit(&even).await.unwrap();
+    assert_eq!(page.total, 4);
+    assert_eq!(page.items.iter().map(|e| e.at).collect::<Vec<_>>(), [4, 2]);
+    let alice = AuditQuery {
+        user: Some("ALICE".into()),
+        ..all_audit()
+    };
+    assert_eq!(store.list_audit(&alice).await.unwrap().total, 3);
+    let both = AuditQuery {
+        user: Some("bob".into()),
+        token_id: Some("odd".into()),
+        ..all_audit()
+    };
+    assert_eq!(store.list_audit(&both).await.unwrap().total, 1);
+
+    assert_eq!(store.purge_audit(2).await.unwrap(), 2);
+    let left = store.list_audit(&all_audit()).await.unwrap();
+    assert_eq!(left.items.iter().map(|e| e.at).collect::<Vec<_>>(), [4, 4, 3, 2]);
+}
+
+async fn ping_answers(store: Arc<dyn TokenStore>) {
+    store.ping().await.unwrap();
+}
+
+async fn a_token_written_through_one_handle_is_read_and_revoked_through_the_other(
+    a: Arc<dyn TokenStore>,
+    b: Arc<dyn TokenStore>,
+) {
+    let cursor = b.revocation_cursor().await.unwrap();
+    a.insert_token(&record("shared", Some("alice"), 5)).await.unwrap();
+    assert_eq!(b.token("shared").await.unwrap().unwrap().user.as_deref(), Some("alice"));
+    assert!(b.delete_token("shared", 6).await.unwrap());
+    assert_eq!(a.token("shared").await.unwrap(), None);
+    let revoked = a.revocations_after(cursor).await.unwrap();
+    assert_eq!(
+        revoked.iter().map(|r| r.token_id.as_str()).collect::<Vec<_>>(),
+        ["shared"]
+    );
+}
+
+async fn settings_default_on_and_persist_across_handles(a: Arc<dyn TokenStore>, b: Arc<dyn TokenStore>) {
+    assert_eq!(a.settings().await.unwrap(), Settings::default());
+    let off = Settings {
+        usage_details: false,
+        audit_log: true,
+    };
+    a.save_settings(off).await.unwrap();
+    assert_eq!(b.settings().await.unwrap(), off);
+    let both_off = Settings {
+        usage_details: false,
+        audit_log: false,
+    };
+    b.save_settings(both_off).await.unwrap();
+    assert_eq!(a.settings().await.unwrap(), both_off);
+    a.save_settings(Settings::default()).await.unwrap();
+    assert_eq!(b.settings().await.unwrap(), Settings::default());
+}
+
+/// Two replicas flushing the same tokens at the same moment, in opposite
+/// orders: every call is counted, and neither flush fails (no deadlock).
+async fn concurrent_usage_flushes_from_two_handles_add_up_exactly(a: Arc<dyn TokenStore>, b: Arc<dyn TokenStore>) {
+    const TOKENS: usize = 12;
+    const FLUSHERS: usize = 4;
+    const ROUNDS: i64 = 25;
+    for t in 0..TOKENS {
+        a.insert_token(&record(&format!("u{t:02}"), None, 0)).await.unwrap();
+    }
+    let mut flushes = Vec::new();
+    for (h, store) in [a.clone(), b.clone()].into_iter().enumerate() {
+        for f in 0..FLUSHERS {
+            let store = store.clone();
+            flushes.push(tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    let mut deltas: Vec<_> = (0..TOKENS)
+                        .map(|t| UsageDelta {
+                            token_id: format!("u{t:02}"),
+                            calls: (t + 1) as i64,
+                            last_used_at: round * 100 + (h * FLUSHERS + f) as i64,
+                            last_ip: format!("10.0.{h}.{f}"),
+                        })
+                        .collect();
+                    if (h + f) % 2 == 1 {
+                        deltas.reverse();
+                    }
+                    store.add_usage(&deltas).await.unwrap();
+                }
+            }));
+        }
+    }
+    for flush in flushes {
+        flush.await.unwrap();
+    }
+    let writers = (2 * FLUSHERS) as i64;
+    for t in 0..TOKENS {
+        let stored = b.token(&format!("u{t:02}")).await.unwrap().unwrap();
+        assert_eq!(stored.counter, (t as i64 + 1) * ROUNDS * writers, "token u{t:02}");
+        // The latest use is the last round of the highest-numbered writer.
+        assert_eq!(stored.last_used_at, Some((ROUNDS - 1) * 100 + writers - 1));
+        assert_eq!(stored.last_ip.as_deref(), Some("10.0.1.3"));
+    }
+}
