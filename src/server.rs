@@ -43,7 +43,11 @@ const REVOCATION_POLL: Duration = Duration::from_millis(500);
 const SETTINGS_REFRESH: Duration = Duration::from_secs(1);
 /// How often usage counters are written to the store (SPEC §6: at least every 5 s).
 const USAGE_FLUSH: Duration = Duration::from_secs(2);
-/// How often old audit entries are purged.
+/// How long the final flush of usage and audit entries may take at shutdown.
+const FLUSH_GRACE: Duration = Duration::from_secs(15);
+/// How long closing the store's connections may take at shutdown.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How often old audit entries (and revocations) are purged.
 const AUDIT_PURGE: Duration = Duration::from_secs(3600);
 
 /// Serves on an already bound listener until `shutdown` completes, then
@@ -60,7 +64,7 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
             record::flush_usage(&app).await
         })),
         tokio::spawn(every(Duration::ZERO, AUDIT_PURGE, app.clone(), |app| async move {
-            record::purge_audit(&app).await
+            record::purge_expired(&app).await
         })),
         // The settings were read at start (or are defaults until the store answers).
         tokio::spawn(every(
@@ -148,8 +152,17 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
     for task in background {
         task.abort();
     }
-    record::flush(&app).await;
-    app.store.close().await;
+    // Bounded: with the store down, the audit writer would retry for ever.
+    if tokio::time::timeout(FLUSH_GRACE, record::flush(&app)).await.is_err() {
+        tracing::error!(
+            queued = app.audit.queue_depth(),
+            "the store did not take the pending usage and audit entries in time; exiting without them"
+        );
+    }
+    // Bounded too: closing connections to a store that is gone can hang.
+    if tokio::time::timeout(CLOSE_GRACE, app.store.close()).await.is_err() {
+        tracing::warn!("the store did not close in time");
+    }
     Ok(())
 }
 

@@ -45,6 +45,19 @@ pub async fn flush_usage(app: &App) {
     }
 }
 
+/// Revocations are kept this long: every running process polls them within
+/// a second, so a day is a wide margin.
+const REVOCATION_RETENTION_MS: i64 = DAY_MS;
+
+/// Hourly housekeeping: old audit entries and revocations.
+pub async fn purge_expired(app: &App) {
+    purge_audit(app).await;
+    let horizon = app.clock.now_ms() - REVOCATION_RETENTION_MS;
+    if let Err(e) = app.store.purge_revocations(horizon).await {
+        tracing::warn!(error = %e, "cannot purge old revocations");
+    }
+}
+
 /// Deletes audit entries older than `audit_retention_days`.
 pub async fn purge_audit(app: &App) {
     let horizon = app.clock.now_ms() - i64::from(app.config.audit_retention_days) * DAY_MS;

@@ -218,10 +218,41 @@ async fn old_audit_entries_are_purged() {
     gw.clock.advance_ms(89 * DAY_MS);
     get(&gw.url("/rest/api/space"), &[("authorization", &auth)]).await;
     record::flush(&gw.app).await;
+    let cursor = gw.app.store.revocation_cursor().await.unwrap();
+    for user in ["x", "y", "z"] {
+        let token = gw.token_for(user).await;
+        let id = gw.app.store.tokens_by_lookup(&token[..12]).await.unwrap()[0].id.clone();
+        gw.app.tokens.delete(&id).await.unwrap();
+    }
     gw.clock.advance_ms(2 * DAY_MS);
-    record::purge_audit(&gw.app).await;
+    record::purge_expired(&gw.app).await;
     let left = audit(&gw).await;
     assert_eq!(left.len(), 1, "the 91-day-old entry is gone, the 2-day-old one stays");
+    let revocations = gw.app.store.revocations_after(cursor).await.unwrap();
+    assert_eq!(
+        revocations.len(),
+        1,
+        "revocations older than a day are gone but the newest, the cursor"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_with_the_store_down_still_ends() {
+    let (gw, faulty) = Gateway::start_faulty().await;
+    let (_, auth) = limited_token(&gw).await;
+    assert_eq!(
+        get(&gw.url("/rest/api/space"), &[("authorization", &auth)])
+            .await
+            .status,
+        200
+    );
+    faulty.down.store(true, Ordering::SeqCst);
+    // The writer retries for ever; shutdown gives up after its grace period
+    // (virtual time here, so the test does not wait for it).
+    tokio::time::pause();
+    tokio::time::timeout(std::time::Duration::from_secs(120), gw.stop())
+        .await
+        .expect("shutdown hung with the store down");
 }
 
 /// `name{labels} value` lines of the exposition, after checking its shape.
