@@ -26,6 +26,8 @@
 //!
 //! Tokens are created and deleted through [`tokens`], from the CLI ([`cli`])
 //! or the management API ([`admin`]). [`config`] validates configuration once at start-up.
+//! `fuzzing` (hidden) holds the fuzz targets' bodies and invariants, shared
+//! by `fuzz/` and the regression corpus replay in `cargo test`.
 
 pub mod admin;
 pub mod app;
@@ -34,6 +36,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pipeline;
 pub mod proxy;
 pub mod record;
