@@ -29,6 +29,8 @@
 //! The [`store`] is SQLite for one process or PostgreSQL for several
 //! replicas; [`server`]'s background tasks apply deletions made elsewhere
 //! (pushed by PostgreSQL, and polled) and follow the stored settings.
+//! `fuzzing` (hidden) holds the fuzz targets' bodies and invariants, shared
+//! by `fuzz/` and the regression corpus replay in `cargo test`.
 
 pub mod admin;
 pub mod app;
@@ -37,6 +39,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pipeline;
 pub mod proxy;
 pub mod record;

@@ -431,4 +431,24 @@ mod tests {
             .collect();
         assert_eq!(texts, ["1.5", "100.0", "10"]);
     }
+
+    /// Found by fuzzing: without serde_json's `float_roundtrip`, a number
+    /// beyond u64 read one ulp off, so the text a rule saw was not the value
+    /// Confluence reads (and what serde_json wrote did not read back).
+    #[test]
+    fn numbers_read_correctly_rounded() {
+        for written in [
+            "18447461616166161616",
+            "1844670347474709551616161616",
+            "2.2250738585072011e-308",
+        ] {
+            let JsonBody::Json(value) = parse_json(written).unwrap() else {
+                panic!("{written}: not JSON");
+            };
+            let exact: f64 = written.parse().unwrap();
+            assert_eq!(value.as_f64(), Some(exact), "{written}");
+            let again = parse_json(&serde_json::to_string(&value).unwrap()).unwrap();
+            assert_eq!(again, JsonBody::Json(value), "{written}");
+        }
+    }
 }
