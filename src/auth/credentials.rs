@@ -79,6 +79,8 @@ pub enum BadCredentials {
     NotUtf8,
     #[error("Basic credentials have no ':' between user and secret")]
     NoColon,
+    #[error("a gateway token must be sent as Basic user:token or Bearer token")]
+    StrayToken,
 }
 
 /// Reads the credentials of a request: `Ok(None)` when there is no `Authorization`.
@@ -97,17 +99,34 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Option<Credentials>, BadCrede
 /// Parses one `Authorization` value. Scheme names are case-insensitive.
 pub fn parse(value: &str) -> Result<Credentials, BadCredentials> {
     let value = value.trim();
-    let (scheme, param) = value.split_once(' ').unwrap_or((value, ""));
-    let param = param.trim_start();
-    if scheme.eq_ignore_ascii_case("basic") {
-        decode_basic(param)
+    let (scheme, param) = value.split_once([' ', '\t']).unwrap_or((value, ""));
+    let param = param.trim_start_matches([' ', '\t']);
+    let credentials = if scheme.eq_ignore_ascii_case("basic") {
+        decode_basic(param)?
     } else if scheme.eq_ignore_ascii_case("bearer") {
-        Ok(Credentials::Bearer {
+        Credentials::Bearer {
             secret: param.to_owned(),
-        })
+        }
     } else {
-        Ok(Credentials::Other)
-    }
+        Credentials::Other
+    };
+    refuse_stray_token(value, &credentials)?;
+    Ok(credentials)
+}
+
+/// A gateway token must never reach Confluence (SPEC §12), so a credential
+/// that carries `tgw_` anywhere but is not a token in Basic or Bearer form
+/// (a bare token, an unknown scheme, a token as the Basic user name) is
+/// refused rather than passed through.
+fn refuse_stray_token(raw: &str, credentials: &Credentials) -> Result<(), BadCredentials> {
+    let stray = match credentials {
+        Credentials::Basic { user, secret } => {
+            user.contains(TOKEN_PREFIX) || (!secret.starts_with(TOKEN_PREFIX) && secret.contains(TOKEN_PREFIX))
+        }
+        Credentials::Bearer { secret } => !secret.starts_with(TOKEN_PREFIX) && secret.contains(TOKEN_PREFIX),
+        Credentials::Other => raw.contains(TOKEN_PREFIX),
+    };
+    if stray { Err(BadCredentials::StrayToken) } else { Ok(()) }
 }
 
 fn decode_basic(param: &str) -> Result<Credentials, BadCredentials> {
@@ -182,6 +201,32 @@ mod tests {
         assert_eq!(parse(&basic("no-colon")), Err(BadCredentials::NoColon));
         let not_utf8 = format!("Basic {}", STANDARD.encode([0xff, 0xfe, b':', b'x']));
         assert_eq!(parse(&not_utf8), Err(BadCredentials::NotUtf8));
+    }
+
+    #[test]
+    fn tokens_in_any_other_form_are_refused_not_passed_through() {
+        let token = "tgw_abcdefghijklmnopqrstuvwxyz0123456789";
+        for value in [
+            token.to_owned(),
+            format!("Token {token}"),
+            format!("Bearer x{token}"),
+            basic(&format!("{token}:password")),
+            basic(&format!("alice:my{token}")),
+        ] {
+            assert_eq!(parse(&value), Err(BadCredentials::StrayToken), "{value}");
+        }
+        // A tab is a separator like a space.
+        assert_eq!(
+            parse(&format!("Bearer\t{token}")).unwrap().gateway_token(),
+            Some((token, Scheme::Bearer))
+        );
+        assert!(
+            parse(&basic(&format!("alice:{token}")))
+                .unwrap()
+                .gateway_token()
+                .is_some()
+        );
+        assert_eq!(parse(&basic("alice:tgw")).unwrap().gateway_token(), None);
     }
 
     #[test]

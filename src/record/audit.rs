@@ -10,7 +10,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{AuditEntry, AuditKind, TokenStore};
 
-const BATCH: usize = 512;
+/// Most entries written in one transaction.
+const BATCH: usize = 4096;
+/// How long the writer gathers entries before writing them: each
+/// transaction rewrites whole pages of the table and its indexes, so fewer,
+/// larger ones cost far less (a flush request is written at once).
+const GATHER: Duration = Duration::from_millis(200);
 
 enum Message {
     Entry(Box<AuditEntry>),
@@ -89,6 +94,7 @@ fn emit_event(e: &AuditEntry) {
 async fn write_batches(store: Arc<dyn TokenStore>, mut pending: mpsc::Receiver<Message>) {
     let mut messages = Vec::with_capacity(BATCH);
     while pending.recv_many(&mut messages, BATCH).await > 0 {
+        gather(&mut pending, &mut messages).await;
         let mut entries = Vec::with_capacity(messages.len());
         let mut acks = Vec::new();
         for message in messages.drain(..) {
@@ -100,6 +106,20 @@ async fn write_batches(store: Arc<dyn TokenStore>, mut pending: mpsc::Receiver<M
         store_with_retry(store.as_ref(), &entries).await;
         for done in acks {
             let _ = done.send(());
+        }
+    }
+}
+
+/// Takes more messages for up to [`GATHER`], until the batch is full or
+/// someone waits for a flush.
+async fn gather(pending: &mut mpsc::Receiver<Message>, messages: &mut Vec<Message>) {
+    let deadline = tokio::time::Instant::now() + GATHER;
+    let flush_requested = |messages: &[Message]| messages.iter().any(|m| matches!(m, Message::Flush(_)));
+    while messages.len() < BATCH && !flush_requested(messages) {
+        let room = BATCH - messages.len();
+        match tokio::time::timeout_at(deadline, pending.recv_many(messages, room)).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }

@@ -402,3 +402,23 @@ async fn internal_store_failure_fails_closed() {
     assert_eq!(gw.upstream.count(), 0);
     assert!(!String::from_utf8_lossy(&reply.body).contains("sqlx"));
 }
+
+#[tokio::test]
+async fn a_token_in_any_other_form_never_reaches_confluence() {
+    let gw = Gateway::start_with(|c| c.token_auth = TokenAuth::Both).await;
+    let token = gw.token_for("alice").await;
+    let stray = [
+        token.clone(),
+        format!("Token {token}"),
+        format!("Bearer x{token}"),
+        basic(&token, "password"),
+        basic("alice", &format!("pw{token}")),
+    ];
+    for value in &stray {
+        assert_refused(&gw, &[("authorization", value)], SPACE, 400, "bad_credentials").await;
+    }
+    // A tab between scheme and token is read as the separator it is.
+    let reply = get(&gw.url(SPACE), &[("authorization", &format!("Bearer\t{token}"))]).await;
+    assert_eq!(reply.status, 200);
+    assert!(gw.upstream.requests().iter().all(|seen| !seen.contains(&token[4..])));
+}
