@@ -287,6 +287,9 @@ fn append_forwarded_for(headers: &mut hyper::HeaderMap, peer: SocketAddr) {
 }
 
 fn upstream_error(error: &hyper_util::client::legacy::Error) -> GatewayError {
+    if client_body_failed(error) {
+        return GatewayError::new(Reason::BadRequest, "the request body broke off before it was complete");
+    }
     if error.is_connect() {
         tracing::warn!(error = %error, "cannot connect to Confluence");
         GatewayError::new(Reason::UpstreamUnavailable, "Confluence is unavailable")
@@ -294,6 +297,18 @@ fn upstream_error(error: &hyper_util::client::legacy::Error) -> GatewayError {
         tracing::warn!(error = ?error, "Confluence request failed");
         GatewayError::new(Reason::UpstreamUnavailable, "Confluence closed the connection")
     }
+}
+
+/// Whether forwarding failed because the client's own request body broke off
+/// (it went away mid-upload) rather than because of Confluence: hyper
+/// reports a failing request body as a user error whose cause is the
+/// incoming body's own hyper error.
+fn client_body_failed(error: &hyper_util::client::legacy::Error) -> bool {
+    use std::error::Error as _;
+    let Some(sending) = error.source().and_then(|e| e.downcast_ref::<hyper::Error>()) else {
+        return false;
+    };
+    sending.is_user() && sending.source().is_some_and(|cause| cause.is::<hyper::Error>())
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection.

@@ -104,28 +104,15 @@ impl TokenStore for SqliteStore {
     }
 
     async fn list_tokens(&self, q: &TokenQuery) -> Result<Page<TokenRecord>, StoreError> {
-        // NULL filters match everything, so one statement serves every combination.
-        const FILTER: &str = "(?1 IS NULL OR user_name = ?1 COLLATE NOCASE) \
-                              AND (?2 IS NULL OR instr(lower(label), lower(?2)) > 0)";
-        let (total,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM tokens WHERE {FILTER}"))
-            .bind(&q.user)
-            .bind(&q.label)
-            .fetch_one(&self.pool)
-            .await?;
-        let sql = format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE {FILTER} ORDER BY created_at DESC, id LIMIT ?3 OFFSET ?4"
-        );
-        let items = sqlx::query_as(&sql)
-            .bind(&q.user)
-            .bind(&q.label)
-            .bind(i64::try_from(q.max_results).unwrap_or(i64::MAX))
-            .bind(i64::try_from(q.start_at).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(Page {
-            total: total.try_into().unwrap_or(0),
-            items,
-        })
+        let listing = Listing {
+            table: "tokens",
+            columns: TOKEN_COLUMNS,
+            filter: "(?1 IS NULL OR user_name = ?1 COLLATE NOCASE) AND (?2 IS NULL OR instr(lower(label), lower(?2)) > 0)",
+            order: "created_at DESC, id",
+        };
+        listing
+            .page(&self.pool, [&q.user, &q.label], q.start_at, q.max_results)
+            .await
     }
 
     async fn delete_token(&self, id: &str, at: EpochMs) -> Result<bool, StoreError> {
@@ -229,27 +216,16 @@ impl TokenStore for SqliteStore {
     }
 
     async fn list_audit(&self, q: &AuditQuery) -> Result<Page<AuditEntry>, StoreError> {
-        const FILTER: &str = "(?1 IS NULL OR token_id = ?1) AND (?2 IS NULL OR user_name = ?2 COLLATE NOCASE)";
-        let (total,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM audit WHERE {FILTER}"))
-            .bind(&q.token_id)
-            .bind(&q.user)
-            .fetch_one(&self.pool)
-            .await?;
-        let sql = format!(
-            "SELECT at, kind, token_id, token_label, user_name, client_ip, method, path, status, decision, \
-             reason, duration_ms, detail FROM audit WHERE {FILTER} ORDER BY at DESC, id DESC LIMIT ?3 OFFSET ?4"
-        );
-        let items = sqlx::query_as(&sql)
-            .bind(&q.token_id)
-            .bind(&q.user)
-            .bind(i64::try_from(q.max_results).unwrap_or(i64::MAX))
-            .bind(i64::try_from(q.start_at).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(Page {
-            total: total.try_into().unwrap_or(0),
-            items,
-        })
+        let listing = Listing {
+            table: "audit",
+            columns: "at, kind, token_id, token_label, user_name, client_ip, method, path, status, decision, \
+                      reason, duration_ms, detail",
+            filter: "(?1 IS NULL OR token_id = ?1) AND (?2 IS NULL OR user_name = ?2 COLLATE NOCASE)",
+            order: "at DESC, id DESC",
+        };
+        listing
+            .page(&self.pool, [&q.token_id, &q.user], q.start_at, q.max_results)
+            .await
     }
 
     async fn purge_audit(&self, before: EpochMs) -> Result<u64, StoreError> {
@@ -299,6 +275,55 @@ impl TokenStore for SqliteStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// A filtered, ordered listing: both filters are bound as `?1` and `?2`, and
+/// a NULL filter matches everything, so one statement serves every
+/// combination of filters.
+struct Listing {
+    table: &'static str,
+    columns: &'static str,
+    filter: &'static str,
+    order: &'static str,
+}
+
+impl Listing {
+    /// The total that matches, and one page of it.
+    async fn page<T>(
+        &self,
+        pool: &SqlitePool,
+        filters: [&Option<String>; 2],
+        start_at: u64,
+        max_results: u64,
+    ) -> Result<Page<T>, StoreError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
+        let Listing {
+            table,
+            columns,
+            filter,
+            order,
+        } = self;
+        let count = format!("SELECT count(*) FROM {table} WHERE {filter}");
+        let (total,): (i64,) = sqlx::query_as(&count)
+            .bind(filters[0])
+            .bind(filters[1])
+            .fetch_one(pool)
+            .await?;
+        let select = format!("SELECT {columns} FROM {table} WHERE {filter} ORDER BY {order} LIMIT ?3 OFFSET ?4");
+        let items = sqlx::query_as(&select)
+            .bind(filters[0])
+            .bind(filters[1])
+            .bind(i64::try_from(max_results).unwrap_or(i64::MAX))
+            .bind(i64::try_from(start_at).unwrap_or(i64::MAX))
+            .fetch_all(pool)
+            .await?;
+        Ok(Page {
+            total: total.try_into().unwrap_or(0),
+            items,
+        })
     }
 }
 

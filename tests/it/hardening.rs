@@ -257,3 +257,38 @@ async fn tls_upstream(cert: &rcgen::CertifiedKey) -> std::net::SocketAddr {
     });
     addr
 }
+
+#[tokio::test]
+async fn a_client_abandoning_its_upload_is_not_an_upstream_error() {
+    let gw = Gateway::start().await;
+    let token = gw.token_for("alice").await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "PUT /rest/api/content/1/child/attachment HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\n\
+         content-length: 1000000\r\n\r\nonly the first bytes",
+        basic("alice", &token)
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    drop(client);
+    let metrics = |text: &str, line: &str| text.lines().any(|l| l.starts_with(line));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8(get(&gw.url("/tokengate/metrics"), &[]).await.body.to_vec()).unwrap();
+        if metrics(
+            &text,
+            r#"tokengate_requests_total{decision="deny",reason="bad_request"} 1"#,
+        ) {
+            assert!(
+                !text.contains("tokengate_upstream_errors_total{"),
+                "counted as an upstream error:\n{text}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the aborted upload was never accounted for:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&gw.url(SPACE), &[]).await.status, 200, "the gateway keeps serving");
+}
