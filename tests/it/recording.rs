@@ -186,8 +186,8 @@ async fn a_tiny_queue_and_a_slow_store_lose_nothing() {
     assert_eq!(store.list_audit(&query).await.unwrap().total, 200);
 }
 
-#[tokio::test]
-async fn an_unavailable_store_delays_audit_entries_but_keeps_them() {
+/// A gateway whose token was verified (and used once) before its store went down.
+async fn warm_token_then_store_down() -> (Gateway, Arc<FaultyStore>, String) {
     let (gw, faulty) = Gateway::start_faulty().await;
     let (_, auth) = limited_token(&gw).await;
     assert_eq!(
@@ -197,6 +197,12 @@ async fn an_unavailable_store_delays_audit_entries_but_keeps_them() {
         200
     );
     faulty.down.store(true, Ordering::SeqCst);
+    (gw, faulty, auth)
+}
+
+#[tokio::test]
+async fn an_unavailable_store_delays_audit_entries_but_keeps_them() {
+    let (gw, faulty, auth) = warm_token_then_store_down().await;
     // Warm token: still served during a short store outage.
     assert_eq!(
         get(&gw.url("/rest/api/space"), &[("authorization", &auth)])
@@ -238,15 +244,7 @@ async fn old_audit_entries_are_purged() {
 
 #[tokio::test]
 async fn shutdown_with_the_store_down_still_ends() {
-    let (gw, faulty) = Gateway::start_faulty().await;
-    let (_, auth) = limited_token(&gw).await;
-    assert_eq!(
-        get(&gw.url("/rest/api/space"), &[("authorization", &auth)])
-            .await
-            .status,
-        200
-    );
-    faulty.down.store(true, Ordering::SeqCst);
+    let (gw, _faulty, _auth) = warm_token_then_store_down().await;
     // The writer retries for ever; shutdown gives up after its grace period
     // (virtual time here, so the test does not wait for it).
     tokio::time::pause();
