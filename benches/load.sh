@@ -51,9 +51,9 @@ taskset -c "$SERVER_CORE" nginx -c "$WORK/nginx/proxy.conf" -p "$WORK/nginx" &
 PIDS+=($!)
 wait_for "http://127.0.0.1:$NGINX_PORT/"
 
-# tokengate: one worker thread on the server core, logs at warn (nginx logs nothing either).
+# tokengate: one worker (the current-thread scheduler) on the server core, logs at warn (nginx logs nothing either).
 export TOKENGATE_DATABASE_URL="sqlite://$WORK/tokengate.db"
-export RUST_LOG=warn TOKIO_WORKER_THREADS=1
+export RUST_LOG=warn TOKENGATE_WORKERS=1
 RULES='[get].*/rest/api/space.*[QueryParam::spaceKey==DOCS|PM.*]
 [get].*/rest/api/content/[0-9]+
 [post].*/rest/api/content/?[JsonData::type==page]'

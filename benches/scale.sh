@@ -13,7 +13,7 @@ GATEWAY_PORT=${GATEWAY_PORT:-18292}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 
 start_upstream "$UPSTREAM_PORT" 1
-export TOKENGATE_DATABASE_URL="sqlite://$WORK/tokengate.db" RUST_LOG=warn TOKIO_WORKER_THREADS=1
+export TOKENGATE_DATABASE_URL="sqlite://$WORK/tokengate.db" RUST_LOG=warn TOKENGATE_WORKERS=1
 "$BIN" migrate >/dev/null
 python3 - "$WORK/tokengate.db" "$TOKENS" <<'PY'
 import secrets, sqlite3, string, sys, time

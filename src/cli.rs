@@ -188,14 +188,15 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 /// Runs a parsed command line to completion.
 pub fn main(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("tokengate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let outcome = match cli.command {
+        // The configuration first: it says how many threads to serve with.
+        Command::Serve(args) => serve_config(&args).and_then(|config| {
+            let runtime = runtime(config.workers)?;
+            runtime.block_on(serve(config))
+        }),
+        command => runtime(1).and_then(|runtime| runtime.block_on(run(command))),
     };
-    match runtime.block_on(run(cli.command)) {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
             eprintln!("tokengate: {message}");
@@ -209,9 +210,26 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// The runtime: with one worker, tokio's current-thread scheduler, which
+/// runs a connection and its upstream request with no hand-over between
+/// threads (measured in benches/load.sh); with more, the work-stealing one.
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, Failure> {
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Failed(format!("cannot start the runtime: {e}")))
+}
+
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(_) => unreachable!("serve builds its own runtime"),
         Command::Token(TokenCommand::Create(args)) => create(args).await,
         Command::Token(TokenCommand::List(args)) => list(args).await,
         Command::Token(TokenCommand::Delete(args)) => delete(args).await,
@@ -255,13 +273,16 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
-async fn serve(args: ServeArgs) -> Result<(), Failure> {
+fn serve_config(args: &ServeArgs) -> Result<Config, Failure> {
     let overrides = Overrides {
-        listen: args.listen,
-        upstream: args.upstream,
+        listen: args.listen.clone(),
+        upstream: args.upstream.clone(),
         database: None,
     };
-    let config = load_config(&args.store, overrides)?;
+    load_config(&args.store, overrides)
+}
+
+async fn serve(config: Config) -> Result<(), Failure> {
     let listen = config.listen;
     let app = App::open_for_serving(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)

@@ -44,6 +44,7 @@ pub const KEYS: &[&str] = &[
     "audit_retention_days",
     "log_format",
     "max_connections",
+    "workers",
 ];
 
 /// The file read when `--config` is not given, if it exists.
@@ -189,6 +190,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Open client connections at most; more are refused with 503.
     pub max_connections: usize,
+    /// Threads serving requests: one runs everything on a single thread
+    /// (tokio's current-thread scheduler); more share the work by stealing.
+    pub workers: usize,
 }
 
 impl fmt::Debug for Config {
@@ -370,6 +374,7 @@ impl Config {
                 &[("text", LogFormat::Text), ("json", LogFormat::Json)],
             )?,
             max_connections: r.positive("max_connections", 10_000)?,
+            workers: r.positive("workers", default_workers())?,
         };
         config.check_argon2(&r)?;
         Ok(config)
@@ -489,6 +494,11 @@ impl Reader<'_> {
     }
 }
 
+/// One worker per CPU.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
 fn parse_upstream(s: &str) -> Result<Upstream, String> {
     let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
     let https = match uri.scheme_str() {
@@ -606,6 +616,18 @@ mod tests {
         assert_eq!(c.audit_retention_days, 90);
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.workers, default_workers());
+    }
+
+    #[test]
+    fn workers_must_be_positive() {
+        assert_eq!(from_toml("workers = 1").unwrap().workers, 1);
+        assert!(
+            error_of("workers = 0").contains("`workers`"),
+            "{}",
+            error_of("workers = 0")
+        );
+        assert!(error_of("workers = 'many'").contains("`workers`"));
     }
 
     #[test]

@@ -10,7 +10,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hyper::HeaderMap;
 use hyper::header::{AUTHORIZATION, HeaderValue};
-use hyper::http::uri::PathAndQuery;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
@@ -143,12 +142,9 @@ pub fn canonical_path(data: &[u8]) {
     );
     assert_eq!(target.has_path_parameters, target.path.contains(';'));
     // SPEC §12: the forwarded path is the checked path.
-    let forwarded = PathAndQuery::try_from(target.path_and_query()).unwrap_or_else(|e| {
-        panic!(
-            "the canonical target {:?} is not a valid URI: {e}",
-            target.path_and_query()
-        )
-    });
+    let forwarded = target
+        .forwarded()
+        .unwrap_or_else(|e| panic!("the canonical target {target:?} is not a valid URI: {e}"));
     assert_eq!(
         forwarded.path(),
         target.path,

@@ -44,7 +44,7 @@ pub async fn serve(
     route: OwnRoute,
     req: Request<Incoming>,
     target: &Target,
-    conn: ConnInfo,
+    conn: &ConnInfo,
 ) -> Result<Response<Body>, GatewayError> {
     match route {
         OwnRoute::Health => probe(&req, json_response(StatusCode::OK, r#"{"status":"ok"}"#)),

@@ -27,8 +27,10 @@ use crate::record;
 /// next request, so it is the HTTP/1 idle timeout too.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head accepted (HTTP/1 read buffer, HTTP/2 header list).
+/// At most 100 header fields are accepted too: hyper's default, and
+/// Tomcat's (`maxHeaderCount`). Setting another count would make hyper
+/// allocate and fill its header index per request.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
 /// HTTP/2 pings to find dead peers on idle connections.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take.
@@ -82,8 +84,7 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .max_headers(MAX_HEADERS);
+        .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -97,6 +98,8 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         upstream = %app.config.upstream.origin(),
         tls = tls.is_some(),
+        workers = app.config.workers,
+        scheduler = scheduler_name(),
         "tokengate serving"
     );
     tokio::pin!(shutdown);
@@ -118,10 +121,7 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo {
-            peer,
-            tls: tls.is_some(),
-        };
+        let conn = ConnInfo::new(peer, tls.is_some());
         let (app, builder) = (app.clone(), builder.clone());
         let watcher = connections.watcher(slot);
         match &tls {
@@ -164,6 +164,14 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
         tracing::warn!("the store did not close in time");
     }
     Ok(())
+}
+
+/// Which tokio scheduler serves (`workers = 1` selects the current-thread one).
+fn scheduler_name() -> &'static str {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+        _ => "multi_thread",
+    }
 }
 
 /// Open connections: each holds a [`ConnectionWatcher`]; shutdown tells them
@@ -217,9 +225,15 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Shared by the connection's requests: one reference count to bump per
+    // request, instead of one per part of the App.
+    let shared = Arc::new((app, conn.clone()));
     let service = service_fn(move |req| {
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(&app, conn, req).await) }
+        let shared = Arc::clone(&shared);
+        async move {
+            let (app, conn) = &*shared;
+            Ok::<_, Infallible>(pipeline::handle(app, conn, req).await)
+        }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);

@@ -84,7 +84,7 @@ impl Endpoint {
 
 /// The outer handler: answers every management request, and is the only
 /// place that logs its outcome and builds its error response.
-pub async fn serve(app: &App, conn: ConnInfo, target: &Target, req: Request<Incoming>) -> Response<Body> {
+pub async fn serve(app: &App, conn: &ConnInfo, target: &Target, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     match answer(app, conn, target, req).await {
         Ok(json) => {
@@ -106,7 +106,7 @@ pub async fn serve(app: &App, conn: ConnInfo, target: &Target, req: Request<Inco
 }
 
 /// The inner handler: route, authenticate, then the endpoint's work.
-async fn answer(app: &App, conn: ConnInfo, target: &Target, req: Request<Incoming>) -> Result<Value, AdminError> {
+async fn answer(app: &App, conn: &ConnInfo, target: &Target, req: Request<Incoming>) -> Result<Value, AdminError> {
     let endpoint = Endpoint::route(req.method(), &target.path)?;
     let client_ip = client_ip::client_ip(conn.peer.ip(), req.headers(), &app.config.trusted_proxies);
     let (req, admin) = auth::authenticate(app, req, target, client_ip).await?;

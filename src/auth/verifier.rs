@@ -236,7 +236,7 @@ impl Verifier {
         let hasher = self.hasher.clone();
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || job(hasher)).await;
-        self.metrics.argon2_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.argon2_duration.observe(started.elapsed());
         result.map_err(|e| VerifyError::Task(e.to_string()))
     }
 

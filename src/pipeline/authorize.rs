@@ -119,7 +119,9 @@ pub async fn check_rules(
         Verdict::NeedsJsonBody => {}
     }
     let (parts, body) = req.into_parts();
-    let bytes = read_limited(&parts, body, max_json_body).await?;
+    // Boxed: the reading future is large and only JSON rules need it, so it
+    // should not make every request's future larger (see pipeline::handle).
+    let bytes = Box::pin(read_limited(&parts, body, max_json_body)).await?;
     let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let json =
         JsonBody::parse(content_type, &bytes).map_err(|e| GatewayError::new(Reason::AmbiguousJson, e.to_string()))?;

@@ -10,6 +10,8 @@
 
 use std::fmt::Write as _;
 
+use hyper::http::uri::{InvalidUri, PathAndQuery};
+
 /// Why a path cannot be canonicalised (400 `bad_path`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BadPath {
@@ -38,14 +40,20 @@ pub struct Target {
     pub query: Option<String>,
     /// Whether a segment carries `;` path parameters.
     pub has_path_parameters: bool,
+    /// The request's own path and query, when canonicalising changed nothing
+    /// (the usual case): forwarded as is, without building it again.
+    received: Option<PathAndQuery>,
 }
 
 impl Target {
-    /// The path and query to forward.
-    pub fn path_and_query(&self) -> String {
+    /// The path and query to forward: the canonical path and the raw query.
+    pub fn forwarded(&self) -> Result<PathAndQuery, InvalidUri> {
+        if let Some(received) = &self.received {
+            return Ok(received.clone());
+        }
         match &self.query {
-            Some(query) => format!("{}?{query}", self.path),
-            None => self.path.clone(),
+            Some(query) => PathAndQuery::try_from(format!("{}?{query}", self.path)),
+            None => PathAndQuery::try_from(self.path.as_str()),
         }
     }
 }
@@ -53,10 +61,12 @@ impl Target {
 /// Canonicalises a request URI's path and keeps its query.
 pub fn canonicalise(uri: &hyper::Uri) -> Result<Target, BadPath> {
     let path = canonical_path(uri.path())?;
+    let received = uri.path_and_query().filter(|received| received.path() == path).cloned();
     Ok(Target {
         has_path_parameters: path.contains(';'),
         path,
         query: uri.query().map(str::to_owned),
+        received,
     })
 }
 
@@ -256,6 +266,20 @@ mod tests {
         assert_eq!(target.path, "/rest/api/space/..;/admin");
         let plain = canonicalise(&"/rest/api/space?a=%2F&b".parse().unwrap()).unwrap();
         assert!(!plain.has_path_parameters);
-        assert_eq!(plain.path_and_query(), "/rest/api/space?a=%2F&b");
+        assert_eq!(plain.forwarded().unwrap(), "/rest/api/space?a=%2F&b");
+    }
+
+    #[test]
+    fn the_forwarded_target_is_the_canonical_path_and_the_raw_query() {
+        for (raw, forwarded) in [
+            ("/rest/api/space?a=%2F&b", "/rest/api/space?a=%2F&b"),
+            ("/rest//api/./x/../space?q=%2e%2e", "/rest/api/space?q=%2e%2e"),
+            ("/rest/api/%73pace", "/rest/api/space"),
+            ("/rest/api/space?", "/rest/api/space?"),
+            ("/", "/"),
+        ] {
+            let target = canonicalise(&raw.parse().unwrap()).unwrap();
+            assert_eq!(target.forwarded().unwrap(), forwarded, "{raw}");
+        }
     }
 }

@@ -27,8 +27,11 @@ use authorize::CheckContext;
 use canonical::Target;
 
 /// What one request did, gathered on the way for the audit log, usage and metrics.
-#[derive(Default)]
 struct Trail {
+    /// The request's span: fields are recorded into it as they become known.
+    span: tracing::Span,
+    /// Whether the audit log is on: what only the audit entry needs is kept only then.
+    audit: bool,
     /// A `tgw_` credential was presented: the request is audited.
     token_presented: bool,
     token: Option<Arc<ActiveToken>>,
@@ -40,6 +43,22 @@ struct Trail {
     own_refusal: Option<Reason>,
 }
 
+impl Trail {
+    fn new(span: tracing::Span, audit: bool) -> Self {
+        Trail {
+            span,
+            audit,
+            token_presented: false,
+            token: None,
+            user: None,
+            client_ip: None,
+            path: None,
+            decision: None,
+            own_refusal: None,
+        }
+    }
+}
+
 /// The reason code a response the gateway made itself carries, if any.
 fn own_refusal(response: &Response<Body>) -> Option<Reason> {
     let code = response.headers().get("x-tokengate-reason")?.to_str().ok()?;
@@ -48,7 +67,7 @@ fn own_refusal(response: &Response<Body>) -> Option<Reason> {
 
 /// The outer handler: the only place that turns a failure into a response,
 /// and where every request's outcome is recorded.
-pub async fn handle(app: &App, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: &App, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let span = tracing::info_span!(
@@ -61,7 +80,7 @@ pub async fn handle(app: &App, conn: ConnInfo, req: Request<Incoming>) -> Respon
         http.status = Empty,
         duration_ms = Empty,
     );
-    let mut trail = Trail::default();
+    let mut trail = Trail::new(span.clone(), app.settings.get().audit_log);
     let result = process(app, conn, req, &mut trail).instrument(span.clone()).await;
     let (response, reason) = match result {
         Ok(response) => (response, trail.own_refusal),
@@ -88,7 +107,7 @@ pub async fn handle(app: &App, conn: ConnInfo, req: Request<Incoming>) -> Respon
     app.metrics.observe_request(decision, reason, elapsed);
     span.record("http.status", response.status().as_u16());
     span.record("duration_ms", elapsed.as_millis() as u64);
-    if trail.token_presented && app.settings.get().audit_log {
+    if trail.token_presented && trail.audit {
         let entry = AuditEntry {
             at: app.clock.now_ms(),
             kind: AuditKind::Request,
@@ -111,22 +130,21 @@ pub async fn handle(app: &App, conn: ConnInfo, req: Request<Incoming>) -> Respon
 
 async fn process(
     app: &App,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     mut req: Request<Incoming>,
     trail: &mut Trail,
 ) -> Result<Response<Body>, GatewayError> {
     let target = canonical::canonicalise(req.uri()).map_err(|e| GatewayError::new(Reason::BadPath, e.to_string()))?;
-    tracing::Span::current().record("url.path", target.path.as_str());
+    trail.span.record("url.path", target.path.as_str());
     app.protected_headers.strip(req.headers_mut());
     let client_ip = client_ip::client_ip(conn.peer.ip(), req.headers(), &app.config.trusted_proxies);
-    tracing::Span::current().record("client.ip", tracing::field::display(client_ip));
+    trail.span.record("client.ip", tracing::field::display(client_ip));
     trail.client_ip = Some(client_ip);
     if let Some(route) = crate::routes::own_route(&target.path) {
-        let response = crate::routes::serve(app, route, req, &target, conn).await?;
+        let response = Box::pin(crate::routes::serve(app, route, req, &target, conn)).await?;
         trail.own_refusal = own_refusal(&response);
         return Ok(response);
     }
-    trail.path = Some(target.path.clone());
     let credentials = credentials::from_headers(req.headers())
         .map_err(|e| GatewayError::new(Reason::BadCredentials, e.to_string()))?;
     let (req, identity) = match credentials {
@@ -157,8 +175,7 @@ pub async fn resolve_token(app: &App, secret: &str, client_ip: IpAddr) -> Result
         error.retry_after = Some(retry_after);
         return Err(error);
     }
-    app.verifier
-        .verify_uncached(secret)
+    Box::pin(app.verifier.verify_uncached(secret))
         .await
         .map_err(|e| GatewayError::internal(&e))?
         .ok_or_else(|| GatewayError::new(Reason::InvalidToken, "invalid credentials"))
@@ -183,9 +200,12 @@ async fn authenticate(
         ));
     };
     trail.token_presented = true;
-    trail.user = credentials.basic_user().map(str::to_owned);
+    if trail.audit {
+        trail.path = Some(target.path.clone());
+        trail.user = credentials.basic_user().map(str::to_owned);
+    }
     let token = resolve_token(app, secret, client_ip).await?;
-    tracing::Span::current().record("token.id", token.id.as_str());
+    trail.span.record("token.id", token.id.as_str());
     trail.token = Some(token.clone());
     if target.has_path_parameters {
         return Err(GatewayError::new(
@@ -205,8 +225,10 @@ async fn authenticate(
         scope: app.config.scope,
     };
     let user = authorize::check_token(&token, &cx)?;
-    tracing::Span::current().record("user", user.as_str());
-    trail.user = Some(user.clone());
+    trail.span.record("user", user.as_str());
+    if trail.audit {
+        trail.user = Some(user.clone());
+    }
     let req = authorize::check_rules(&token, req, &target.path, app.config.max_json_body).await?;
     if app.settings.get().usage_details {
         token.usage.record(now, client_ip);

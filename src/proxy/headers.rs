@@ -2,19 +2,21 @@
 //! client may set (SPEC §2.3).
 
 use hyper::HeaderMap;
-use hyper::header::{CONNECTION, HeaderName, UPGRADE};
+use hyper::header::{
+    CONNECTION, HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded as received.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 /// Names stripped from every inbound request, matched ignoring case and
@@ -56,6 +58,10 @@ fn fold_byte(b: u8) -> u8 {
     if b == b'_' { b'-' } else { b.to_ascii_lowercase() }
 }
 
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|hop| hop.as_str().eq_ignore_ascii_case(name))
+}
+
 /// Whether the request asks for a protocol upgrade (WebSocket).
 pub fn upgrade_requested(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
@@ -72,16 +78,28 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes hop-by-hop headers and those the `Connection` header names. With
 /// `keep_upgrade`, an `Upgrade` handshake survives (`Connection: upgrade`).
+///
+/// Every message passes through here twice (request and response), and
+/// most carry no hop-by-hop header at all: one scan over the names finds
+/// that out without hashing or allocating.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
+        .chain(
+            connection_tokens(headers)
+                // `keep-alive` and `close`, the usual tokens, name nothing more to remove.
+                .filter(|t| !t.eq_ignore_ascii_case("close") && !is_hop_by_hop(t))
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
+        )
         .collect();
     let upgrade = headers.get(UPGRADE).cloned();
-    for name in named {
+    for name in doomed {
         headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
     }
     if keep_upgrade && let Some(protocol) = upgrade {
         headers.insert(UPGRADE, protocol);
@@ -130,6 +148,21 @@ mod tests {
         headers.insert("accept", HeaderValue::from_static("*/*"));
         remove_hop_by_hop(&mut headers, false);
         assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+    }
+
+    #[test]
+    fn removes_hop_by_hop_headers_without_a_connection_header() {
+        for name in ["proxy-connection", "keep-alive", "transfer-encoding", "upgrade"] {
+            let mut headers = HeaderMap::new();
+            headers.insert("accept", HeaderValue::from_static("*/*"));
+            headers.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            remove_hop_by_hop(&mut headers, false);
+            assert_eq!(
+                headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+                ["accept"],
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{HOST, HeaderValue, LOCATION};
+use hyper::header::{HOST, HeaderName, HeaderValue, LOCATION};
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::HttpsConnector;
@@ -37,10 +37,24 @@ pub enum Identity {
 }
 
 /// What the forwarder needs to know about the client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer's address as `X-Forwarded-For` names it, formatted once per
+    /// connection rather than once per request.
+    forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let ip = peer.ip().to_canonical().to_string();
+        ConnInfo {
+            peer,
+            tls,
+            forwarded_for: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
+        }
+    }
 }
 
 /// The pooled, keep-alive client to Confluence.
@@ -98,7 +112,7 @@ impl UpstreamClient {
         mut req: Request<Body>,
         target: &Target,
         identity: &Identity,
-        conn: ConnInfo,
+        conn: &ConnInfo,
     ) -> Result<Response<Body>, GatewayError> {
         let upgrade = headers::upgrade_requested(req.headers()) && req.version() == Version::HTTP_11;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -134,12 +148,7 @@ impl UpstreamClient {
     pub async fn current_user(&self, authorization: &HeaderValue) -> Result<Option<String>, GatewayError> {
         const PATH: &str = "/rest/api/user/current";
         const MAX_ANSWER: usize = 64 << 10;
-        let target = Target {
-            path: PATH.to_owned(),
-            query: None,
-            has_path_parameters: false,
-        };
-        let req = Request::get(self.upstream_uri(&target)?)
+        let req = Request::get(self.upstream_uri(PathAndQuery::from_static(PATH))?)
             .header(hyper::header::AUTHORIZATION, authorization.clone())
             .header(hyper::header::ACCEPT, "application/json")
             .body(Either::Right(Full::new(Bytes::new())))
@@ -184,14 +193,17 @@ impl UpstreamClient {
         req: &mut Request<Body>,
         target: &Target,
         identity: &Identity,
-        conn: ConnInfo,
+        conn: &ConnInfo,
     ) -> Result<(), GatewayError> {
         let original_host = req.headers().get(HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        *req.uri_mut() = self.upstream_uri(target)?;
+        let forwarded = target
+            .forwarded()
+            .map_err(|_| GatewayError::new(Reason::BadPath, "the request target cannot be forwarded"))?;
+        *req.uri_mut() = self.upstream_uri(forwarded)?;
         *req.version_mut() = Version::HTTP_11;
         let keep_upgrade = headers::upgrade_requested(req.headers());
         let headers = req.headers_mut();
@@ -214,23 +226,21 @@ impl UpstreamClient {
         if let Some((name, value)) = &self.secret {
             headers.insert(name.clone(), value.clone());
         }
-        append_forwarded_for(headers, conn.peer);
+        append_forwarded_for(headers, conn);
         let proto = if conn.tls { "https" } else { "http" };
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         if let Some(host) = original_host {
-            headers.insert("x-forwarded-host", host);
+            headers.insert(X_FORWARDED_HOST.clone(), host);
         }
         Ok(())
     }
 
-    fn upstream_uri(&self, target: &Target) -> Result<Uri, GatewayError> {
+    fn upstream_uri(&self, path_and_query: PathAndQuery) -> Result<Uri, GatewayError> {
         let scheme = if self.upstream.https {
             Scheme::HTTPS
         } else {
             Scheme::HTTP
         };
-        let path_and_query = PathAndQuery::try_from(target.path_and_query())
-            .map_err(|_| GatewayError::new(Reason::BadPath, "the request target cannot be forwarded"))?;
         Uri::builder()
             .scheme(scheme)
             .authority(self.upstream.authority.clone())
@@ -265,24 +275,24 @@ fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> 
     head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
 }
 
-fn append_forwarded_for(headers: &mut hyper::HeaderMap, peer: SocketAddr) {
-    let peer = peer.ip().to_canonical().to_string();
-    if !headers.contains_key("x-forwarded-for") {
-        headers.insert(
-            "x-forwarded-for",
-            HeaderValue::from_str(&peer).expect("an IP address is a valid header value"),
-        );
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Appends the peer to `X-Forwarded-For` (as one header: earlier hops, then the peer).
+fn append_forwarded_for(headers: &mut hyper::HeaderMap, conn: &ConnInfo) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR.clone(), conn.forwarded_for.clone());
         return;
     }
-    let chain = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .chain(std::iter::once(peer.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert("x-forwarded-for", value);
+    let mut chain = Vec::new();
+    for earlier in headers.get_all(&X_FORWARDED_FOR).iter().filter(|v| v.to_str().is_ok()) {
+        chain.extend_from_slice(earlier.as_bytes());
+        chain.extend_from_slice(b", ");
+    }
+    chain.extend_from_slice(conn.forwarded_for.as_bytes());
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(chain)) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
     }
 }
 
@@ -404,7 +414,11 @@ mod tests {
         let mut headers = hyper::HeaderMap::new();
         headers.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         headers.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2, 3.3.3.3"));
-        append_forwarded_for(&mut headers, "[::ffff:10.0.0.1]:5000".parse().unwrap());
+        let conn = ConnInfo::new("[::ffff:10.0.0.1]:5000".parse().unwrap(), false);
+        append_forwarded_for(&mut headers, &conn);
         assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1");
+        let mut first = hyper::HeaderMap::new();
+        append_forwarded_for(&mut first, &ConnInfo::new("[2001:db8::1]:5000".parse().unwrap(), true));
+        assert_eq!(first["x-forwarded-for"], "2001:db8::1");
     }
 }

@@ -1,20 +1,29 @@
 //! Prometheus metrics (`/tokengate/metrics`), one registry per gateway so
 //! several can run in one process (the tests do).
 
-use std::sync::Arc;
+//!
+//! Nothing on the request path takes a lock: a request's counter is looked
+//! up in its label family once and then kept, and durations go into a
+//! histogram of atomic buckets (prometheus-client's own `Histogram` takes a
+//! mutex per observation, which every worker thread would contend for).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::error::Reason;
 
 /// What became of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Decision {
     /// Forwarded as a token's user.
     Allow,
@@ -48,15 +57,20 @@ struct UpstreamLabels {
     kind: &'static str,
 }
 
+/// One counter per decision and reason (or none): the slot of [`Metrics::requests_counter`].
+const REQUEST_SLOTS: usize = 4 * (Reason::ALL.len() + 1);
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    duration: Histogram,
+    /// `requests`' counters once used, so that counting takes no lock.
+    request_counters: [OnceLock<Counter>; REQUEST_SLOTS],
+    duration: AtomicHistogram,
     upstream_errors: Family<UpstreamLabels, Counter>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub argon2_checks: Counter,
-    pub argon2_duration: Histogram,
+    pub argon2_duration: AtomicHistogram,
     pub audit_queue_depth: Gauge,
 }
 
@@ -65,7 +79,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("tokengate");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Requests by decision and reason code", requests.clone());
-        let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let duration = AtomicHistogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
             "request_duration_seconds",
             "Time to the response headers",
@@ -87,7 +101,7 @@ impl Default for Metrics {
         );
         let argon2_checks = Counter::default();
         registry.register("argon2_checks", "argon2 hash computations", argon2_checks.clone());
-        let argon2_duration = Histogram::new(exponential_buckets(0.001, 2.0, 12));
+        let argon2_duration = AtomicHistogram::new(exponential_buckets(0.001, 2.0, 12));
         registry.register(
             "argon2_duration_seconds",
             "Time of one argon2 computation",
@@ -102,6 +116,7 @@ impl Default for Metrics {
         Metrics {
             registry,
             requests,
+            request_counters: std::array::from_fn(|_| OnceLock::new()),
             duration,
             upstream_errors,
             cache_hits,
@@ -119,12 +134,8 @@ impl Metrics {
     }
 
     pub fn observe_request(&self, decision: Decision, reason: Option<Reason>, elapsed: Duration) {
-        let labels = RequestLabels {
-            decision: decision.label(),
-            reason: reason.map_or("none", Reason::code),
-        };
-        self.requests.get_or_create(&labels).inc();
-        self.duration.observe(elapsed.as_secs_f64());
+        self.requests_counter(decision, reason).inc();
+        self.duration.observe(elapsed);
         let upstream = match reason {
             Some(Reason::UpstreamUnavailable) => Some("unavailable"),
             Some(Reason::UpstreamTimeout) => Some("timeout"),
@@ -135,10 +146,161 @@ impl Metrics {
         }
     }
 
+    fn requests_counter(&self, decision: Decision, reason: Option<Reason>) -> &Counter {
+        let slot = decision as usize * (Reason::ALL.len() + 1) + reason.map_or(0, |r| r as usize + 1);
+        self.request_counters[slot].get_or_init(|| {
+            let labels = RequestLabels {
+                decision: decision.label(),
+                reason: reason.map_or("none", Reason::code),
+            };
+            self.requests.get_or_create(&labels).clone()
+        })
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// A Prometheus histogram of durations whose observations are atomic
+/// additions: one counter per bucket and the sum in nanoseconds.
+#[derive(Debug, Clone)]
+pub struct AtomicHistogram {
+    cells: Arc<HistogramCells>,
+}
+
+#[derive(Debug)]
+struct HistogramCells {
+    /// Upper bounds in seconds, ascending; the last is +Inf.
+    bounds: Vec<f64>,
+    /// Observations per bucket (not cumulative), as `bounds`.
+    counts: Vec<AtomicU64>,
+    sum_nanos: AtomicU64,
+}
+
+impl AtomicHistogram {
+    pub fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
+        let bounds: Vec<f64> = bounds
+            .into_iter()
+            .filter(|bound| bound.is_finite())
+            .chain(std::iter::once(f64::INFINITY))
+            .collect();
+        let counts = bounds.iter().map(|_| AtomicU64::new(0)).collect();
+        AtomicHistogram {
+            cells: Arc::new(HistogramCells {
+                bounds,
+                counts,
+                sum_nanos: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn observe(&self, elapsed: Duration) {
+        let cells = &*self.cells;
+        let seconds = elapsed.as_secs_f64();
+        let bucket = cells
+            .bounds
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(cells.bounds.len() - 1);
+        cells.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let cells = &*self.cells;
+        let buckets: Vec<(f64, u64)> = cells
+            .bounds
+            .iter()
+            .zip(&cells.counts)
+            .map(|(&bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = cells.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(metrics: &Metrics) -> String {
+        metrics.render()
+    }
+
+    #[test]
+    fn reasons_index_their_counter_slots() {
+        for (i, reason) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn requests_are_counted_by_decision_and_reason() {
+        let metrics = Metrics::default();
+        metrics.observe_request(Decision::Allow, None, Duration::from_millis(1));
+        metrics.observe_request(Decision::Allow, None, Duration::from_millis(1));
+        metrics.observe_request(Decision::Deny, Some(Reason::RuleMismatch), Duration::from_millis(1));
+        metrics.observe_request(Decision::Deny, Some(Reason::UpstreamTimeout), Duration::from_millis(1));
+        let text = exposition(&metrics);
+        assert!(
+            text.contains(r#"tokengate_requests_total{decision="allow",reason="none"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tokengate_requests_total{decision="deny",reason="rule_mismatch"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tokengate_upstream_errors_total{kind="timeout"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("passthrough"), "a series appears on first use: {text}");
+    }
+
+    #[test]
+    fn the_histogram_is_cumulative_with_sum_and_count() {
+        let metrics = Metrics::default();
+        for ms in [0, 1, 1, 3, 100_000] {
+            metrics.observe_request(Decision::Own, None, Duration::from_millis(ms));
+        }
+        let text = exposition(&metrics);
+        let line = |le: &str| format!("tokengate_request_duration_seconds_bucket{{le=\"{le}\"}} ");
+        let value = |le: &str| {
+            let prefix = line(le);
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no bucket {le} in {text}"))
+                .to_owned()
+        };
+        assert_eq!(value("0.0005"), "1");
+        assert_eq!(value("0.001"), "3");
+        assert_eq!(value("0.004"), "4");
+        assert_eq!(value("16.384"), "4");
+        assert_eq!(value("+Inf"), "5");
+        assert!(text.contains("tokengate_request_duration_seconds_count 5"), "{text}");
+        assert!(
+            text.contains("tokengate_request_duration_seconds_sum 100.005"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE tokengate_request_duration_seconds histogram"),
+            "{text}"
+        );
     }
 }

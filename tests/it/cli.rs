@@ -121,6 +121,37 @@ fn default_config_file_is_read_and_migrate_creates_a_private_store() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
+/// `workers = 1` serves on tokio's current-thread scheduler: token requests,
+/// their first (argon2) verification and a graceful shutdown all work there.
+#[tokio::test]
+async fn one_worker_serves_on_a_single_thread() {
+    let confluence = FakeConfluence::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let origin = confluence.origin();
+    let mut gateway = GatewayProcess::spawn(dir.path(), &["--upstream", &origin], &[("TOKENGATE_WORKERS", "1")]).await;
+    assert!(
+        gateway.logs().contains("scheduler=\"current_thread\""),
+        "{}",
+        gateway.logs()
+    );
+    let out = cli(dir.path(), &["token", "create", "--label", "single", "--user", "alice"]);
+    let token = stdout(&out).trim().to_owned();
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, auth) = (gateway.url("/rest/api/space"), basic("alice", &token));
+            tokio::spawn(async move { get(&url, &[("authorization", &auth)]).await.status })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for request in requests {
+        replies.push(request.await.unwrap());
+    }
+    assert!(replies.iter().all(|&status| status == 200), "{replies:?}");
+    assert_eq!(confluence.last().header("x-forwarded-user"), Some("alice"));
+    let status = gateway.terminate().await;
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+}
+
 /// The README's quick start: start the gateway against Confluence, create a
 /// token with the CLI, call Confluence through it.
 #[tokio::test]
