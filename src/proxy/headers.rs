@@ -92,8 +92,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .cloned()
         .chain(
             connection_tokens(headers)
-                // `keep-alive` and `close`, the usual tokens, name nothing more to remove.
-                .filter(|t| !t.eq_ignore_ascii_case("close") && !is_hop_by_hop(t))
+                // Hop-by-hop names (`keep-alive`, the usual token) are in `doomed` already.
+                .filter(|t| !is_hop_by_hop(t))
                 .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
         )
         .collect();

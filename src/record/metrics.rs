@@ -36,6 +36,9 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// Every decision, in declaration order: `decision as usize` indexes it.
+    const ALL: [Decision; 4] = [Decision::Allow, Decision::Passthrough, Decision::Own, Decision::Deny];
+
     fn label(self) -> &'static str {
         match self {
             Decision::Allow => "allow",
@@ -58,7 +61,7 @@ struct UpstreamLabels {
 }
 
 /// One counter per decision and reason (or none): the slot of [`Metrics::requests_counter`].
-const REQUEST_SLOTS: usize = 4 * (Reason::ALL.len() + 1);
+const REQUEST_SLOTS: usize = Decision::ALL.len() * (Reason::ALL.len() + 1);
 
 pub struct Metrics {
     registry: Registry,
@@ -239,12 +242,11 @@ impl EncodeMetric for AtomicHistogram {
 mod tests {
     use super::*;
 
-    fn exposition(metrics: &Metrics) -> String {
-        metrics.render()
-    }
-
     #[test]
-    fn reasons_index_their_counter_slots() {
+    fn decisions_and_reasons_index_their_counter_slots() {
+        for (i, decision) in Decision::ALL.into_iter().enumerate() {
+            assert_eq!(decision as usize, i, "{decision:?}");
+        }
         for (i, reason) in Reason::ALL.into_iter().enumerate() {
             assert_eq!(reason as usize, i, "{reason:?}");
         }
@@ -257,7 +259,7 @@ mod tests {
         metrics.observe_request(Decision::Allow, None, Duration::from_millis(1));
         metrics.observe_request(Decision::Deny, Some(Reason::RuleMismatch), Duration::from_millis(1));
         metrics.observe_request(Decision::Deny, Some(Reason::UpstreamTimeout), Duration::from_millis(1));
-        let text = exposition(&metrics);
+        let text = metrics.render();
         assert!(
             text.contains(r#"tokengate_requests_total{decision="allow",reason="none"} 2"#),
             "{text}"
@@ -279,7 +281,7 @@ mod tests {
         for ms in [0, 1, 1, 3, 100_000] {
             metrics.observe_request(Decision::Own, None, Duration::from_millis(ms));
         }
-        let text = exposition(&metrics);
+        let text = metrics.render();
         let line = |le: &str| format!("tokengate_request_duration_seconds_bucket{{le=\"{le}\"}} ");
         let value = |le: &str| {
             let prefix = line(le);
