@@ -1,35 +1,34 @@
-//! The per-request work of the warm token path, piece by piece (SPEC §11):
-//! decoding credentials, canonicalising the path, the verified-cache lookup
-//! and the token checks. `cargo bench --bench hot_path`.
+//! The per-request work of the warm token path (SPEC §11): piece by piece
+//! (decoding credentials, canonicalising the path, the verified-cache lookup,
+//! the token checks) and whole (every stage of the pipeline but the
+//! forwarding, on an in-memory request). `cargo bench --bench hot_path`.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
+use http_body_util::Full;
 use hyper::header::{AUTHORIZATION, HeaderValue};
-use hyper::{HeaderMap, Method};
-use tokengate::App;
-use tokengate::auth::credentials::{self, Scheme};
-use tokengate::clock::SystemClock;
-use tokengate::config::{Argon2Cost, Config, Scope, TokenAuth};
-use tokengate::pipeline::authorize::{CheckContext, check_token};
-use tokengate::pipeline::canonical::canonical_path;
-use tokengate::store::SqliteStore;
-use tokengate::tokens::NewToken;
+use hyper::{HeaderMap, Method, Request};
+use tokengate::bench::{
+    CheckContext, ConnInfo, Next, Scheme, Trail, canonical_path, check_token, credentials_from_headers, decide,
+};
+use tokengate::{App, Argon2Cost, Config, NewToken, Scope, SqliteStore, SystemClock, TokenAuth};
 
 fn decoding(c: &mut Criterion) {
     let mut headers = HeaderMap::new();
     let basic = "Basic YWxpY2VAZXhhbXBsZS5jb206dGd3X2FiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6MDEyMzQ1Njc4OUFCQ0Q=";
     headers.insert(AUTHORIZATION, HeaderValue::from_static(basic));
     c.bench_function("credentials/basic", |b| {
-        b.iter(|| credentials::from_headers(black_box(&headers)))
+        b.iter(|| credentials_from_headers(black_box(&headers)))
     });
     headers.insert(
         AUTHORIZATION,
         HeaderValue::from_static("Bearer tgw_abcdefghijklmnopqrstuvwxyz0123456789ABCD"),
     );
     c.bench_function("credentials/bearer", |b| {
-        b.iter(|| credentials::from_headers(black_box(&headers)))
+        b.iter(|| credentials_from_headers(black_box(&headers)))
     });
 }
 
@@ -66,13 +65,19 @@ fn warm_token(c: &mut Criterion) {
             ..NewToken::default()
         };
         let secret = app.tokens.create(new).await.unwrap().value;
-        app.verifier.verify(&secret).await.unwrap().expect("the token verifies");
+        app.auth
+            .verifier()
+            .verify(&secret)
+            .await
+            .unwrap()
+            .expect("the token verifies");
         (app, secret)
     });
     c.bench_function("verified_cache/hit", |b| {
-        b.to_async(&runtime).iter(|| app.verifier.cached(black_box(&secret)))
+        b.to_async(&runtime)
+            .iter(|| app.auth.verifier().cached(black_box(&secret)))
     });
-    let token = runtime.block_on(app.verifier.cached(&secret)).unwrap();
+    let token = runtime.block_on(app.auth.verifier().cached(&secret)).unwrap();
     let cx = CheckContext {
         scheme: Scheme::Basic,
         basic_user: Some("alice"),
@@ -85,6 +90,25 @@ fn warm_token(c: &mut Criterion) {
     };
     c.bench_function("check_token", |b| {
         b.iter(|| check_token(black_box(&token), black_box(&cx)))
+    });
+    let conn = ConnInfo::new("127.0.0.1:50000".parse().unwrap(), false);
+    let authorization = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("alice:{secret}"))
+    );
+    c.bench_function("pipeline/decide_warm_token", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let req = Request::get("/rest/api/space/DOCS?spaceKey=DOCS")
+                .header(AUTHORIZATION, authorization.as_str())
+                .header("host", "wiki.example.com")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let mut trail = Trail::new(tracing::Span::none(), false);
+            match decide(&app, &conn, req, &mut trail).await {
+                Ok(Next::Forward { .. }) => {}
+                _ => panic!("the warm token request is forwarded"),
+            }
+        })
     });
 }
 

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use tokengate::rules::{JsonBody, RequestHead, RuleSet, Verdict};
+use tokengate::{JsonBody, RequestHead, RuleSet, Verdict};
 
 const RULE_COUNTS: [usize; 3] = [1, 10, 100];
 

@@ -1,25 +1,25 @@
 //! The gateway's shared state: one `Clone` struct of `Arc`s, built once at
 //! start-up from the validated configuration and handed to every connection.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-use crate::admin::AdminState;
-use crate::auth::token;
-use crate::auth::{FailureThrottle, Verifier};
+use crate::auth::{Authenticator, Verifier, token};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::proxy::UpstreamClient;
 use crate::proxy::headers::ProtectedHeaders;
-use crate::record::{AuditLog, Metrics, UsageBook};
-use crate::store::{self, Settings, StoreError, TokenStore};
+use crate::record::{self, AuditLog, Metrics, UsageBook};
+use crate::settings::LiveSettings;
+use crate::store::{self, StoreError, TokenStore};
 use crate::tokens::TokenManager;
 
 #[derive(Clone)]
 pub struct App {
     pub config: Arc<Config>,
     pub store: Arc<dyn TokenStore>,
-    pub verifier: Arc<Verifier>,
+    /// Turns what a client presented into a principal (tokens and passwords).
+    pub auth: Arc<Authenticator>,
     pub tokens: TokenManager,
     pub upstream: Arc<UpstreamClient>,
     pub clock: Arc<dyn Clock>,
@@ -28,74 +28,10 @@ pub struct App {
     pub usage: Arc<UsageBook>,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
-    pub throttle: Arc<FailureThrottle>,
-    pub admin: Arc<AdminState>,
 }
 
 /// Audit entries that may wait in memory before requests start waiting.
 const AUDIT_QUEUE: usize = 10_000;
-
-/// The settings as the hot path reads them: atomics, so a request never
-/// waits on a lock or the store. The store holds the persistent copy, which
-/// other processes (replicas) may change: [`LiveSettings::refresh`] follows it.
-#[derive(Debug)]
-pub struct LiveSettings {
-    usage_details: AtomicBool,
-    audit_log: AtomicBool,
-    /// The stored settings last seen; `None` before the store first answered.
-    /// A std mutex: taken only by refreshes, never across an await.
-    last_stored: Mutex<Option<Settings>>,
-}
-
-impl LiveSettings {
-    /// Settings just read from the store.
-    pub fn new(settings: Settings) -> Self {
-        LiveSettings {
-            usage_details: AtomicBool::new(settings.usage_details),
-            audit_log: AtomicBool::new(settings.audit_log),
-            last_stored: Mutex::new(Some(settings)),
-        }
-    }
-
-    /// The defaults, for a start while the store does not answer: the first
-    /// [`refresh`](Self::refresh) replaces them with the stored settings.
-    pub fn unloaded() -> Self {
-        let live = LiveSettings::new(Settings::default());
-        *live.last_stored.lock().expect("settings lock poisoned") = None;
-        live
-    }
-
-    /// Takes the stored settings when they changed since last seen (another
-    /// process switched them), or were never seen. Unchanged stored settings
-    /// leave the live ones alone, so a refresh never undoes a change made
-    /// here that is still on its way to the store.
-    pub fn refresh(&self, stored: Settings) {
-        let mut last = self.last_stored.lock().expect("settings lock poisoned");
-        if *last != Some(stored) {
-            if last.is_some() {
-                tracing::info!(
-                    usage_details = stored.usage_details,
-                    audit_log = stored.audit_log,
-                    "settings changed in the store"
-                );
-            }
-            self.set(stored);
-            *last = Some(stored);
-        }
-    }
-
-    pub fn get(&self) -> Settings {
-        Settings {
-            usage_details: self.usage_details.load(Ordering::Relaxed),
-            audit_log: self.audit_log.load(Ordering::Relaxed),
-        }
-    }
-
-    pub fn set(&self, settings: Settings) {
-        self.usage_details.store(settings.usage_details, Ordering::Relaxed);
-        self.audit_log.store(settings.audit_log, Ordering::Relaxed);
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -106,10 +42,7 @@ pub enum StartError {
     #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
 }
 
 impl App {
@@ -135,16 +68,11 @@ impl App {
         store: Arc<dyn TokenStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<App, StartError> {
-        let settings = match store.settings().await {
-            Ok(stored) => LiveSettings::new(stored),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the settings yet; using the defaults until the store answers");
-                LiveSettings::unloaded()
-            }
-        };
-        let settings = Arc::new(settings);
+        let config = Arc::new(config);
+        let settings = Arc::new(LiveSettings::load(store.clone()).await);
         let metrics = Metrics::new();
         let usage = Arc::new(UsageBook::default());
+        let upstream = Arc::new(UpstreamClient::new(&config)?);
         let verifier = Arc::new(Verifier::new(
             store.clone(),
             token::hasher(config.argon2),
@@ -158,13 +86,11 @@ impl App {
             clock: clock.clone(),
             max_days_until_expiry: config.max_days_until_expiry,
         };
+        let auth = Authenticator::new(config.clone(), verifier, upstream.clone(), clock.clone());
         let protected_headers = ProtectedHeaders::new(&[&config.identity_header, &config.upstream_secret_header]);
-        let throttle = Arc::new(FailureThrottle::new(config.failed_auth_per_minute));
         Ok(App {
-            throttle,
-            upstream: Arc::new(UpstreamClient::new(&config)?),
-            config: Arc::new(config),
-            verifier,
+            auth: Arc::new(auth),
+            upstream,
             tokens,
             clock,
             protected_headers: Arc::new(protected_headers),
@@ -173,7 +99,50 @@ impl App {
             audit: AuditLog::start(store.clone(), AUDIT_QUEUE),
             metrics,
             store,
-            admin: Arc::default(),
+            config,
         })
     }
+
+    /// Writes out what is pending: usage counters and queued audit entries.
+    pub async fn flush_records(&self) {
+        record::flush(&self.usage, &self.audit, self.store.as_ref()).await;
+    }
+
+    /// Housekeeping: old audit entries and revocations.
+    pub async fn purge_expired(&self) {
+        record::purge_expired(
+            self.store.as_ref(),
+            self.clock.now_ms(),
+            self.config.audit_retention_days,
+        )
+        .await;
+    }
+}
+
+/// A gateway's state over a throwaway SQLite store, with a clock the test
+/// moves and cheap argon2: for the tests that drive the pipeline without
+/// sockets. The directory holds the store; keep it alive.
+#[cfg(test)]
+pub async fn test_app(adjust: impl FnOnce(&mut Config)) -> (App, Arc<crate::clock::ManualClock>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut config = Config {
+        database_url: format!("sqlite://{}/tokengate.db", dir.path().display()),
+        argon2: crate::config::Argon2Cost {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        },
+        ..Config::default()
+    };
+    adjust(&mut config);
+    let store = Arc::new(
+        store::SqliteStore::open(&config.database_url)
+            .await
+            .expect("the store opens"),
+    );
+    let clock = crate::clock::ManualClock::starting_now();
+    let app = App::with_store(config, store, clock.clone())
+        .await
+        .expect("the state builds");
+    (app, clock, dir)
 }

@@ -7,12 +7,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::App;
+use crate::app::{App, StartError};
 use crate::config::{self, Config, LogFormat, Overrides};
-use crate::pipeline::canonical::canonical_path;
 use crate::record::audit_json;
 use crate::rules::{JsonBody, RequestHead, RuleSet};
 use crate::store::{AuditEntry, AuditKind, AuditQuery, TokenQuery};
+use crate::target::canonical_path;
 use crate::tokens::{NewToken, TokenError, token_json};
 
 #[derive(Debug, Parser)]
@@ -287,7 +287,7 @@ async fn serve(config: Config) -> Result<(), Failure> {
     let app = App::open_for_serving(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| Failure::Failed(format!("cannot listen on {listen}: {e}")))?;
+        .map_err(|source| StartError::Listen { addr: listen, source })?;
     crate::server::run(listener, app, shutdown_signal()).await?;
     Ok(())
 }

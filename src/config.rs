@@ -196,12 +196,13 @@ pub struct Config {
 }
 
 impl fmt::Debug for Config {
-    /// Like a derived Debug, but never prints the upstream secret.
+    /// Like a derived Debug, but never prints a secret: neither the upstream
+    /// secret nor a password in `database_url`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("upstream", &self.upstream.origin())
-            .field("database_url", &self.database_url)
+            .field("database_url", &redact_password(&self.database_url))
             .field("tls", &self.tls.is_some())
             .field("token_auth", &self.token_auth)
             .field("scope", &self.scope)
@@ -531,6 +532,20 @@ fn parse_database_url(s: &str) -> Result<String, String> {
     }
 }
 
+/// A database URL with the password of its user info (if any) replaced.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((user_info, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match user_info.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
 fn parse_header_name(s: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("`{s}` is not a valid header name"))
 }
@@ -541,6 +556,16 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
         .map_err(|_| format!("`{s}` is not an IP address or CIDR network"))
+}
+
+/// A list of client networks, as tokens store it: comma-separated addresses
+/// and CIDRs (host bits dropped); empty for any.
+pub fn parse_ip_list(text: &str) -> Result<Vec<IpNet>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_net(s).map(|net| net.trunc()))
+        .collect()
 }
 
 /// A byte size: a whole number of bytes, or a number with a unit (KiB, MiB, GiB, KB, MB, GB, B).
@@ -746,8 +771,25 @@ mod tests {
     }
 
     #[test]
-    fn debug_never_shows_the_upstream_secret() {
+    fn debug_never_shows_a_secret() {
         let c = from_toml("upstream_secret = 's3cr3t-value'").unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t"));
+        let c = from_toml("database_url = 'postgres://gw:pa55:w@rd@db.internal/tokens'").unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("pa55") && !debug.contains("w@rd"), "{debug}");
+        assert!(debug.contains("postgres://gw:***@db.internal/tokens"), "{debug}");
+    }
+
+    #[test]
+    fn redaction_keeps_urls_without_a_password() {
+        assert_eq!(
+            redact_password("sqlite://data/tokengate.db"),
+            "sqlite://data/tokengate.db"
+        );
+        assert_eq!(redact_password("postgres://gw@db/t"), "postgres://gw@db/t");
+        assert_eq!(
+            redact_password("postgres://gw:secret@db:5432/t?sslmode=require"),
+            "postgres://gw:***@db:5432/t?sslmode=require"
+        );
     }
 }

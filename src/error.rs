@@ -1,13 +1,18 @@
-//! The one mapping from gateway failures to HTTP responses (SPEC §10).
+//! Every response the gateway makes itself, built in one place (SPEC §10).
 //!
-//! Every response the gateway makes itself is a [`GatewayError`]: a [`Reason`]
-//! (which fixes the status code and the `reason` field) and a message for the
-//! token's holder. Messages never contain a token value.
+//! A refusal is a [`GatewayError`]: a [`Reason`] (which fixes the status code
+//! and the `reason` field), a message for the caller, and the few details
+//! some refusals carry (`Retry-After`, `Allow`, the field and position of a
+//! bad input). [`GatewayError::into_response`] turns it into JSON in the
+//! shape Confluence uses, for the [`Audience`] it is addressed to; the
+//! gateway's successful JSON answers come from [`json_response`]. Messages
+//! never contain a token value.
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
+use serde_json::{Value, json};
 
 use crate::config::TokenAuth;
 
@@ -16,11 +21,11 @@ use crate::config::TokenAuth;
 pub enum Reason {
     /// 400: the path cannot be canonicalised safely (SPEC §2.2).
     BadPath,
-    /// 400: malformed `Authorization`, or more than one.
+    /// 400: malformed `Authorization`, more than one, or a token where none may be.
     BadCredentials,
     /// 400: a JSON body with a duplicate key, which a JSON rule must read.
     AmbiguousJson,
-    /// 400: a request to the gateway's own API that it cannot accept.
+    /// 400: a request the gateway cannot accept (a management input, a broken body, two `Host`s).
     BadRequest,
     /// 401: a `tgw_` secret that is not a valid token, or a non-token credential with passthrough off.
     InvalidToken,
@@ -40,7 +45,7 @@ pub enum Reason {
     IpNotAllowed,
     /// 403: no restriction rule allows the request.
     RuleMismatch,
-    /// 403: an authenticated caller who may not use the management API.
+    /// 403: a caller who may not use the management API, or a cross-site call to it.
     Forbidden,
     /// 404: a gateway route that does not exist.
     NotFound,
@@ -48,21 +53,22 @@ pub enum Reason {
     MethodNotAllowed,
     /// 409: a management request that conflicts with stored state.
     Conflict,
-    /// 413: a body a JSON rule must read is larger than `max_json_body`.
+    /// 413: a body the gateway must read is larger than it reads.
     BodyTooLarge,
-    /// 429: too many failed token attempts from this client IP.
+    /// 429: too many failed attempts (tokens or passwords) from this client IP.
     TooManyFailures,
     /// 500: an internal failure; the request was not forwarded (fail closed).
     Internal,
     /// 502: Confluence could not be reached.
     UpstreamUnavailable,
-    /// 503: the gateway is not ready (store unreachable).
+    /// 503: the gateway cannot take the request (too many connections).
     Unavailable,
     /// 504: Confluence did not answer in `upstream_timeout_s`.
     UpstreamTimeout,
 }
 
 impl Reason {
+    /// Every reason, in declaration order: `reason as usize` indexes it.
     pub const ALL: [Reason; 23] = [
         Reason::BadPath,
         Reason::BadCredentials,
@@ -88,11 +94,6 @@ impl Reason {
         Reason::Unavailable,
         Reason::UpstreamTimeout,
     ];
-
-    /// The reason a code names (as the gateway's own responses carry it).
-    pub fn from_code(code: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.code() == code)
-    }
 
     /// The reason code, as in `X-Tokengate-Reason` and the body's `reason`.
     pub fn code(self) -> &'static str {
@@ -149,19 +150,33 @@ impl Reason {
         }
     }
 
-    /// Whether this is a failed token attempt, counted for throttling (SPEC §12).
-    pub fn is_failed_token_attempt(self) -> bool {
+    /// Whether this is a failed attempt to authenticate (a token or a
+    /// password), counted towards `failed_auth_per_minute` (SPEC §12, §14).
+    pub fn is_failed_attempt(self) -> bool {
         self.status() == StatusCode::UNAUTHORIZED && self != Reason::CredentialsRequired
     }
 }
 
-/// A response the gateway makes itself instead of forwarding.
+/// A response the gateway makes itself instead of forwarding or answering.
+/// Small on purpose (it travels in every `Result` of the request path): the
+/// rare details live behind one box.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayError {
     pub reason: Reason,
     pub message: String,
-    /// Seconds for `Retry-After` (429 only).
-    pub retry_after: Option<u64>,
+    details: Option<Box<Details>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Details {
+    /// Seconds for `Retry-After` (429).
+    retry_after: Option<u64>,
+    /// The methods for `Allow` (405).
+    allow: Option<&'static str>,
+    /// The input field at fault (management API 400s and 409s).
+    field: Option<&'static str>,
+    /// Line and column of a rule error.
+    position: Option<(usize, usize)>,
 }
 
 impl GatewayError {
@@ -169,44 +184,136 @@ impl GatewayError {
         GatewayError {
             reason,
             message: message.into(),
-            retry_after: None,
+            details: None,
         }
     }
 
-    /// A 500 whose cause is logged, not shown.
+    /// A 400 naming the input field at fault.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        GatewayError::new(Reason::BadRequest, message).in_field(field)
+    }
+
+    /// A 500 whose cause is logged here and never shown.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error; request refused");
         GatewayError::new(Reason::Internal, "internal gateway error")
     }
 
-    /// The JSON response of SPEC §10, with `X-Tokengate-Reason`, and
-    /// `WWW-Authenticate` for the accepted schemes on a 401.
-    pub fn into_response(self, token_auth: TokenAuth) -> Response<Full<Bytes>> {
-        let status = self.reason.status();
-        let body = serde_json::json!({
+    fn details_mut(&mut self) -> &mut Details {
+        self.details.get_or_insert_with(Box::default)
+    }
+
+    /// Says when to retry (`Retry-After`, in seconds).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.details_mut().retry_after = Some(seconds);
+        self
+    }
+
+    /// Names the methods the route answers (`Allow`).
+    pub fn allowing(mut self, methods: &'static str) -> Self {
+        self.details_mut().allow = Some(methods);
+        self
+    }
+
+    /// Names the input field at fault (`field` in the body).
+    pub fn in_field(mut self, field: &'static str) -> Self {
+        self.details_mut().field = Some(field);
+        self
+    }
+
+    /// Locates a rule error (`line` and `column` in the body).
+    pub fn at(mut self, line: usize, column: usize) -> Self {
+        self.details_mut().position = Some((line, column));
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.reason.status()
+    }
+
+    pub fn field(&self) -> Option<&'static str> {
+        self.details.as_ref()?.field
+    }
+
+    pub fn retry_after_seconds(&self) -> Option<u64> {
+        self.details.as_ref()?.retry_after
+    }
+
+    /// The JSON response of SPEC §10 with `X-Tokengate-Reason`; for the
+    /// management API also Extender's fields (SPEC §5). A 401 carries
+    /// `WWW-Authenticate` for what the audience may authenticate with.
+    pub fn into_response(self, audience: Audience) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let details = self.details.unwrap_or_default();
+        let mut body = json!({
             "statusCode": status.as_u16(),
             "message": self.message,
             "reason": self.reason.code(),
             "source": "tokengate",
         });
-        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json;charset=UTF-8"));
-        headers.insert("x-tokengate-reason", HeaderValue::from_static(self.reason.code()));
-        if status == StatusCode::UNAUTHORIZED {
-            if token_auth.allows_basic() {
-                headers.append(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tokengate\""));
+        if let Audience::Management(_) = audience {
+            body["status"] = Value::from("error");
+            if let Some(field) = details.field {
+                body["field"] = Value::from(field);
             }
-            if token_auth.allows_bearer() {
-                headers.append(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tokengate\""));
+            if let Some((line, column)) = details.position {
+                body["line"] = Value::from(line);
+                body["column"] = Value::from(column);
             }
         }
-        if let Some(seconds) = self.retry_after {
+        let mut response = json_response(status, body.to_string());
+        let headers = response.headers_mut();
+        headers.insert(X_TOKENGATE_REASON.clone(), HeaderValue::from_static(self.reason.code()));
+        if status == StatusCode::UNAUTHORIZED {
+            for challenge in audience.challenges() {
+                headers.append(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+        }
+        if let Some(seconds) = details.retry_after {
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(methods) = details.allow {
+            headers.insert(ALLOW, HeaderValue::from_static(methods));
         }
         response
     }
+}
+
+/// The header that carries the reason code of every refusal.
+pub static X_TOKENGATE_REASON: HeaderName = HeaderName::from_static("x-tokengate-reason");
+
+/// Whom a refusal is addressed to, which fixes its shape and its 401 challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// A request on its way to Confluence, or a probe: SPEC §10's shape, and
+    /// a challenge for each scheme tokens may come in.
+    Proxy(TokenAuth),
+    /// The management API: Extender's error shape too (`"status":"error"`,
+    /// `field`, `line`, `column`), and Basic always, since admins and users
+    /// may use their password there.
+    Management(TokenAuth),
+}
+
+impl Audience {
+    fn challenges(self) -> impl Iterator<Item = &'static str> {
+        const BASIC: &str = "Basic realm=\"tokengate\"";
+        const BEARER: &str = "Bearer realm=\"tokengate\"";
+        let (basic, bearer) = match self {
+            Audience::Proxy(auth) => (auth.allows_basic(), auth.allows_bearer()),
+            Audience::Management(auth) => (true, auth.allows_bearer()),
+        };
+        [basic.then_some(BASIC), bearer.then_some(BEARER)].into_iter().flatten()
+    }
+}
+
+/// A JSON response the gateway makes itself.
+pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json;charset=UTF-8"));
+    response
 }
 
 #[cfg(test)]
@@ -215,7 +322,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     #[test]
-    fn every_reason_has_its_status() {
+    fn every_reason_has_its_status_and_code() {
         let table = [
             (Reason::BadPath, 400, "bad_path"),
             (Reason::BadCredentials, 400, "bad_credentials"),
@@ -244,50 +351,109 @@ mod tests {
         for (reason, status, code) in table {
             assert_eq!(reason.status().as_u16(), status, "{reason:?}");
             assert_eq!(reason.code(), code);
-            assert_eq!(Reason::from_code(code), Some(reason));
         }
         assert_eq!(table.len(), Reason::ALL.len());
-        assert_eq!(Reason::from_code("nonsense"), None);
-    }
-
-    #[tokio::test]
-    async fn response_shape_matches_spec() {
-        let err = GatewayError::new(
-            Reason::RuleMismatch,
-            "token 'ci-bot' may not POST /rest/api/content: no rule matches",
-        );
-        let response = err.into_response(TokenAuth::Basic);
-        assert_eq!(response.status(), 403);
-        assert_eq!(response.headers()["x-tokengate-reason"], "rule_mismatch");
-        assert!(response.headers().get(WWW_AUTHENTICATE).is_none());
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({"statusCode":403,"message":"token 'ci-bot' may not POST /rest/api/content: no rule matches","reason":"rule_mismatch","source":"tokengate"})
-        );
+        for (i, reason) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i, "{reason:?}");
+        }
     }
 
     #[test]
-    fn unauthorized_names_the_accepted_schemes() {
-        let schemes = |auth| {
+    fn failed_attempts_are_the_401s_that_presented_something() {
+        let failed: Vec<_> = Reason::ALL.into_iter().filter(|r| r.is_failed_attempt()).collect();
+        assert_eq!(
+            failed,
+            [
+                Reason::InvalidToken,
+                Reason::SchemeNotAllowed,
+                Reason::UserMismatch,
+                Reason::UnboundBearer,
+                Reason::TokenExpired
+            ]
+        );
+    }
+
+    async fn body_of(response: Response<Full<Bytes>>) -> Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_proxy_refusal_has_the_spec_shape() {
+        let err = GatewayError::new(
+            Reason::RuleMismatch,
+            "token 'ci-bot' may not POST /rest/api/content: no rule matches",
+        )
+        .in_field("ignored outside the management API");
+        let response = err.into_response(Audience::Proxy(TokenAuth::Basic));
+        assert_eq!(response.status(), 403);
+        assert_eq!(response.headers()["x-tokengate-reason"], "rule_mismatch");
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json;charset=UTF-8");
+        assert!(response.headers().get(WWW_AUTHENTICATE).is_none());
+        assert_eq!(
+            body_of(response).await,
+            json!({"statusCode":403,"message":"token 'ci-bot' may not POST /rest/api/content: no rule matches","reason":"rule_mismatch","source":"tokengate"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_management_refusal_has_extenders_shape_with_the_gateways_fields() {
+        let error = GatewayError::invalid("limitTo", "line 2, column 5: bad").at(2, 5);
+        let response = error.into_response(Audience::Management(TokenAuth::Basic));
+        assert_eq!(response.status(), 400);
+        assert_eq!(response.headers()["x-tokengate-reason"], "bad_request");
+        assert_eq!(
+            body_of(response).await,
+            json!({"status":"error","statusCode":400,"message":"line 2, column 5: bad",
+                "reason":"bad_request","source":"tokengate","field":"limitTo","line":2,"column":5})
+        );
+        let plain = GatewayError::new(Reason::CredentialsRequired, "credentials are required");
+        let body = body_of(plain.into_response(Audience::Management(TokenAuth::Basic))).await;
+        assert!(body.get("field").is_none() && body.get("line").is_none(), "{body}");
+    }
+
+    #[test]
+    fn unauthorized_names_what_the_audience_may_authenticate_with() {
+        let schemes = |audience| {
             GatewayError::new(Reason::InvalidToken, "invalid credentials")
-                .into_response(auth)
+                .into_response(audience)
                 .headers()
                 .get_all(WWW_AUTHENTICATE)
                 .iter()
                 .map(|v| v.to_str().unwrap().to_owned())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(schemes(TokenAuth::Basic), ["Basic realm=\"tokengate\""]);
-        assert_eq!(schemes(TokenAuth::Bearer), ["Bearer realm=\"tokengate\""]);
-        assert_eq!(schemes(TokenAuth::Both).len(), 2);
+        assert_eq!(
+            schemes(Audience::Proxy(TokenAuth::Basic)),
+            ["Basic realm=\"tokengate\""]
+        );
+        assert_eq!(
+            schemes(Audience::Proxy(TokenAuth::Bearer)),
+            ["Bearer realm=\"tokengate\""]
+        );
+        assert_eq!(schemes(Audience::Proxy(TokenAuth::Both)).len(), 2);
+        assert_eq!(
+            schemes(Audience::Management(TokenAuth::Bearer)),
+            ["Basic realm=\"tokengate\"", "Bearer realm=\"tokengate\""],
+            "passwords come as Basic even when tokens may not"
+        );
+        let forbidden = GatewayError::new(Reason::Forbidden, "no").into_response(Audience::Proxy(TokenAuth::Both));
+        assert!(forbidden.headers().get(WWW_AUTHENTICATE).is_none());
     }
 
     #[test]
-    fn too_many_failures_says_when_to_retry() {
-        let mut err = GatewayError::new(Reason::TooManyFailures, "slow down");
-        err.retry_after = Some(42);
-        assert_eq!(err.into_response(TokenAuth::Basic).headers()[RETRY_AFTER], "42");
+    fn retry_after_and_allow_are_headers() {
+        let throttled = GatewayError::new(Reason::TooManyFailures, "slow down").retry_after(42);
+        assert_eq!(throttled.retry_after_seconds(), Some(42));
+        let response = throttled.into_response(Audience::Proxy(TokenAuth::Basic));
+        assert_eq!(response.headers()[RETRY_AFTER], "42");
+        let wrong_method = GatewayError::new(Reason::MethodNotAllowed, "no").allowing("GET, HEAD");
+        let response = wrong_method.into_response(Audience::Management(TokenAuth::Basic));
+        assert_eq!(response.headers()[ALLOW], "GET, HEAD");
+    }
+
+    #[test]
+    fn the_common_error_stays_small() {
+        assert!(std::mem::size_of::<GatewayError>() <= 40);
     }
 }

@@ -14,8 +14,8 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use serde_json::Value;
 
 use crate::auth::credentials::{self, Credentials, Scheme};
-use crate::pipeline::canonical::{self, BadPath};
 use crate::rules::{JsonBody, RequestHead, RuleSet, Verdict};
+use crate::target::{self as canonical, BadPath};
 
 /// One fuzz target's body: arbitrary bytes in, a panic when an invariant breaks.
 pub type Target = fn(&[u8]);

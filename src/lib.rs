@@ -7,48 +7,81 @@
 //!
 //! # Request flow
 //!
-//! 1. [`server`] accepts a connection (TLS optional) and hands each request to
-//!    [`pipeline::handle`].
-//! 2. [`pipeline::canonical`] canonicalises the path once: it is both what is
-//!    checked and what is forwarded.
-//! 3. [`proxy::headers`] strips the identity and secret headers no client may set.
-//! 4. [`routes`] serves the gateway's own routes: the probes, and the
-//!    management API in [`admin`], which authenticates admins itself.
-//! 5. [`auth::credentials`] decodes `Authorization`; [`auth::Verifier`] turns a
-//!    `tgw_` secret into an [`auth::ActiveToken`] through the verified cache,
-//!    the [`store`] and argon2.
-//! 6. [`pipeline::authorize`] runs the token checks in SPEC order, then the
-//!    token's [`rules`].
-//! 7. [`proxy`] forwards to Confluence with the user's identity, or
-//!    [`error`] answers with a reason code.
-//! 8. [`record`] counts usage, queues the audit entry and updates metrics,
-//!    off the request path.
+//! 1. `server` accepts a connection (TLS optional), closes it if no request
+//!    head arrives in time, and hands each request, its body wrapped so that
+//!    a stalled upload ends (`body`), to `pipeline::handle`.
+//! 2. `target` canonicalises the path once: it is both what is checked and
+//!    what is forwarded.
+//! 3. `proxy::headers` strips the identity and secret headers no client may
+//!    set; `pipeline::client_ip` finds the client IP (the socket peer, or
+//!    `X-Forwarded-For` behind a trusted proxy).
+//! 4. `routes` serves the gateway's own routes: the probes, and the
+//!    management API in `admin`, which authenticates through `auth` too.
+//! 5. `auth::credentials` decodes `Authorization` and refuses tokens sent
+//!    anywhere else; `auth::Authenticator` resolves a `tgw_` secret through
+//!    the verified cache, the `store` and argon2 (a client with too many
+//!    failures gets 429 first), then runs the token checks in SPEC order and
+//!    the token's `rules`, reading the body only for a JSON rule.
+//! 6. `proxy` forwards to Confluence with the user's identity, or `error`
+//!    builds the refusal with its reason code.
+//! 7. `record` counts usage and the metrics, and queues the audit entry: off
+//!    the request path while the audit writer keeps up, waiting for room
+//!    when its queue is full (an entry is never dropped). A failed attempt
+//!    counts towards the client's throttle.
 //!
-//! Tokens are created and deleted through [`tokens`], from the CLI ([`cli`])
-//! or the management API ([`admin`]). [`config`] validates configuration once at start-up.
-//! The [`store`] is SQLite for one process or PostgreSQL for several
-//! replicas; [`server`]'s background tasks apply deletions made elsewhere
-//! (pushed by PostgreSQL, and polled) and follow the stored settings.
-//! `fuzzing` (hidden) holds the fuzz targets' bodies and invariants, shared
-//! by `fuzz/` and the regression corpus replay in `cargo test`.
+//! Tokens are created and deleted through `tokens`, from the command line
+//! (`cli`) or the management API (`admin`). `config` validates the
+//! configuration once at start-up; `settings` holds the switches the
+//! management API changes. The `store` is SQLite for one process or
+//! PostgreSQL for several replicas; `server`'s background jobs apply
+//! deletions made elsewhere (pushed by PostgreSQL, and polled) and follow
+//! the stored settings.
+//!
+//! The modules are private; what the binary, the benchmarks and the
+//! integration tests use is re-exported here.
 
-pub mod admin;
-pub mod app;
-pub mod auth;
-pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod error;
-#[doc(hidden)]
+mod admin;
+mod app;
+mod auth;
+mod backoff;
+mod body;
+mod cli;
+mod clock;
+mod config;
+mod error;
+#[cfg(any(fuzzing, test))]
 pub mod fuzzing;
-pub mod pipeline;
-pub mod proxy;
-pub mod record;
-pub mod routes;
-pub mod rules;
-pub mod server;
-pub mod store;
-pub mod tokens;
+mod pipeline;
+mod proxy;
+mod record;
+mod routes;
+mod rules;
+mod server;
+mod settings;
+mod store;
+mod target;
+mod tokens;
 
-pub use app::App;
-pub use config::Config;
+pub use app::{App, StartError};
+pub use cli::{Cli, main};
+pub use clock::{Clock, DAY_MS, EpochMs, ManualClock, SystemClock};
+pub use config::{Argon2Cost, Config, Scope, TlsFiles, TokenAuth, Upstream};
+pub use record::AuditLog;
+pub use rules::{JsonBody, RequestHead, RuleSet, Verdict};
+pub use server::run as serve;
+pub use settings::SettingsChange;
+pub use store::{
+    AuditEntry, AuditKind, AuditQuery, Page, PgStore, Revocation, Settings, SqliteStore, StoreError, TokenQuery,
+    TokenRecord, TokenStore, UsageDelta, open as open_store, open_for_serving as open_store_for_serving,
+};
+pub use tokens::{CreatedToken, NewToken, TokenError};
+
+/// The pieces of the warm token path, for the benchmarks (`benches/`).
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::auth::credentials::{Scheme, from_headers as credentials_from_headers};
+    pub use crate::auth::{CheckContext, check_token};
+    pub use crate::pipeline::{Next, Trail, decide};
+    pub use crate::proxy::ConnInfo;
+    pub use crate::target::canonical_path;
+}

@@ -8,5 +8,5 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    tokengate::cli::main(tokengate::cli::Cli::parse())
+    tokengate::main(tokengate::Cli::parse())
 }

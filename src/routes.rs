@@ -1,34 +1,40 @@
 //! The gateway's own routes (SPEC §2.4), served here and never forwarded:
-//! health and readiness probes, metrics, and the management API.
+//! health and readiness probes, metrics, and the management API ([`admin`]).
+//! A refusal is returned as the [`GatewayError`] it is, for the pipeline to
+//! answer and record.
+
+use std::net::IpAddr;
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::admin::{self, TOKEN_TOOLS};
 use crate::app::App;
-use crate::error::{GatewayError, Reason};
-use crate::pipeline::canonical::Target;
-use crate::proxy::{Body, ConnInfo};
-
-/// Base path of the Extender-compatible management API.
-pub const TOKEN_TOOLS: &str = "/rest/extender/1.0/tokenTools";
+use crate::body::RequestBody;
+use crate::error::{GatewayError, Reason, json_response};
+use crate::target::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnRoute {
+    Probe(Probe),
+    TokenTools,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
     Health,
     Ready,
     Metrics,
-    TokenTools,
 }
 
 /// Which own route a canonical path names, if any.
 pub fn own_route(path: &str) -> Option<OwnRoute> {
     match path {
-        "/tokengate/healthz" => Some(OwnRoute::Health),
-        "/tokengate/readyz" => Some(OwnRoute::Ready),
-        "/tokengate/metrics" => Some(OwnRoute::Metrics),
+        "/tokengate/healthz" => Some(OwnRoute::Probe(Probe::Health)),
+        "/tokengate/readyz" => Some(OwnRoute::Probe(Probe::Ready)),
+        "/tokengate/metrics" => Some(OwnRoute::Probe(Probe::Metrics)),
         _ if is_under(path, TOKEN_TOOLS) => Some(OwnRoute::TokenTools),
         _ => None,
     }
@@ -39,30 +45,39 @@ fn is_under(path: &str, base: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-pub async fn serve(
+/// Answers a request for an own route.
+pub async fn serve<B: RequestBody>(
     app: &App,
     route: OwnRoute,
-    req: Request<Incoming>,
+    req: Request<B>,
     target: &Target,
-    conn: &ConnInfo,
-) -> Result<Response<Body>, GatewayError> {
+    client_ip: IpAddr,
+) -> Result<Response<Full<Bytes>>, GatewayError> {
     match route {
-        OwnRoute::Health => probe(&req, json_response(StatusCode::OK, r#"{"status":"ok"}"#)),
-        OwnRoute::Ready => {
-            let ready = app.store.ping().await;
-            if let Err(e) = &ready {
+        OwnRoute::TokenTools => admin::serve(app, req, target, client_ip).await,
+        OwnRoute::Probe(probe) => answer_probe(app, probe, req.method()).await,
+    }
+}
+
+async fn answer_probe(app: &App, probe: Probe, method: &Method) -> Result<Response<Full<Bytes>>, GatewayError> {
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return Err(
+            GatewayError::new(Reason::MethodNotAllowed, "probes answer GET and HEAD only").allowing("GET, HEAD"),
+        );
+    }
+    Ok(match probe {
+        Probe::Health => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
+        Probe::Ready => match app.store.ping().await {
+            Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
+            Err(e) => {
                 tracing::warn!(error = %e, "store unreachable: not ready");
-            }
-            let response = match ready {
-                Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
-                Err(_) => json_response(
+                json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     r#"{"status":"unavailable","reason":"store"}"#,
-                ),
-            };
-            probe(&req, response)
-        }
-        OwnRoute::Metrics => {
+                )
+            }
+        },
+        Probe::Metrics => {
             app.metrics
                 .audit_queue_depth
                 .set(i64::try_from(app.audit.queue_depth()).unwrap_or(i64::MAX));
@@ -71,31 +86,9 @@ pub async fn serve(
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
             );
-            probe(&req, response)
+            response
         }
-        OwnRoute::TokenTools => Ok(crate::admin::serve(app, conn, target, req).await),
-    }
-}
-
-fn probe(req: &Request<Incoming>, response: Response<Body>) -> Result<Response<Body>, GatewayError> {
-    if req.method() == Method::GET || req.method() == Method::HEAD {
-        Ok(response)
-    } else {
-        Err(GatewayError::new(
-            Reason::MethodNotAllowed,
-            "probes answer GET and HEAD only",
-        ))
-    }
-}
-
-/// A JSON response the gateway makes itself.
-pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(body.into())));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json;charset=UTF-8"));
-    response
+    })
 }
 
 #[cfg(test)]
@@ -104,9 +97,9 @@ mod tests {
 
     #[test]
     fn own_routes_match_whole_segments() {
-        assert_eq!(own_route("/tokengate/healthz"), Some(OwnRoute::Health));
-        assert_eq!(own_route("/tokengate/readyz"), Some(OwnRoute::Ready));
-        assert_eq!(own_route("/tokengate/metrics"), Some(OwnRoute::Metrics));
+        assert_eq!(own_route("/tokengate/healthz"), Some(OwnRoute::Probe(Probe::Health)));
+        assert_eq!(own_route("/tokengate/readyz"), Some(OwnRoute::Probe(Probe::Ready)));
+        assert_eq!(own_route("/tokengate/metrics"), Some(OwnRoute::Probe(Probe::Metrics)));
         assert_eq!(own_route("/rest/extender/1.0/tokenTools"), Some(OwnRoute::TokenTools));
         assert_eq!(
             own_route("/rest/extender/1.0/tokenTools/get"),

@@ -1,31 +1,37 @@
-//! Listening and connections: plain TCP or TLS (rustls, h2 and http/1.1 by
-//! ALPN), HTTP/1.1 and HTTP/2 (h2c by prior knowledge) on each connection,
-//! background tasks, and graceful shutdown.
+//! Listening and connections: the accept loop, one task per connection
+//! (plain TCP or TLS with h2 and http/1.1 by ALPN; HTTP/1.1 and HTTP/2,
+//! h2c by prior knowledge), the background jobs, and the drain at shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::AsyncWriteExt;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::{App, StartError};
+use crate::body::ClientBody;
 use crate::config::TlsFiles;
+use crate::error::{Audience, GatewayError, Reason};
 use crate::pipeline;
 use crate::proxy::ConnInfo;
 use crate::record;
 
-/// How long a client may take to send its request headers (slow-loris
-/// guard). hyper also runs it while a keep-alive connection waits for its
-/// next request, so it is the HTTP/1 idle timeout too.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a complete request head: counted
+/// from accept for the first request (TLS handshake included), and by
+/// hyper while a keep-alive HTTP/1 connection waits for its next request,
+/// so it is the HTTP/1 idle timeout too. Slow-loris guard.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head accepted (HTTP/1 read buffer, HTTP/2 header list).
 /// At most 100 header fields are accepted too: hyper's default, and
 /// Tomcat's (`maxHeaderCount`). Setting another count would make hyper
@@ -33,7 +39,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// HTTP/2 pings to find dead peers on idle connections.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
-/// How long a TLS handshake may take.
+/// How long a TLS handshake may take (within [`HEADER_READ_TIMEOUT`]).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may run on after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -56,52 +62,62 @@ const AUDIT_PURGE: Duration = Duration::from_secs(3600);
 /// stops accepting and lets in-flight requests finish (bounded).
 pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let tls = app.config.tls.as_ref().map(tls_acceptor).transpose()?;
-    // Before the first request: every token verified here is then verified
-    // after the cursor, so its later deletion is after it too.
-    let cursor = revocation_cursor(&app).await;
-    let mut background = vec![
-        tokio::spawn(poll_revocations(app.clone(), cursor)),
-        // Nothing to flush at start.
-        tokio::spawn(every(USAGE_FLUSH, USAGE_FLUSH, app.clone(), |app| async move {
-            record::flush_usage(&app).await
-        })),
-        tokio::spawn(every(Duration::ZERO, AUDIT_PURGE, app.clone(), |app| async move {
-            record::purge_expired(&app).await
-        })),
-        // The settings were read at start (or are defaults until the store answers).
-        tokio::spawn(every(
-            SETTINGS_REFRESH,
-            SETTINGS_REFRESH,
-            app.clone(),
-            |app| async move { refresh_settings(&app).await },
-        )),
-    ];
-    if let Some(feed) = app.store.revocation_feed() {
-        background.push(tokio::spawn(follow_revocations(app.clone(), feed)));
-    }
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .keep_alive_interval(H2_KEEP_ALIVE)
-        .keep_alive_timeout(Duration::from_secs(10));
-    let slots = Arc::new(Semaphore::new(app.config.max_connections));
-    let builder = Arc::new(builder);
-    let connections = Connections::new();
+    let background = start_background_jobs(&app).await;
+    let connections = Connections::new(&app, tls);
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         upstream = %app.config.upstream.origin(),
-        tls = tls.is_some(),
+        tls = connections.tls.is_some(),
         workers = app.config.workers,
         scheduler = scheduler_name(),
         "tokengate serving"
     );
+    accept_until(&listener, &app, &connections, shutdown).await;
+    drop(listener);
+    drain(&app, connections, background).await;
+    Ok(())
+}
+
+/// What every connection is served with.
+struct Connections {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    /// One permit per open connection (`max_connections`).
+    slots: Arc<Semaphore>,
+    /// Tells every connection to finish at shutdown, and waits for them.
+    graceful: GracefulShutdown,
+}
+
+impl Connections {
+    fn new(app: &App, tls: Option<TlsAcceptor>) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .keep_alive_interval(H2_KEEP_ALIVE)
+            .keep_alive_timeout(Duration::from_secs(10));
+        Connections {
+            builder: Arc::new(builder),
+            tls,
+            slots: Arc::new(Semaphore::new(app.config.max_connections)),
+            graceful: GracefulShutdown::new(),
+        }
+    }
+}
+
+/// Accepts connections, each into a task of its own, until `shutdown`.
+async fn accept_until(
+    listener: &TcpListener,
+    app: &App,
+    connections: &Connections,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -114,36 +130,154 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut shutdown => return,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse_connection(stream, tls.is_some()));
+        let Ok(slot) = connections.slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_connection(stream, app.clone(), connections.tls.is_some()));
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo::new(peer, tls.is_some());
-        let (app, builder) = (app.clone(), builder.clone());
-        let watcher = connections.watcher(slot);
-        match &tls {
-            None => {
-                tokio::spawn(serve_connection(builder, stream, app, conn, watcher));
+        let connection = Connection {
+            app: app.clone(),
+            conn: ConnInfo::new(peer, connections.tls.is_some()),
+            builder: connections.builder.clone(),
+            watcher: connections.graceful.watcher(),
+            _slot: slot,
+            accepted: Instant::now(),
+        };
+        tokio::spawn(connection.serve(stream, connections.tls.clone()));
+    }
+}
+
+/// One client connection, from accept to close.
+struct Connection {
+    app: App,
+    conn: ConnInfo,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    /// The connection's place under `max_connections`, freed when it ends.
+    _slot: OwnedSemaphorePermit,
+    accepted: Instant,
+}
+
+/// What a connection's requests share: one reference count to bump per
+/// request, instead of one per part of the App.
+struct Shared {
+    app: App,
+    conn: ConnInfo,
+    /// Whether a first request head has arrived.
+    started: AtomicBool,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
+        let peer = self.conn.peer;
+        let Some(acceptor) = tls else {
+            return self.serve_http(stream).await;
+        };
+        let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+        match handshake {
+            Ok(Ok(stream)) => self.serve_http(stream).await,
+            Ok(Err(e)) => tracing::debug!(network.peer.address = %peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(network.peer.address = %peer, "TLS handshake timed out"),
+        }
+    }
+
+    /// Serves HTTP until the client closes, the connection fails, or no
+    /// first request head arrives within [`HEADER_READ_TIMEOUT`] of accept
+    /// (hyper's own header timer starts only once bytes have arrived, so a
+    /// silent connection would otherwise hold its slot for ever).
+    async fn serve_http<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            app,
+            conn,
+            builder,
+            watcher,
+            _slot,
+            accepted,
+        } = self;
+        let peer = conn.peer;
+        let shared = Arc::new(Shared {
+            app,
+            conn,
+            started: AtomicBool::new(false),
+        });
+        let first_request = shared.clone();
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let shared = Arc::clone(&shared);
+            async move {
+                if !shared.started.load(Ordering::Relaxed) {
+                    shared.started.store(true, Ordering::Relaxed);
+                }
+                let req = req.map(ClientBody::new);
+                Ok::<_, Infallible>(pipeline::handle(&shared.app, &shared.conn, req).await)
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
-                    match handshake {
-                        Ok(Ok(stream)) => serve_connection(builder, stream, app, conn, watcher).await,
-                        Ok(Err(e)) => tracing::debug!(client.peer = %peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(client.peer = %peer, "TLS handshake timed out"),
-                    }
-                });
+        });
+        let connection = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
+        tokio::select! {
+            result = connection => {
+                if let Err(e) = result {
+                    tracing::debug!(network.peer.address = %peer, error = %e, "connection ended with an error");
+                }
+            }
+            () = no_request_by(accepted + HEADER_READ_TIMEOUT, &first_request.started) => {
+                tracing::debug!(network.peer.address = %peer, "no request head within the header timeout; closing");
             }
         }
     }
-    drop(listener);
+}
+
+/// Completes at `deadline` unless a request has started by then.
+async fn no_request_by(deadline: Instant, started: &AtomicBool) {
+    tokio::time::sleep_until(deadline).await;
+    if started.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Over `max_connections`: a plain client gets a short 503, built like every
+/// other refusal; a TLS client (no handshake yet) just sees the connection close.
+async fn refuse_connection(mut stream: TcpStream, app: App, tls: bool) {
+    tracing::warn!("max_connections reached; refusing a connection");
+    if !tls {
+        let refusal = GatewayError::new(Reason::Unavailable, "too many connections").retry_after(1);
+        let response = http1_bytes(refusal.into_response(Audience::Proxy(app.config.token_auth))).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&response)).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// A whole response as HTTP/1.1 bytes, for the one answer the gateway writes
+/// without a hyper connection; it closes the connection.
+async fn http1_bytes(response: hyper::Response<http_body_util::Full<bytes::Bytes>>) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("connection: close\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Stops accepting is done; lets in-flight requests finish (bounded), stops
+/// the background jobs, writes out what is pending, closes the store.
+async fn drain(app: &App, connections: Connections, background: Vec<JoinHandle<()>>) {
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
-    if tokio::time::timeout(SHUTDOWN_GRACE, connections.shutdown())
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.graceful.shutdown())
         .await
         .is_err()
     {
@@ -153,7 +287,7 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
         task.abort();
     }
     // Bounded: with the store down, the audit writer would retry for ever.
-    if tokio::time::timeout(FLUSH_GRACE, record::flush(&app)).await.is_err() {
+    if tokio::time::timeout(FLUSH_GRACE, app.flush_records()).await.is_err() {
         tracing::error!(
             queued = app.audit.queue_depth(),
             "the store did not take the pending usage and audit entries in time; exiting without them"
@@ -163,7 +297,6 @@ pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output =
     if tokio::time::timeout(CLOSE_GRACE, app.store.close()).await.is_err() {
         tracing::warn!("the store did not close in time");
     }
-    Ok(())
 }
 
 /// Which tokio scheduler serves (`workers = 1` selects the current-thread one).
@@ -174,100 +307,35 @@ fn scheduler_name() -> &'static str {
     }
 }
 
-/// Open connections: each holds a [`ConnectionWatcher`]; shutdown tells them
-/// to finish their in-flight requests and waits until the last one is gone.
-struct Connections {
-    stop: watch::Sender<bool>,
-    alive: mpsc::Sender<()>,
-    gone: mpsc::Receiver<()>,
-}
-
-struct ConnectionWatcher {
-    stop: watch::Receiver<bool>,
-    _alive: mpsc::Sender<()>,
-    /// The connection's place under `max_connections`, freed when it ends.
-    _slot: OwnedSemaphorePermit,
-}
-
-impl Connections {
-    fn new() -> Self {
-        let (alive, gone) = mpsc::channel(1);
-        Connections {
-            stop: watch::Sender::new(false),
-            alive,
-            gone,
-        }
+/// The periodic jobs: revocations made elsewhere, usage flushes, purges,
+/// settings changed elsewhere. Aborted at shutdown.
+async fn start_background_jobs(app: &App) -> Vec<JoinHandle<()>> {
+    // Before the first request: every token verified here is then verified
+    // after the cursor, so its later deletion is after it too.
+    let cursor = revocation_cursor(app).await;
+    let mut jobs = vec![
+        tokio::spawn(poll_revocations(app.clone(), cursor)),
+        // Nothing to flush at start.
+        tokio::spawn(every(USAGE_FLUSH, USAGE_FLUSH, app.clone(), |app| async move {
+            record::flush_usage(&app.usage, app.store.as_ref()).await;
+        })),
+        tokio::spawn(every(Duration::ZERO, AUDIT_PURGE, app.clone(), |app| async move {
+            app.purge_expired().await;
+        })),
+        // The settings were read at start (or are defaults until the store answers).
+        tokio::spawn(every(
+            SETTINGS_REFRESH,
+            SETTINGS_REFRESH,
+            app.clone(),
+            |app| async move {
+                app.settings.refresh().await;
+            },
+        )),
+    ];
+    if let Some(feed) = app.store.revocation_feed() {
+        jobs.push(tokio::spawn(follow_revocations(app.clone(), feed)));
     }
-
-    fn watcher(&self, slot: OwnedSemaphorePermit) -> ConnectionWatcher {
-        ConnectionWatcher {
-            stop: self.stop.subscribe(),
-            _alive: self.alive.clone(),
-            _slot: slot,
-        }
-    }
-
-    async fn shutdown(self) {
-        let Connections { stop, alive, mut gone } = self;
-        stop.send_replace(true);
-        drop(alive);
-        // Completes when every watcher (and so every connection) is dropped.
-        let _ = gone.recv().await;
-    }
-}
-
-async fn serve_connection<S>(
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    stream: S,
-    app: App,
-    conn: ConnInfo,
-    mut watcher: ConnectionWatcher,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    // Shared by the connection's requests: one reference count to bump per
-    // request, instead of one per part of the App.
-    let shared = Arc::new((app, conn.clone()));
-    let service = service_fn(move |req| {
-        let shared = Arc::clone(&shared);
-        async move {
-            let (app, conn) = &*shared;
-            Ok::<_, Infallible>(pipeline::handle(app, conn, req).await)
-        }
-    });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stop_requested(&mut watcher.stop) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(client.peer = %conn.peer, error = %e, "connection ended with an error");
-    }
-}
-
-/// Over `max_connections`: a plain client gets a short 503; a TLS client
-/// (no handshake yet) just sees the connection close.
-async fn refuse_connection(mut stream: tokio::net::TcpStream, tls: bool) {
-    tracing::warn!("max_connections reached; refusing a connection");
-    if !tls {
-        let body = r#"{"statusCode":503,"message":"too many connections","reason":"unavailable","source":"tokengate"}"#;
-        let response = format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-tokengate-reason: unavailable\r\n\
-             retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
-    }
-    let _ = stream.shutdown().await;
-}
-
-async fn stop_requested(stop: &mut watch::Receiver<bool>) {
-    // The guard wait_for returns is not Send: drop it before the caller awaits.
-    let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
+    jobs
 }
 
 /// Runs `job` after `first` (zero: now) and then every `period`, until aborted.
@@ -276,7 +344,7 @@ where
     F: Fn(App) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
+    let mut interval = tokio::time::interval_at(Instant::now() + first, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
@@ -307,7 +375,7 @@ async fn poll_revocations(app: App, mut cursor: i64) {
         match app.store.revocations_after(cursor).await {
             Ok(revocations) => {
                 for revocation in revocations {
-                    app.verifier.revoke(&revocation.token_id);
+                    app.auth.verifier().revoke(&revocation.token_id);
                     cursor = revocation.seq;
                 }
             }
@@ -320,16 +388,7 @@ async fn poll_revocations(app: App, mut cursor: i64) {
 async fn follow_revocations(app: App, mut feed: mpsc::Receiver<String>) {
     while let Some(id) = feed.recv().await {
         tracing::debug!(token.id = %id, "token deleted elsewhere; revoked");
-        app.verifier.revoke(&id);
-    }
-}
-
-/// Follows the stored settings (changed through another replica, or not
-/// readable at start).
-async fn refresh_settings(app: &App) {
-    match app.store.settings().await {
-        Ok(stored) => app.settings.refresh(stored),
-        Err(e) => tracing::debug!(error = %e, "cannot read the settings"),
+        app.auth.verifier().revoke(&id);
     }
 }
 

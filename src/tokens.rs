@@ -4,15 +4,16 @@
 
 use std::sync::Arc;
 
-use ipnet::IpNet;
 use rand::TryRngCore;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::OsRng;
 
-use crate::auth::token::{self, TOKEN_PREFIX};
+use crate::auth::credentials::check_user_name;
+use crate::auth::token;
 use crate::auth::{Verifier, VerifyError};
 use crate::clock::{Clock, DAY_MS, EpochMs};
-use crate::config::parse_net;
+use crate::config::parse_ip_list;
+use crate::error::{GatewayError, Reason};
 use crate::rules::RuleSet;
 use crate::store::{Page, StoreError, TokenQuery, TokenRecord, TokenStore};
 
@@ -188,31 +189,16 @@ fn validate_label(label: &str) -> Result<String, TokenError> {
     Ok(label.to_owned())
 }
 
-/// An empty user name means unbound. A user name travels upstream in a
-/// header, so it may not contain control characters.
+/// Absent or empty means unbound; anything else must be a user name that
+/// can travel upstream in a header as it is (no surrounding whitespace,
+/// control characters or commas: see [`check_user_name`]).
 fn validate_user(user: Option<&str>) -> Result<Option<String>, TokenError> {
-    let Some(user) = user.map(str::trim).filter(|u| !u.is_empty()) else {
-        return Ok(None);
-    };
-    if user.chars().any(char::is_control) || user.len() > 255 {
-        return Err(TokenError::invalid(
-            "userName",
-            "userName must be at most 255 characters, without control characters",
-        ));
+    match user {
+        None | Some("") => Ok(None),
+        Some(user) => check_user_name(user)
+            .map(|()| Some(user.to_owned()))
+            .map_err(|why| TokenError::invalid("userName", format!("userName is not valid: {why}"))),
     }
-    if user.starts_with(TOKEN_PREFIX) {
-        return Err(TokenError::invalid("userName", "userName looks like a token value"));
-    }
-    Ok(Some(user.to_owned()))
-}
-
-/// Parses a stored or submitted IP list: comma-separated addresses and CIDRs.
-pub fn parse_ip_list(text: &str) -> Result<Vec<IpNet>, String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| parse_net(s).map(|net| net.trunc()))
-        .collect()
 }
 
 fn normalise_ip_list(text: &str) -> Result<String, TokenError> {
@@ -267,6 +253,29 @@ impl CreatedToken {
     }
 }
 
+impl From<TokenError> for GatewayError {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::Invalid {
+                field,
+                message,
+                line,
+                column,
+            } => {
+                let error = GatewayError::invalid(field, message);
+                match (line, column) {
+                    (Some(line), Some(column)) => error.at(line, column),
+                    _ => error,
+                }
+            }
+            TokenError::Duplicate => GatewayError::new(Reason::Conflict, error.to_string()).in_field("token"),
+            TokenError::NotFound(id) => GatewayError::new(Reason::NotFound, format!("no token with id {id}")),
+            TokenError::Store(e) => GatewayError::internal(&e),
+            TokenError::Verify(e) => GatewayError::internal(&e),
+        }
+    }
+}
+
 fn rule_lines(limit_to: &str) -> Vec<&str> {
     limit_to.lines().filter(|l| !l.trim().is_empty()).collect()
 }
@@ -290,12 +299,49 @@ mod tests {
         assert!(validate_label("  ").is_err());
         assert!(validate_label(&"é".repeat(255)).is_ok());
         assert!(validate_label(&"é".repeat(256)).is_err());
-        assert_eq!(validate_user(Some("  ")).unwrap(), None);
-        assert!(validate_user(Some("bob\r\nX-Forwarded-User: admin")).is_err());
+        assert_eq!(validate_user(None).unwrap(), None);
         assert_eq!(
-            validate_user(Some(" alice@example.com ")).unwrap().as_deref(),
+            validate_user(Some("")).unwrap(),
+            None,
+            "empty is unbound, as Extender sends it"
+        );
+        assert_eq!(
+            validate_user(Some("alice@example.com")).unwrap().as_deref(),
             Some("alice@example.com")
         );
+        for bad in [
+            "  ",
+            " alice",
+            "alice ",
+            "bob\r\nX-Forwarded-User: admin",
+            "alice,admin",
+            "tgw_abc",
+        ] {
+            let error = validate_user(Some(bad)).unwrap_err();
+            assert!(
+                matches!(error, TokenError::Invalid { field: "userName", .. }),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_errors_keep_their_field_and_position_and_hide_internals() {
+        let invalid = TokenError::Invalid {
+            field: "limitTo",
+            message: "bad rule".into(),
+            line: Some(1),
+            column: Some(3),
+        };
+        let error = GatewayError::from(invalid);
+        assert_eq!(error, GatewayError::invalid("limitTo", "bad rule").at(1, 3));
+        let duplicate = GatewayError::from(TokenError::Duplicate);
+        assert_eq!((duplicate.status().as_u16(), duplicate.field()), (409, Some("token")));
+        assert_eq!(GatewayError::from(TokenError::NotFound("x".into())).status(), 404);
+        let store = TokenError::Store(crate::store::StoreError::Url("secret-host".into()));
+        let error = GatewayError::from(store);
+        assert_eq!(error.reason, Reason::Internal);
+        assert!(!error.message.contains("secret-host"));
     }
 
     #[test]

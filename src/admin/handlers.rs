@@ -7,9 +7,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use super::{Action, Admin, AdminError, record_action};
+use super::{Action, record_action};
 use crate::app::App;
+use crate::auth::Principal;
+use crate::error::GatewayError;
 use crate::record::audit_json;
+use crate::settings::SettingsChange;
 use crate::store::{AuditQuery, Settings, TokenQuery};
 use crate::tokens::{NewToken, token_json};
 
@@ -18,7 +21,7 @@ const DEFAULT_MAX_RESULTS: u64 = 50;
 const MAX_MAX_RESULTS: u64 = 1000;
 
 /// `GET /get`: a page of tokens, newest first, never their values.
-pub async fn list_tokens(app: &App, query: Option<&str>) -> Result<Value, AdminError> {
+pub async fn list_tokens(app: &App, query: Option<&str>) -> Result<Value, GatewayError> {
     let query = token_query(query)?;
     let page = app.tokens.list(&query).await?;
     let now = app.clock.now_ms();
@@ -34,7 +37,7 @@ pub async fn list_tokens(app: &App, query: Option<&str>) -> Result<Value, AdminE
 }
 
 /// `GET /audit`: audit entries, newest first, in the envelope of `get`.
-pub async fn list_audit(app: &App, query: Option<&str>) -> Result<Value, AdminError> {
+pub async fn list_audit(app: &App, query: Option<&str>) -> Result<Value, GatewayError> {
     let paging = token_query(query)?;
     let audit_query = AuditQuery {
         token_id: query_param(query, "tokenId")?,
@@ -46,7 +49,7 @@ pub async fn list_audit(app: &App, query: Option<&str>) -> Result<Value, AdminEr
         .store
         .list_audit(&audit_query)
         .await
-        .map_err(|e| AdminError::internal(&e))?;
+        .map_err(|e| GatewayError::internal(&e))?;
     let entries: Vec<Value> = page.items.iter().map(audit_json).collect();
     Ok(json!({
         "total": page.total,
@@ -60,8 +63,8 @@ pub async fn list_audit(app: &App, query: Option<&str>) -> Result<Value, AdminEr
 
 /// `POST /set`: creates a token when the body has a `label`, else switches
 /// the settings it names.
-pub async fn set(app: &App, admin: &Admin, body: Map<String, Value>) -> Result<Value, AdminError> {
-    match SetRequest::from_body(&body, &admin.name)? {
+pub async fn set(app: &App, admin: &Principal, body: Map<String, Value>) -> Result<Value, GatewayError> {
+    match SetRequest::from_body(&body, &admin.user)? {
         SetRequest::Create(new) => {
             let created = app.tokens.create(new).await?;
             record_action(app, admin, Action::Create(&created.record)).await;
@@ -80,10 +83,10 @@ pub fn settings(app: &App) -> Value {
 /// from the body or the query.
 pub async fn delete(
     app: &App,
-    admin: &Admin,
+    admin: &Principal,
     query: Option<&str>,
     body: Map<String, Value>,
-) -> Result<Value, AdminError> {
+) -> Result<Value, GatewayError> {
     let id = from_body_or_query(&body, query, "id")?;
     let user = from_body_or_query(&body, query, "userName")?;
     let deleted = match (id, user) {
@@ -97,9 +100,9 @@ pub async fn delete(
             record_action(app, admin, Action::DeleteUser { user: &user, deleted }).await;
             deleted
         }
-        (Some(_), Some(_)) => return Err(AdminError::invalid("id", "give either id or userName, not both")),
+        (Some(_), Some(_)) => return Err(GatewayError::invalid("id", "give either id or userName, not both")),
         (None, None) => {
-            return Err(AdminError::invalid(
+            return Err(GatewayError::invalid(
                 "id",
                 "id (one token) or userName (all tokens of a user) is required",
             ));
@@ -115,16 +118,9 @@ enum SetRequest {
     Settings(SettingsChange),
 }
 
-/// The switches a settings request names; the others keep their value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SettingsChange {
-    usage_details: Option<bool>,
-    audit_log: Option<bool>,
-}
-
 impl SetRequest {
     /// Unknown fields are ignored, as Extender ignores them; `null` is absent.
-    fn from_body(body: &Map<String, Value>, author: &str) -> Result<SetRequest, AdminError> {
+    fn from_body(body: &Map<String, Value>, author: &str) -> Result<SetRequest, GatewayError> {
         const TEXT: &str = "a string";
         const SWITCH: &str = "true or false";
         if let Some(label) = field::<String>(body, "label", TEXT)? {
@@ -142,13 +138,8 @@ impl SetRequest {
             usage_details: field(body, "usageDetails", SWITCH)?,
             audit_log: field(body, "auditLog", SWITCH)?,
         };
-        if change
-            == (SettingsChange {
-                usage_details: None,
-                audit_log: None,
-            })
-        {
-            return Err(AdminError::invalid(
+        if change.is_empty() {
+            return Err(GatewayError::invalid(
                 "label",
                 "label is required (or usageDetails / auditLog to change the settings)",
             ));
@@ -157,16 +148,12 @@ impl SetRequest {
     }
 }
 
-async fn change_settings(app: &App, admin: &Admin, change: SettingsChange) -> Result<Value, AdminError> {
-    let _one_change_at_a_time = app.admin.settings_changes.lock().await;
-    let mut settings = app.store.settings().await.map_err(|e| AdminError::internal(&e))?;
-    settings.usage_details = change.usage_details.unwrap_or(settings.usage_details);
-    settings.audit_log = change.audit_log.unwrap_or(settings.audit_log);
-    app.store
-        .save_settings(settings)
+async fn change_settings(app: &App, admin: &Principal, change: SettingsChange) -> Result<Value, GatewayError> {
+    let settings = app
+        .settings
+        .change(change)
         .await
-        .map_err(|e| AdminError::internal(&e))?;
-    app.settings.set(settings);
+        .map_err(|e| GatewayError::internal(&e))?;
     record_action(app, admin, Action::Settings(settings)).await;
     Ok(settings_json(settings))
 }
@@ -184,18 +171,18 @@ fn field<T: DeserializeOwned>(
     body: &Map<String, Value>,
     name: &'static str,
     expected: &str,
-) -> Result<Option<T>, AdminError> {
+) -> Result<Option<T>, GatewayError> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => T::deserialize(value)
             .map(Some)
-            .map_err(|_| AdminError::invalid(name, format!("{name} must be {expected}"))),
+            .map_err(|_| GatewayError::invalid(name, format!("{name} must be {expected}"))),
     }
 }
 
 /// Extender sends `daysUntilExpiry` as a number or as a numeric string; an
 /// empty string is absent.
-fn days_until_expiry(body: &Map<String, Value>) -> Result<Option<i64>, AdminError> {
+fn days_until_expiry(body: &Map<String, Value>) -> Result<Option<i64>, GatewayError> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum NumberOrText {
@@ -212,16 +199,16 @@ fn days_until_expiry(body: &Map<String, Value>) -> Result<Option<i64>, AdminErro
             .trim()
             .parse()
             .map(Some)
-            .map_err(|_| AdminError::invalid(NAME, format!("{NAME} must be {EXPECTED}"))),
+            .map_err(|_| GatewayError::invalid(NAME, format!("{NAME} must be {EXPECTED}"))),
     }
 }
 
 /// Paging and filters of `GET /get`.
-fn token_query(query: Option<&str>) -> Result<TokenQuery, AdminError> {
+fn token_query(query: Option<&str>) -> Result<TokenQuery, GatewayError> {
     let start_at = number_param(query, "startAt")?.unwrap_or(0);
     let max_results = match number_param(query, "maxResults")? {
         None => DEFAULT_MAX_RESULTS,
-        Some(0) => return Err(AdminError::invalid("maxResults", "maxResults must be at least 1")),
+        Some(0) => return Err(GatewayError::invalid("maxResults", "maxResults must be at least 1")),
         Some(n) => n.min(MAX_MAX_RESULTS),
     };
     Ok(TokenQuery {
@@ -232,22 +219,22 @@ fn token_query(query: Option<&str>) -> Result<TokenQuery, AdminError> {
     })
 }
 
-fn number_param(query: Option<&str>, name: &'static str) -> Result<Option<u64>, AdminError> {
+fn number_param(query: Option<&str>, name: &'static str) -> Result<Option<u64>, GatewayError> {
     query_param(query, name)?
         .map(|value| value.trim().parse::<u64>())
         .transpose()
-        .map_err(|_| AdminError::invalid(name, format!("{name} must be a whole number, 0 or more")))
+        .map_err(|_| GatewayError::invalid(name, format!("{name} must be a whole number, 0 or more")))
 }
 
 /// One query parameter (form-decoded); absent or empty is `None`. A repeated
 /// parameter is refused rather than guessing which one was meant.
-fn query_param(query: Option<&str>, name: &'static str) -> Result<Option<String>, AdminError> {
+fn query_param(query: Option<&str>, name: &'static str) -> Result<Option<String>, GatewayError> {
     let mut values = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .filter(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned());
     let first = values.next();
     if values.next().is_some() {
-        return Err(AdminError::invalid(name, format!("{name} is given more than once")));
+        return Err(GatewayError::invalid(name, format!("{name} is given more than once")));
     }
     Ok(first.filter(|value| !value.trim().is_empty()))
 }
@@ -257,10 +244,10 @@ fn from_body_or_query(
     body: &Map<String, Value>,
     query: Option<&str>,
     name: &'static str,
-) -> Result<Option<String>, AdminError> {
+) -> Result<Option<String>, GatewayError> {
     let in_body = field::<String>(body, name, "a string")?.filter(|value| !value.trim().is_empty());
     match (in_body, query_param(query, name)?) {
-        (Some(a), Some(b)) if a != b => Err(AdminError::invalid(
+        (Some(a), Some(b)) if a != b => Err(GatewayError::invalid(
             name,
             format!("{name} differs between the body and the query"),
         )),
@@ -279,11 +266,9 @@ mod tests {
         }
     }
 
-    fn field_of(error: AdminError) -> Option<&'static str> {
-        match error {
-            AdminError::Invalid { field, .. } => field,
-            other => panic!("not Invalid: {other:?}"),
-        }
+    fn field_of(error: GatewayError) -> Option<&'static str> {
+        assert_eq!(error.reason, crate::error::Reason::BadRequest, "{error:?}");
+        error.field()
     }
 
     #[test]
@@ -356,7 +341,7 @@ mod tests {
             (json!({"label": "x", "daysUntilExpiry": "soon"}), "daysUntilExpiry"),
         ] {
             let error = SetRequest::from_body(&body(json.clone()), "admin").unwrap_err();
-            assert!(!error.to_string().contains("secret") && !error.to_string().contains("12345678"));
+            assert!(!error.message.contains("secret") && !error.message.contains("12345678"));
             assert_eq!(field_of(error), Some(name), "{json}");
         }
     }

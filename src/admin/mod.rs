@@ -3,10 +3,11 @@
 //! forwards it (SPEC §2.4).
 //!
 //! A request goes: [`route`](Endpoint::route) by method and path (404, 405),
-//! then [`auth`] establishes the admin (401, 403), then one function of
-//! [`handlers`] does the work. Only [`serve`] turns the outcome into a
-//! response and logs it; every failure is an [`AdminError`]. Every change is
-//! recorded through [`record_action`].
+//! then [`cross_site`] refuses what a browser was made to send from another
+//! site (403), then [`caller`] establishes the admin (401, 403), then one
+//! function of [`handlers`] does the work. Every failure is a
+//! [`GatewayError`], answered by the pipeline in Extender's error shape.
+//! Every change is recorded through [`record_action`].
 //!
 //! | method | path | does |
 //! |---|---|---|
@@ -16,40 +17,30 @@
 //! | DELETE | `/delete` | delete one token by id, or all tokens of a user |
 //! | GET | `/audit` | the audit log, newest first, paged and filtered |
 
-pub mod auth;
-mod error;
+mod caller;
+mod cross_site;
 mod handlers;
 
-use http_body_util::{BodyExt, Either, Limited};
-use hyper::body::Incoming;
-use hyper::header::CONTENT_LENGTH;
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::app::App;
-use crate::pipeline::canonical::Target;
-use crate::pipeline::client_ip;
-use crate::proxy::{Body, ConnInfo};
-use crate::routes::{TOKEN_TOOLS, json_response};
+use crate::auth::{Principal, Via};
+use crate::body::{RequestBody, read_limited};
+use crate::error::{GatewayError, Reason, json_response};
 use crate::rules::JsonBody;
 use crate::store::{AuditEntry, Settings, TokenRecord};
-pub use auth::{Admin, Via};
-pub use error::AdminError;
+use crate::target::Target;
+
+/// Base path of the Extender-compatible management API.
+pub const TOKEN_TOOLS: &str = "/rest/extender/1.0/tokenTools";
 
 /// The largest request body the management API reads.
 pub const MAX_BODY: usize = 64 << 10;
-
-/// What the management API keeps between requests.
-#[derive(Default)]
-pub struct AdminState {
-    /// Confluence's verdicts on admin passwords (SPEC §5: 60 s).
-    pub passwords: auth::PasswordVerdicts,
-    /// Serialises settings changes (read the store, change one switch, save),
-    /// so two concurrent changes of different switches both land. A tokio
-    /// mutex because it is held across the store's awaits; only settings
-    /// changes take it, never a proxied request.
-    settings_changes: tokio::sync::Mutex<()>,
-}
 
 /// The endpoints, each answering one method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,93 +54,70 @@ enum Endpoint {
 
 impl Endpoint {
     /// The endpoint `path` (the whole canonical path) names, if `method` is its method.
-    fn route(method: &Method, path: &str) -> Result<Endpoint, AdminError> {
+    fn route(method: &Method, path: &str) -> Result<Endpoint, GatewayError> {
         let (endpoint, allowed) = match path.strip_prefix(TOKEN_TOOLS) {
             Some("/get") => (Endpoint::List, "GET"),
             Some("/set") => (Endpoint::Set, "POST"),
             Some("/settings") => (Endpoint::Settings, "GET"),
             Some("/delete") => (Endpoint::Delete, "DELETE"),
             Some("/audit") => (Endpoint::Audit, "GET"),
-            _ => return Err(AdminError::NotFound(format!("no management endpoint {path}"))),
+            _ => {
+                return Err(GatewayError::new(
+                    Reason::NotFound,
+                    format!("no management endpoint {path}"),
+                ));
+            }
         };
         if method.as_str() != allowed {
-            return Err(AdminError::MethodNotAllowed {
-                path: path.to_owned(),
-                allow: allowed,
-            });
+            return Err(
+                GatewayError::new(Reason::MethodNotAllowed, format!("{path} answers {allowed} only")).allowing(allowed),
+            );
         }
         Ok(endpoint)
     }
 }
 
-/// The outer handler: answers every management request, and is the only
-/// place that logs its outcome and builds its error response.
-pub async fn serve(app: &App, conn: &ConnInfo, target: &Target, req: Request<Incoming>) -> Response<Body> {
-    let method = req.method().clone();
-    match answer(app, conn, target, req).await {
-        Ok(json) => {
-            tracing::debug!(http.method = %method, http.path = %target.path, "management request answered");
-            json_response(StatusCode::OK, json.to_string())
-        }
-        Err(error) => {
-            tracing::info!(
-                http.method = %method,
-                http.path = %target.path,
-                client.peer = %conn.peer.ip(),
-                http.status = error.status().as_u16(),
-                reason = error.reason().code(),
-                "management request refused: {error}"
-            );
-            error.into_response(app.config.token_auth).map(Either::Right)
-        }
-    }
-}
-
-/// The inner handler: route, authenticate, then the endpoint's work.
-async fn answer(app: &App, conn: &ConnInfo, target: &Target, req: Request<Incoming>) -> Result<Value, AdminError> {
+/// Answers one management request: route, refuse cross-site calls,
+/// authenticate, then the endpoint's work.
+pub async fn serve<B: RequestBody>(
+    app: &App,
+    req: Request<B>,
+    target: &Target,
+    client_ip: IpAddr,
+) -> Result<Response<Full<Bytes>>, GatewayError> {
     let endpoint = Endpoint::route(req.method(), &target.path)?;
-    let client_ip = client_ip::client_ip(conn.peer.ip(), req.headers(), &app.config.trusted_proxies);
-    let (req, admin) = auth::authenticate(app, req, target, client_ip).await?;
+    cross_site::refuse(app, &req, target, client_ip).await?;
+    let (req, admin) = caller::authenticate(app, req, target, client_ip).await?;
     let query = target.query.as_deref();
-    match endpoint {
-        Endpoint::List => handlers::list_tokens(app, query).await,
-        Endpoint::Settings => Ok(handlers::settings(app)),
-        Endpoint::Audit => handlers::list_audit(app, query).await,
-        Endpoint::Set => handlers::set(app, &admin, read_json_object(req).await?).await,
-        Endpoint::Delete => handlers::delete(app, &admin, query, read_json_object(req).await?).await,
-    }
+    let json = match endpoint {
+        Endpoint::List => handlers::list_tokens(app, query).await?,
+        Endpoint::Settings => handlers::settings(app),
+        Endpoint::Audit => handlers::list_audit(app, query).await?,
+        Endpoint::Set => handlers::set(app, &admin, read_json_object(req).await?).await?,
+        Endpoint::Delete => handlers::delete(app, &admin, query, read_json_object(req).await?).await?,
+    };
+    Ok(json_response(StatusCode::OK, json.to_string()))
 }
 
 /// Reads a request body of at most [`MAX_BODY`] bytes as a JSON object; an
-/// empty body is an empty object. The `Content-Type` is not insisted on:
-/// scripts often send JSON with curl's form default.
-async fn read_json_object(req: Request<Body>) -> Result<Map<String, Value>, AdminError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(AdminError::BodyTooLarge);
-    }
-    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(AdminError::BodyTooLarge),
-        Err(e) => return Err(AdminError::bad_request(format!("cannot read the request body: {e}"))),
-    };
+/// empty body is an empty object.
+async fn read_json_object<B: RequestBody>(req: Request<B>) -> Result<Map<String, Value>, GatewayError> {
+    let (parts, body) = req.into_parts();
+    let bytes = read_limited(&parts.headers, body, MAX_BODY, "the most the management API reads").await?;
     parse_json_object(&bytes)
 }
 
 /// A JSON object without duplicate keys at any depth.
-fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, AdminError> {
+fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, GatewayError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
+    let bad = |message: &str| GatewayError::new(Reason::BadRequest, message);
     match JsonBody::parse(Some("application/json"), bytes) {
-        Err(duplicate) => Err(AdminError::AmbiguousJson(duplicate.to_string())),
+        Err(duplicate) => Err(GatewayError::new(Reason::AmbiguousJson, duplicate.to_string())),
         Ok(JsonBody::Json(Value::Object(object))) => Ok(object),
-        Ok(JsonBody::Json(_)) => Err(AdminError::bad_request("the request body must be a JSON object")),
-        Ok(JsonBody::NotJson) => Err(AdminError::bad_request("the request body is not valid JSON")),
+        Ok(JsonBody::Json(_)) => Err(bad("the request body must be a JSON object")),
+        Ok(JsonBody::NotJson) => Err(bad("the request body is not valid JSON")),
     }
 }
 
@@ -168,17 +136,29 @@ pub enum Action<'a> {
     Settings(Settings),
 }
 
+impl Action<'_> {
+    /// The action as the audit log names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Create(_) => "create",
+            Action::Delete { .. } => "delete",
+            Action::DeleteUser { .. } => "delete_user",
+            Action::Settings(_) => "settings",
+        }
+    }
+}
+
 /// Records who did what: the one place every management action goes
 /// through. An audit entry (also a `tracing` event with target
 /// `tokengate::audit`), written whatever the `auditLog` setting says: it
 /// switches the logging of token requests, not of changes to tokens.
 /// Never a token value.
-pub async fn record_action(app: &App, admin: &Admin, action: Action<'_>) {
+pub async fn record_action(app: &App, admin: &Principal, action: Action<'_>) {
     let via = match &admin.via {
-        Via::Token(id) => format!("via token {id}"),
+        Via::Token(token) => format!("via token {}", token.id),
         Via::Password => "via password".to_owned(),
     };
-    let mut entry = AuditEntry::management(app.clock.now_ms(), &admin.name, action.name());
+    let mut entry = AuditEntry::management(app.clock.now_ms(), &admin.user, action.name());
     entry.client_ip = Some(admin.client_ip.to_string());
     match action {
         Action::Create(token) => {
@@ -202,18 +182,6 @@ pub async fn record_action(app: &App, admin: &Admin, action: Action<'_>) {
         }
     }
     app.audit.record(entry).await;
-}
-
-impl Action<'_> {
-    /// The action as the audit log names it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Action::Create(_) => "create",
-            Action::Delete { .. } => "delete",
-            Action::DeleteUser { .. } => "delete_user",
-            Action::Settings(_) => "settings",
-        }
-    }
 }
 
 #[cfg(test)]
@@ -249,11 +217,11 @@ mod tests {
         assert_eq!(parse_json_object(b"").unwrap(), Map::new());
         assert_eq!(parse_json_object(b" \n").unwrap(), Map::new());
         assert_eq!(parse_json_object(br#"{"label":"x"}"#).unwrap()["label"], "x");
-        let status = |body: &[u8]| parse_json_object(body).unwrap_err().reason().code();
-        assert_eq!(status(br#"{"label":"a","label":"b"}"#), "ambiguous_json");
-        assert_eq!(status(br#"{"a":{"b":1,"b":2}}"#), "ambiguous_json");
-        assert_eq!(status(b"{\"label\":"), "bad_request");
-        assert_eq!(status(b"[1]"), "bad_request");
-        assert_eq!(status(b"label=x"), "bad_request");
+        let reason = |body: &[u8]| parse_json_object(body).unwrap_err().reason.code();
+        assert_eq!(reason(br#"{"label":"a","label":"b"}"#), "ambiguous_json");
+        assert_eq!(reason(br#"{"a":{"b":1,"b":2}}"#), "ambiguous_json");
+        assert_eq!(reason(b"{\"label\":"), "bad_request");
+        assert_eq!(reason(b"[1]"), "bad_request");
+        assert_eq!(reason(b"label=x"), "bad_request");
     }
 }

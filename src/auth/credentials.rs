@@ -1,10 +1,13 @@
-//! Decoding `Authorization` into credentials (SPEC §2.5). Pure: no I/O, no
-//! token knowledge beyond the `tgw_` prefix that marks a gateway credential.
+//! Decoding `Authorization` into credentials (SPEC §2.5), finding gateway
+//! tokens where no credential may be, and what a user name may be. Pure: no
+//! I/O, no token knowledge beyond the `tgw_` prefix that marks a gateway
+//! credential.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
+use memchr::memmem;
 
 use super::token::TOKEN_PREFIX;
 
@@ -81,6 +84,10 @@ pub enum BadCredentials {
     NoColon,
     #[error("a gateway token must be sent as Basic user:token or Bearer token")]
     StrayToken,
+    #[error("a gateway token must be sent in the Authorization header, not in the {0} query parameter")]
+    TokenInQuery(&'static str),
+    #[error("a gateway token must be sent in the Authorization header, not in {0}")]
+    TokenInHeader(String),
 }
 
 /// Reads the credentials of a request: `Ok(None)` when there is no `Authorization`.
@@ -127,6 +134,67 @@ fn refuse_stray_token(raw: &str, credentials: &Credentials) -> Result<(), BadCre
         Credentials::Other => raw.contains(TOKEN_PREFIX),
     };
     if stray { Err(BadCredentials::StrayToken) } else { Ok(()) }
+}
+
+/// Seraph's query-string login parameters: Confluence reads credentials there.
+const SERAPH_PARAMETERS: [&str; 2] = ["os_password", "os_username"];
+
+/// Refuses a gateway token anywhere but `Authorization`: in Seraph's
+/// `os_password` / `os_username` query parameters, or as a word of any other
+/// header's value (`Cookie: t=tgw_...`, `X-Api-Key: tgw_...`). Passed on, it
+/// would land in Confluence's access logs, and a token must never reach
+/// Confluence (SPEC §12).
+pub fn refuse_tokens_elsewhere(headers: &HeaderMap, query: Option<&str>) -> Result<(), BadCredentials> {
+    let prefix = TOKEN_PREFIX.as_bytes();
+    for (name, value) in headers {
+        if name != AUTHORIZATION && has_token_word(value.as_bytes(), prefix) {
+            return Err(BadCredentials::TokenInHeader(name.as_str().to_owned()));
+        }
+    }
+    // Only a query that names a Seraph parameter is decoded.
+    let Some(query) = query.filter(|q| q.contains("os")) else {
+        return Ok(());
+    };
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if let Some(parameter) = SERAPH_PARAMETERS.into_iter().find(|p| *p == key)
+            && value.contains(TOKEN_PREFIX)
+        {
+            return Err(BadCredentials::TokenInQuery(parameter));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `prefix` starts a word of `value`: at its start, or after a space,
+/// tab or one of `,;=:"'`.
+fn has_token_word(value: &[u8], prefix: &[u8]) -> bool {
+    memmem::find_iter(value, prefix)
+        .any(|at| at == 0 || matches!(value[at - 1], b' ' | b'\t' | b',' | b';' | b'=' | b':' | b'"' | b'\''))
+}
+
+/// Checks a user name before it becomes an identity Confluence sees, in a
+/// header: a token's bound user, or the Basic name an unbound token acts
+/// as. The error says what is wrong, for a message.
+pub fn check_user_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("the user name is empty");
+    }
+    if name.len() > 255 {
+        return Err("the user name is longer than 255 bytes");
+    }
+    if name.trim() != name {
+        return Err("the user name begins or ends with whitespace");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("the user name contains control characters");
+    }
+    if name.contains(',') {
+        return Err("the user name contains a comma");
+    }
+    if name.starts_with(TOKEN_PREFIX) {
+        return Err("the user name looks like a token value");
+    }
+    Ok(())
 }
 
 fn decode_basic(param: &str) -> Result<Credentials, BadCredentials> {
@@ -240,6 +308,80 @@ mod tests {
             from_headers(&headers(&[b"Bearer t\xe9st"])),
             Err(BadCredentials::NotAscii)
         );
+    }
+
+    #[test]
+    fn tokens_in_other_headers_or_seraph_parameters_are_refused() {
+        let token = "tgw_abcdefghijklmnopqrstuvwxyz0123456789";
+        let with = |name: &str, value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+            headers
+        };
+        for (name, value) in [
+            ("x-api-key", token.to_owned()),
+            ("cookie", format!("JSESSIONID=abc; api={token}")),
+            ("cookie", token.to_owned()),
+            ("x-auth", format!("Token {token}")),
+            ("x-auth", format!("\"{token}\"")),
+        ] {
+            assert_eq!(
+                refuse_tokens_elsewhere(&with(name, &value), None),
+                Err(BadCredentials::TokenInHeader(name.to_owned())),
+                "{name}: {value}"
+            );
+        }
+        // Authorization is decoded elsewhere; a word merely containing the prefix is not a token.
+        assert_eq!(
+            refuse_tokens_elsewhere(&with("authorization", &format!("Bearer {token}")), None),
+            Ok(())
+        );
+        assert_eq!(refuse_tokens_elsewhere(&with("x-note", "mytgw_thing"), None), Ok(()));
+        for (query, parameter) in [
+            (format!("os_password={token}"), "os_password"),
+            (
+                format!("a=1&os_username=alice&os_password=%74gw_{}", &token[4..]),
+                "os_password",
+            ),
+            (format!("os_username={token}"), "os_username"),
+            (format!("os%5Fpassword=x{token}"), "os_password"),
+        ] {
+            assert_eq!(
+                refuse_tokens_elsewhere(&HeaderMap::new(), Some(&query)),
+                Err(BadCredentials::TokenInQuery(parameter)),
+                "{query}"
+            );
+        }
+        for query in ["os_password=secret", "os_authType=basic", "cql=text~tgw_", "postcode=1"] {
+            assert_eq!(
+                refuse_tokens_elsewhere(&HeaderMap::new(), Some(query)),
+                Ok(()),
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn user_names_that_could_confuse_an_identity_header_are_refused() {
+        for good in ["alice", "alice@example.com", "Jean Dupont", "é"] {
+            assert_eq!(check_user_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            " ",
+            " alice",
+            "alice ",
+            "al\tice",
+            "bob\r\nX-Forwarded-User: admin",
+            "alice, admin",
+            "tgw_x",
+        ] {
+            assert!(check_user_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_user_name(&"a".repeat(256)).is_err());
     }
 
     #[test]

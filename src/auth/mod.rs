@@ -1,11 +1,224 @@
-//! Authentication: decoding credentials (pure), token values and hashes, and
-//! the [`Verifier`] that turns a presented secret into an [`ActiveToken`]
-//! through the verified cache, the store and argon2.
+//! Authentication: what a client presented, turned into a [`Principal`] (or
+//! refused), in one place for forwarded requests and the management API.
+//!
+//! - [`credentials`] decodes `Authorization` (pure) and finds tokens where
+//!   no credential may be;
+//! - [`Verifier`] turns a `tgw_` secret into an [`ActiveToken`] through the
+//!   verified cache, the store and argon2 ([`token`] holds values and hashes);
+//! - [`checks`] runs the token checks of SPEC §2.7 and the rules (§3);
+//! - [`FailureThrottle`] answers 429 to a client that failed too often;
+//! - [`PasswordVerdicts`] keeps Confluence's answers about passwords.
+//!
+//! [`Authenticator`] strings them together: [`Authenticator::authenticate_token`]
+//! is resolve → throttle → checks → rules, and
+//! [`Authenticator::authenticate_password`] asks Confluence.
 
+mod checks;
 pub mod credentials;
+mod passwords;
 pub mod throttle;
 pub mod token;
 mod verifier;
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hyper::Request;
+use hyper::header::HeaderValue;
+
+pub use checks::{CheckContext, check_rules, check_token};
+pub use passwords::PasswordVerdicts;
 pub use throttle::FailureThrottle;
 pub use verifier::{ActiveToken, Verifier, VerifyError};
+
+use crate::body::{Forwarded, RequestBody};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{GatewayError, Reason};
+use crate::proxy::UpstreamClient;
+use crate::target::Target;
+use credentials::Scheme;
+
+/// Who a request acts as, how that was established, and from where.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The token's user (the bound one, or the Basic name an unbound token
+    /// acts as), or the user Confluence named for a password.
+    pub user: String,
+    pub via: Via,
+    pub client_ip: IpAddr,
+}
+
+#[derive(Debug, Clone)]
+pub enum Via {
+    /// A gateway token that passed every check.
+    Token(Arc<ActiveToken>),
+    /// A password Confluence accepted.
+    Password,
+}
+
+impl Via {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Via::Token(_) => "token",
+            Via::Password => "password",
+        }
+    }
+}
+
+/// A gateway token as it was presented.
+#[derive(Debug, Clone, Copy)]
+pub struct PresentedToken<'a> {
+    pub secret: &'a str,
+    pub scheme: Scheme,
+    /// The Basic user name typed next to it, if it came as Basic.
+    pub basic_user: Option<&'a str>,
+}
+
+/// A refused token, with the token itself when it was resolved before a
+/// check refused it (the audit log names it).
+#[derive(Debug)]
+pub struct Refused {
+    pub error: GatewayError,
+    pub token: Option<Arc<ActiveToken>>,
+}
+
+impl From<GatewayError> for Refused {
+    fn from(error: GatewayError) -> Self {
+        Refused { error, token: None }
+    }
+}
+
+pub struct Authenticator {
+    verifier: Arc<Verifier>,
+    throttle: FailureThrottle,
+    passwords: PasswordVerdicts,
+    upstream: Arc<UpstreamClient>,
+    clock: Arc<dyn Clock>,
+    config: Arc<Config>,
+}
+
+impl Authenticator {
+    pub fn new(
+        config: Arc<Config>,
+        verifier: Arc<Verifier>,
+        upstream: Arc<UpstreamClient>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Authenticator {
+            throttle: FailureThrottle::new(config.failed_auth_per_minute),
+            passwords: PasswordVerdicts::default(),
+            verifier,
+            upstream,
+            clock,
+            config,
+        }
+    }
+
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
+    }
+
+    /// Counts a failed attempt (a bad token or password) from `client_ip`.
+    pub fn record_failure(&self, client_ip: IpAddr) {
+        self.throttle.record_failure(client_ip, self.clock.now_ms());
+    }
+
+    /// 429 when `client_ip` has used up its failed attempts.
+    fn check_throttle(&self, client_ip: IpAddr, what: &str) -> Result<(), GatewayError> {
+        match self.throttle.blocked(client_ip, self.clock.now_ms()) {
+            None => Ok(()),
+            Some(retry_after) => Err(GatewayError::new(
+                Reason::TooManyFailures,
+                format!("too many failed {what} attempts; retry later"),
+            )
+            .retry_after(retry_after)),
+        }
+    }
+
+    /// The token a `tgw_` secret belongs to: from the verified cache, else
+    /// (unless this client is throttled) through the store and argon2.
+    pub async fn resolve_token(&self, secret: &str, client_ip: IpAddr) -> Result<Arc<ActiveToken>, GatewayError> {
+        if let Some(token) = self.verifier.cached(secret).await {
+            return Ok(token);
+        }
+        self.check_throttle(client_ip, "token")?;
+        Box::pin(self.verifier.verify_uncached(secret))
+            .await
+            .map_err(|e| GatewayError::internal(&e))?
+            .ok_or_else(|| GatewayError::new(Reason::InvalidToken, "invalid credentials"))
+    }
+
+    /// A token request, for a forwarded request and the management API
+    /// alike: token resolution (SPEC §2.6), the checks of §2.7 in their
+    /// order, then the token's rules (§3), which may read the body.
+    pub async fn authenticate_token<B: RequestBody>(
+        &self,
+        req: Request<B>,
+        target: &Target,
+        presented: PresentedToken<'_>,
+        client_ip: IpAddr,
+    ) -> Result<(Request<Forwarded<B>>, Principal), Refused> {
+        let token = self.resolve_token(presented.secret, client_ip).await?;
+        let refused = |error| Refused {
+            error,
+            token: Some(token.clone()),
+        };
+        if target.has_path_parameters {
+            return Err(refused(GatewayError::new(
+                Reason::BadPath,
+                "path parameters (';') are not allowed on token requests",
+            )));
+        }
+        let cx = CheckContext {
+            scheme: presented.scheme,
+            basic_user: presented.basic_user,
+            method: req.method(),
+            path: &target.path,
+            client_ip,
+            now: self.clock.now_ms(),
+            token_auth: self.config.token_auth,
+            scope: self.config.scope,
+        };
+        let user = check_token(&token, &cx).map_err(refused)?;
+        let req = check_rules(&token, req, &target.path, self.config.max_json_body)
+            .await
+            .map_err(refused)?;
+        let principal = Principal {
+            user,
+            via: Via::Token(token),
+            client_ip,
+        };
+        Ok((req, principal))
+    }
+
+    /// Basic `user:password` that Confluence accepts (SPEC §5), for the
+    /// management API. A verdict is kept 60 s; a client that failed too
+    /// often gets 429 before Confluence is asked again.
+    pub async fn authenticate_password(
+        &self,
+        authorization: &HeaderValue,
+        user: &str,
+        client_ip: IpAddr,
+    ) -> Result<Principal, GatewayError> {
+        let invalid = || GatewayError::new(Reason::InvalidToken, "invalid credentials");
+        if user.is_empty() {
+            return Err(invalid());
+        }
+        let name = match self.passwords.accepted(authorization).await {
+            Some(name) => name,
+            None => {
+                self.check_throttle(client_ip, "password")?;
+                self.passwords
+                    .check(&self.upstream, authorization, user)
+                    .await?
+                    .ok_or_else(invalid)?
+            }
+        };
+        Ok(Principal {
+            user: name,
+            via: Via::Password,
+            client_ip,
+        })
+    }
+}

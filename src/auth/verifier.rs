@@ -19,17 +19,17 @@ use tokio::sync::Semaphore;
 
 use super::token::{self, SecretDigest};
 use crate::clock::EpochMs;
+use crate::config::parse_ip_list;
 use crate::record::{Metrics, TokenUsage, UsageBook};
 use crate::rules::RuleSet;
 use crate::store::{StoreError, TokenRecord, TokenStore};
-use crate::tokens::parse_ip_list;
 
 /// Most verified secrets kept in memory at once.
 const CACHE_CAPACITY: u64 = 200_000;
 /// Revoked ids remembered to close the race with an in-flight verification.
 const REVOKED_MEMORY: usize = 100_000;
 
-/// A verified token, as the request pipeline needs it. Immutable but for the
+/// A verified token, as the checks need it. Immutable but for the
 /// revocation flag: tokens cannot be edited, only deleted.
 #[derive(Debug)]
 pub struct ActiveToken {
@@ -276,5 +276,98 @@ fn clone_cold(error: &ColdError) -> ColdError {
     match error {
         ColdError::NotFound => ColdError::NotFound,
         ColdError::Failed(e) => ColdError::Failed(VerifyError::Task(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::app::{App, test_app};
+    use crate::tokens::NewToken;
+
+    async fn token(app: &App, user: &str) -> (String, String) {
+        let new = NewToken {
+            label: format!("{user}-bot"),
+            user: Some(user.into()),
+            author: "admin".into(),
+            ..NewToken::default()
+        };
+        let created = app.tokens.create(new).await.unwrap();
+        (created.record.id, created.value)
+    }
+
+    fn argon2_checks(app: &App) -> u64 {
+        app.metrics.argon2_checks.get()
+    }
+
+    #[tokio::test]
+    async fn the_warm_path_needs_neither_argon2_nor_the_store() {
+        let (app, _, _dir) = test_app(|_| {}).await;
+        let verifier = app.auth.verifier();
+        let (id, secret) = token(&app, "alice").await;
+        assert!(verifier.cached(&secret).await.is_none(), "not verified yet");
+        let before = argon2_checks(&app);
+        let cold = verifier.verify(&secret).await.unwrap().expect("a valid token");
+        assert_eq!((cold.id.as_str(), argon2_checks(&app)), (id.as_str(), before + 1));
+        app.store.close().await;
+        let warm = verifier.verify(&secret).await.unwrap().expect("from the cache");
+        assert!(std::sync::Arc::ptr_eq(&cold, &warm));
+        assert_eq!(argon2_checks(&app), before + 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_uses_share_one_argon2_check() {
+        let (app, _, _dir) = test_app(|_| {}).await;
+        let (_, secret) = token(&app, "alice").await;
+        let before = argon2_checks(&app);
+        let mut uses = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (app, secret) = (app.clone(), secret.clone());
+            uses.spawn(async move { app.auth.verifier().verify(&secret).await.unwrap().is_some() });
+        }
+        while let Some(verified) = uses.join_next().await {
+            assert!(verified.unwrap());
+        }
+        assert_eq!(argon2_checks(&app), before + 1);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_token_stops_at_once_and_is_not_verified_again() {
+        let (app, _, _dir) = test_app(|_| {}).await;
+        let verifier = app.auth.verifier();
+        let (id, secret) = token(&app, "alice").await;
+        let held = verifier.verify(&secret).await.unwrap().unwrap();
+        let (_, other) = token(&app, "bob").await;
+        verifier.verify(&other).await.unwrap().unwrap();
+        verifier.revoke(&id);
+        assert!(held.is_revoked(), "a copy held by a request in flight sees it");
+        assert!(verifier.cached(&secret).await.is_none());
+        // The row is still in the store (another process deletes it): the
+        // revocation is remembered, so a verification racing it cannot bring it back.
+        assert!(verifier.verify(&secret).await.unwrap().is_none());
+        assert!(verifier.cached(&other).await.is_some(), "other tokens are untouched");
+    }
+
+    #[tokio::test]
+    async fn implausible_and_unknown_secrets_cost_no_argon2() {
+        let (app, _, _dir) = test_app(|_| {}).await;
+        let verifier = app.auth.verifier();
+        token(&app, "alice").await;
+        let before = argon2_checks(&app);
+        for secret in [
+            "tgw_short",
+            "not-a-token-at-all-not-a-token-at-all",
+            "tgw_unknownunknownunknownunknownunknown",
+        ] {
+            assert!(verifier.verify(secret).await.unwrap().is_none(), "{secret}");
+        }
+        assert_eq!(argon2_checks(&app), before);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_fails_is_an_error_not_an_invalid_token() {
+        let (app, _, _dir) = test_app(|_| {}).await;
+        let (_, secret) = token(&app, "alice").await;
+        app.store.close().await;
+        assert!(app.auth.verifier().verify(&secret).await.is_err());
     }
 }

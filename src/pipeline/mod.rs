@@ -1,33 +1,60 @@
-//! One request, start to end (SPEC §2): canonicalise the target, strip
-//! protected headers, serve the gateway's own routes, read credentials,
-//! resolve and check a token, then forward, or answer with a [`GatewayError`].
+//! One request, start to end (SPEC §2). [`decide`] runs every stage but
+//! forwarding, in order, generic over the request body (so the tests drive
+//! it without sockets):
+//!
+//! 1. canonicalise the target ([`crate::target`]); refuse two `Host`s;
+//! 2. strip the headers no client may set ([`crate::proxy::headers`]);
+//! 3. find the client IP ([`client_ip`]);
+//! 4. serve the gateway's own routes ([`crate::routes`]);
+//! 5. refuse tokens outside `Authorization`, decode the credentials;
+//! 6. authenticate a token ([`crate::auth::Authenticator`]): resolution,
+//!    throttle, checks, rules; or pass other credentials through.
+//!
+//! [`handle`] forwards what `decide` lets through ([`crate::proxy`]),
+//! answers a refusal in the one shape of [`crate::error`], and records the
+//! outcome: metrics, failed attempts for the throttle, and the audit entry.
 
-pub mod authorize;
-pub mod canonical;
 pub mod client_ip;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http_body_util::Either;
-use hyper::body::Incoming;
-use hyper::{Request, Response};
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::header::HOST;
+use hyper::{Method, Request, Response};
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::app::App;
-use crate::auth::ActiveToken;
 use crate::auth::credentials::{self, Credentials};
-use crate::error::{GatewayError, Reason};
-use crate::proxy::{Body, ConnInfo, Identity};
+use crate::auth::{ActiveToken, PresentedToken, Refused, Via};
+use crate::body::{ClientBody, Forwarded, RequestBody, ResponseBody};
+use crate::error::{Audience, GatewayError, Reason};
+use crate::proxy::{ConnInfo, Identity};
 use crate::record::Decision;
+use crate::routes::{self, OwnRoute};
 use crate::store::{AuditEntry, AuditKind};
-use authorize::CheckContext;
-use canonical::Target;
+use crate::target::{self, Target};
+
+/// What to do with a request once every check is done.
+// Boxing the forwarded request would cost an allocation on every forwarded
+// request; the value is moved once.
+#[allow(clippy::large_enum_variant)]
+pub enum Next<B> {
+    /// Forward it to Confluence (its body may have been read by a JSON rule).
+    Forward {
+        req: Request<Forwarded<B>>,
+        target: Target,
+        identity: Identity,
+    },
+    /// The gateway answered it itself (an own route).
+    Answer(Response<Full<Bytes>>),
+}
 
 /// What one request did, gathered on the way for the audit log, usage and metrics.
-struct Trail {
+pub struct Trail {
     /// The request's span: fields are recorded into it as they become known.
     span: tracing::Span,
     /// Whether the audit log is on: what only the audit entry needs is kept only then.
@@ -38,13 +65,12 @@ struct Trail {
     user: Option<String>,
     client_ip: Option<IpAddr>,
     path: Option<String>,
+    route: Option<OwnRoute>,
     decision: Option<Decision>,
-    /// Why an own route (the management API) refused, if it did.
-    own_refusal: Option<Reason>,
 }
 
 impl Trail {
-    fn new(span: tracing::Span, audit: bool) -> Self {
+    pub fn new(span: tracing::Span, audit: bool) -> Self {
         Trail {
             span,
             audit,
@@ -53,21 +79,30 @@ impl Trail {
             user: None,
             client_ip: None,
             path: None,
+            route: None,
             decision: None,
-            own_refusal: None,
+        }
+    }
+
+    fn note_token(&mut self, token: Option<Arc<ActiveToken>>) {
+        if let Some(token) = &token {
+            self.span.record("token.id", token.id.as_str());
+        }
+        self.token = token;
+    }
+
+    /// Whom a refusal of this request is addressed to.
+    fn audience(&self, app: &App) -> Audience {
+        match self.route {
+            Some(OwnRoute::TokenTools) => Audience::Management(app.config.token_auth),
+            _ => Audience::Proxy(app.config.token_auth),
         }
     }
 }
 
-/// The reason code a response the gateway made itself carries, if any.
-fn own_refusal(response: &Response<Body>) -> Option<Reason> {
-    let code = response.headers().get("x-tokengate-reason")?.to_str().ok()?;
-    Reason::from_code(code)
-}
-
 /// The outer handler: the only place that turns a failure into a response,
-/// and where every request's outcome is recorded.
-pub async fn handle(app: &App, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+/// logs it, and records every request's outcome.
+pub async fn handle(app: &App, conn: &ConnInfo, req: Request<ClientBody>) -> Response<ResponseBody> {
     let started = Instant::now();
     let method = req.method().clone();
     let span = tracing::info_span!(
@@ -81,70 +116,53 @@ pub async fn handle(app: &App, conn: &ConnInfo, req: Request<Incoming>) -> Respo
         duration_ms = Empty,
     );
     let mut trail = Trail::new(span.clone(), app.settings.get().audit_log);
-    let result = process(app, conn, req, &mut trail).instrument(span.clone()).await;
+    let result = async {
+        match decide(app, conn, req, &mut trail).await? {
+            Next::Answer(response) => Ok(response.map(Either::Right)),
+            Next::Forward { req, target, identity } => app.upstream.forward(req, &target, &identity, conn).await,
+        }
+    }
+    .instrument(span.clone())
+    .await;
     let (response, reason) = match result {
-        Ok(response) => (response, trail.own_refusal),
+        Ok(response) => (response, None),
         Err(error) => {
             span.in_scope(|| tracing::info!(reason = error.reason.code(), "refused: {}", error.message));
             let reason = error.reason;
-            (
-                error.into_response(app.config.token_auth).map(Either::Right),
-                Some(reason),
-            )
+            let response = error.into_response(trail.audience(app)).map(Either::Right);
+            (response, Some(reason))
         }
     };
-    let elapsed = started.elapsed();
-    if let (Some(reason), Some(ip)) = (reason, trail.client_ip)
-        && reason.is_failed_token_attempt()
-    {
-        app.throttle.record_failure(ip, app.clock.now_ms());
-    }
-    let decision = if reason.is_some() {
-        Decision::Deny
-    } else {
-        trail.decision.unwrap_or(Decision::Own)
-    };
-    app.metrics.observe_request(decision, reason, elapsed);
-    span.record("http.status", response.status().as_u16());
-    span.record("duration_ms", elapsed.as_millis() as u64);
-    if trail.token_presented && trail.audit {
-        let entry = AuditEntry {
-            at: app.clock.now_ms(),
-            kind: AuditKind::Request,
-            token_id: trail.token.as_ref().map(|t| t.id.clone()),
-            token_label: trail.token.as_ref().map(|t| t.label.clone()),
-            user: trail.user,
-            client_ip: trail.client_ip.map(|ip| ip.to_string()),
-            method: Some(method.to_string()),
-            path: trail.path,
-            status: Some(i64::from(response.status().as_u16())),
-            decision: if reason.is_some() { "deny" } else { "allow" }.to_owned(),
-            reason: reason.map(|r| r.code().to_owned()),
-            duration_ms: Some(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)),
-            detail: None,
-        };
-        app.audit.record(entry).await;
-    }
+    record(app, trail, &method, &response, reason, started.elapsed()).await;
     response
 }
 
-async fn process(
+/// Every stage but forwarding, in SPEC order.
+pub async fn decide<B: RequestBody>(
     app: &App,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     trail: &mut Trail,
-) -> Result<Response<Body>, GatewayError> {
-    let target = canonical::canonicalise(req.uri()).map_err(|e| GatewayError::new(Reason::BadPath, e.to_string()))?;
+) -> Result<Next<B>, GatewayError> {
+    let target = target::canonicalise(req.uri()).map_err(|e| GatewayError::new(Reason::BadPath, e.to_string()))?;
     trail.span.record("url.path", target.path.as_str());
+    if req.headers().get_all(HOST).iter().nth(1).is_some() {
+        // RFC 9112 §3.2: a request with more than one Host is invalid.
+        return Err(GatewayError::new(Reason::BadRequest, "more than one Host header"));
+    }
     app.protected_headers.strip(req.headers_mut());
     let client_ip = client_ip::client_ip(conn.peer.ip(), req.headers(), &app.config.trusted_proxies);
     trail.span.record("client.ip", tracing::field::display(client_ip));
     trail.client_ip = Some(client_ip);
-    if let Some(route) = crate::routes::own_route(&target.path) {
-        let response = Box::pin(crate::routes::serve(app, route, req, &target, conn)).await?;
-        trail.own_refusal = own_refusal(&response);
-        return Ok(response);
+    if let Some(route) = routes::own_route(&target.path) {
+        trail.route = Some(route);
+        trail.decision = Some(Decision::Own);
+        // Boxed: the management API's future is large and most requests never need it.
+        let response = Box::pin(routes::serve(app, route, req, &target, client_ip)).await?;
+        return Ok(Next::Answer(response));
     }
+    credentials::refuse_tokens_elsewhere(req.headers(), target.query.as_deref())
+        .map_err(|e| GatewayError::new(Reason::BadCredentials, e.to_string()))?;
     let credentials = credentials::from_headers(req.headers())
         .map_err(|e| GatewayError::new(Reason::BadCredentials, e.to_string()))?;
     let (req, identity) = match credentials {
@@ -161,35 +179,20 @@ async fn process(
         Identity::User(_) => Decision::Allow,
         Identity::Passthrough => Decision::Passthrough,
     });
-    app.upstream.forward(req, &target, &identity, conn).await
+    Ok(Next::Forward { req, target, identity })
 }
 
-/// The token a `tgw_` secret belongs to: from the verified cache, else
-/// (unless this client is throttled) through the store and argon2.
-pub async fn resolve_token(app: &App, secret: &str, client_ip: IpAddr) -> Result<Arc<ActiveToken>, GatewayError> {
-    if let Some(token) = app.verifier.cached(secret).await {
-        return Ok(token);
-    }
-    if let Some(retry_after) = app.throttle.blocked(client_ip, app.clock.now_ms()) {
-        let mut error = GatewayError::new(Reason::TooManyFailures, "too many failed token attempts; retry later");
-        error.retry_after = Some(retry_after);
-        return Err(error);
-    }
-    Box::pin(app.verifier.verify_uncached(secret))
-        .await
-        .map_err(|e| GatewayError::internal(&e))?
-        .ok_or_else(|| GatewayError::new(Reason::InvalidToken, "invalid credentials"))
-}
-
-/// Token resolution (SPEC §2.6) and the checks of §2.7 for a request with credentials.
-async fn authenticate(
+/// Token resolution (SPEC §2.6) and the checks of §2.7 for a request with
+/// credentials; anything but a gateway token passes through (or is refused
+/// with `passthrough = false`).
+async fn authenticate<B: RequestBody>(
     app: &App,
-    req: Request<Incoming>,
+    req: Request<B>,
     target: &Target,
     credentials: &Credentials,
     client_ip: IpAddr,
     trail: &mut Trail,
-) -> Result<(Request<Body>, Identity), GatewayError> {
+) -> Result<(Request<Forwarded<B>>, Identity), GatewayError> {
     let Some((secret, scheme)) = credentials.gateway_token() else {
         if app.config.passthrough {
             return Ok((req.map(Either::Left), Identity::Passthrough));
@@ -204,35 +207,298 @@ async fn authenticate(
         trail.path = Some(target.path.clone());
         trail.user = credentials.basic_user().map(str::to_owned);
     }
-    let token = resolve_token(app, secret, client_ip).await?;
-    trail.span.record("token.id", token.id.as_str());
-    trail.token = Some(token.clone());
-    if target.has_path_parameters {
-        return Err(GatewayError::new(
-            Reason::BadPath,
-            "path parameters (';') are not allowed on token requests",
-        ));
-    }
-    let now = app.clock.now_ms();
-    let cx = CheckContext {
+    let presented = PresentedToken {
+        secret,
         scheme,
         basic_user: credentials.basic_user(),
-        method: req.method(),
-        path: &target.path,
-        client_ip,
-        now,
-        token_auth: app.config.token_auth,
-        scope: app.config.scope,
     };
-    let user = authorize::check_token(&token, &cx)?;
-    trail.span.record("user", user.as_str());
-    if trail.audit {
-        trail.user = Some(user.clone());
-    }
-    let req = authorize::check_rules(&token, req, &target.path, app.config.max_json_body).await?;
-    if app.settings.get().usage_details {
-        token.usage.record(now, client_ip);
+    let (req, principal) = match app.auth.authenticate_token(req, target, presented, client_ip).await {
+        Ok(accepted) => accepted,
+        Err(Refused { error, token }) => {
+            trail.note_token(token);
+            return Err(error);
+        }
+    };
+    trail.span.record("user", principal.user.as_str());
+    if let Via::Token(token) = principal.via {
+        if app.settings.get().usage_details {
+            token.usage.record(app.clock.now_ms(), client_ip);
+        }
+        trail.note_token(Some(token));
     }
     tracing::debug!(scheme = scheme.name(), "token accepted");
-    Ok((req, Identity::User(user)))
+    if trail.audit {
+        trail.user = Some(principal.user.clone());
+    }
+    Ok((req, Identity::User(principal.user)))
+}
+
+/// Metrics, the throttle's count of failed attempts, and the audit entry of
+/// a token request. The audit entry waits for room when the writer's queue
+/// is full, so recording is off the request path only while it keeps up.
+async fn record(
+    app: &App,
+    trail: Trail,
+    method: &Method,
+    response: &Response<ResponseBody>,
+    reason: Option<Reason>,
+    elapsed: std::time::Duration,
+) {
+    if let (Some(reason), Some(ip)) = (reason, trail.client_ip)
+        && reason.is_failed_attempt()
+    {
+        app.auth.record_failure(ip);
+    }
+    let decision = if reason.is_some() {
+        Decision::Deny
+    } else {
+        trail.decision.unwrap_or(Decision::Own)
+    };
+    app.metrics.observe_request(decision, reason, elapsed);
+    trail.span.record("http.status", response.status().as_u16());
+    trail.span.record("duration_ms", elapsed.as_millis() as u64);
+    if !(trail.token_presented && trail.audit) {
+        return;
+    }
+    let entry = AuditEntry {
+        at: app.clock.now_ms(),
+        kind: AuditKind::Request,
+        token_id: trail.token.as_ref().map(|t| t.id.clone()),
+        token_label: trail.token.as_ref().map(|t| t.label.clone()),
+        user: trail.user,
+        client_ip: trail.client_ip.map(|ip| ip.to_string()),
+        method: Some(method.to_string()),
+        path: trail.path,
+        status: Some(i64::from(response.status().as_u16())),
+        decision: if reason.is_some() { "deny" } else { "allow" }.to_owned(),
+        reason: reason.map(|r| r.code().to_owned()),
+        duration_ms: Some(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)),
+        detail: None,
+    };
+    app.audit.record(entry).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::test_app;
+    use crate::tokens::NewToken;
+    use base64::Engine;
+    use http_body_util::BodyExt;
+
+    fn basic(user: &str, secret: &str) -> String {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
+        format!("Basic {encoded}")
+    }
+
+    fn conn() -> ConnInfo {
+        ConnInfo::new("10.0.0.9:40000".parse().unwrap(), false)
+    }
+
+    async fn token(app: &App, limit_to: &str) -> String {
+        let new = NewToken {
+            label: "ci-bot".into(),
+            user: Some("alice".into()),
+            limit_to: Some(limit_to.into()),
+            author: "admin".into(),
+            ..NewToken::default()
+        };
+        app.tokens.create(new).await.unwrap().value
+    }
+
+    fn request(method: Method, target: &str, headers: &[(&str, &str)], body: &'static str) -> Request<Full<Bytes>> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(target)
+            .header("host", "wiki.example.com");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap()
+    }
+
+    async fn decided(app: &App, req: Request<Full<Bytes>>) -> Result<Next<Full<Bytes>>, GatewayError> {
+        let mut trail = Trail::new(tracing::Span::none(), true);
+        decide(app, &conn(), req, &mut trail).await
+    }
+
+    async fn refusal(app: &App, req: Request<Full<Bytes>>) -> &'static str {
+        match decided(app, req).await {
+            Err(error) => error.reason.code(),
+            Ok(_) => panic!("the request was let through"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_request_is_forwarded_as_its_user_on_the_canonical_path() {
+        let (app, _, _dir) = test_app(|_| {}).await;
+        let secret = token(&app, "").await;
+        let auth = basic("Alice", &secret);
+        let req = request(
+            Method::GET,
+            "/rest/api/./space/../space?x=%2F",
+            &[("authorization", &auth)],
+            "",
+        );
+        let Ok(Next::Forward { req, target, identity }) = decided(&app, req).await else {
+            panic!("not forwarded");
+        };
+        assert_eq!(identity, Identity::User("alice".into()));
+        assert_eq!(target.forwarded().unwrap(), "/rest/api/space?x=%2F");
+        assert!(matches!(req.body(), Either::Left(_)), "the body streams on");
+    }
+
+    #[tokio::test]
+    async fn other_credentials_and_anonymous_requests_pass_through() {
+        let (app, _, _dir) = test_app(|_| {}).await;
+        let password = basic("alice", "password");
+        for headers in [&[("authorization", password.as_str())][..], &[]] {
+            let Ok(Next::Forward { identity, .. }) = decided(&app, request(Method::GET, "/x", headers, "")).await
+            else {
+                panic!("not forwarded");
+            };
+            assert_eq!(identity, Identity::Passthrough);
+        }
+        let (strict, _, _dir) = test_app(|c| {
+            c.allow_anonymous = false;
+            c.passthrough = false;
+        })
+        .await;
+        assert_eq!(
+            refusal(&strict, request(Method::GET, "/x", &[], "")).await,
+            "credentials_required"
+        );
+        let req = request(Method::GET, "/x", &[("authorization", &password)], "");
+        assert_eq!(refusal(&strict, req).await, "invalid_token");
+    }
+
+    #[tokio::test]
+    async fn malformed_and_hostile_requests_are_refused_before_anything_is_forwarded() {
+        let (app, _, _dir) = test_app(|_| {}).await;
+        let secret = token(&app, "").await;
+        let unknown = basic("alice", "tgw_unknownunknownunknownunknownunknown");
+        let good = basic("alice", &secret);
+        let cases: Vec<(Request<Full<Bytes>>, &str)> = vec![
+            (
+                request(Method::GET, "/rest/api/space", &[("authorization", &unknown)], ""),
+                "invalid_token",
+            ),
+            (request(Method::GET, "/rest/%2e%2e/admin", &[], ""), "bad_path"),
+            (
+                request(Method::GET, "/rest/api/space", &[("authorization", "Basic !!!")], ""),
+                "bad_credentials",
+            ),
+            (
+                request(Method::GET, "/rest/api/space", &[("host", "evil.example")], ""),
+                "bad_request",
+            ),
+            (
+                request(Method::GET, "/rest/api/space", &[("x-api-key", &secret)], ""),
+                "bad_credentials",
+            ),
+            (
+                request(
+                    Method::GET,
+                    "/rest/api/space",
+                    &[("cookie", &format!("t={secret}"))],
+                    "",
+                ),
+                "bad_credentials",
+            ),
+            (
+                request(
+                    Method::GET,
+                    &format!("/login.action?os_username=alice&os_password={secret}"),
+                    &[],
+                    "",
+                ),
+                "bad_credentials",
+            ),
+            (
+                request(Method::GET, "/rest/api/space;x=1", &[("authorization", &good)], ""),
+                "bad_path",
+            ),
+            (
+                request(Method::GET, "/admin", &[("authorization", &good)], ""),
+                "out_of_scope",
+            ),
+        ];
+        for (req, reason) in cases {
+            let what = format!("{} {:?}", req.uri(), req.headers().keys().collect::<Vec<_>>());
+            assert_eq!(refusal(&app, req).await, reason, "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_json_rule_reads_the_body_and_forwards_it_byte_for_byte() {
+        let (app, _, _dir) = test_app(|_| {}).await;
+        let secret = token(&app, "[post].*/rest/api/content/?[JsonData::type==page]").await;
+        let auth = basic("alice", &secret);
+        let json = ("content-type", "application/json");
+        let body = r#"{"type":"page", "title":"x"}"#;
+        let req = request(
+            Method::POST,
+            "/rest/api/content",
+            &[("authorization", &auth), json],
+            body,
+        );
+        let Ok(Next::Forward { req, .. }) = decided(&app, req).await else {
+            panic!("not forwarded");
+        };
+        assert!(matches!(req.body(), Either::Right(_)), "buffered");
+        assert_eq!(req.into_body().collect().await.unwrap().to_bytes(), body);
+        let comment = request(
+            Method::POST,
+            "/rest/api/content",
+            &[("authorization", &auth), json],
+            r#"{"type":"comment"}"#,
+        );
+        assert_eq!(refusal(&app, comment).await, "rule_mismatch");
+        let twice = request(
+            Method::POST,
+            "/rest/api/content",
+            &[("authorization", &auth), json],
+            r#"{"type":"page","type":"comment"}"#,
+        );
+        assert_eq!(refusal(&app, twice).await, "ambiguous_json");
+        // Compressed bytes are never read as JSON text, whatever they hold.
+        let gzip = request(
+            Method::POST,
+            "/rest/api/content",
+            &[("authorization", &auth), json, ("content-encoding", "gzip")],
+            body,
+        );
+        assert_eq!(refusal(&app, gzip).await, "rule_mismatch");
+    }
+
+    #[tokio::test]
+    async fn own_routes_are_answered_by_the_gateway() {
+        let (app, _, _dir) = test_app(|_| {}).await;
+        let Ok(Next::Answer(response)) = decided(&app, request(Method::GET, "/tokengate/healthz", &[], "")).await
+        else {
+            panic!("not answered");
+        };
+        assert_eq!(response.status(), 200);
+        let wrong = refusal(&app, request(Method::POST, "/tokengate/healthz", &[], "")).await;
+        assert_eq!(wrong, "method_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_named_in_the_trail() {
+        let (app, clock, _dir) = test_app(|_| {}).await;
+        let secret = token(&app, "").await;
+        clock.advance_ms(1);
+        let mut trail = Trail::new(tracing::Span::none(), true);
+        let req = request(
+            Method::GET,
+            "/rest/api/space",
+            &[("authorization", &basic("bob", &secret))],
+            "",
+        );
+        let error = decide(&app, &conn(), req, &mut trail).await.err().unwrap();
+        assert_eq!(error.reason, Reason::UserMismatch);
+        assert!(trail.token_presented);
+        assert_eq!(trail.token.as_ref().map(|t| t.label.as_str()), Some("ci-bot"));
+        assert_eq!(trail.user.as_deref(), Some("bob"), "who it claimed to be");
+    }
 }

@@ -1,9 +1,11 @@
-//! Header hygiene: hop-by-hop headers, and the identity and secret headers no
-//! client may set (SPEC §2.3).
+//! Header hygiene: hop-by-hop headers, the identity and secret headers no
+//! client may set (SPEC §2.3), and what a token request may not carry to
+//! Confluence or bring back from it.
 
 use hyper::HeaderMap;
 use hyper::header::{
-    CONNECTION, HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    AUTHORIZATION, CONNECTION, COOKIE, HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
 };
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded as received.
@@ -18,6 +20,33 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     TRANSFER_ENCODING,
     UPGRADE,
 ];
+
+/// Removed from a token request before it is forwarded: the gateway token
+/// itself; a `Cookie`, so that the request cannot ride on somebody's
+/// Confluence session (outside the token's restrictions); and the method
+/// overrides some frameworks honour, so that a rule allowing `POST` cannot
+/// let a `DELETE` through.
+static TOKEN_REQUEST_STRIPPED: [HeaderName; 5] = [
+    AUTHORIZATION,
+    COOKIE,
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+/// What a token request must not carry upstream (see [`TOKEN_REQUEST_STRIPPED`]).
+pub fn strip_token_request(headers: &mut HeaderMap) {
+    for name in &TOKEN_REQUEST_STRIPPED {
+        headers.remove(name);
+    }
+}
+
+/// What a token request must not bring back: a Confluence session cookie
+/// would then work without the token, outside its rules, IP list, expiry
+/// and revocation.
+pub fn strip_token_response(headers: &mut HeaderMap) {
+    headers.remove(SET_COOKIE);
+}
 
 /// Names stripped from every inbound request, matched ignoring case and
 /// treating `_` as `-` (so `X_Forwarded_User` is stripped too: some servers
@@ -62,9 +91,16 @@ fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|hop| hop.as_str().eq_ignore_ascii_case(name))
 }
 
-/// Whether the request asks for a protocol upgrade (WebSocket).
-pub fn upgrade_requested(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+/// Whether the request asks to switch to WebSocket (Synchrony's
+/// collaborative editing), the only upgrade passed on: any other (`h2c`, ...)
+/// is dropped, so a tunnel never carries requests the gateway did not check.
+pub fn websocket_requested(headers: &HeaderMap) -> bool {
+    let mut upgrades = headers.get_all(UPGRADE).iter();
+    let websocket = match (upgrades.next(), upgrades.next()) {
+        (Some(protocol), None) => protocol.as_bytes().eq_ignore_ascii_case(b"websocket"),
+        _ => false,
+    };
+    websocket && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -169,13 +205,64 @@ mod tests {
     fn keeps_an_upgrade_handshake_when_asked() {
         let mut headers = HeaderMap::new();
         headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
-        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(upgrade_requested(&headers));
+        headers.insert(UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(websocket_requested(&headers));
         remove_hop_by_hop(&mut headers, true);
-        assert_eq!(headers[UPGRADE], "websocket");
+        assert_eq!(headers[UPGRADE], "WebSocket");
         assert_eq!(headers[CONNECTION], "upgrade");
-        let mut plain = HeaderMap::new();
-        plain.insert(UPGRADE, HeaderValue::from_static("h2c"));
-        assert!(!upgrade_requested(&plain));
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_passed_on() {
+        let upgrade = |protocols: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONNECTION, HeaderValue::from_static("Upgrade, HTTP2-Settings"));
+            for protocol in protocols {
+                headers.append(UPGRADE, HeaderValue::from_static(protocol));
+            }
+            headers
+        };
+        for refused in [
+            &["h2c"][..],
+            &["websocket, h2c"],
+            &["websocket", "h2c"],
+            &["TLS/1.2"],
+            &[],
+        ] {
+            let mut headers = upgrade(refused);
+            assert!(!websocket_requested(&headers), "{refused:?}");
+            let websocket = websocket_requested(&headers);
+            remove_hop_by_hop(&mut headers, websocket);
+            assert!(headers.is_empty(), "{refused:?}: {headers:?}");
+        }
+        let mut no_connection = HeaderMap::new();
+        no_connection.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!websocket_requested(&no_connection));
+    }
+
+    #[test]
+    fn a_token_request_carries_no_session_token_or_method_override() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Basic x"),
+            ("cookie", "JSESSIONID=1"),
+            ("x-http-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("accept", "*/*"),
+        ] {
+            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        strip_token_request(&mut headers);
+        assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+        let mut response = HeaderMap::new();
+        response.append(SET_COOKIE, HeaderValue::from_static("JSESSIONID=1"));
+        response.append(SET_COOKIE, HeaderValue::from_static("seraph.confluence=2"));
+        response.append("content-type", HeaderValue::from_static("application/json"));
+        strip_token_response(&mut response);
+        assert_eq!(
+            response.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["content-type"]
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Forwarding to Confluence (SPEC §2.8): the pooled upstream client, the
-//! request rewrite (identity, `X-Forwarded-*`, `Host`), streaming bodies,
-//! WebSocket upgrades, `Location` rewriting, and 502/504 on failure.
+//! request rewrite (identity, `X-Forwarded-*`, `Host`; no session for a
+//! token request), streaming bodies, WebSocket upgrades (the only protocol
+//! switch passed on), `Location` rewriting, and 502/504 on failure.
 
 pub mod headers;
 
@@ -10,7 +11,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::Incoming;
 use hyper::header::{HOST, HeaderName, HeaderValue, LOCATION};
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -19,13 +19,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::body::{ClientBody, ClientBodyError, Forwarded, ResponseBody};
 use crate::config::{Config, Upstream};
 use crate::error::{GatewayError, Reason};
-use crate::pipeline::canonical::Target;
+use crate::target::Target;
 
-/// Every body the gateway passes on: streamed from a peer, or made whole
-/// (a buffered JSON body, a gateway response).
-pub type Body = Either<Incoming, Full<Bytes>>;
+/// A request body on its way to Confluence.
+pub type UpstreamBody = Forwarded<ClientBody>;
 
 /// Who Confluence should see the request as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl ConnInfo {
 
 /// The pooled, keep-alive client to Confluence.
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     upstream: Upstream,
     timeout: Duration,
     public_url: Option<String>,
@@ -106,16 +106,17 @@ impl UpstreamClient {
     }
 
     /// Forwards a checked request and returns Confluence's response as is
-    /// (but for hop-by-hop headers and `Location` rewriting).
+    /// (but for hop-by-hop headers, `Location` rewriting, and no session
+    /// cookie for a token request).
     pub async fn forward(
         &self,
-        mut req: Request<Body>,
+        mut req: Request<UpstreamBody>,
         target: &Target,
         identity: &Identity,
         conn: &ConnInfo,
-    ) -> Result<Response<Body>, GatewayError> {
-        let upgrade = headers::upgrade_requested(req.headers()) && req.version() == Version::HTTP_11;
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let websocket = headers::websocket_requested(req.headers()) && req.version() == Version::HTTP_11;
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         self.rewrite_request(&mut req, target, identity, conn)?;
         let mut response = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => {
@@ -128,11 +129,24 @@ impl UpstreamClient {
             Ok(Ok(response)) => response,
         };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(splice_upgraded(client_upgrade, upstream_upgrade));
+        match (switching, client_upgrade) {
+            (false, _) => {}
+            (true, Some(client_upgrade)) => {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(splice_upgraded(client_upgrade, upstream_upgrade));
+            }
+            (true, None) => {
+                tracing::warn!("Confluence switched protocols without being asked to");
+                return Err(GatewayError::new(
+                    Reason::UpstreamUnavailable,
+                    "Confluence switched protocols without being asked to",
+                ));
+            }
         }
         headers::remove_hop_by_hop(response.headers_mut(), switching);
+        if let Identity::User(_) = identity {
+            headers::strip_token_response(response.headers_mut());
+        }
         self.rewrite_location(&mut response);
         Ok(response.map(Either::Left))
     }
@@ -188,9 +202,9 @@ impl UpstreamClient {
         }
     }
 
-    fn rewrite_request(
+    fn rewrite_request<B>(
         &self,
-        req: &mut Request<Body>,
+        req: &mut Request<B>,
         target: &Target,
         identity: &Identity,
         conn: &ConnInfo,
@@ -205,7 +219,7 @@ impl UpstreamClient {
             .map_err(|_| GatewayError::new(Reason::BadPath, "the request target cannot be forwarded"))?;
         *req.uri_mut() = self.upstream_uri(forwarded)?;
         *req.version_mut() = Version::HTTP_11;
-        let keep_upgrade = headers::upgrade_requested(req.headers());
+        let keep_upgrade = headers::websocket_requested(req.headers());
         let headers = req.headers_mut();
         headers::remove_hop_by_hop(headers, keep_upgrade);
         match (&original_host, self.preserve_host) {
@@ -217,7 +231,7 @@ impl UpstreamClient {
             }
         }
         if let Identity::User(user) = identity {
-            headers.remove(hyper::header::AUTHORIZATION);
+            headers::strip_token_request(headers);
             let value = HeaderValue::from_str(user)
                 .or_else(|_| HeaderValue::from_bytes(user.as_bytes()))
                 .map_err(|_| GatewayError::new(Reason::BadCredentials, "the user name cannot be sent in a header"))?;
@@ -297,8 +311,8 @@ fn append_forwarded_for(headers: &mut hyper::HeaderMap, conn: &ConnInfo) {
 }
 
 fn upstream_error(error: &hyper_util::client::legacy::Error) -> GatewayError {
-    if client_body_failed(error) {
-        return GatewayError::new(Reason::BadRequest, "the request body broke off before it was complete");
+    if let Some(body_error) = client_body_failed(error) {
+        return GatewayError::new(Reason::BadRequest, body_error.to_string());
     }
     if error.is_connect() {
         tracing::warn!(error = %error, "cannot connect to Confluence");
@@ -309,16 +323,17 @@ fn upstream_error(error: &hyper_util::client::legacy::Error) -> GatewayError {
     }
 }
 
-/// Whether forwarding failed because the client's own request body broke off
-/// (it went away mid-upload) rather than because of Confluence: hyper
-/// reports a failing request body as a user error whose cause is the
-/// incoming body's own hyper error.
-fn client_body_failed(error: &hyper_util::client::legacy::Error) -> bool {
+/// Whether forwarding failed because the client's own request body failed
+/// (it went away mid-upload, or stalled) rather than because of Confluence:
+/// hyper reports a failing request body as a user error whose cause is the
+/// body's own error.
+fn client_body_failed(error: &hyper_util::client::legacy::Error) -> Option<&ClientBodyError> {
     use std::error::Error as _;
-    let Some(sending) = error.source().and_then(|e| e.downcast_ref::<hyper::Error>()) else {
-        return false;
-    };
-    sending.is_user() && sending.source().is_some_and(|cause| cause.is::<hyper::Error>())
+    let sending = error.source()?.downcast_ref::<hyper::Error>()?;
+    if !sending.is_user() {
+        return None;
+    }
+    sending.source()?.downcast_ref::<ClientBodyError>()
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection.

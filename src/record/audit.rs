@@ -3,12 +3,14 @@
 //! waits: an entry is never dropped. Every entry is also a `tracing` event
 //! with target `tokengate::audit`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{AuditEntry, AuditKind, TokenStore};
+use crate::backoff::Backoff;
+use crate::store::{AuditEntry, AuditKind, StoreError, TokenStore};
 
 /// Most entries written in one transaction.
 const BATCH: usize = 4096;
@@ -16,6 +18,24 @@ const BATCH: usize = 4096;
 /// transaction rewrites whole pages of the table and its indexes, so fewer,
 /// larger ones cost far less (a flush request is written at once).
 const GATHER: Duration = Duration::from_millis(200);
+
+/// Where the writer stores its batches: the token store, or a test's double.
+pub trait AuditSink: Send + Sync + 'static {
+    /// Appends entries in one transaction.
+    fn append_audit<'a>(
+        &'a self,
+        entries: &'a [AuditEntry],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a;
+}
+
+impl AuditSink for Arc<dyn TokenStore> {
+    fn append_audit<'a>(
+        &'a self,
+        entries: &'a [AuditEntry],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+        self.as_ref().append_audit(entries)
+    }
+}
 
 enum Message {
     Entry(Box<AuditEntry>),
@@ -32,9 +52,9 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Starts the background writer with a queue of `capacity` entries.
-    pub fn start(store: Arc<dyn TokenStore>, capacity: usize) -> AuditLog {
+    pub fn start(sink: impl AuditSink, capacity: usize) -> AuditLog {
         let (queue, pending) = mpsc::channel(capacity);
-        tokio::spawn(write_batches(store, pending));
+        tokio::spawn(write_batches(sink, pending));
         AuditLog { queue, capacity }
     }
 
@@ -91,7 +111,7 @@ fn emit_event(e: &AuditEntry) {
     }
 }
 
-async fn write_batches(store: Arc<dyn TokenStore>, mut pending: mpsc::Receiver<Message>) {
+async fn write_batches(sink: impl AuditSink, mut pending: mpsc::Receiver<Message>) {
     let mut messages = Vec::with_capacity(BATCH);
     while pending.recv_many(&mut messages, BATCH).await > 0 {
         gather(&mut pending, &mut messages).await;
@@ -103,7 +123,7 @@ async fn write_batches(store: Arc<dyn TokenStore>, mut pending: mpsc::Receiver<M
                 Message::Flush(done) => acks.push(done),
             }
         }
-        store_with_retry(store.as_ref(), &entries).await;
+        store_with_retry(&sink, &entries).await;
         for done in acks {
             let _ = done.send(());
         }
@@ -126,14 +146,119 @@ async fn gather(pending: &mut mpsc::Receiver<Message>, messages: &mut Vec<Messag
 
 /// Retries until the store takes the batch: losing audit entries is worse
 /// than making requests wait (they do once the queue fills up).
-async fn store_with_retry(store: &dyn TokenStore, entries: &[AuditEntry]) {
+async fn store_with_retry(sink: &impl AuditSink, entries: &[AuditEntry]) {
     if entries.is_empty() {
         return;
     }
-    let mut delay = Duration::from_millis(50);
-    while let Err(e) = store.append_audit(entries).await {
+    let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    while let Err(e) = sink.append_audit(entries).await {
         tracing::error!(error = %e, entries = entries.len(), "cannot store audit entries; retrying");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        retry.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// A sink that keeps what it is given, fails its first `failures`
+    /// batches, and takes each batch only once `gate` lets it.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<SinkState>);
+
+    #[derive(Default)]
+    struct SinkState {
+        batches: Mutex<Vec<Vec<i64>>>,
+        failures: AtomicUsize,
+        gate: Option<Semaphore>,
+    }
+
+    impl AuditSink for Sink {
+        async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+            if let Some(gate) = &self.0.gate {
+                gate.acquire().await.unwrap().forget();
+            }
+            let failed = self
+                .0
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if failed {
+                return Err(StoreError::NotReady);
+            }
+            let batch = entries.iter().map(|e| e.at).collect();
+            self.0.batches.lock().unwrap().push(batch);
+            Ok(())
+        }
+    }
+
+    impl Sink {
+        fn stored(&self) -> Vec<i64> {
+            self.0.batches.lock().unwrap().concat()
+        }
+    }
+
+    fn entry(at: i64) -> AuditEntry {
+        AuditEntry::management(at, "admin", "create")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_are_stored_in_order_in_few_batches() {
+        let sink = Sink::default();
+        let log = AuditLog::start(sink.clone(), 100);
+        for at in 0..50 {
+            log.record(entry(at)).await;
+        }
+        log.flush().await;
+        assert_eq!(sink.stored(), (0..50).collect::<Vec<_>>());
+        assert_eq!(sink.0.batches.lock().unwrap().len(), 1, "gathered into one transaction");
+        assert_eq!(log.queue_depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_the_caller_wait_and_loses_nothing() {
+        let sink = Sink(Arc::new(SinkState {
+            gate: Some(Semaphore::new(0)),
+            ..SinkState::default()
+        }));
+        let log = AuditLog::start(sink.clone(), 2);
+        // The writer gathers the first entry and then blocks on the gate...
+        log.record(entry(0)).await;
+        tokio::time::sleep(GATHER + Duration::from_millis(100)).await;
+        // ...two more fill the queue...
+        for at in 1..3 {
+            log.record(entry(at)).await;
+        }
+        assert_eq!(log.queue_depth(), 2);
+        // ...and the next one waits for room.
+        let waiting = tokio::spawn({
+            let log = log.clone();
+            async move { log.record(entry(3)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the fourth entry waits for room");
+        assert_eq!(sink.stored(), Vec::<i64>::new());
+        sink.0.gate.as_ref().unwrap().add_permits(100);
+        waiting.await.unwrap();
+        log.flush().await;
+        assert_eq!(sink.stored(), [0, 1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_store_is_retried_until_it_takes_the_batch() {
+        let sink = Sink(Arc::new(SinkState {
+            failures: AtomicUsize::new(3),
+            ..SinkState::default()
+        }));
+        let log = AuditLog::start(sink.clone(), 10);
+        log.record(entry(7)).await;
+        log.flush().await;
+        assert_eq!(sink.stored(), [7]);
+        assert_eq!(sink.0.failures.load(Ordering::SeqCst), 0);
     }
 }

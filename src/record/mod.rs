@@ -1,6 +1,8 @@
-//! Recording what tokens did (SPEC §6), off the request path: usage
-//! counters per token, the audit log with its background writer, and the
-//! Prometheus metrics. [`flush`] writes out everything pending (at shutdown).
+//! Recording what tokens did (SPEC §6): usage counters per token (in
+//! memory, flushed in batches), the audit log with its background writer
+//! (requests wait only when its queue is full), and the Prometheus metrics.
+//! The server runs the periodic jobs here ([`flush_usage`],
+//! [`purge_expired`]) and [`flush`] at shutdown.
 
 mod audit;
 mod metrics;
@@ -10,9 +12,8 @@ pub use audit::AuditLog;
 pub use metrics::{Decision, Metrics};
 pub use usage::{TokenUsage, UsageBook};
 
-use crate::app::App;
-use crate::clock::DAY_MS;
-use crate::store::{AuditEntry, AuditKind};
+use crate::clock::{DAY_MS, EpochMs};
+use crate::store::{AuditEntry, AuditKind, TokenStore};
 
 /// An audit entry as the management API's `audit` and `tokengate audit --json` show it.
 pub fn audit_json(e: &AuditEntry) -> serde_json::Value {
@@ -33,15 +34,16 @@ pub fn audit_json(e: &AuditEntry) -> serde_json::Value {
     })
 }
 
-/// Writes pending usage counters to the store.
-pub async fn flush_usage(app: &App) {
-    let deltas = app.usage.drain();
+/// Writes pending usage counters to the store; what it does not take is kept
+/// for the next flush.
+pub async fn flush_usage(usage: &UsageBook, store: &dyn TokenStore) {
+    let deltas = usage.drain();
     if deltas.is_empty() {
         return;
     }
-    if let Err(e) = app.store.add_usage(&deltas).await {
+    if let Err(e) = store.add_usage(&deltas).await {
         tracing::warn!(error = %e, tokens = deltas.len(), "cannot store usage counters; keeping them for the next flush");
-        app.usage.restore(deltas);
+        usage.restore(deltas);
     }
 }
 
@@ -49,27 +51,21 @@ pub async fn flush_usage(app: &App) {
 /// a second, so a day is a wide margin.
 const REVOCATION_RETENTION_MS: i64 = DAY_MS;
 
-/// Hourly housekeeping: old audit entries and revocations.
-pub async fn purge_expired(app: &App) {
-    purge_audit(app).await;
-    let horizon = app.clock.now_ms() - REVOCATION_RETENTION_MS;
-    if let Err(e) = app.store.purge_revocations(horizon).await {
-        tracing::warn!(error = %e, "cannot purge old revocations");
-    }
-}
-
-/// Deletes audit entries older than `audit_retention_days`.
-pub async fn purge_audit(app: &App) {
-    let horizon = app.clock.now_ms() - i64::from(app.config.audit_retention_days) * DAY_MS;
-    match app.store.purge_audit(horizon).await {
+/// Housekeeping: audit entries older than `audit_retention_days`, and old revocations.
+pub async fn purge_expired(store: &dyn TokenStore, now: EpochMs, audit_retention_days: u32) {
+    let horizon = now - i64::from(audit_retention_days) * DAY_MS;
+    match store.purge_audit(horizon).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(entries = n, "purged old audit entries"),
         Err(e) => tracing::warn!(error = %e, "cannot purge the audit log"),
     }
+    if let Err(e) = store.purge_revocations(now - REVOCATION_RETENTION_MS).await {
+        tracing::warn!(error = %e, "cannot purge old revocations");
+    }
 }
 
 /// Writes out everything pending: usage counters and queued audit entries.
-pub async fn flush(app: &App) {
-    flush_usage(app).await;
-    app.audit.flush().await;
+pub async fn flush(usage: &UsageBook, audit: &AuditLog, store: &dyn TokenStore) {
+    flush_usage(usage, store).await;
+    audit.flush().await;
 }

@@ -9,7 +9,7 @@
 //!    [`Verdict::NeedsJsonBody`] when only rules with `JsonData` constraints
 //!    could still allow the request.
 //! 2. Only then does the caller buffer the body, read it with
-//!    [`JsonBody::parse`] (a duplicate key is [`AmbiguousJson`], 400
+//!    [`JsonBody::parse`] (a duplicate key is an error, 400
 //!    `ambiguous_json`) and ask [`RuleSet::check_with_body`].
 //!
 //! [`RuleSet::explain`] evaluates the same rules for the `tokengate rules
@@ -22,7 +22,7 @@ mod eval;
 mod json;
 mod parse;
 
-pub use json::{AmbiguousJson, JsonBody};
+pub use json::JsonBody;
 
 use eval::Matcher;
 

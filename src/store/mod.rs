@@ -234,6 +234,65 @@ pub async fn open_for_serving(database_url: &str) -> Result<Arc<dyn TokenStore>,
     }
 }
 
+/// A filtered, ordered listing, paged: both filters are bound as the first
+/// two parameters, and a NULL filter matches everything, so one statement
+/// serves every combination of filters. The backends differ only in their
+/// SQL: the filter's functions and the placeholders of `limit`.
+struct Listing {
+    table: &'static str,
+    columns: &'static str,
+    filter: &'static str,
+    order: &'static str,
+    /// `LIMIT` and `OFFSET` bound as the third and fourth parameters.
+    limit: &'static str,
+}
+
+impl Listing {
+    /// The total that matches, and one page of it.
+    async fn page<DB, T>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        filters: [&Option<String>; 2],
+        start_at: u64,
+        max_results: u64,
+    ) -> Result<Page<T>, StoreError>
+    where
+        DB: sqlx::Database,
+        for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB> + sqlx::Decode<'q, DB>,
+        for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+        for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+        usize: sqlx::ColumnIndex<DB::Row>,
+        T: for<'r> sqlx::FromRow<'r, DB::Row> + Send + Unpin,
+    {
+        let Listing {
+            table,
+            columns,
+            filter,
+            order,
+            limit,
+        } = self;
+        let count = format!("SELECT count(*) FROM {table} WHERE {filter}");
+        let (total,): (i64,) = sqlx::query_as(&count)
+            .bind(filters[0].clone())
+            .bind(filters[1].clone())
+            .fetch_one(pool)
+            .await?;
+        let select = format!("SELECT {columns} FROM {table} WHERE {filter} ORDER BY {order} {limit}");
+        let items = sqlx::query_as(&select)
+            .bind(filters[0].clone())
+            .bind(filters[1].clone())
+            .bind(i64::try_from(max_results).unwrap_or(i64::MAX))
+            .bind(i64::try_from(start_at).unwrap_or(i64::MAX))
+            .fetch_all(pool)
+            .await?;
+        Ok(Page {
+            total: total.try_into().unwrap_or(0),
+            items,
+        })
+    }
+}
+
 enum Backend {
     Sqlite,
     Postgres,

@@ -17,15 +17,19 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::mpsc;
 
 use super::{
-    AuditEntry, AuditKind, AuditQuery, Page, Revocation, Settings, StoreError, TokenQuery, TokenRecord, TokenStore,
-    UsageDelta,
+    AuditEntry, AuditKind, AuditQuery, Listing, Page, Revocation, Settings, StoreError, TokenQuery, TokenRecord,
+    TokenStore, UsageDelta,
 };
+use crate::backoff::Backoff;
 use crate::clock::EpochMs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 const TOKEN_COLUMNS: &str = "id, label, user_name, author, limit_to, ip, created_at, valid_until, \
                              token_hash, lookup, counter, last_used_at, last_ip";
+
+const AUDIT_COLUMNS: &str = "at, kind, token_id, token_label, user_name, client_ip, method, path, status, \
+                             decision, reason, duration_ms, detail";
 
 /// The NOTIFY channel deletions are announced on; the payload is the token id.
 const REVOCATION_CHANNEL: &str = "tokengate_revocations";
@@ -107,7 +111,7 @@ impl PgStore {
 /// Runs the migrations until they succeed (or the store is closed), then
 /// marks the store ready.
 async fn migrate_until_done(pool: PgPool, ready: Arc<AtomicBool>) {
-    let mut retry = Backoff::default();
+    let mut retry = backoff();
     loop {
         match MIGRATOR.run(&pool).await {
             Ok(()) => {
@@ -125,23 +129,8 @@ async fn migrate_until_done(pool: PgPool, ready: Arc<AtomicBool>) {
     }
 }
 
-/// Exponential backoff between [`RETRY_FIRST`] and [`RETRY_CAP`].
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { next: RETRY_FIRST }
-    }
-}
-
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (delay * 2).min(RETRY_CAP);
-        delay
-    }
+fn backoff() -> Backoff {
+    Backoff::new(RETRY_FIRST, RETRY_CAP)
 }
 
 #[async_trait]
@@ -185,30 +174,18 @@ impl TokenStore for PgStore {
 
     async fn list_tokens(&self, q: &TokenQuery) -> Result<Page<TokenRecord>, StoreError> {
         self.check_ready()?;
-        // NULL filters match everything, so one statement serves every combination.
-        const FILTER: &str = "($1::text IS NULL OR tokengate_fold(user_name) = tokengate_fold($1)) \
-                              AND ($2::text IS NULL OR strpos(tokengate_fold(label), tokengate_fold($2)) > 0)";
-        let (total,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM tokens WHERE {FILTER}"))
-            .bind(&q.user)
-            .bind(&q.label)
-            .fetch_one(&self.pool)
-            .await?;
-        // Ids compare bytewise, as in SQLite, whatever the database collation.
-        let sql = format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE {FILTER} \
-             ORDER BY created_at DESC, id COLLATE \"C\" LIMIT $3 OFFSET $4"
-        );
-        let items = sqlx::query_as(&sql)
-            .bind(&q.user)
-            .bind(&q.label)
-            .bind(i64::try_from(q.max_results).unwrap_or(i64::MAX))
-            .bind(i64::try_from(q.start_at).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(Page {
-            total: total.try_into().unwrap_or(0),
-            items,
-        })
+        let listing = Listing {
+            table: "tokens",
+            columns: TOKEN_COLUMNS,
+            filter: "($1::text IS NULL OR tokengate_fold(user_name) = tokengate_fold($1)) \
+                     AND ($2::text IS NULL OR strpos(tokengate_fold(label), tokengate_fold($2)) > 0)",
+            // Ids compare bytewise, as in SQLite, whatever the database collation.
+            limit: "LIMIT $3 OFFSET $4",
+            order: "created_at DESC, id COLLATE \"C\"",
+        };
+        listing
+            .page(&self.pool, [&q.user, &q.label], q.start_at, q.max_results)
+            .await
     }
 
     async fn delete_token(&self, id: &str, at: EpochMs) -> Result<bool, StoreError> {
@@ -354,28 +331,17 @@ impl TokenStore for PgStore {
 
     async fn list_audit(&self, q: &AuditQuery) -> Result<Page<AuditEntry>, StoreError> {
         self.check_ready()?;
-        const FILTER: &str = "($1::text IS NULL OR token_id = $1) \
-                              AND ($2::text IS NULL OR tokengate_fold(user_name) = tokengate_fold($2))";
-        let (total,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM audit WHERE {FILTER}"))
-            .bind(&q.token_id)
-            .bind(&q.user)
-            .fetch_one(&self.pool)
-            .await?;
-        let sql = format!(
-            "SELECT at, kind, token_id, token_label, user_name, client_ip, method, path, status, decision, \
-             reason, duration_ms, detail FROM audit WHERE {FILTER} ORDER BY at DESC, id DESC LIMIT $3 OFFSET $4"
-        );
-        let items = sqlx::query_as(&sql)
-            .bind(&q.token_id)
-            .bind(&q.user)
-            .bind(i64::try_from(q.max_results).unwrap_or(i64::MAX))
-            .bind(i64::try_from(q.start_at).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(Page {
-            total: total.try_into().unwrap_or(0),
-            items,
-        })
+        let listing = Listing {
+            table: "audit",
+            columns: AUDIT_COLUMNS,
+            filter: "($1::text IS NULL OR token_id = $1) \
+                     AND ($2::text IS NULL OR tokengate_fold(user_name) = tokengate_fold($2))",
+            limit: "LIMIT $3 OFFSET $4",
+            order: "at DESC, id DESC",
+        };
+        listing
+            .page(&self.pool, [&q.token_id, &q.user], q.start_at, q.max_results)
+            .await
     }
 
     async fn purge_audit(&self, before: EpochMs) -> Result<u64, StoreError> {
@@ -489,7 +455,7 @@ async fn follow_revocations(pool: PgPool, options: PgConnectOptions, feed: mpsc:
         .connect_lazy_with(options);
     let closed = pool.close_event();
     tokio::pin!(closed);
-    let mut retry = Backoff::default();
+    let mut retry = backoff();
     loop {
         tokio::select! {
             () = feed.closed() => break,
@@ -521,7 +487,7 @@ async fn listen_until_lost(pool: &PgPool, feed: &mpsc::Sender<String>, retry: &m
         return;
     }
     tracing::debug!("listening for token deletions");
-    *retry = Backoff::default();
+    *retry = backoff();
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    AuditEntry, AuditQuery, Page, Revocation, Settings, StoreError, TokenQuery, TokenRecord, TokenStore, UsageDelta,
+    AuditEntry, AuditQuery, Listing, Page, Revocation, Settings, StoreError, TokenQuery, TokenRecord, TokenStore,
+    UsageDelta,
 };
 use crate::clock::EpochMs;
 
@@ -108,6 +109,7 @@ impl TokenStore for SqliteStore {
             table: "tokens",
             columns: TOKEN_COLUMNS,
             filter: "(?1 IS NULL OR user_name = ?1 COLLATE NOCASE) AND (?2 IS NULL OR instr(lower(label), lower(?2)) > 0)",
+            limit: "LIMIT ?3 OFFSET ?4",
             order: "created_at DESC, id",
         };
         listing
@@ -221,6 +223,7 @@ impl TokenStore for SqliteStore {
             columns: "at, kind, token_id, token_label, user_name, client_ip, method, path, status, decision, \
                       reason, duration_ms, detail",
             filter: "(?1 IS NULL OR token_id = ?1) AND (?2 IS NULL OR user_name = ?2 COLLATE NOCASE)",
+            limit: "LIMIT ?3 OFFSET ?4",
             order: "at DESC, id DESC",
         };
         listing
@@ -275,55 +278,6 @@ impl TokenStore for SqliteStore {
 
     async fn close(&self) {
         self.pool.close().await;
-    }
-}
-
-/// A filtered, ordered listing: both filters are bound as `?1` and `?2`, and
-/// a NULL filter matches everything, so one statement serves every
-/// combination of filters.
-struct Listing {
-    table: &'static str,
-    columns: &'static str,
-    filter: &'static str,
-    order: &'static str,
-}
-
-impl Listing {
-    /// The total that matches, and one page of it.
-    async fn page<T>(
-        &self,
-        pool: &SqlitePool,
-        filters: [&Option<String>; 2],
-        start_at: u64,
-        max_results: u64,
-    ) -> Result<Page<T>, StoreError>
-    where
-        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
-    {
-        let Listing {
-            table,
-            columns,
-            filter,
-            order,
-        } = self;
-        let count = format!("SELECT count(*) FROM {table} WHERE {filter}");
-        let (total,): (i64,) = sqlx::query_as(&count)
-            .bind(filters[0])
-            .bind(filters[1])
-            .fetch_one(pool)
-            .await?;
-        let select = format!("SELECT {columns} FROM {table} WHERE {filter} ORDER BY {order} LIMIT ?3 OFFSET ?4");
-        let items = sqlx::query_as(&select)
-            .bind(filters[0])
-            .bind(filters[1])
-            .bind(i64::try_from(max_results).unwrap_or(i64::MAX))
-            .bind(i64::try_from(start_at).unwrap_or(i64::MAX))
-            .fetch_all(pool)
-            .await?;
-        Ok(Page {
-            total: total.try_into().unwrap_or(0),
-            items,
-        })
     }
 }
 

@@ -6,9 +6,9 @@
 
 use hyper::Method;
 use serde_json::{Value, json};
-use tokengate::clock::DAY_MS;
-use tokengate::config::TokenAuth;
-use tokengate::tokens::NewToken;
+use tokengate::DAY_MS;
+use tokengate::NewToken;
+use tokengate::TokenAuth;
 
 use crate::common::fake_confluence::ADMIN_PASSWORD;
 use crate::common::process::GatewayProcess;
@@ -333,7 +333,7 @@ async fn set_refuses_invalid_input_naming_the_field() {
     let limit_to = "[get].*/rest/api/space.*<br>.*/rest/api/user.*\\n[get].*/rest/(api";
     let reply = create(&gw, json!({"label": "x", "limitTo": limit_to})).await;
     assert_error(&reply, 400, "bad_request", Some("limitTo"));
-    let expected = tokengate::rules::RuleSet::parse(limit_to).unwrap_err();
+    let expected = tokengate::RuleSet::parse(limit_to).unwrap_err();
     assert_eq!(expected.line, 3);
     assert_eq!(reply.json()["line"].as_u64(), Some(3));
     assert_eq!(reply.json()["column"].as_u64(), Some(expected.column as u64));

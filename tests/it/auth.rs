@@ -2,8 +2,8 @@
 //! code, each also showing the refused request never reached Confluence.
 
 use hyper::Method;
-use tokengate::config::{Scope, TokenAuth};
-use tokengate::tokens::NewToken;
+use tokengate::NewToken;
+use tokengate::{Scope, TokenAuth};
 
 use crate::common::{Gateway, basic, get, send};
 
@@ -365,7 +365,7 @@ async fn bad_paths_are_refused_and_dot_segments_forwarded_resolved() {
 #[tokio::test]
 async fn upstream_failures_are_502_and_504() {
     let gw = Gateway::start_with(|c| {
-        c.upstream = tokengate::config::Upstream {
+        c.upstream = tokengate::Upstream {
             https: false,
             authority: "127.0.0.1:1".parse().unwrap(),
         };

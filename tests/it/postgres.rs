@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
-use tokengate::store::{self, PgStore, Settings, StoreError, TokenRecord, TokenStore};
-use tokengate::tokens::NewToken;
+use tokengate::NewToken;
+use tokengate::{PgStore, Settings, StoreError, TokenRecord, TokenStore};
 use tokio::sync::mpsc;
 
 use crate::common::{Gateway, PgSchema, TcpProxy, basic, get};
@@ -87,8 +87,8 @@ async fn wait_until(what: &str, deadline: Duration, mut done: impl AsyncFnMut() 
 async fn the_feed_announces_deletions_made_through_another_handle() {
     let Some(schema) = PgSchema::create().await else { return };
     let (a, b) = (
-        store::open(&schema.url).await.unwrap(),
-        store::open(&schema.url).await.unwrap(),
+        tokengate::open_store(&schema.url).await.unwrap(),
+        tokengate::open_store(&schema.url).await.unwrap(),
     );
     let mut feed = a.revocation_feed().expect("PostgreSQL pushes deletions");
     until_feed_listens(&schema.name, b.as_ref(), &mut feed, Duration::from_secs(10)).await;
@@ -126,8 +126,8 @@ async fn the_feed_announces_deletions_made_through_another_handle() {
 async fn the_feed_reconnects_after_losing_its_connection() {
     let Some(schema) = PgSchema::create().await else { return };
     let proxy = TcpProxy::start(schema.server_addr().await, true).await;
-    let listening = store::open(&schema.url_via(proxy.addr)).await.unwrap();
-    let writer = store::open(&schema.url).await.unwrap();
+    let listening = tokengate::open_store(&schema.url_via(proxy.addr)).await.unwrap();
+    let writer = tokengate::open_store(&schema.url).await.unwrap();
     let mut feed = listening.revocation_feed().unwrap();
     until_feed_listens(&schema.name, writer.as_ref(), &mut feed, Duration::from_secs(10)).await;
 
@@ -150,8 +150,8 @@ async fn an_unreachable_database_fails_the_cli_and_leaves_the_gateway_not_ready(
         listener.local_addr().unwrap().port()
     };
     let url = format!("postgres://tokengate@127.0.0.1:{closed_port}/nowhere");
-    assert!(store::open(&url).await.is_err());
-    let serving = store::open_for_serving(&url).await.unwrap();
+    assert!(tokengate::open_store(&url).await.is_err());
+    let serving = tokengate::open_store_for_serving(&url).await.unwrap();
     assert!(matches!(serving.ping().await, Err(StoreError::NotReady)));
     assert!(matches!(
         serving.tokens_by_lookup("tgw_x").await,
@@ -232,11 +232,11 @@ async fn during_an_outage_verified_tokens_keep_working_and_new_ones_fail_closed(
     .await;
     assert_eq!(get(&gw.url(SPACE), &[("authorization", &cold)]).await.status, 200);
     // Usage and audit of the outage were kept and written once it ended.
-    tokengate::record::flush(&gw.app).await;
+    gw.app.flush_records().await;
     let alice = gw
         .app
         .store
-        .list_tokens(&tokengate::store::TokenQuery {
+        .list_tokens(&tokengate::TokenQuery {
             user: Some("alice".into()),
             max_results: 1,
             ..Default::default()
@@ -247,7 +247,7 @@ async fn during_an_outage_verified_tokens_keep_working_and_new_ones_fail_closed(
     let audit = gw
         .app
         .store
-        .list_audit(&tokengate::store::AuditQuery {
+        .list_audit(&tokengate::AuditQuery {
             max_results: 100,
             ..Default::default()
         })
@@ -295,7 +295,9 @@ async fn the_store_connects_over_tls_when_the_url_requires_it() {
         eprintln!("skipping: the test server does not offer TLS");
         return;
     }
-    let store = store::open(&format!("{}&sslmode=require", schema.url)).await.unwrap();
+    let store = tokengate::open_store(&format!("{}&sslmode=require", schema.url))
+        .await
+        .unwrap();
     store.insert_token(&record("over-tls")).await.unwrap();
     assert!(store.token("over-tls").await.unwrap().is_some());
     store.close().await;

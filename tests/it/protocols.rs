@@ -9,7 +9,7 @@ use hyper::{Request, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokengate::config::TlsFiles;
+use tokengate::TlsFiles;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{Gateway, basic};

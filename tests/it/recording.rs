@@ -4,16 +4,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use hyper::Method;
-use tokengate::clock::{Clock, DAY_MS};
-use tokengate::record::{self, AuditLog};
-use tokengate::store::{AuditEntry, AuditKind, AuditQuery, Settings, SqliteStore, TokenStore};
-use tokengate::tokens::NewToken;
+use tokengate::NewToken;
+use tokengate::{AuditEntry, AuditKind, AuditQuery, SqliteStore, TokenStore};
+use tokengate::{AuditLog, SettingsChange};
+use tokengate::{Clock, DAY_MS};
 
 use crate::common::process::{GatewayProcess, cli};
 use crate::common::{FaultyStore, Gateway, basic, get, send};
 
 async fn audit(gw: &Gateway) -> Vec<AuditEntry> {
-    record::flush(&gw.app).await;
+    gw.app.flush_records().await;
     let query = AuditQuery {
         max_results: 1000,
         ..Default::default()
@@ -119,10 +119,11 @@ async fn counters_and_audit_entries_after_known_calls() {
 async fn settings_switch_usage_and_audit_off() {
     let gw = Gateway::start().await;
     let (id, auth) = limited_token(&gw).await;
-    gw.app.settings.set(Settings {
-        usage_details: false,
-        audit_log: false,
-    });
+    let off = SettingsChange {
+        usage_details: Some(false),
+        audit_log: Some(false),
+    };
+    gw.app.settings.change(off).await.unwrap();
     assert_eq!(
         get(&gw.url("/rest/api/space"), &[("authorization", &auth)])
             .await
@@ -131,7 +132,11 @@ async fn settings_switch_usage_and_audit_off() {
     );
     assert!(audit(&gw).await.is_empty());
     assert_eq!(gw.app.store.token(&id).await.unwrap().unwrap().counter, 0);
-    gw.app.settings.set(Settings::default());
+    let on = SettingsChange {
+        usage_details: Some(true),
+        audit_log: Some(true),
+    };
+    gw.app.settings.change(on).await.unwrap();
     assert_eq!(
         get(&gw.url("/rest/api/space"), &[("authorization", &auth)])
             .await
@@ -148,7 +153,7 @@ async fn a_tiny_queue_and_a_slow_store_lose_nothing() {
     let url = format!("sqlite://{}/a.db", dir.path().display());
     let store = Arc::new(FaultyStore::new(Arc::new(SqliteStore::open(&url).await.unwrap())));
     store.audit_delay_ms.store(20, Ordering::SeqCst);
-    let log = AuditLog::start(store.clone(), 2);
+    let log = AuditLog::start(store.clone() as Arc<dyn TokenStore>, 2);
     let senders: Vec<_> = (0..200)
         .map(|i| {
             let log = log.clone();
@@ -223,7 +228,7 @@ async fn old_audit_entries_are_purged() {
     get(&gw.url("/rest/api/space"), &[("authorization", &auth)]).await;
     gw.clock.advance_ms(89 * DAY_MS);
     get(&gw.url("/rest/api/space"), &[("authorization", &auth)]).await;
-    record::flush(&gw.app).await;
+    gw.app.flush_records().await;
     let cursor = gw.app.store.revocation_cursor().await.unwrap();
     for user in ["x", "y", "z"] {
         let token = gw.token_for(user).await;
@@ -231,7 +236,7 @@ async fn old_audit_entries_are_purged() {
         gw.app.tokens.delete(&id).await.unwrap();
     }
     gw.clock.advance_ms(2 * DAY_MS);
-    record::purge_expired(&gw.app).await;
+    gw.app.purge_expired().await;
     let left = audit(&gw).await;
     assert_eq!(left.len(), 1, "the 91-day-old entry is gone, the 2-day-old one stays");
     let revocations = gw.app.store.revocations_after(cursor).await.unwrap();
@@ -282,7 +287,7 @@ async fn metrics_parse_and_move() {
     get(&gw.url("/admin"), &[("authorization", &auth)]).await;
     get(&gw.url("/rest/api/space"), &[]).await;
     // The audit writer may still be taking the entries off its queue.
-    record::flush(&gw.app).await;
+    gw.app.flush_records().await;
     let reply = get(&gw.url("/tokengate/metrics"), &[]).await;
     assert!(
         reply.headers["content-type"]
@@ -315,7 +320,7 @@ async fn metrics_parse_and_move() {
 #[tokio::test]
 async fn upstream_errors_are_counted() {
     let gw = Gateway::start_with(|c| {
-        c.upstream = tokengate::config::Upstream {
+        c.upstream = tokengate::Upstream {
             https: false,
             authority: "127.0.0.1:1".parse().unwrap(),
         }
@@ -404,7 +409,7 @@ async fn management_actions_are_audited_even_with_the_audit_log_off() {
     let deleted = send(Method::DELETE, &url(&format!("/delete?id={id}")), &json, "").await;
     assert_eq!(deleted.status, 200);
 
-    record::flush(&gw.app).await;
+    gw.app.flush_records().await;
     let reply = get(&url("/audit?userName=ADMIN"), &[("authorization", &admin())]).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     let page = reply.json();

@@ -5,7 +5,7 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use tokengate::store::{self, AuditQuery};
+use tokengate::AuditQuery;
 
 use crate::common::process::GatewayProcess;
 use crate::common::{FakeConfluence, PgSchema, basic, get};
@@ -151,7 +151,7 @@ async fn concurrent_calls_through_two_replicas_add_up_exactly() {
 
     let total = 2 * CLIENTS_PER_REPLICA * CALLS_PER_CLIENT;
     assert_eq!(confluence.count(), total);
-    let store = store::open(&schema.url).await.unwrap();
+    let store = tokengate::open_store(&schema.url).await.unwrap();
     let stored = store.token(&id).await.unwrap().unwrap();
     assert_eq!(stored.counter, total as i64);
     assert_eq!(stored.last_ip.as_deref(), Some("127.0.0.1"));

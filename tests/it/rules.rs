@@ -3,8 +3,8 @@
 //! `rules check` dry run.
 
 use hyper::Method;
-use tokengate::store::TokenRecord;
-use tokengate::tokens::{NewToken, TokenError};
+use tokengate::TokenRecord;
+use tokengate::{NewToken, TokenError};
 
 use crate::common::{Gateway, basic, send};
 
@@ -349,7 +349,7 @@ async fn a_stored_rule_that_no_longer_compiles_denies_everything() {
         ip: String::new(),
         created_at: 0,
         valid_until: None,
-        token_hash: gw.app.verifier.hash(value).await.unwrap(),
+        token_hash: gw.app.auth.verifier().hash(value).await.unwrap(),
         lookup: value[..12].into(),
         counter: 0,
         last_used_at: None,

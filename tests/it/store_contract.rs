@@ -5,10 +5,8 @@
 
 use std::sync::Arc;
 
-use tokengate::clock::EpochMs;
-use tokengate::store::{
-    self, AuditEntry, AuditKind, AuditQuery, Settings, TokenQuery, TokenRecord, TokenStore, UsageDelta,
-};
+use tokengate::EpochMs;
+use tokengate::{self, AuditEntry, AuditKind, AuditQuery, Settings, TokenQuery, TokenRecord, TokenStore, UsageDelta};
 
 use crate::common::PgSchema;
 
@@ -40,7 +38,7 @@ impl TestDb {
     }
 
     async fn open(&self) -> Arc<dyn TokenStore> {
-        store::open(&self.url).await.unwrap()
+        tokengate::open_store(&self.url).await.unwrap()
     }
 }
 

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use tokengate::clock::DAY_MS;
-use tokengate::store::{SqliteStore, TokenStore};
-use tokengate::tokens::{NewToken, TokenError};
+use tokengate::DAY_MS;
+use tokengate::{NewToken, TokenError};
+use tokengate::{SqliteStore, TokenStore};
 
 use crate::common::{Gateway, basic, get};
 

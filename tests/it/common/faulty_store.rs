@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokengate::clock::EpochMs;
-use tokengate::store::{
+use tokengate::EpochMs;
+use tokengate::{
     AuditEntry, AuditQuery, Page, Revocation, Settings, StoreError, TokenQuery, TokenRecord, TokenStore, UsageDelta,
 };
 

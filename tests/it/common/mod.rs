@@ -19,10 +19,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokengate::App;
-use tokengate::clock::ManualClock;
-use tokengate::config::{Argon2Cost, Config, Upstream};
-use tokengate::store::{SqliteStore, TokenStore};
-use tokengate::tokens::{CreatedToken, NewToken};
+use tokengate::ManualClock;
+use tokengate::{Argon2Cost, Config, Upstream};
+use tokengate::{CreatedToken, NewToken};
+use tokengate::{SqliteStore, TokenStore};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -119,7 +119,7 @@ impl Gateway {
         let (stop, stopped) = oneshot::channel::<()>();
         let server_app = app.clone();
         let task = tokio::spawn(async move {
-            tokengate::server::run(listener, server_app, async {
+            tokengate::serve(listener, server_app, async {
                 let _ = stopped.await;
             })
             .await

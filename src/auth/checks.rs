@@ -1,20 +1,19 @@
 //! The token checks of SPEC §2.7, in their normative order, and the rule
-//! check that may need the request body (SPEC §3.4).
+//! check that may need the request body (SPEC §3.4). Pure but for reading
+//! that body: every refusal is a value.
 
 use std::net::IpAddr;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::{Method, Request};
+use http_body_util::{Either, Full};
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use hyper::{HeaderMap, Method, Request};
 
-use crate::auth::ActiveToken;
-use crate::auth::credentials::Scheme;
+use super::ActiveToken;
+use super::credentials::{Scheme, check_user_name};
+use crate::body::{Forwarded, RequestBody, read_limited};
 use crate::clock::EpochMs;
 use crate::config::{Scope, TokenAuth};
 use crate::error::{GatewayError, Reason};
-use crate::proxy::Body;
 use crate::rules::{JsonBody, RequestHead, Verdict};
 
 /// What the checks look at, besides the token.
@@ -30,7 +29,7 @@ pub struct CheckContext<'a> {
 }
 
 /// Scheme, user binding, expiry, scope and IP allowlist, in that order.
-/// Returns the identity to forward as.
+/// Returns the identity to act as.
 pub fn check_token(token: &ActiveToken, cx: &CheckContext<'_>) -> Result<String, GatewayError> {
     let deny = |reason, message: String| Err(GatewayError::new(reason, message));
     let label = &token.label;
@@ -61,7 +60,17 @@ pub fn check_token(token: &ActiveToken, cx: &CheckContext<'_>) -> Result<String,
                 format!("token '{label}' needs a user name with Basic authentication"),
             );
         }
-        (None, Some(user)) => user.to_owned(),
+        (None, Some(user)) => {
+            // The name becomes the identity Confluence sees: it must be one a
+            // stored token could be bound to (no commas, control characters...).
+            if let Err(why) = check_user_name(user) {
+                return deny(
+                    Reason::UserMismatch,
+                    format!("token '{label}' cannot act as this user: {why}"),
+                );
+            }
+            user.to_owned()
+        }
     };
     if token.is_expired(cx.now) {
         return deny(Reason::TokenExpired, format!("token '{label}' has expired"));
@@ -82,14 +91,14 @@ pub fn check_token(token: &ActiveToken, cx: &CheckContext<'_>) -> Result<String,
 }
 
 /// The last check: the token's restriction rules. Reads (and buffers) the
-/// body only when a JSON rule is the only way the request could be allowed;
-/// otherwise the body keeps streaming.
-pub async fn check_rules(
+/// body only when a JSON rule is the only way the request could be allowed
+/// and the body could be JSON; otherwise the body keeps streaming.
+pub async fn check_rules<B: RequestBody>(
     token: &ActiveToken,
-    req: Request<Incoming>,
+    req: Request<B>,
     path: &str,
     max_json_body: usize,
-) -> Result<Request<Body>, GatewayError> {
+) -> Result<Request<Forwarded<B>>, GatewayError> {
     let rules = token.rules.as_ref().map_err(|_| {
         GatewayError::new(
             Reason::RuleMismatch,
@@ -99,29 +108,42 @@ pub async fn check_rules(
             ),
         )
     })?;
-    let head = RequestHead {
-        method: req.method().as_str(),
-        path,
-        query: req.uri().query(),
-    };
     let denied = |denied: crate::rules::Denied| {
         GatewayError::new(
             Reason::RuleMismatch,
             format!("token '{}' {}", token.label, denied.message()),
         )
     };
+    let head = RequestHead {
+        method: req.method().as_str(),
+        path,
+        query: req.uri().query(),
+    };
     match rules.check(&head) {
         Verdict::Permit(permit) => {
             tracing::debug!(token.id = %token.id, rule.line = ?permit.line(), "rules allow the request");
-            return Ok(req.map(Body::Left));
+            return Ok(req.map(Either::Left));
         }
         Verdict::Denied(d) => return Err(denied(d)),
+        Verdict::NeedsJsonBody if is_encoded(req.headers()) => {
+            // Compressed bytes are not JSON text: the constraints cannot match.
+            return rules
+                .check_with_body(&head, &JsonBody::NotJson)
+                .map(|_| req.map(Either::Left))
+                .map_err(denied);
+        }
         Verdict::NeedsJsonBody => {}
     }
     let (parts, body) = req.into_parts();
     // Boxed: the reading future is large and only JSON rules need it, so it
-    // should not make every request's future larger (see pipeline::handle).
-    let bytes = Box::pin(read_limited(&parts, body, max_json_body)).await?;
+    // should not make every request's future larger.
+    let bytes = Box::pin(read_limited(
+        &parts.headers,
+        body,
+        max_json_body,
+        "the most a JSON rule reads",
+    ))
+    .await?;
     let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let json =
         JsonBody::parse(content_type, &bytes).map_err(|e| GatewayError::new(Reason::AmbiguousJson, e.to_string()))?;
@@ -132,36 +154,17 @@ pub async fn check_rules(
     };
     let permit = rules.check_with_body(&head, &json).map_err(denied)?;
     tracing::debug!(token.id = %token.id, rule.line = ?permit.line(), "rules allow the request and its JSON body");
-    Ok(Request::from_parts(parts, Body::Right(Full::new(bytes))))
+    Ok(Request::from_parts(parts, Either::Right(Full::new(bytes))))
 }
 
-async fn read_limited(
-    parts: &hyper::http::request::Parts,
-    body: Incoming,
-    limit: usize,
-) -> Result<Bytes, GatewayError> {
-    let too_large = || {
-        GatewayError::new(
-            Reason::BodyTooLarge,
-            format!("the request body is larger than {limit} bytes, the most a JSON rule reads"),
-        )
-    };
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(GatewayError::new(
-            Reason::BadRequest,
-            format!("cannot read the request body: {e}"),
-        )),
-    }
+/// Whether the body has a content coding (gzip, ...) other than none.
+fn is_encoded(headers: &HeaderMap) -> bool {
+    headers.get_all(CONTENT_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',')
+                .any(|c| !c.trim().eq_ignore_ascii_case("identity") && !c.trim().is_empty())
+        })
+    })
 }
 
 #[cfg(test)]
@@ -224,6 +227,18 @@ mod tests {
         assert_eq!(check_token(&t, &cx(Scheme::Basic, Some("bob"))).unwrap(), "bob");
         assert_eq!(reason(check_token(&t, &cx(Scheme::Basic, Some("")))), "user_mismatch");
         assert_eq!(reason(check_token(&t, &cx(Scheme::Bearer, None))), "unbound_bearer");
+    }
+
+    #[test]
+    fn an_unbound_token_cannot_act_as_a_name_that_would_confuse_the_identity_header() {
+        let t = token(None, None, "");
+        for name in ["alice, admin", " admin", "admin ", "ad\tmin", "tgw_x"] {
+            assert_eq!(
+                reason(check_token(&t, &cx(Scheme::Basic, Some(name)))),
+                "user_mismatch",
+                "{name:?}"
+            );
+        }
     }
 
     #[test]
