@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod forwarding;
 mod hardening;
+mod hostile;
 mod postgres;
 mod protocols;
 mod recording;

@@ -150,6 +150,19 @@ impl FakeConfluence {
                     .insert("location", HeaderValue::from_str(&location).unwrap());
                 response
             }
+            "/rest/api/session" => {
+                // A header authenticator that puts the user in a session.
+                let mut response = json(StatusCode::OK, "{}");
+                for cookie in [
+                    "JSESSIONID=upstream-session; Path=/; HttpOnly",
+                    "seraph.confluence=remember-me",
+                ] {
+                    response
+                        .headers_mut()
+                        .append("set-cookie", HeaderValue::from_static(cookie));
+                }
+                response
+            }
             "/confluence-401" => json(
                 StatusCode::UNAUTHORIZED,
                 r#"{"statusCode":401,"message":"from confluence"}"#,
