@@ -281,93 +281,138 @@ fn clone_cold(error: &ColdError) -> ColdError {
 
 #[cfg(test)]
 mod tests {
-    use crate::app::{App, test_app};
-    use crate::tokens::NewToken;
+    use super::*;
+    use crate::config::Argon2Cost;
+    use crate::store::SqliteStore;
 
-    async fn token(app: &App, user: &str) -> (String, String) {
-        let new = NewToken {
-            label: format!("{user}-bot"),
-            user: Some(user.into()),
-            author: "admin".into(),
-            ..NewToken::default()
-        };
-        let created = app.tokens.create(new).await.unwrap();
-        (created.record.id, created.value)
+    /// A verifier over a throwaway SQLite store, with cheap argon2.
+    struct Fixture {
+        verifier: Verifier,
+        store: Arc<dyn TokenStore>,
+        metrics: Arc<Metrics>,
+        _dir: tempfile::TempDir,
     }
 
-    fn argon2_checks(app: &App) -> u64 {
-        app.metrics.argon2_checks.get()
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store: Arc<dyn TokenStore> = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let metrics = Metrics::new();
+        let cheap = Argon2Cost {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let verifier = Verifier::new(
+            store.clone(),
+            token::hasher(cheap),
+            Duration::from_secs(600),
+            metrics.clone(),
+            Arc::default(),
+        );
+        Fixture {
+            verifier,
+            store,
+            metrics,
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        /// Stores a token for `user`; returns its id and value.
+        async fn token(&self, user: &str) -> (String, String) {
+            let value = token::generate();
+            let id = format!("id-{user}");
+            let record = TokenRecord {
+                id: id.clone(),
+                label: format!("{user}-bot"),
+                user: Some(user.into()),
+                author: "admin".into(),
+                limit_to: String::new(),
+                ip: String::new(),
+                created_at: 0,
+                valid_until: None,
+                token_hash: self.verifier.hash(&value).await.unwrap(),
+                lookup: token::lookup_of(&value).to_owned(),
+                counter: 0,
+                last_used_at: None,
+                last_ip: None,
+            };
+            self.store.insert_token(&record).await.unwrap();
+            (id, value)
+        }
+
+        fn argon2_checks(&self) -> u64 {
+            self.metrics.argon2_checks.get()
+        }
     }
 
     #[tokio::test]
     async fn the_warm_path_needs_neither_argon2_nor_the_store() {
-        let (app, _, _dir) = test_app(|_| {}).await;
-        let verifier = app.auth.verifier();
-        let (id, secret) = token(&app, "alice").await;
-        assert!(verifier.cached(&secret).await.is_none(), "not verified yet");
-        let before = argon2_checks(&app);
-        let cold = verifier.verify(&secret).await.unwrap().expect("a valid token");
-        assert_eq!((cold.id.as_str(), argon2_checks(&app)), (id.as_str(), before + 1));
-        app.store.close().await;
-        let warm = verifier.verify(&secret).await.unwrap().expect("from the cache");
-        assert!(std::sync::Arc::ptr_eq(&cold, &warm));
-        assert_eq!(argon2_checks(&app), before + 1);
+        let f = fixture().await;
+        let (id, secret) = f.token("alice").await;
+        assert!(f.verifier.cached(&secret).await.is_none(), "not verified yet");
+        let before = f.argon2_checks();
+        let cold = f.verifier.verify(&secret).await.unwrap().expect("a valid token");
+        assert_eq!((cold.id.as_str(), f.argon2_checks()), (id.as_str(), before + 1));
+        f.store.close().await;
+        let warm = f.verifier.verify(&secret).await.unwrap().expect("from the cache");
+        assert!(Arc::ptr_eq(&cold, &warm));
+        assert_eq!(f.argon2_checks(), before + 1);
     }
 
     #[tokio::test]
     async fn concurrent_first_uses_share_one_argon2_check() {
-        let (app, _, _dir) = test_app(|_| {}).await;
-        let (_, secret) = token(&app, "alice").await;
-        let before = argon2_checks(&app);
+        let f = Arc::new(fixture().await);
+        let (_, secret) = f.token("alice").await;
+        let before = f.argon2_checks();
         let mut uses = tokio::task::JoinSet::new();
         for _ in 0..8 {
-            let (app, secret) = (app.clone(), secret.clone());
-            uses.spawn(async move { app.auth.verifier().verify(&secret).await.unwrap().is_some() });
+            let (f, secret) = (f.clone(), secret.clone());
+            uses.spawn(async move { f.verifier.verify(&secret).await.unwrap().is_some() });
         }
         while let Some(verified) = uses.join_next().await {
             assert!(verified.unwrap());
         }
-        assert_eq!(argon2_checks(&app), before + 1);
+        assert_eq!(f.argon2_checks(), before + 1);
     }
 
     #[tokio::test]
     async fn a_revoked_token_stops_at_once_and_is_not_verified_again() {
-        let (app, _, _dir) = test_app(|_| {}).await;
-        let verifier = app.auth.verifier();
-        let (id, secret) = token(&app, "alice").await;
-        let held = verifier.verify(&secret).await.unwrap().unwrap();
-        let (_, other) = token(&app, "bob").await;
-        verifier.verify(&other).await.unwrap().unwrap();
-        verifier.revoke(&id);
+        let f = fixture().await;
+        let (id, secret) = f.token("alice").await;
+        let held = f.verifier.verify(&secret).await.unwrap().unwrap();
+        let (_, other) = f.token("bob").await;
+        f.verifier.verify(&other).await.unwrap().unwrap();
+        f.verifier.revoke(&id);
         assert!(held.is_revoked(), "a copy held by a request in flight sees it");
-        assert!(verifier.cached(&secret).await.is_none());
+        assert!(f.verifier.cached(&secret).await.is_none());
         // The row is still in the store (another process deletes it): the
         // revocation is remembered, so a verification racing it cannot bring it back.
-        assert!(verifier.verify(&secret).await.unwrap().is_none());
-        assert!(verifier.cached(&other).await.is_some(), "other tokens are untouched");
+        assert!(f.verifier.verify(&secret).await.unwrap().is_none());
+        assert!(f.verifier.cached(&other).await.is_some(), "other tokens are untouched");
     }
 
     #[tokio::test]
     async fn implausible_and_unknown_secrets_cost_no_argon2() {
-        let (app, _, _dir) = test_app(|_| {}).await;
-        let verifier = app.auth.verifier();
-        token(&app, "alice").await;
-        let before = argon2_checks(&app);
+        let f = fixture().await;
+        f.token("alice").await;
+        let before = f.argon2_checks();
         for secret in [
             "tgw_short",
             "not-a-token-at-all-not-a-token-at-all",
             "tgw_unknownunknownunknownunknownunknown",
         ] {
-            assert!(verifier.verify(secret).await.unwrap().is_none(), "{secret}");
+            assert!(f.verifier.verify(secret).await.unwrap().is_none(), "{secret}");
         }
-        assert_eq!(argon2_checks(&app), before);
+        assert_eq!(f.argon2_checks(), before);
     }
 
     #[tokio::test]
     async fn a_store_that_fails_is_an_error_not_an_invalid_token() {
-        let (app, _, _dir) = test_app(|_| {}).await;
-        let (_, secret) = token(&app, "alice").await;
-        app.store.close().await;
-        assert!(app.auth.verifier().verify(&secret).await.is_err());
+        let f = fixture().await;
+        let (_, secret) = f.token("alice").await;
+        f.store.close().await;
+        assert!(f.verifier.verify(&secret).await.is_err());
     }
 }
