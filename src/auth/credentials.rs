@@ -3,6 +3,8 @@
 //! I/O, no token knowledge beyond the `tgw_` prefix that marks a gateway
 //! credential.
 
+use std::sync::LazyLock;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hyper::HeaderMap;
@@ -145,9 +147,8 @@ const SERAPH_PARAMETERS: [&str; 2] = ["os_password", "os_username"];
 /// would land in Confluence's access logs, and a token must never reach
 /// Confluence (SPEC §12).
 pub fn refuse_tokens_elsewhere(headers: &HeaderMap, query: Option<&str>) -> Result<(), BadCredentials> {
-    let prefix = TOKEN_PREFIX.as_bytes();
     for (name, value) in headers {
-        if name != AUTHORIZATION && has_token_word(value.as_bytes(), prefix) {
+        if name != AUTHORIZATION && has_token_word(value.as_bytes()) {
             return Err(BadCredentials::TokenInHeader(name.as_str().to_owned()));
         }
     }
@@ -165,10 +166,13 @@ pub fn refuse_tokens_elsewhere(headers: &HeaderMap, query: Option<&str>) -> Resu
     Ok(())
 }
 
-/// Whether `prefix` starts a word of `value`: at its start, or after a space,
-/// tab or one of `,;=:"'`.
-fn has_token_word(value: &[u8], prefix: &[u8]) -> bool {
-    memmem::find_iter(value, prefix)
+/// Whether the token prefix starts a word of `value`: at its start, or
+/// after a space, tab or one of `,;=:"'`. The searcher is built once: every
+/// header of every request passes here.
+fn has_token_word(value: &[u8]) -> bool {
+    static PREFIX: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(TOKEN_PREFIX));
+    PREFIX
+        .find_iter(value)
         .any(|at| at == 0 || matches!(value[at - 1], b' ' | b'\t' | b',' | b';' | b'=' | b':' | b'"' | b'\''))
 }
 
