@@ -4,15 +4,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::auth::{Authenticator, Verifier, token};
+use crate::auth::seal::SealKey;
+use crate::auth::{Authenticator, PatMode, Verifier, token};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, ForwardAs};
 use crate::proxy::UpstreamClient;
 use crate::proxy::headers::ProtectedHeaders;
 use crate::record::{self, AuditLog, Metrics, UsageBook};
 use crate::settings::LiveSettings;
 use crate::store::{self, StoreError, TokenStore};
-use crate::tokens::TokenManager;
+use crate::tokens::{TokenManager, TokenPolicy};
 
 #[derive(Clone)]
 pub struct App {
@@ -43,6 +44,27 @@ pub enum StartError {
     Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("seal_key_file {path}: {message}")]
+    SealKey { path: String, message: String },
+}
+
+/// The smallest seal key accepted: 128 bits.
+const MIN_SEAL_KEY_BYTES: usize = 16;
+
+/// Reads `seal_key_file`: its whole contents are the key.
+fn read_seal_key(path: &std::path::Path) -> Result<SealKey, StartError> {
+    let error = |message: String| StartError::SealKey {
+        path: path.display().to_string(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    if bytes.len() < MIN_SEAL_KEY_BYTES {
+        return Err(error(format!(
+            "holds {} bytes; a seal key needs at least {MIN_SEAL_KEY_BYTES} (e.g. `openssl rand -out FILE 32`)",
+            bytes.len()
+        )));
+    }
+    Ok(SealKey::new(bytes))
 }
 
 impl App {
@@ -73,18 +95,31 @@ impl App {
         let metrics = Metrics::new();
         let usage = Arc::new(UsageBook::default());
         let upstream = Arc::new(UpstreamClient::new(&config)?);
+        let seal_key = config.seal_key_file.as_deref().map(read_seal_key).transpose()?;
+        let pat_mode = (config.forward_as == ForwardAs::Pat).then(|| PatMode {
+            upstream: upstream.clone(),
+            seal_key: seal_key.clone(),
+            clock: clock.clone(),
+        });
         let verifier = Arc::new(Verifier::new(
             store.clone(),
             token::hasher(config.argon2),
             config.verify_cache_ttl,
             metrics.clone(),
             usage.clone(),
+            pat_mode,
         ));
         let tokens = TokenManager {
             store: store.clone(),
             verifier: verifier.clone(),
             clock: clock.clone(),
-            max_days_until_expiry: config.max_days_until_expiry,
+            upstream: upstream.clone(),
+            policy: TokenPolicy {
+                max_days_until_expiry: config.max_days_until_expiry,
+                max_tokens_per_user: config.max_tokens_per_user,
+                forward_as: config.forward_as,
+                seal_key,
+            },
         };
         let auth = Authenticator::new(config.clone(), verifier, upstream.clone(), clock.clone());
         let protected_headers = ProtectedHeaders::new(&[&config.identity_header, &config.upstream_secret_header]);

@@ -8,12 +8,13 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{App, StartError};
-use crate::config::{self, Config, LogFormat, Overrides};
+use crate::auth::seal::Pat;
+use crate::config::{self, Config, ForwardAs, LogFormat, Overrides};
 use crate::record::audit_json;
 use crate::rules::{JsonBody, RequestHead, RuleSet};
 use crate::store::{AuditEntry, AuditKind, AuditQuery, TokenQuery};
 use crate::target::canonical_path;
-use crate::tokens::{NewToken, TokenError, token_json};
+use crate::tokens::{NewToken, PatSource, TokenError, token_json};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -140,6 +141,10 @@ pub struct CreateArgs {
     /// A custom value instead of a generated one (must begin with tgw_).
     #[arg(long, value_name = "VALUE")]
     pub token: Option<String>,
+    /// With forward_as = "pat": a file holding the user's Confluence personal
+    /// access token, or - to read it from standard input (never an argument).
+    #[arg(long, value_name = "FILE|-")]
+    pub upstream_token_file: Option<PathBuf>,
     /// Print the API's create response as JSON.
     #[arg(long)]
     pub json: bool,
@@ -322,9 +327,40 @@ fn inline_or_file(value: String) -> Result<String, Failure> {
     }
 }
 
+/// A personal access token from a file, or from standard input for `-`.
+fn read_pat(path: &std::path::Path) -> Result<Pat, Failure> {
+    let text = if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
+            Failure::Usage(format!(
+                "cannot read the personal access token from standard input: {e}"
+            ))
+        })?;
+        text
+    } else {
+        std::fs::read_to_string(path).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?
+    };
+    let pat = Pat::new(text.trim().to_owned());
+    if pat.as_str().is_empty() {
+        return Err(Failure::Usage(
+            "--upstream-token-file: the personal access token is empty".into(),
+        ));
+    }
+    Ok(pat)
+}
+
 async fn create(args: CreateArgs) -> Result<(), Failure> {
     let limit_to = args.limit_to.map(inline_or_file).transpose()?;
+    let pat = args.upstream_token_file.as_deref().map(read_pat).transpose()?;
     let app = open(&args.store, Overrides::default()).await?;
+    if app.config.forward_as == ForwardAs::Pat && pat.is_none() {
+        let user = args.user.as_deref().unwrap_or("the user");
+        return Err(Failure::Usage(format!(
+            "with forward_as = \"pat\" a token needs its user's Confluence personal access token, and the command \
+             line cannot have Confluence create one: pass one of {user}'s with --upstream-token-file FILE (or - for \
+             standard input), or let {user} create the token with their password through the management API"
+        )));
+    }
     let new = NewToken {
         label: args.label,
         user: args.user,
@@ -333,6 +369,7 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
         ip: args.ip,
         token: args.token,
         author: "cli".to_owned(),
+        pat: pat.map(PatSource::Supplied),
     };
     let created = app.tokens.create(new).await.map_err(|e| describe(&e))?;
     let record = &created.record;
@@ -409,8 +446,8 @@ fn truncate(text: &str, width: usize) -> String {
 async fn delete(args: DeleteArgs) -> Result<(), Failure> {
     let app = open(&args.store, Overrides::default()).await?;
     let deleted = match (&args.id, &args.user) {
-        (Some(id), _) => app.tokens.delete(id).await.map(|()| 1),
-        (None, Some(user)) => app.tokens.delete_user(user).await,
+        (Some(id), _) => app.tokens.delete(id).await.map(|_| 1),
+        (None, Some(user)) => app.tokens.delete_user(user).await.map(|deleted| deleted.len()),
         (None, None) => unreachable!("clap requires an id or --user"),
     };
     if let Ok(count) = &deleted {

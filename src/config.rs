@@ -45,6 +45,10 @@ pub const KEYS: &[&str] = &[
     "log_format",
     "max_connections",
     "workers",
+    "forward_as",
+    "self_service",
+    "max_tokens_per_user",
+    "seal_key_file",
 ];
 
 /// The file read when `--config` is not given, if it exists.
@@ -122,6 +126,24 @@ impl Scope {
     }
 }
 
+/// How a forwarded token request tells Confluence who the user is (SPEC §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardAs {
+    /// The identity header (`X-Forwarded-User`), which Confluence must trust.
+    Header,
+    /// The user's own Confluence personal access token, sealed under the gateway token.
+    Pat,
+}
+
+impl ForwardAs {
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardAs::Header => "header",
+            ForwardAs::Pat => "pat",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -193,6 +215,14 @@ pub struct Config {
     /// Threads serving requests: one runs everything on a single thread
     /// (tokio's current-thread scheduler); more share the work by stealing.
     pub workers: usize,
+    pub forward_as: ForwardAs,
+    /// Whether users manage their own tokens (SPEC §14).
+    pub self_service: bool,
+    /// Tokens one user may hold.
+    pub max_tokens_per_user: u32,
+    /// A key file kept outside the store, mixed into the sealing of PATs;
+    /// read (and checked) when the gateway state is built.
+    pub seal_key_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Config {
@@ -210,6 +240,8 @@ impl fmt::Debug for Config {
             .field("upstream_secret", &self.upstream_secret.as_ref().map(|_| "<set>"))
             .field("passthrough", &self.passthrough)
             .field("allow_anonymous", &self.allow_anonymous)
+            .field("forward_as", &self.forward_as)
+            .field("self_service", &self.self_service)
             .finish_non_exhaustive()
     }
 }
@@ -376,6 +408,14 @@ impl Config {
             )?,
             max_connections: r.positive("max_connections", 10_000)?,
             workers: r.positive("workers", default_workers())?,
+            forward_as: r.choice(
+                "forward_as",
+                "header",
+                &[("header", ForwardAs::Header), ("pat", ForwardAs::Pat)],
+            )?,
+            self_service: r.bool("self_service", true)?,
+            max_tokens_per_user: r.positive("max_tokens_per_user", 10)?,
+            seal_key_file: r.opt_string("seal_key_file")?.map(PathBuf::from),
         };
         config.check_argon2(&r)?;
         Ok(config)
@@ -642,6 +682,10 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.workers, default_workers());
+        assert_eq!(c.forward_as, ForwardAs::Header);
+        assert!(c.self_service);
+        assert_eq!(c.max_tokens_per_user, 10);
+        assert_eq!(c.seal_key_file, None);
     }
 
     #[test]
@@ -707,6 +751,9 @@ mod tests {
             ("tls_cert = 'a.pem'", "`tls_key`"),
             ("public_url = 'gateway.example.com'", "`public_url`"),
             ("listen = [1]", "`listen`"),
+            ("forward_as = 'cookie'", "`forward_as`"),
+            ("self_service = 'sometimes'", "`self_service`"),
+            ("max_tokens_per_user = 0", "`max_tokens_per_user`"),
         ];
         for (text, key) in cases {
             let message = error_of(text);

@@ -39,6 +39,9 @@ pub enum Reason {
     UnboundBearer,
     /// 401: the token's `valid_until` has passed.
     TokenExpired,
+    /// 401: with `forward_as = "pat"`, Confluence no longer accepts the
+    /// token's personal access token, or it acts as someone else, or there is none.
+    UpstreamCredentialRejected,
     /// 403: the path is outside the token scope.
     OutOfScope,
     /// 403: the client IP is outside the token's allowlist.
@@ -69,7 +72,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order: `reason as usize` indexes it.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::BadPath,
         Reason::BadCredentials,
         Reason::AmbiguousJson,
@@ -80,6 +83,7 @@ impl Reason {
         Reason::UserMismatch,
         Reason::UnboundBearer,
         Reason::TokenExpired,
+        Reason::UpstreamCredentialRejected,
         Reason::OutOfScope,
         Reason::IpNotAllowed,
         Reason::RuleMismatch,
@@ -108,6 +112,7 @@ impl Reason {
             Reason::UserMismatch => "user_mismatch",
             Reason::UnboundBearer => "unbound_bearer",
             Reason::TokenExpired => "token_expired",
+            Reason::UpstreamCredentialRejected => "upstream_credential_rejected",
             Reason::OutOfScope => "out_of_scope",
             Reason::IpNotAllowed => "ip_not_allowed",
             Reason::RuleMismatch => "rule_mismatch",
@@ -134,7 +139,8 @@ impl Reason {
             | Reason::SchemeNotAllowed
             | Reason::UserMismatch
             | Reason::UnboundBearer
-            | Reason::TokenExpired => StatusCode::UNAUTHORIZED,
+            | Reason::TokenExpired
+            | Reason::UpstreamCredentialRejected => StatusCode::UNAUTHORIZED,
             Reason::OutOfScope | Reason::IpNotAllowed | Reason::RuleMismatch | Reason::Forbidden => {
                 StatusCode::FORBIDDEN
             }
@@ -152,8 +158,11 @@ impl Reason {
 
     /// Whether this is a failed attempt to authenticate (a token or a
     /// password), counted towards `failed_auth_per_minute` (SPEC §12, §14).
+    /// A valid token whose personal access token Confluence refuses is not
+    /// a guess: it does not count.
     pub fn is_failed_attempt(self) -> bool {
-        self.status() == StatusCode::UNAUTHORIZED && self != Reason::CredentialsRequired
+        self.status() == StatusCode::UNAUTHORIZED
+            && !matches!(self, Reason::CredentialsRequired | Reason::UpstreamCredentialRejected)
     }
 }
 
@@ -334,6 +343,7 @@ mod tests {
             (Reason::UserMismatch, 401, "user_mismatch"),
             (Reason::UnboundBearer, 401, "unbound_bearer"),
             (Reason::TokenExpired, 401, "token_expired"),
+            (Reason::UpstreamCredentialRejected, 401, "upstream_credential_rejected"),
             (Reason::OutOfScope, 403, "out_of_scope"),
             (Reason::IpNotAllowed, 403, "ip_not_allowed"),
             (Reason::RuleMismatch, 403, "rule_mismatch"),

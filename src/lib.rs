@@ -65,7 +65,7 @@ mod tokens;
 pub use app::{App, StartError};
 pub use cli::{Cli, main};
 pub use clock::{Clock, DAY_MS, EpochMs, ManualClock, SystemClock};
-pub use config::{Argon2Cost, Config, Scope, TlsFiles, TokenAuth, Upstream};
+pub use config::{Argon2Cost, Config, ForwardAs, Scope, TlsFiles, TokenAuth, Upstream};
 pub use record::AuditLog;
 pub use rules::{JsonBody, RequestHead, RuleSet, Verdict};
 pub use server::run as serve;

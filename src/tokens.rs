@@ -1,6 +1,8 @@
 //! Token management shared by the CLI and the management API: validating a
-//! creation request into a stored record, listing, deleting (SPEC §4).
-//! Validation errors name the API field they concern.
+//! creation request into a stored record, listing, deleting (SPEC §4). With
+//! `forward_as = "pat"`, a new token gets its user's Confluence personal
+//! access token, minted or supplied and checked, sealed under its value
+//! (SPEC §13). Validation errors name the API field they concern.
 
 use std::sync::Arc;
 
@@ -8,19 +10,25 @@ use rand::TryRngCore;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::OsRng;
 
+use hyper::header::HeaderValue;
+
 use crate::auth::credentials::check_user_name;
-use crate::auth::token;
-use crate::auth::{Verifier, VerifyError};
+use crate::auth::seal::{self, Pat, SealKey};
+use crate::auth::{Verifier, VerifyError, bearer, token};
 use crate::clock::{Clock, DAY_MS, EpochMs};
-use crate::config::parse_ip_list;
+use crate::config::{ForwardAs, parse_ip_list};
 use crate::error::{GatewayError, Reason};
+use crate::proxy::{MintError, UpstreamClient};
 use crate::rules::RuleSet;
 use crate::store::{Page, StoreError, TokenQuery, TokenRecord, TokenStore};
 
 const MAX_LABEL_CHARS: usize = 255;
+/// The lifetime of a minted PAT when the token does not expire: Confluence's
+/// PATs always should (SPEC §13).
+const MINTED_PAT_DAYS_WITHOUT_EXPIRY: i64 = 365;
 
 /// A request to create a token, as the API or CLI received it.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct NewToken {
     pub label: String,
     pub user: Option<String>,
@@ -31,6 +39,31 @@ pub struct NewToken {
     pub token: Option<String>,
     /// Who creates it.
     pub author: String,
+    /// With `forward_as = "pat"`: where the user's personal access token comes from.
+    pub pat: Option<PatSource>,
+}
+
+/// Where a new token's Confluence personal access token comes from (SPEC §13).
+#[derive(Debug)]
+pub enum PatSource {
+    /// Given by the caller (`upstreamToken`, `--upstream-token-file`);
+    /// checked with Confluence before it is accepted.
+    Supplied(Pat),
+    /// Created by Confluence with the caller's own Basic `user:password`
+    /// (users creating a token for themselves); kept nowhere.
+    Mint(HeaderValue),
+}
+
+/// A PAT obtained for a new token, before it is sealed.
+struct UpstreamPat {
+    pat: Pat,
+    minted: Option<Minted>,
+}
+
+/// What undoing a mint needs: Confluence's id and the owner's credentials.
+struct Minted {
+    id: String,
+    authorization: HeaderValue,
 }
 
 /// A created token: the value, shown this once, and what was stored.
@@ -60,6 +93,9 @@ pub enum TokenError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    /// Confluence could not be asked (502, 504): nothing was stored.
+    #[error("{}", .0.message)]
+    Upstream(GatewayError),
 }
 
 impl TokenError {
@@ -79,10 +115,24 @@ pub struct TokenManager {
     pub store: Arc<dyn TokenStore>,
     pub verifier: Arc<Verifier>,
     pub clock: Arc<dyn Clock>,
+    pub upstream: Arc<UpstreamClient>,
+    pub policy: TokenPolicy,
+}
+
+/// The rules every new token follows, from the configuration.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
     pub max_days_until_expiry: Option<u32>,
+    pub max_tokens_per_user: u32,
+    pub forward_as: ForwardAs,
+    pub seal_key: Option<SealKey>,
 }
 
 impl TokenManager {
+    /// Creates a token: validated like every input (a bad field is named),
+    /// within the user's token limit, with its personal access token in pat
+    /// mode. Nothing is stored when any step fails, and a PAT minted for it
+    /// is revoked again.
     pub async fn create(&self, new: NewToken) -> Result<CreatedToken, TokenError> {
         let label = validate_label(&new.label)?;
         let user = validate_user(new.user.as_deref())?;
@@ -94,13 +144,22 @@ impl TokenManager {
             column: Some(e.column),
         })?;
         let ip = normalise_ip_list(new.ip.as_deref().unwrap_or_default())?;
+        self.check_pat_mode(user.as_deref(), new.token.is_some(), new.pat.is_some())?;
+        if let Some(user) = &user {
+            self.check_room_for(user).await?;
+        }
         let value = match new.token {
             Some(custom) => self.validate_custom_value(custom).await?,
             None => token::generate(),
         };
+        let id = new_id();
+        let upstream = match (new.pat, &user) {
+            (Some(source), Some(user)) => Some(self.obtain_pat(source, user, &label, &id, days).await?),
+            _ => None,
+        };
         let created_at = self.clock.now_ms();
-        let record = TokenRecord {
-            id: new_id(),
+        let mut record = TokenRecord {
+            id,
             label,
             user,
             author: new.author,
@@ -108,42 +167,197 @@ impl TokenManager {
             ip,
             created_at,
             valid_until: days.map(|d| created_at + d * DAY_MS),
-            token_hash: self.verifier.hash(&value).await?,
+            token_hash: String::new(),
             lookup: token::lookup_of(&value).to_owned(),
             counter: 0,
             last_used_at: None,
             last_ip: None,
+            sealed_pat: None,
+            upstream_token_id: None,
         };
-        self.store.insert_token(&record).await?;
+        if let Some(obtained) = &upstream {
+            record.sealed_pat = Some(seal::seal(
+                &obtained.pat,
+                &value,
+                &record.id,
+                self.policy.seal_key.as_ref(),
+            ));
+            record.upstream_token_id = obtained.minted.as_ref().map(|minted| minted.id.clone());
+        }
+        let stored = self.store_new(&mut record, &value).await;
+        if let (
+            Err(_) | Ok(false),
+            Some(UpstreamPat {
+                minted: Some(minted), ..
+            }),
+        ) = (&stored, &upstream)
+        {
+            // The token will not exist: its freshly minted PAT must not either.
+            self.upstream.revoke_pat(&minted.authorization, &minted.id).await;
+        }
+        if !stored? {
+            return Err(self.limit_reached(record.user.as_deref().unwrap_or_default()));
+        }
         Ok(CreatedToken { value, record, rules })
+    }
+
+    /// Hashes the value into the record and inserts it within the user's limit.
+    async fn store_new(&self, record: &mut TokenRecord, value: &str) -> Result<bool, TokenError> {
+        record.token_hash = self.verifier.hash(value).await?;
+        let limit = record.user.as_ref().map(|_| u64::from(self.policy.max_tokens_per_user));
+        Ok(self.store.insert_token(record, limit).await?)
+    }
+
+    /// With `forward_as = "pat"` every token is bound, has a generated value
+    /// and a PAT; in header mode a PAT has no use.
+    fn check_pat_mode(&self, user: Option<&str>, custom_value: bool, has_pat: bool) -> Result<(), TokenError> {
+        match self.policy.forward_as {
+            ForwardAs::Header if has_pat => Err(TokenError::invalid(
+                "upstreamToken",
+                "upstreamToken is used only with forward_as = \"pat\"; this gateway sends the identity header",
+            )),
+            ForwardAs::Header => Ok(()),
+            ForwardAs::Pat if user.is_none() => Err(TokenError::invalid(
+                "userName",
+                "with forward_as = \"pat\" every token acts as one user, with that user's personal access token: give userName",
+            )),
+            ForwardAs::Pat if custom_value => Err(TokenError::invalid(
+                "token",
+                "with forward_as = \"pat\" token values are always generated: leave token out",
+            )),
+            ForwardAs::Pat if !has_pat => Err(TokenError::invalid(
+                "upstreamToken",
+                "with forward_as = \"pat\" a token needs its user's Confluence personal access token: \
+                 the user can create the token with their own password, or give one in upstreamToken",
+            )),
+            ForwardAs::Pat => Ok(()),
+        }
+    }
+
+    /// 400 (field `userName`) when `user` already holds the most tokens one user may.
+    async fn check_room_for(&self, user: &str) -> Result<(), TokenError> {
+        let query = TokenQuery {
+            user: Some(user.to_owned()),
+            max_results: 0,
+            ..TokenQuery::default()
+        };
+        let held = self.store.list_tokens(&query).await?.total;
+        if held >= u64::from(self.policy.max_tokens_per_user) {
+            return Err(self.limit_reached(user));
+        }
+        Ok(())
+    }
+
+    fn limit_reached(&self, user: &str) -> TokenError {
+        TokenError::invalid(
+            "userName",
+            format!(
+                "{user} already holds {} tokens, the most one user may (max_tokens_per_user): delete one first",
+                self.policy.max_tokens_per_user
+            ),
+        )
+    }
+
+    /// The user's PAT: a supplied one once Confluence confirms it acts as
+    /// `user`, or one Confluence mints with the caller's password.
+    async fn obtain_pat(
+        &self,
+        source: PatSource,
+        user: &str,
+        label: &str,
+        id: &str,
+        days: Option<i64>,
+    ) -> Result<UpstreamPat, TokenError> {
+        let refused = |message: String| TokenError::invalid("upstreamToken", message);
+        match source {
+            PatSource::Supplied(pat) => {
+                let authorization = bearer(&pat).ok_or_else(|| {
+                    refused("upstreamToken is not a personal access token (it cannot be sent in a header)".into())
+                })?;
+                match self.upstream.current_user(&authorization).await {
+                    Ok(Some(owner)) if owner.eq_ignore_ascii_case(user) => Ok(UpstreamPat { pat, minted: None }),
+                    Ok(Some(owner)) => Err(refused(format!(
+                        "this personal access token belongs to {owner}, not {user}: give one of {user}'s"
+                    ))),
+                    Ok(None) => Err(refused(
+                        "Confluence does not accept this personal access token (revoked, expired or mistyped): \
+                         create a new one in Confluence under Settings > Personal Access Tokens"
+                            .into(),
+                    )),
+                    Err(e) => Err(TokenError::Upstream(e)),
+                }
+            }
+            PatSource::Mint(authorization) => {
+                let name = format!("tokengate: {label} ({id})");
+                let lifetime = days.unwrap_or(MINTED_PAT_DAYS_WITHOUT_EXPIRY);
+                match self.upstream.mint_pat(&authorization, &name, lifetime).await {
+                    Ok(minted) => Ok(UpstreamPat {
+                        pat: minted.token,
+                        minted: Some(Minted {
+                            id: minted.id,
+                            authorization,
+                        }),
+                    }),
+                    Err(MintError::Refused(message)) => Err(refused(format!(
+                        "Confluence did not create a personal access token ({message}): \
+                         ask your Confluence admin whether personal access tokens are enabled, \
+                         or give one in upstreamToken"
+                    ))),
+                    Err(MintError::Unavailable(e)) => Err(TokenError::Upstream(e)),
+                }
+            }
+        }
     }
 
     pub async fn list(&self, query: &TokenQuery) -> Result<Page<TokenRecord>, TokenError> {
         Ok(self.store.list_tokens(query).await?)
     }
 
-    /// Deletes one token; it stops working in this process at once.
-    pub async fn delete(&self, id: &str) -> Result<(), TokenError> {
-        if !self.store.delete_token(id, self.clock.now_ms()).await? {
-            return Err(TokenError::NotFound(id.to_owned()));
-        }
-        self.verifier.revoke(id);
-        Ok(())
+    /// One token, by id.
+    pub async fn get(&self, id: &str) -> Result<TokenRecord, TokenError> {
+        self.store
+            .token(id)
+            .await?
+            .ok_or_else(|| TokenError::NotFound(id.to_owned()))
     }
 
-    /// Deletes every token bound to `user`; returns how many.
-    pub async fn delete_user(&self, user: &str) -> Result<usize, TokenError> {
-        let user = validate_user(Some(user))?.ok_or_else(|| TokenError::invalid("userName", "userName is empty"))?;
-        let ids = self.store.delete_user_tokens(&user, self.clock.now_ms()).await?;
-        for id in &ids {
-            self.verifier.revoke(id);
+    /// Deletes one token; it stops working in this process at once. Returns
+    /// what was deleted.
+    pub async fn delete(&self, id: &str) -> Result<TokenRecord, TokenError> {
+        let deleted = self
+            .store
+            .delete_token(id, self.clock.now_ms())
+            .await?
+            .ok_or_else(|| TokenError::NotFound(id.to_owned()))?;
+        self.verifier.revoke(id);
+        Ok(deleted)
+    }
+
+    /// Revokes in Confluence the PATs the gateway minted for `deleted`
+    /// tokens, with their owner's Basic `authorization` (SPEC §13). `None`
+    /// when none of them had one; else whether Confluence revoked them all.
+    pub async fn revoke_minted(&self, deleted: &[TokenRecord], authorization: &HeaderValue) -> Option<bool> {
+        let mut revoked = None;
+        for id in deleted.iter().filter_map(|token| token.upstream_token_id.as_deref()) {
+            let done = self.upstream.revoke_pat(authorization, id).await;
+            revoked = Some(revoked.unwrap_or(true) && done);
         }
-        Ok(ids.len())
+        revoked
+    }
+
+    /// Deletes every token bound to `user`; returns them.
+    pub async fn delete_user(&self, user: &str) -> Result<Vec<TokenRecord>, TokenError> {
+        let user = validate_user(Some(user))?.ok_or_else(|| TokenError::invalid("userName", "userName is empty"))?;
+        let deleted = self.store.delete_user_tokens(&user, self.clock.now_ms()).await?;
+        for token in &deleted {
+            self.verifier.revoke(&token.id);
+        }
+        Ok(deleted)
     }
 
     /// Absent or 0 is no expiry, or the configured maximum when there is one.
     fn validate_days(&self, days: Option<i64>) -> Result<Option<i64>, TokenError> {
-        let max = self.max_days_until_expiry.map(i64::from);
+        let max = self.policy.max_days_until_expiry.map(i64::from);
         match (days.unwrap_or(0), max) {
             (d, _) if d < 0 => Err(TokenError::invalid(
                 "daysUntilExpiry",
@@ -231,6 +445,8 @@ pub fn token_json(record: &TokenRecord, now: EpochMs) -> serde_json::Value {
         "lastUsed": record.last_used_at,
         "lastIp": record.last_ip,
         "expired": record.valid_until.is_some_and(|until| until <= now),
+        "forwardAs": forward_as(record).name(),
+        "upstreamTokenId": record.upstream_token_id,
     })
 }
 
@@ -249,6 +465,8 @@ impl CreatedToken {
             "limitTo": self.rules.lines().join("<br>"),
             "rules": self.rules.lines(),
             "ip": record.ip,
+            "forwardAs": forward_as(record).name(),
+            "upstreamTokenId": record.upstream_token_id,
         })
     }
 }
@@ -272,7 +490,17 @@ impl From<TokenError> for GatewayError {
             TokenError::NotFound(id) => GatewayError::new(Reason::NotFound, format!("no token with id {id}")),
             TokenError::Store(e) => GatewayError::internal(&e),
             TokenError::Verify(e) => GatewayError::internal(&e),
+            TokenError::Upstream(e) => e,
         }
+    }
+}
+
+/// How a token acts as its user: with a PAT if it carries one.
+fn forward_as(record: &TokenRecord) -> ForwardAs {
+    if record.sealed_pat.is_some() {
+        ForwardAs::Pat
+    } else {
+        ForwardAs::Header
     }
 }
 

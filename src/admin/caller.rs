@@ -1,12 +1,13 @@
-//! Who is calling the management API (SPEC §5), established by the
+//! Who is calling the management API (SPEC §5, §14), established by the
 //! gateway's one [`Authenticator`](crate::auth::Authenticator) either way:
 //!
 //! - a gateway token, checked exactly as a forwarded request is (its rules
-//!   included), and **bound** to an admin: an unbound token's identity is
-//!   only whatever user name was typed next to it;
-//! - Basic user:password that Confluence accepts.
-//!
-//! Then `admin_users` decides (ASCII case-insensitively).
+//!   included), and **bound** to an admin: a token cannot manage tokens
+//!   unless its user is an admin, and an unbound token's identity is only
+//!   whatever user name was typed next to it;
+//! - Basic user:password that Confluence accepts: an admin (in
+//!   `admin_users`, ASCII case-insensitively), or, with `self_service`, any
+//!   other user, who manages their own tokens.
 
 use std::net::IpAddr;
 
@@ -21,9 +22,37 @@ use crate::body::{Forwarded, RequestBody};
 use crate::error::{GatewayError, Reason};
 use crate::target::Target;
 
-/// Establishes the admin behind a request, or refuses it: 400 for malformed
-/// credentials, 401 for none or invalid ones, 403 for a non-admin or a token
-/// whose checks or rules refuse the call, 429 for a client that failed too
+/// Who may do what on the management API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Manages every token and the settings.
+    Admin,
+    /// Manages their own tokens (self-service, SPEC §14).
+    User,
+}
+
+/// An authenticated caller of the management API.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub role: Role,
+}
+
+impl Caller {
+    pub fn user(&self) -> &str {
+        &self.principal.user
+    }
+
+    /// Whether `user` is this caller (ASCII case-insensitively, as binding compares).
+    pub fn is(&self, user: &str) -> bool {
+        self.principal.user.eq_ignore_ascii_case(user)
+    }
+}
+
+/// Establishes the caller behind a request, or refuses it: 400 for
+/// malformed credentials, 401 for none or invalid ones, 403 for a token of a
+/// non-admin or whose checks or rules refuse the call (and for every
+/// non-admin with `self_service = false`), 429 for a client that failed too
 /// often. Returns the request with a body that can still be read (the
 /// token's JSON rules may have buffered it).
 pub async fn authenticate<B: RequestBody>(
@@ -31,7 +60,7 @@ pub async fn authenticate<B: RequestBody>(
     req: Request<B>,
     target: &Target,
     client_ip: IpAddr,
-) -> Result<(Request<Forwarded<B>>, Principal), GatewayError> {
+) -> Result<(Request<Forwarded<B>>, Caller), GatewayError> {
     let invalid = || GatewayError::new(Reason::InvalidToken, "invalid credentials");
     let credentials = credentials::from_headers(req.headers())
         .map_err(|e| GatewayError::new(Reason::BadCredentials, e.to_string()))?
@@ -59,24 +88,37 @@ pub async fn authenticate<B: RequestBody>(
         let caller = app.auth.authenticate_password(authorization, user, client_ip).await?;
         (req.map(Either::Left), caller)
     };
-    if let Via::Token(token) = &caller.via
-        && token.user.is_none()
-    {
-        return Err(GatewayError::new(
-            Reason::Forbidden,
-            format!(
-                "token '{}' is not bound to a user: only a token bound to an admin may manage tokens",
-                token.label
-            ),
-        ));
+    let role = role_of(&caller, &app.config.admin_users, app.config.self_service)?;
+    Ok((
+        req,
+        Caller {
+            principal: caller,
+            role,
+        },
+    ))
+}
+
+/// What an authenticated principal may do here.
+fn role_of(principal: &Principal, admin_users: &[String], self_service: bool) -> Result<Role, GatewayError> {
+    let forbidden = |message: String| Err(GatewayError::new(Reason::Forbidden, message));
+    let admin = is_admin(admin_users, &principal.user);
+    match &principal.via {
+        Via::Token(token) if token.user.is_none() => forbidden(format!(
+            "token '{}' is not bound to a user: only a token bound to an admin may manage tokens",
+            token.label
+        )),
+        Via::Token(_) if admin => Ok(Role::Admin),
+        Via::Token(token) => forbidden(format!(
+            "token '{}' may not manage tokens: only an admin's token may; manage your tokens with your password",
+            token.label
+        )),
+        Via::Password { .. } if admin => Ok(Role::Admin),
+        Via::Password { .. } if self_service => Ok(Role::User),
+        Via::Password { .. } => forbidden(format!(
+            "user '{}' may not manage tokens (self-service is off: ask an admin)",
+            principal.user
+        )),
     }
-    if !is_admin(&app.config.admin_users, &caller.user) {
-        return Err(GatewayError::new(
-            Reason::Forbidden,
-            format!("user '{}' may not manage tokens", caller.user),
-        ));
-    }
-    Ok((req, caller))
 }
 
 /// Whether `user` is in `admin_users`, ignoring ASCII case as user binding does.
@@ -96,5 +138,22 @@ mod tests {
         assert!(!is_admin(&admins, "admin2"));
         assert!(!is_admin(&admins, ""));
         assert!(!is_admin(&[], "admin"));
+    }
+
+    #[test]
+    fn roles_follow_admin_users_self_service_and_how_the_caller_came() {
+        let admins = vec!["admin".to_owned()];
+        let password = |user: &str| Principal {
+            user: user.into(),
+            via: Via::Password {
+                authorization: hyper::header::HeaderValue::from_static("Basic x"),
+            },
+            client_ip: "10.0.0.1".parse().unwrap(),
+        };
+        assert_eq!(role_of(&password("Admin"), &admins, false).unwrap(), Role::Admin);
+        assert_eq!(role_of(&password("alice"), &admins, true).unwrap(), Role::User);
+        let refused = role_of(&password("alice"), &admins, false).unwrap_err();
+        assert_eq!(refused.reason, Reason::Forbidden);
+        assert!(refused.message.contains("self-service is off"), "{}", refused.message);
     }
 }

@@ -7,23 +7,31 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
+use super::caller::{Caller, Role};
 use super::{Action, record_action};
 use crate::app::App;
-use crate::auth::Principal;
-use crate::error::GatewayError;
+use crate::auth::Via;
+use crate::auth::seal::Pat;
+use crate::config::ForwardAs;
+use crate::error::{GatewayError, Reason};
 use crate::record::audit_json;
 use crate::settings::SettingsChange;
-use crate::store::{AuditQuery, Settings, TokenQuery};
-use crate::tokens::{NewToken, token_json};
+use crate::store::{AuditQuery, Settings, TokenQuery, TokenRecord};
+use crate::tokens::{NewToken, PatSource, token_json};
 
 const DEFAULT_MAX_RESULTS: u64 = 50;
 /// Larger `maxResults` are served as this many.
 const MAX_MAX_RESULTS: u64 = 1000;
 
-/// `GET /get`: a page of tokens, newest first, never their values.
-pub async fn list_tokens(app: &App, query: Option<&str>) -> Result<Value, GatewayError> {
-    let query = token_query(query)?;
-    let page = app.tokens.list(&query).await?;
+/// `GET /get`: a page of tokens, newest first, never their values. A user
+/// sees only their own (the filters apply within them).
+pub async fn list_tokens(app: &App, caller: &Caller, query: Option<&str>) -> Result<Value, GatewayError> {
+    let mut query = token_query(query)?;
+    query.user = within_own(caller, query.user);
+    let page = match &query.user {
+        Some(user) if user.is_empty() => Default::default(),
+        _ => app.tokens.list(&query).await?,
+    };
     let now = app.clock.now_ms();
     let tokens: Vec<Value> = page.items.iter().map(|record| token_json(record, now)).collect();
     Ok(json!({
@@ -36,20 +44,24 @@ pub async fn list_tokens(app: &App, query: Option<&str>) -> Result<Value, Gatewa
     }))
 }
 
-/// `GET /audit`: audit entries, newest first, in the envelope of `get`.
-pub async fn list_audit(app: &App, query: Option<&str>) -> Result<Value, GatewayError> {
+/// `GET /audit`: audit entries, newest first, in the envelope of `get`. A
+/// user sees only the entries whose user is them.
+pub async fn list_audit(app: &App, caller: &Caller, query: Option<&str>) -> Result<Value, GatewayError> {
     let paging = token_query(query)?;
     let audit_query = AuditQuery {
         token_id: query_param(query, "tokenId")?,
-        user: paging.user,
+        user: within_own(caller, paging.user),
         start_at: paging.start_at,
         max_results: paging.max_results,
     };
-    let page = app
-        .store
-        .list_audit(&audit_query)
-        .await
-        .map_err(|e| GatewayError::internal(&e))?;
+    let page = match &audit_query.user {
+        Some(user) if user.is_empty() => Default::default(),
+        _ => app
+            .store
+            .list_audit(&audit_query)
+            .await
+            .map_err(|e| GatewayError::internal(&e))?,
+    };
     let entries: Vec<Value> = page.items.iter().map(audit_json).collect();
     Ok(json!({
         "total": page.total,
@@ -61,43 +73,138 @@ pub async fn list_audit(app: &App, query: Option<&str>) -> Result<Value, Gateway
     }))
 }
 
-/// `POST /set`: creates a token when the body has a `label`, else switches
-/// the settings it names.
-pub async fn set(app: &App, admin: &Principal, body: Map<String, Value>) -> Result<Value, GatewayError> {
-    match SetRequest::from_body(&body, &admin.user)? {
-        SetRequest::Create(new) => {
-            let created = app.tokens.create(new).await?;
-            record_action(app, admin, Action::Create(&created.record)).await;
-            Ok(created.to_json())
-        }
-        SetRequest::Settings(change) => change_settings(app, admin, change).await,
+/// The user filter a caller may apply: anything for an admin; for a user,
+/// their own name (another name matches nothing: the empty filter).
+fn within_own(caller: &Caller, asked: Option<String>) -> Option<String> {
+    match (caller.role, asked) {
+        (Role::Admin, asked) => asked,
+        (Role::User, Some(asked)) if !caller.is(&asked) => Some(String::new()),
+        (Role::User, _) => Some(caller.user().to_owned()),
     }
 }
 
-/// `GET /settings`: the settings this gateway runs with.
-pub fn settings(app: &App) -> Value {
-    settings_json(app.settings.get())
+/// `POST /set`: creates a token when the body has a `label`, else switches
+/// the settings it names (admins only).
+pub async fn set(app: &App, caller: &Caller, body: Map<String, Value>) -> Result<Value, GatewayError> {
+    match SetRequest::from_body(&body, caller.user())? {
+        SetRequest::Create(mut new) => {
+            if caller.role == Role::User {
+                new.user = Some(own_user(caller, new.user.as_deref())?);
+            }
+            if app.config.forward_as == ForwardAs::Pat && new.pat.is_none() {
+                new.pat = pat_to_mint(caller, new.user.as_deref())?;
+            }
+            let created = app.tokens.create(new).await?;
+            record_action(app, &caller.principal, Action::Create(&created.record)).await;
+            Ok(created.to_json())
+        }
+        SetRequest::Settings(change) => {
+            admin_only(caller, "change the settings")?;
+            change_settings(app, caller, change).await
+        }
+    }
+}
+
+/// A user creates tokens for themselves only: `userName` absent or their own.
+fn own_user(caller: &Caller, asked: Option<&str>) -> Result<String, GatewayError> {
+    match asked {
+        None | Some("") => Ok(caller.user().to_owned()),
+        Some(asked) if caller.is(asked) => Ok(caller.user().to_owned()),
+        Some(asked) => Err(GatewayError::new(
+            Reason::Forbidden,
+            format!(
+                "{} may create tokens for themselves only, not for {asked}",
+                caller.user()
+            ),
+        )),
+    }
+}
+
+/// With `forward_as = "pat"` and no `upstreamToken`: Confluence mints the
+/// PAT with the caller's password when they create a token for themselves;
+/// anything else is refused with what to do instead.
+/// (An unbound token gets none: the token manager refuses it.)
+fn pat_to_mint(caller: &Caller, user: Option<&str>) -> Result<Option<PatSource>, GatewayError> {
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    match &caller.principal.via {
+        Via::Password { authorization } if caller.is(user) => Ok(Some(PatSource::Mint(authorization.clone()))),
+        Via::Password { .. } => Err(GatewayError::invalid(
+            "upstreamToken",
+            format!(
+                "a token for {user} needs {user}'s Confluence personal access token: let {user} create the token \
+                 with their own password (the gateway then has Confluence create one), or give one of {user}'s \
+                 personal access tokens in upstreamToken"
+            ),
+        )),
+        Via::Token(_) => Err(GatewayError::invalid(
+            "upstreamToken",
+            "a call made with a token cannot have Confluence create a personal access token: call with your \
+             Confluence password instead, or give a personal access token in upstreamToken",
+        )),
+    }
+}
+
+fn admin_only(caller: &Caller, what: &str) -> Result<(), GatewayError> {
+    match caller.role {
+        Role::Admin => Ok(()),
+        Role::User => Err(GatewayError::new(
+            Reason::Forbidden,
+            format!("only an admin may {what}"),
+        )),
+    }
+}
+
+/// `GET /settings`: the settings this gateway runs with (admins only).
+pub fn settings(app: &App, caller: &Caller) -> Result<Value, GatewayError> {
+    admin_only(caller, "read the settings")?;
+    Ok(settings_json(app.settings.get()))
 }
 
 /// `DELETE /delete`: one token by `id`, or every token of `userName`, each
-/// from the body or the query.
+/// from the body or the query. A user deletes their own tokens only
+/// (another's id is 404, as if it did not exist). When the token's own user
+/// deletes it with their password, the PAT the gateway minted for it is
+/// revoked in Confluence too (`upstreamRevoked`).
 pub async fn delete(
     app: &App,
-    admin: &Principal,
+    caller: &Caller,
     query: Option<&str>,
     body: Map<String, Value>,
 ) -> Result<Value, GatewayError> {
     let id = from_body_or_query(&body, query, "id")?;
     let user = from_body_or_query(&body, query, "userName")?;
-    let deleted = match (id, user) {
+    let deleted: Vec<TokenRecord> = match (id, user) {
         (Some(id), None) => {
-            app.tokens.delete(&id).await?;
-            record_action(app, admin, Action::Delete { token_id: &id }).await;
-            1
+            if caller.role == Role::User {
+                let token = app.tokens.get(&id).await?;
+                if !token.user.as_deref().is_some_and(|user| caller.is(user)) {
+                    return Err(GatewayError::new(Reason::NotFound, format!("no token with id {id}")));
+                }
+            }
+            let deleted = app.tokens.delete(&id).await?;
+            record_action(app, &caller.principal, Action::Delete { token_id: &id }).await;
+            vec![deleted]
         }
         (None, Some(user)) => {
+            if caller.role == Role::User && !caller.is(&user) {
+                return Err(GatewayError::new(
+                    Reason::Forbidden,
+                    format!("{} may delete their own tokens only, not {user}'s", caller.user()),
+                ));
+            }
             let deleted = app.tokens.delete_user(&user).await?;
-            record_action(app, admin, Action::DeleteUser { user: &user, deleted }).await;
+            let count = deleted.len();
+            record_action(
+                app,
+                &caller.principal,
+                Action::DeleteUser {
+                    user: &user,
+                    deleted: count,
+                },
+            )
+            .await;
             deleted
         }
         (Some(_), Some(_)) => return Err(GatewayError::invalid("id", "give either id or userName, not both")),
@@ -108,7 +215,20 @@ pub async fn delete(
             ));
         }
     };
-    Ok(json!({"status": "ok", "deleted": deleted}))
+    let mut answer = json!({"status": "ok", "deleted": deleted.len()});
+    let minted = deleted.iter().any(|token| token.upstream_token_id.is_some());
+    if minted {
+        let own: Vec<TokenRecord> = deleted
+            .into_iter()
+            .filter(|token| token.user.as_deref().is_some_and(|user| caller.is(user)))
+            .collect();
+        let revoked = match &caller.principal.via {
+            Via::Password { authorization } => app.tokens.revoke_minted(&own, authorization).await,
+            Via::Token(_) => None,
+        };
+        answer["upstreamRevoked"] = Value::from(revoked.unwrap_or(false));
+    }
+    Ok(answer)
 }
 
 /// What `POST /set` asks for.
@@ -132,6 +252,10 @@ impl SetRequest {
                 ip: field(body, "ip", TEXT)?,
                 token: field(body, "token", TEXT)?,
                 author: author.to_owned(),
+                pat: field::<String>(body, "upstreamToken", TEXT)?
+                    .map(|pat| pat.trim().to_owned())
+                    .filter(|pat| !pat.is_empty())
+                    .map(|pat| PatSource::Supplied(Pat::new(pat))),
             }));
         }
         let change = SettingsChange {
@@ -148,13 +272,13 @@ impl SetRequest {
     }
 }
 
-async fn change_settings(app: &App, admin: &Principal, change: SettingsChange) -> Result<Value, GatewayError> {
+async fn change_settings(app: &App, caller: &Caller, change: SettingsChange) -> Result<Value, GatewayError> {
     let settings = app
         .settings
         .change(change)
         .await
         .map_err(|e| GatewayError::internal(&e))?;
-    record_action(app, admin, Action::Settings(settings)).await;
+    record_action(app, &caller.principal, Action::Settings(settings)).await;
     Ok(settings_json(settings))
 }
 

@@ -4,8 +4,10 @@
 //!
 //! A request goes: [`route`](Endpoint::route) by method and path (404, 405),
 //! then [`cross_site`] refuses what a browser was made to send from another
-//! site (403), then [`caller`] establishes the admin (401, 403), then one
-//! function of [`handlers`] does the work. Every failure is a
+//! site (403), then [`caller`] establishes the caller and their role (401,
+//! 403): an admin manages every token, any other user Confluence accepts
+//! their own (self-service, SPEC §14). Then one function of [`handlers`]
+//! does the work, within the caller's role. Every failure is a
 //! [`GatewayError`], answered by the pipeline in Extender's error shape.
 //! Every change is recorded through [`record_action`].
 //!
@@ -87,14 +89,14 @@ pub async fn serve<B: RequestBody>(
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     let endpoint = Endpoint::route(req.method(), &target.path)?;
     cross_site::refuse(app, &req, target, client_ip).await?;
-    let (req, admin) = caller::authenticate(app, req, target, client_ip).await?;
+    let (req, caller) = caller::authenticate(app, req, target, client_ip).await?;
     let query = target.query.as_deref();
     let json = match endpoint {
-        Endpoint::List => handlers::list_tokens(app, query).await?,
-        Endpoint::Settings => handlers::settings(app),
-        Endpoint::Audit => handlers::list_audit(app, query).await?,
-        Endpoint::Set => handlers::set(app, &admin, read_json_object(req).await?).await?,
-        Endpoint::Delete => handlers::delete(app, &admin, query, read_json_object(req).await?).await?,
+        Endpoint::List => handlers::list_tokens(app, &caller, query).await?,
+        Endpoint::Settings => handlers::settings(app, &caller)?,
+        Endpoint::Audit => handlers::list_audit(app, &caller, query).await?,
+        Endpoint::Set => handlers::set(app, &caller, read_json_object(req).await?).await?,
+        Endpoint::Delete => handlers::delete(app, &caller, query, read_json_object(req).await?).await?,
     };
     Ok(json_response(StatusCode::OK, json.to_string()))
 }
@@ -156,7 +158,7 @@ impl Action<'_> {
 pub async fn record_action(app: &App, admin: &Principal, action: Action<'_>) {
     let via = match &admin.via {
         Via::Token(token) => format!("via token {}", token.id),
-        Via::Password => "via password".to_owned(),
+        Via::Password { .. } => "via password".to_owned(),
     };
     let mut entry = AuditEntry::management(app.clock.now_ms(), &admin.user, action.name());
     entry.client_ip = Some(admin.client_ip.to_string());

@@ -188,6 +188,8 @@ mod tests {
                 counter: 0,
                 last_used_at: None,
                 last_ip: None,
+                sealed_pat: None,
+                upstream_token_id: None,
             },
             Default::default(),
         )

@@ -16,8 +16,10 @@
 mod checks;
 pub mod credentials;
 mod passwords;
+pub mod seal;
 pub mod throttle;
 pub mod token;
+mod upstream;
 mod verifier;
 
 use std::net::IpAddr;
@@ -29,7 +31,8 @@ use hyper::header::HeaderValue;
 pub use checks::{CheckContext, check_rules, check_token};
 pub use passwords::PasswordVerdicts;
 pub use throttle::FailureThrottle;
-pub use verifier::{ActiveToken, Verifier, VerifyError};
+pub use upstream::{PatVerdict, bearer};
+pub use verifier::{ActiveToken, PatMode, Verifier, VerifyError};
 
 use crate::body::{Forwarded, RequestBody};
 use crate::clock::Clock;
@@ -53,15 +56,17 @@ pub struct Principal {
 pub enum Via {
     /// A gateway token that passed every check.
     Token(Arc<ActiveToken>),
-    /// A password Confluence accepted.
-    Password,
+    /// A password Confluence accepted, and the Basic header that carried it
+    /// (marked sensitive), for the calls made to Confluence on the user's
+    /// behalf during this request: minting or revoking their PAT.
+    Password { authorization: HeaderValue },
 }
 
 impl Via {
     pub fn name(&self) -> &'static str {
         match self {
             Via::Token(_) => "token",
-            Via::Password => "password",
+            Via::Password { .. } => "password",
         }
     }
 }
@@ -143,10 +148,12 @@ impl Authenticator {
             return Ok(token);
         }
         self.check_throttle(client_ip, "token")?;
-        Box::pin(self.verifier.verify_uncached(secret))
-            .await
-            .map_err(|e| GatewayError::internal(&e))?
-            .ok_or_else(|| GatewayError::new(Reason::InvalidToken, "invalid credentials"))
+        match Box::pin(self.verifier.verify_uncached(secret)).await {
+            Ok(Some(token)) => Ok(token),
+            Ok(None) => Err(GatewayError::new(Reason::InvalidToken, "invalid credentials")),
+            Err(VerifyError::Upstream(error)) => Err(error),
+            Err(e) => Err(GatewayError::internal(&e)),
+        }
     }
 
     /// A token request, for a forwarded request and the management API
@@ -192,6 +199,27 @@ impl Authenticator {
         Ok((req, principal))
     }
 
+    /// With `forward_as = "pat"`, the `Authorization` value (`Bearer <PAT>`)
+    /// a forwarded request of `token` carries; 401
+    /// `upstream_credential_rejected` when the token has no PAT or
+    /// Confluence no longer takes it as the token's user. Asks Confluence
+    /// again in the background once the last answer is a minute old.
+    pub fn upstream_authorization(&self, token: &Arc<ActiveToken>) -> Result<HeaderValue, GatewayError> {
+        let Some(credential) = &token.upstream else {
+            return Err(GatewayError::new(
+                Reason::UpstreamCredentialRejected,
+                format!(
+                    "token '{}' has no Confluence personal access token (it was made for the identity header): create a new token",
+                    token.label
+                ),
+            ));
+        };
+        if credential.claim_recheck(self.clock.now_ms()) {
+            tokio::spawn(recheck(self.upstream.clone(), self.clock.clone(), token.clone()));
+        }
+        credential.authorization(&token.label).cloned()
+    }
+
     /// Basic `user:password` that Confluence accepts (SPEC §5), for the
     /// management API. A verdict is kept 60 s; a client that failed too
     /// often gets 429 before Confluence is asked again.
@@ -215,10 +243,33 @@ impl Authenticator {
                     .ok_or_else(invalid)?
             }
         };
+        let mut authorization = authorization.clone();
+        authorization.set_sensitive(true);
         Ok(Principal {
             user: name,
-            via: Via::Password,
+            via: Via::Password { authorization },
             client_ip,
         })
     }
+}
+
+/// Asks Confluence again whether `token`'s PAT still acts as its user.
+async fn recheck(upstream: Arc<UpstreamClient>, clock: Arc<dyn Clock>, token: Arc<ActiveToken>) {
+    let Some(credential) = &token.upstream else {
+        return;
+    };
+    let user = token.user.as_deref().unwrap_or_default();
+    let verdict = match upstream::ask(&upstream, credential.authorization_to_check(), user).await {
+        Ok(verdict) => {
+            if verdict != PatVerdict::Accepted {
+                tracing::warn!(token.id = %token.id, ?verdict, "Confluence no longer accepts the token's personal access token");
+            }
+            Some(verdict)
+        }
+        Err(e) => {
+            tracing::warn!(token.id = %token.id, error = %e.message, "cannot ask Confluence about the token's personal access token; will ask again");
+            None
+        }
+    };
+    credential.finish_recheck(verdict, clock.now_ms());
 }

@@ -17,9 +17,13 @@ use ipnet::IpNet;
 use moka::future::Cache;
 use tokio::sync::Semaphore;
 
+use super::seal::{self, SealError, SealKey};
 use super::token::{self, SecretDigest};
-use crate::clock::EpochMs;
+use super::upstream::{self, UpstreamCredential};
+use crate::clock::{Clock, EpochMs};
 use crate::config::parse_ip_list;
+use crate::error::GatewayError;
+use crate::proxy::UpstreamClient;
 use crate::record::{Metrics, TokenUsage, UsageBook};
 use crate::rules::RuleSet;
 use crate::store::{StoreError, TokenRecord, TokenStore};
@@ -30,7 +34,8 @@ const CACHE_CAPACITY: u64 = 200_000;
 const REVOKED_MEMORY: usize = 100_000;
 
 /// A verified token, as the checks need it. Immutable but for the
-/// revocation flag: tokens cannot be edited, only deleted.
+/// revocation flag (and Confluence's verdict on its PAT): tokens cannot be
+/// edited, only deleted.
 #[derive(Debug)]
 pub struct ActiveToken {
     pub id: String,
@@ -46,6 +51,10 @@ pub struct ActiveToken {
     pub rules: Result<RuleSet, String>,
     /// Shared by every verified copy of this token.
     pub usage: Arc<TokenUsage>,
+    /// With `forward_as = "pat"`: the user's personal access token, unsealed
+    /// with the secret that verified the token, and Confluence's verdict.
+    /// `None` in header mode, or for a token that carries no PAT.
+    pub upstream: Option<UpstreamCredential>,
     revoked: AtomicBool,
 }
 
@@ -69,6 +78,7 @@ impl ActiveToken {
             ip_allowlist,
             rules,
             usage,
+            upstream: None,
             revoked: AtomicBool::new(false),
         }
     }
@@ -95,6 +105,21 @@ pub enum VerifyError {
     Store(#[from] StoreError),
     #[error("argon2 task failed: {0}")]
     Task(String),
+    /// The token's PAT does not unseal: a wrong or missing `seal_key_file`,
+    /// or a store that was tampered with.
+    #[error("token {token_id}: {error}")]
+    Unseal { token_id: String, error: SealError },
+    /// Confluence could not be asked about the token's PAT (502, 504).
+    #[error("{}", .0.message)]
+    Upstream(GatewayError),
+}
+
+/// What a verification in `forward_as = "pat"` mode needs besides the store:
+/// the seal key, and Confluence to ask about each unsealed PAT.
+pub struct PatMode {
+    pub upstream: Arc<UpstreamClient>,
+    pub seal_key: Option<SealKey>,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Why a cold verification found no token; only `NotFound` is a normal outcome.
@@ -117,6 +142,7 @@ pub struct Verifier {
     hasher: Argon2<'static>,
     metrics: Arc<Metrics>,
     usage: Arc<UsageBook>,
+    pat_mode: Option<PatMode>,
 }
 
 #[derive(Default)]
@@ -133,6 +159,7 @@ impl Verifier {
         cache_ttl: Duration,
         metrics: Arc<Metrics>,
         usage: Arc<UsageBook>,
+        pat_mode: Option<PatMode>,
     ) -> Self {
         let slots = std::thread::available_parallelism().map_or(2, usize::from);
         Verifier {
@@ -146,6 +173,7 @@ impl Verifier {
             hasher,
             metrics,
             usage,
+            pat_mode,
         }
     }
 
@@ -189,7 +217,11 @@ impl Verifier {
 
     async fn verify_cold(&self, secret: &str) -> Result<Arc<ActiveToken>, ColdError> {
         let record = self.find_record(secret).await?.ok_or(ColdError::NotFound)?;
-        let active = Arc::new(ActiveToken::from_record(&record, self.usage.usage_for(&record.id)));
+        let mut active = ActiveToken::from_record(&record, self.usage.usage_for(&record.id));
+        if let (Some(pat_mode), Some(sealed)) = (&self.pat_mode, &record.sealed_pat) {
+            active.upstream = Some(open_upstream(pat_mode, &record, sealed, secret).await?);
+        }
+        let active = Arc::new(active);
         self.register(&active);
         if active.is_revoked() {
             return Err(ColdError::NotFound);
@@ -271,10 +303,32 @@ impl Verifier {
     }
 }
 
+/// Unseals a token's PAT with the secret that verified it, and asks
+/// Confluence whether it still acts as the token's user (SPEC §13).
+async fn open_upstream(
+    pat_mode: &PatMode,
+    record: &TokenRecord,
+    sealed: &[u8],
+    secret: &str,
+) -> Result<UpstreamCredential, VerifyError> {
+    let unseal_error = |error| VerifyError::Unseal {
+        token_id: record.id.clone(),
+        error,
+    };
+    let pat = seal::unseal(sealed, secret, &record.id, pat_mode.seal_key.as_ref()).map_err(unseal_error)?;
+    let authorization = upstream::bearer(&pat).ok_or_else(|| unseal_error(SealError::Malformed))?;
+    let user = record.user.as_deref().unwrap_or_default();
+    let verdict = upstream::ask(&pat_mode.upstream, &authorization, user)
+        .await
+        .map_err(VerifyError::Upstream)?;
+    Ok(UpstreamCredential::new(authorization, verdict, pat_mode.clock.now_ms()))
+}
+
 /// Another waiter's error, when the cache shares one failure among them.
 fn clone_cold(error: &ColdError) -> ColdError {
     match error {
         ColdError::NotFound => ColdError::NotFound,
+        ColdError::Failed(VerifyError::Upstream(e)) => ColdError::Failed(VerifyError::Upstream(e.clone())),
         ColdError::Failed(e) => ColdError::Failed(VerifyError::Task(e.to_string())),
     }
 }
@@ -309,6 +363,7 @@ mod tests {
             Duration::from_secs(600),
             metrics.clone(),
             Arc::default(),
+            None,
         );
         Fixture {
             verifier,
@@ -337,8 +392,10 @@ mod tests {
                 counter: 0,
                 last_used_at: None,
                 last_ip: None,
+                sealed_pat: None,
+                upstream_token_id: None,
             };
-            self.store.insert_token(&record).await.unwrap();
+            self.store.insert_token(&record, None).await.unwrap();
             (id, value)
         }
 

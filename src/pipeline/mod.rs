@@ -31,6 +31,7 @@ use crate::app::App;
 use crate::auth::credentials::{self, Credentials};
 use crate::auth::{ActiveToken, PresentedToken, Refused, Via};
 use crate::body::{ClientBody, Forwarded, RequestBody, ResponseBody};
+use crate::config::ForwardAs;
 use crate::error::{Audience, GatewayError, Reason};
 use crate::proxy::{ConnInfo, Identity};
 use crate::record::Decision;
@@ -176,7 +177,7 @@ pub async fn decide<B: RequestBody>(
         Some(credentials) => authenticate(app, req, &target, &credentials, client_ip, trail).await?,
     };
     trail.decision = Some(match identity {
-        Identity::User(_) => Decision::Allow,
+        Identity::User(_) | Identity::Pat(_) => Decision::Allow,
         Identity::Passthrough => Decision::Passthrough,
     });
     Ok(Next::Forward { req, target, identity })
@@ -220,17 +221,24 @@ async fn authenticate<B: RequestBody>(
         }
     };
     trail.span.record("user", principal.user.as_str());
-    if let Via::Token(token) = principal.via {
-        if app.settings.get().usage_details {
-            token.usage.record(app.clock.now_ms(), client_ip);
-        }
-        trail.note_token(Some(token));
-    }
-    tracing::debug!(scheme = scheme.name(), "token accepted");
     if trail.audit {
         trail.user = Some(principal.user.clone());
     }
-    Ok((req, Identity::User(principal.user)))
+    let Via::Token(token) = principal.via else {
+        return Err(GatewayError::internal(
+            &"a token request authenticated without its token",
+        ));
+    };
+    trail.note_token(Some(token.clone()));
+    let identity = match app.config.forward_as {
+        ForwardAs::Header => Identity::User(principal.user),
+        ForwardAs::Pat => Identity::Pat(app.auth.upstream_authorization(&token)?),
+    };
+    if app.settings.get().usage_details {
+        token.usage.record(app.clock.now_ms(), client_ip);
+    }
+    tracing::debug!(scheme = scheme.name(), "token accepted");
+    Ok((req, identity))
 }
 
 /// Metrics, the throttle's count of failed attempts, and the audit entry of

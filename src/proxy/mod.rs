@@ -13,12 +13,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::header::{HOST, HeaderName, HeaderValue, LOCATION};
 use hyper::http::uri::{PathAndQuery, Scheme};
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::auth::seal::Pat;
 use crate::body::{ClientBody, ClientBodyError, Forwarded, ResponseBody};
 use crate::config::{Config, Upstream};
 use crate::error::{GatewayError, Reason};
@@ -30,10 +31,38 @@ pub type UpstreamBody = Forwarded<ClientBody>;
 /// Who Confluence should see the request as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
-    /// A verified token: `Authorization` is removed, the identity header set.
+    /// A verified token in header mode: the client's `Authorization` is
+    /// removed and the identity header names the user.
     User(String),
+    /// A verified token with `forward_as = "pat"`: `Authorization` becomes
+    /// this value (`Bearer <the user's PAT>`); no identity header.
+    Pat(HeaderValue),
     /// Anything else: credentials (if any) forwarded untouched.
     Passthrough,
+}
+
+impl Identity {
+    /// Whether the request acts as a gateway token's user.
+    pub fn is_token(&self) -> bool {
+        !matches!(self, Identity::Passthrough)
+    }
+}
+
+/// A personal access token Confluence created for a user (SPEC §13).
+pub struct MintedPat {
+    /// Confluence's id for it, to revoke it by.
+    pub id: String,
+    pub token: Pat,
+}
+
+/// Why Confluence did not create a personal access token.
+#[derive(Debug)]
+pub enum MintError {
+    /// Confluence answered, and refused (PATs disabled, the user's limit
+    /// reached, ...): its own message.
+    Refused(String),
+    /// Confluence could not be asked (502, 504).
+    Unavailable(GatewayError),
 }
 
 /// What the forwarder needs to know about the client connection.
@@ -144,7 +173,7 @@ impl UpstreamClient {
             }
         }
         headers::remove_hop_by_hop(response.headers_mut(), switching);
-        if let Identity::User(_) = identity {
+        if identity.is_token() {
             headers::strip_token_response(response.headers_mut());
         }
         self.rewrite_location(&mut response);
@@ -156,42 +185,142 @@ impl UpstreamClient {
     /// the gateway would add (no identity, no upstream secret).
     ///
     /// `Ok(None)` when Confluence does not accept them: a status other than
-    /// 200 and 5xx, or a 200 without a `username` (an anonymous user).
-    /// Unreachable, timed out or failing with a 5xx is `Err` (502, 504), so
-    /// that a caller never takes an outage for a verdict.
+    /// 200 and 5xx, or a 200 without a `username` (an anonymous user, which
+    /// is how Confluence answers an unknown Bearer value). Unreachable,
+    /// timed out or failing with a 5xx is `Err` (502, 504), so that a caller
+    /// never takes an outage for a verdict.
     pub async fn current_user(&self, authorization: &HeaderValue) -> Result<Option<String>, GatewayError> {
-        const PATH: &str = "/rest/api/user/current";
+        let (status, body) = self
+            .ask(
+                Method::GET,
+                PathAndQuery::from_static("/rest/api/user/current"),
+                authorization,
+                None,
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Ok(None);
+        }
+        Ok(json_field(&body, "username").and_then(|user| user.as_str().map(str::to_owned)))
+    }
+
+    /// Asks Confluence to create a personal access token for the user whose
+    /// Basic `authorization` this is (`POST /rest/pat/latest/tokens`).
+    pub async fn mint_pat(
+        &self,
+        authorization: &HeaderValue,
+        name: &str,
+        expiration_days: i64,
+    ) -> Result<MintedPat, MintError> {
+        let body = serde_json::json!({"name": name, "expirationDuration": expiration_days});
+        let (status, answer) = self
+            .ask(
+                Method::POST,
+                PathAndQuery::from_static(PAT_TOKENS),
+                authorization,
+                Some(body),
+            )
+            .await
+            .map_err(MintError::Unavailable)?;
+        if !status.is_success() {
+            return Err(MintError::Refused(confluence_message(status, &answer)));
+        }
+        let id = json_field(&answer, "id").and_then(|id| match id {
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::String(s) => Some(s),
+            _ => None,
+        });
+        let raw = json_field(&answer, "rawToken").and_then(|raw| raw.as_str().map(str::to_owned));
+        match (id, raw) {
+            (Some(id), Some(raw)) if !raw.is_empty() => Ok(MintedPat {
+                id,
+                token: Pat::new(raw),
+            }),
+            _ => {
+                tracing::warn!(
+                    http.status = status.as_u16(),
+                    "Confluence's answer to a PAT creation has no id or rawToken"
+                );
+                Err(MintError::Unavailable(GatewayError::new(
+                    Reason::UpstreamUnavailable,
+                    "Confluence's answer to the personal access token creation could not be read",
+                )))
+            }
+        }
+    }
+
+    /// Asks Confluence to revoke the personal access token `id`, with the
+    /// owner's Basic `authorization`. Whether Confluence confirmed it.
+    pub async fn revoke_pat(&self, authorization: &HeaderValue, id: &str) -> bool {
+        let path = form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>();
+        let Ok(path) = PathAndQuery::try_from(format!("{PAT_TOKENS}/{path}")) else {
+            return false;
+        };
+        match self.ask(Method::DELETE, path, authorization, None).await {
+            Ok((status, _)) if status.is_success() => true,
+            Ok((status, answer)) => {
+                let message = confluence_message(status, &answer);
+                tracing::warn!(upstream_token.id = %id, %message, "Confluence did not revoke the personal access token");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(upstream_token.id = %id, error = %e.message, "cannot revoke the personal access token");
+                false
+            }
+        }
+    }
+
+    /// One call the gateway makes to Confluence on its own behalf, with the
+    /// caller's `authorization` and nothing the gateway would add to a
+    /// forwarded request. A 5xx, no answer or no answer in time is `Err`.
+    async fn ask(
+        &self,
+        method: Method,
+        path: PathAndQuery,
+        authorization: &HeaderValue,
+        json: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, Bytes), GatewayError> {
         const MAX_ANSWER: usize = 64 << 10;
-        let req = Request::get(self.upstream_uri(PathAndQuery::from_static(PATH))?)
+        let mut req = Request::builder()
+            .method(method)
+            .uri(self.upstream_uri(path)?)
             .header(hyper::header::AUTHORIZATION, authorization.clone())
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Either::Right(Full::new(Bytes::new())))
+            .header(hyper::header::ACCEPT, "application/json");
+        let body = match json {
+            Some(json) => {
+                req = req
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    // Confluence's XSRF check for REST calls that change state.
+                    .header("x-atlassian-token", "no-check");
+                Bytes::from(json.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let req = req
+            .body(Either::Right(Full::new(body)))
             .map_err(|e| GatewayError::internal(&e))?;
         let exchange = async {
             let response = self.client.request(req).await.map_err(|e| upstream_error(&e))?;
             let status = response.status();
             if status.is_server_error() {
-                tracing::warn!(http.status = status.as_u16(), "Confluence failed to check credentials");
+                tracing::warn!(
+                    http.status = status.as_u16(),
+                    "Confluence failed a call of the gateway's"
+                );
                 return Err(GatewayError::new(
                     Reason::UpstreamUnavailable,
-                    format!("Confluence could not check the credentials ({status})"),
+                    format!("Confluence could not answer ({status})"),
                 ));
-            }
-            if status != StatusCode::OK {
-                return Ok(None);
             }
             let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
                 .collect()
                 .await
                 .map_err(|e| {
-                    tracing::warn!(error = %e, "cannot read Confluence's answer about the current user");
+                    tracing::warn!(error = %e, "cannot read Confluence's answer");
                     GatewayError::new(Reason::UpstreamUnavailable, "Confluence's answer could not be read")
                 })?
                 .to_bytes();
-            let user = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|json| json.get("username")?.as_str().map(str::to_owned));
-            Ok(user)
+            Ok((status, body))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(answer) => answer,
@@ -230,12 +359,21 @@ impl UpstreamClient {
                 headers.remove(HOST);
             }
         }
-        if let Identity::User(user) = identity {
-            headers::strip_token_request(headers);
-            let value = HeaderValue::from_str(user)
-                .or_else(|_| HeaderValue::from_bytes(user.as_bytes()))
-                .map_err(|_| GatewayError::new(Reason::BadCredentials, "the user name cannot be sent in a header"))?;
-            headers.insert(self.identity_header.clone(), value);
+        match identity {
+            Identity::User(user) => {
+                headers::strip_token_request(headers);
+                let value = HeaderValue::from_str(user)
+                    .or_else(|_| HeaderValue::from_bytes(user.as_bytes()))
+                    .map_err(|_| {
+                        GatewayError::new(Reason::BadCredentials, "the user name cannot be sent in a header")
+                    })?;
+                headers.insert(self.identity_header.clone(), value);
+            }
+            Identity::Pat(authorization) => {
+                headers::strip_token_request(headers);
+                headers.insert(hyper::header::AUTHORIZATION, authorization.clone());
+            }
+            Identity::Passthrough => {}
         }
         if let Some((name, value)) = &self.secret {
             headers.insert(name.clone(), value.clone());
@@ -281,6 +419,36 @@ impl UpstreamClient {
         if let Ok(value) = HeaderValue::from_str(&format!("{public_url}{rest}")) {
             response.headers_mut().insert(LOCATION, value);
         }
+    }
+}
+
+/// Confluence's personal access token API.
+const PAT_TOKENS: &str = "/rest/pat/latest/tokens";
+
+/// A field of a JSON object answer, if it is one.
+fn json_field(body: &[u8], name: &str) -> Option<serde_json::Value> {
+    let mut json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(json.get_mut(name)?.take())
+}
+
+/// What Confluence said when it refused: the `message` of its error body
+/// (or of its first error), else the status.
+fn confluence_message(status: StatusCode, body: &[u8]) -> String {
+    let message = json_field(body, "message")
+        .and_then(|m| m.as_str().map(str::to_owned))
+        .or_else(|| {
+            let errors = json_field(body, "errors")?;
+            let first = errors.as_array()?.first()?;
+            Some(first.get("message")?.as_str()?.to_owned())
+        })
+        .filter(|m| !m.trim().is_empty());
+    let status = status.as_u16();
+    match message {
+        Some(message) => format!(
+            "Confluence answered {status}: {}",
+            message.chars().take(300).collect::<String>()
+        ),
+        None => format!("Confluence answered {status}"),
     }
 }
 
@@ -422,6 +590,22 @@ mod tests {
             location_after(&client(None), "http://confluence.internal:8090/x"),
             "http://confluence.internal:8090/x"
         );
+    }
+
+    #[test]
+    fn confluences_refusals_are_quoted_from_either_error_shape() {
+        let message = |body: &str| confluence_message(StatusCode::BAD_REQUEST, body.as_bytes());
+        assert_eq!(
+            message(r#"{"message":"PATs are disabled"}"#),
+            "Confluence answered 400: PATs are disabled"
+        );
+        assert_eq!(
+            message(r#"{"errors":[{"message":"limit reached"},{"message":"other"}]}"#),
+            "Confluence answered 400: limit reached"
+        );
+        assert_eq!(message("<html>oops</html>"), "Confluence answered 400");
+        assert_eq!(message(r#"{"message":"  "}"#), "Confluence answered 400");
+        assert!(message(&format!(r#"{{"message":"{}"}}"#, "x".repeat(1000))).len() < 350);
     }
 
     #[test]

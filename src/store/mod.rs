@@ -42,6 +42,11 @@ pub struct TokenRecord {
     pub counter: i64,
     pub last_used_at: Option<EpochMs>,
     pub last_ip: Option<String>,
+    /// The user's Confluence personal access token, sealed under this token
+    /// (SPEC §13); `None` for a token made in header mode.
+    pub sealed_pat: Option<Vec<u8>>,
+    /// Confluence's id of a personal access token the gateway minted.
+    pub upstream_token_id: Option<String>,
 }
 
 /// Filters and paging for listing tokens.
@@ -60,6 +65,16 @@ pub struct TokenQuery {
 pub struct Page<T> {
     pub total: u64,
     pub items: Vec<T>,
+}
+
+impl<T> Default for Page<T> {
+    /// Nothing matched.
+    fn default() -> Self {
+        Page {
+            total: 0,
+            items: Vec::new(),
+        }
+    }
 }
 
 /// A deleted token, in deletion order.
@@ -173,16 +188,20 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
-    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// Inserts a token, unless its user already holds `max_per_user` tokens
+    /// (then `false`, nothing stored). Checked and inserted atomically, so
+    /// concurrent creations cannot pass the limit together.
+    async fn insert_token(&self, token: &TokenRecord, max_per_user: Option<u64>) -> Result<bool, StoreError>;
     /// Candidate rows for a presented secret (normally zero or one).
     async fn tokens_by_lookup(&self, lookup: &str) -> Result<Vec<TokenRecord>, StoreError>;
     async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Newest first.
     async fn list_tokens(&self, query: &TokenQuery) -> Result<Page<TokenRecord>, StoreError>;
-    /// Deletes one token and records its revocation; false when there was none.
-    async fn delete_token(&self, id: &str, at: EpochMs) -> Result<bool, StoreError>;
-    /// Deletes every token bound to `user` (case-insensitively); returns their ids.
-    async fn delete_user_tokens(&self, user: &str, at: EpochMs) -> Result<Vec<String>, StoreError>;
+    /// Deletes one token and records its revocation; returns what was
+    /// deleted (`None` when there was no such token).
+    async fn delete_token(&self, id: &str, at: EpochMs) -> Result<Option<TokenRecord>, StoreError>;
+    /// Deletes every token bound to `user` (case-insensitively); returns them.
+    async fn delete_user_tokens(&self, user: &str, at: EpochMs) -> Result<Vec<TokenRecord>, StoreError>;
     /// The newest revocation seq, the cursor a new process starts polling from.
     async fn revocation_cursor(&self) -> Result<i64, StoreError>;
     async fn revocations_after(&self, seq: i64) -> Result<Vec<Revocation>, StoreError>;

@@ -26,7 +26,7 @@ use crate::clock::EpochMs;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 const TOKEN_COLUMNS: &str = "id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-                             token_hash, lookup, counter, last_used_at, last_ip";
+                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id";
 
 const AUDIT_COLUMNS: &str = "at, kind, token_id, token_label, user_name, client_ip, method, path, status, \
                              decision, reason, duration_ms, detail";
@@ -135,12 +135,22 @@ fn backoff() -> Backoff {
 
 #[async_trait]
 impl TokenStore for PgStore {
-    async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
-        self.check_ready()?;
-        sqlx::query(
+    async fn insert_token(&self, t: &TokenRecord, max_per_user: Option<u64>) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        if let (Some(user), Some(_)) = (&t.user, max_per_user) {
+            // One creation per user at a time, across replicas: the count
+            // below then stays true until this transaction commits.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tokengate user ' || tokengate_fold($1)))")
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let inserted = sqlx::query(
             "INSERT INTO tokens (id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-             token_hash, lookup, counter, last_used_at, last_ip) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
+             WHERE $16::bigint IS NULL OR $3::text IS NULL \
+             OR (SELECT count(*) FROM tokens WHERE tokengate_fold(user_name) = tokengate_fold($3)) < $16",
         )
         .bind(&t.id)
         .bind(&t.label)
@@ -155,9 +165,14 @@ impl TokenStore for PgStore {
         .bind(t.counter)
         .bind(t.last_used_at)
         .bind(&t.last_ip)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .bind(&t.sealed_pat)
+        .bind(&t.upstream_token_id)
+        .bind(max_per_user.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(inserted == 1)
     }
 
     async fn tokens_by_lookup(&self, lookup: &str) -> Result<Vec<TokenRecord>, StoreError> {
@@ -188,22 +203,19 @@ impl TokenStore for PgStore {
             .await
     }
 
-    async fn delete_token(&self, id: &str, at: EpochMs) -> Result<bool, StoreError> {
+    async fn delete_token(&self, id: &str, at: EpochMs) -> Result<Option<TokenRecord>, StoreError> {
         let mut tx = self.begin().await?;
         lock_revocations(&mut tx).await?;
-        let deleted = sqlx::query("DELETE FROM tokens WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted > 0 {
+        let sql = format!("DELETE FROM tokens WHERE id = $1 RETURNING {TOKEN_COLUMNS}");
+        let deleted: Option<TokenRecord> = sqlx::query_as(&sql).bind(id).fetch_optional(&mut *tx).await?;
+        if deleted.is_some() {
             record_revocations(&mut tx, &[id.to_owned()], at).await?;
         }
         tx.commit().await?;
-        Ok(deleted > 0)
+        Ok(deleted)
     }
 
-    async fn delete_user_tokens(&self, user: &str, at: EpochMs) -> Result<Vec<String>, StoreError> {
+    async fn delete_user_tokens(&self, user: &str, at: EpochMs) -> Result<Vec<TokenRecord>, StoreError> {
         let mut tx = self.begin().await?;
         lock_revocations(&mut tx).await?;
         // Row locks in id order, like add_usage, so the two never deadlock.
@@ -213,13 +225,11 @@ impl TokenStore for PgStore {
         .bind(user)
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM tokens WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
+        let sql = format!("DELETE FROM tokens WHERE id = ANY($1) RETURNING {TOKEN_COLUMNS}");
+        let deleted: Vec<TokenRecord> = sqlx::query_as(&sql).bind(&ids).fetch_all(&mut *tx).await?;
         record_revocations(&mut tx, &ids, at).await?;
         tx.commit().await?;
-        Ok(ids)
+        Ok(deleted)
     }
 
     async fn revocation_cursor(&self) -> Result<i64, StoreError> {

@@ -18,7 +18,7 @@ use crate::clock::EpochMs;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 const TOKEN_COLUMNS: &str = "id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-                             token_hash, lookup, counter, last_used_at, last_ip";
+                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -70,11 +70,15 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
 
 #[async_trait]
 impl TokenStore for SqliteStore {
-    async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
-        sqlx::query(
+    async fn insert_token(&self, t: &TokenRecord, max_per_user: Option<u64>) -> Result<bool, StoreError> {
+        // One statement: SQLite runs it under its write lock, so the count
+        // and the insert cannot interleave with another creation.
+        let inserted = sqlx::query(
             "INSERT INTO tokens (id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-             token_hash, lookup, counter, last_used_at, last_ip) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 \
+             WHERE ?16 IS NULL OR ?3 IS NULL \
+             OR (SELECT count(*) FROM tokens WHERE user_name = ?3 COLLATE NOCASE) < ?16",
         )
         .bind(&t.id)
         .bind(&t.label)
@@ -89,9 +93,13 @@ impl TokenStore for SqliteStore {
         .bind(t.counter)
         .bind(t.last_used_at)
         .bind(&t.last_ip)
+        .bind(&t.sealed_pat)
+        .bind(&t.upstream_token_id)
+        .bind(max_per_user.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
     }
 
     async fn tokens_by_lookup(&self, lookup: &str) -> Result<Vec<TokenRecord>, StoreError> {
@@ -117,31 +125,26 @@ impl TokenStore for SqliteStore {
             .await
     }
 
-    async fn delete_token(&self, id: &str, at: EpochMs) -> Result<bool, StoreError> {
+    async fn delete_token(&self, id: &str, at: EpochMs) -> Result<Option<TokenRecord>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query("DELETE FROM tokens WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted > 0 {
+        let sql = format!("DELETE FROM tokens WHERE id = ? RETURNING {TOKEN_COLUMNS}");
+        let deleted: Option<TokenRecord> = sqlx::query_as(&sql).bind(id).fetch_optional(&mut *tx).await?;
+        if deleted.is_some() {
             record_revocation(&mut tx, id, at).await?;
         }
         tx.commit().await?;
-        Ok(deleted > 0)
+        Ok(deleted)
     }
 
-    async fn delete_user_tokens(&self, user: &str, at: EpochMs) -> Result<Vec<String>, StoreError> {
+    async fn delete_user_tokens(&self, user: &str, at: EpochMs) -> Result<Vec<TokenRecord>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let ids: Vec<(String,)> = sqlx::query_as("DELETE FROM tokens WHERE user_name = ? COLLATE NOCASE RETURNING id")
-            .bind(user)
-            .fetch_all(&mut *tx)
-            .await?;
-        for (id,) in &ids {
-            record_revocation(&mut tx, id, at).await?;
+        let sql = format!("DELETE FROM tokens WHERE user_name = ? COLLATE NOCASE RETURNING {TOKEN_COLUMNS}");
+        let deleted: Vec<TokenRecord> = sqlx::query_as(&sql).bind(user).fetch_all(&mut *tx).await?;
+        for token in &deleted {
+            record_revocation(&mut tx, &token.id, at).await?;
         }
         tx.commit().await?;
-        Ok(ids.into_iter().map(|(id,)| id).collect())
+        Ok(deleted)
     }
 
     async fn revocation_cursor(&self) -> Result<i64, StoreError> {
@@ -327,6 +330,8 @@ mod tests {
             counter: 0,
             last_used_at: None,
             last_ip: None,
+            sealed_pat: None,
+            upstream_token_id: None,
         }
     }
 
@@ -358,7 +363,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let store = SqliteStore::open(&url).await.unwrap();
-        store.insert_token(&record("a", None, 1)).await.unwrap();
+        store.insert_token(&record("a", None, 1), None).await.unwrap();
         store.close().await;
         let store = SqliteStore::open(&url).await.unwrap();
         assert_eq!(store.token("a").await.unwrap(), Some(record("a", None, 1)));

@@ -193,10 +193,16 @@ async fn get_pages_filters_and_describes_each_token() {
         "lastUsed",
         "lastIp",
         "expired",
+        "forwardAs",
+        "upstreamTokenId",
     ];
     expected.sort();
     assert_eq!(keys, expected);
     assert_eq!(bob["expired"], true);
+    assert_eq!(
+        (&bob["forwardAs"], &bob["upstreamTokenId"]),
+        (&json!("header"), &json!(null))
+    );
     assert_eq!(
         bob["validUntil"].as_i64(),
         Some(bob["dateCreated"].as_i64().unwrap() + DAY_MS)
@@ -572,8 +578,19 @@ async fn an_admin_tokens_rules_must_allow_the_call() {
 
 #[tokio::test]
 async fn password_admins_come_from_admin_users_and_confluence_must_answer() {
-    let gw = Gateway::start_with(|c| c.admin_users = vec!["root".into()]).await;
+    let gw = Gateway::start_with(|c| {
+        c.admin_users = vec!["root".into()];
+        c.self_service = false;
+    })
+    .await;
     let reply = call(&gw, Method::GET, "/get", &admin_password(), "").await;
+    assert_error(&reply, 403, "forbidden", None);
+    // With self-service, a user not in admin_users manages their own tokens only.
+    let gw = Gateway::start_with(|c| c.admin_users = vec!["root".into()]).await;
+    gw.token_for("carol").await;
+    let reply = call(&gw, Method::GET, "/get", &admin_password(), "").await;
+    assert_eq!((reply.status.as_u16(), &reply.json()["total"]), (200, &json!(0)));
+    let reply = call(&gw, Method::GET, "/settings", &admin_password(), "").await;
     assert_error(&reply, 403, "forbidden", None);
 
     let gw = Gateway::start_with(|c| c.upstream.authority = "127.0.0.1:1".parse().unwrap()).await;

@@ -35,6 +35,8 @@ fn record(id: &str) -> TokenRecord {
         counter: 0,
         last_used_at: None,
         last_ip: None,
+        sealed_pat: None,
+        upstream_token_id: None,
     }
 }
 
@@ -51,8 +53,8 @@ async fn until_feed_listens(
     let give_up = Instant::now() + deadline;
     for attempt in 1.. {
         let id = format!("{prefix}-probe-{attempt}");
-        writer.insert_token(&record(&id)).await.unwrap();
-        assert!(writer.delete_token(&id, 0).await.unwrap());
+        writer.insert_token(&record(&id), None).await.unwrap();
+        assert!(writer.delete_token(&id, 0).await.unwrap().is_some());
         if tokio::time::timeout(Duration::from_millis(200), announced(feed, &id))
             .await
             .is_ok()
@@ -95,15 +97,18 @@ async fn the_feed_announces_deletions_made_through_another_handle() {
 
     let id = |n: u8| format!("{}-x{n}", schema.name);
     for n in 1..=3 {
-        b.insert_token(&TokenRecord {
-            user: Some("Carol".into()),
-            ..record(&id(n))
-        })
+        b.insert_token(
+            &TokenRecord {
+                user: Some("Carol".into()),
+                ..record(&id(n))
+            },
+            None,
+        )
         .await
         .unwrap();
     }
     let started = Instant::now();
-    assert!(b.delete_token(&id(1), 0).await.unwrap());
+    assert!(b.delete_token(&id(1), 0).await.unwrap().is_some());
     tokio::time::timeout(Duration::from_secs(1), announced(&mut feed, &id(1)))
         .await
         .expect("announced within a second");
@@ -115,7 +120,7 @@ async fn the_feed_announces_deletions_made_through_another_handle() {
             .expect("every deleted token is announced");
     }
     // A deletion that deletes nothing announces nothing.
-    assert!(!b.delete_token(&id(1), 0).await.unwrap());
+    assert!(b.delete_token(&id(1), 0).await.unwrap().is_none());
     let again = tokio::time::timeout(Duration::from_millis(200), announced(&mut feed, &id(1))).await;
     assert!(again.is_err(), "announced a deletion that did not happen");
     a.close().await;
@@ -298,7 +303,7 @@ async fn the_store_connects_over_tls_when_the_url_requires_it() {
     let store = tokengate::open_store(&format!("{}&sslmode=require", schema.url))
         .await
         .unwrap();
-    store.insert_token(&record("over-tls")).await.unwrap();
+    store.insert_token(&record("over-tls"), None).await.unwrap();
     assert!(store.token("over-tls").await.unwrap().is_some());
     store.close().await;
 }

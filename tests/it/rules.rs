@@ -354,8 +354,10 @@ async fn a_stored_rule_that_no_longer_compiles_denies_everything() {
         counter: 0,
         last_used_at: None,
         last_ip: None,
+        sealed_pat: None,
+        upstream_token_id: None,
     };
-    gw.app.store.insert_token(&record).await.unwrap();
+    gw.app.store.insert_token(&record, None).await.unwrap();
     let reply = send(
         Method::GET,
         &gw.url("/rest/api/x"),

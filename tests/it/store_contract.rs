@@ -80,6 +80,7 @@ contract! {
         lists_newest_first_with_filters_and_paging,
         filters_fold_ascii_case_only_and_labels_match_literally,
         deletions_are_recorded_as_revocations,
+        a_users_token_limit_holds_and_ignores_unbound_tokens,
         usage_adds_up_and_keeps_the_latest_ip,
         audit_entries_round_trip_filter_page_and_purge,
         ping_answers,
@@ -88,6 +89,7 @@ contract! {
         a_token_written_through_one_handle_is_read_and_revoked_through_the_other,
         settings_default_on_and_persist_across_handles,
         concurrent_usage_flushes_from_two_handles_add_up_exactly,
+        concurrent_creations_cannot_pass_a_users_limit_together,
     ],
 }
 
@@ -106,6 +108,8 @@ fn record(id: &str, user: Option<&str>, created_at: EpochMs) -> TokenRecord {
         counter: 0,
         last_used_at: None,
         last_ip: None,
+        sealed_pat: None,
+        upstream_token_id: None,
     }
 }
 
@@ -129,14 +133,17 @@ async fn tokens_round_trip_and_are_found_by_lookup(store: Arc<dyn TokenStore>) {
         counter: 7,
         last_used_at: Some(1_700_000_000_123),
         last_ip: Some("10.1.2.3".into()),
+        // Every byte value survives, NUL included.
+        sealed_pat: Some((0..=255u8).chain([0, 0, 1]).collect()),
+        upstream_token_id: Some("90210".into()),
         ..record("full-Id_1", Some("Alice@Example.com"), 1_700_000_000_000)
     };
-    store.insert_token(&full).await.unwrap();
+    store.insert_token(&full, None).await.unwrap();
     let twin = TokenRecord {
         lookup: full.lookup.clone(),
         ..record("twin", None, 1)
     };
-    store.insert_token(&twin).await.unwrap();
+    store.insert_token(&twin, None).await.unwrap();
 
     assert_eq!(store.token("full-Id_1").await.unwrap(), Some(full.clone()));
     assert_eq!(store.token("full-id_1").await.unwrap(), None, "ids are exact");
@@ -144,7 +151,10 @@ async fn tokens_round_trip_and_are_found_by_lookup(store: Arc<dyn TokenStore>) {
     found.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(found, [full.clone(), twin]);
     assert!(store.tokens_by_lookup("tgw_00000000").await.unwrap().is_empty());
-    assert!(store.insert_token(&full).await.is_err(), "a duplicate id is refused");
+    assert!(
+        store.insert_token(&full, None).await.is_err(),
+        "a duplicate id is refused"
+    );
 }
 
 async fn lists_newest_first_with_filters_and_paging(store: Arc<dyn TokenStore>) {
@@ -153,13 +163,13 @@ async fn lists_newest_first_with_filters_and_paging(store: Arc<dyn TokenStore>) 
         .enumerate()
     {
         store
-            .insert_token(&record(&format!("t{i}"), user, i as i64))
+            .insert_token(&record(&format!("t{i}"), user, i as i64), None)
             .await
             .unwrap();
     }
     // Same creation time: ids break the tie, compared bytewise.
     for id in ["b", "a", "B"] {
-        store.insert_token(&record(id, None, 10)).await.unwrap();
+        store.insert_token(&record(id, None, 10), None).await.unwrap();
     }
     let all = store.list_tokens(&all_tokens()).await.unwrap();
     assert_eq!(all.total, 7);
@@ -204,15 +214,18 @@ async fn lists_newest_first_with_filters_and_paging(store: Arc<dyn TokenStore>) 
 /// Both backends compare user names ASCII case-insensitively (SQLite's
 /// NOCASE), and the label filter is a plain substring: `%` and `_` are literal.
 async fn filters_fold_ascii_case_only_and_labels_match_literally(store: Arc<dyn TokenStore>) {
-    store.insert_token(&record("e", Some("Émile"), 1)).await.unwrap();
+    store.insert_token(&record("e", Some("Émile"), 1), None).await.unwrap();
     store
-        .insert_token(&TokenRecord {
-            label: "50%_OFF".into(),
-            ..record("p", None, 2)
-        })
+        .insert_token(
+            &TokenRecord {
+                label: "50%_OFF".into(),
+                ..record("p", None, 2)
+            },
+            None,
+        )
         .await
         .unwrap();
-    store.insert_token(&record("q", None, 3)).await.unwrap();
+    store.insert_token(&record("q", None, 3), None).await.unwrap();
     let by_user = |user: &str| TokenQuery {
         user: Some(user.into()),
         ..all_tokens()
@@ -232,17 +245,52 @@ async fn filters_fold_ascii_case_only_and_labels_match_literally(store: Arc<dyn 
     assert_eq!(store.list_tokens(&by_label("%")).await.unwrap().total, 1);
 }
 
+async fn a_users_token_limit_holds_and_ignores_unbound_tokens(store: Arc<dyn TokenStore>) {
+    for (n, user) in [Some("alice"), Some("ALICE"), None, Some("bob")]
+        .into_iter()
+        .enumerate()
+    {
+        assert!(
+            store
+                .insert_token(&record(&format!("t{n}"), user, 0), Some(2))
+                .await
+                .unwrap()
+        );
+    }
+    let third = record("t9", Some("Alice"), 0);
+    assert!(
+        !store.insert_token(&third, Some(2)).await.unwrap(),
+        "alice holds two already"
+    );
+    assert_eq!(store.token("t9").await.unwrap(), None, "nothing stored");
+    assert!(
+        store.insert_token(&record("u1", None, 0), Some(0)).await.unwrap(),
+        "no limit for unbound tokens"
+    );
+    assert!(store.insert_token(&third, None).await.unwrap(), "no limit given");
+    assert!(store.delete_token("t0", 1).await.unwrap().is_some());
+    assert!(
+        store
+            .insert_token(&record("t8", Some("bob"), 0), Some(2))
+            .await
+            .unwrap()
+    );
+}
+
 async fn deletions_are_recorded_as_revocations(store: Arc<dyn TokenStore>) {
     for (id, user) in [("a", Some("alice")), ("b", Some("ALICE")), ("c", Some("bob"))] {
-        store.insert_token(&record(id, user, 0)).await.unwrap();
+        store.insert_token(&record(id, user, 0), None).await.unwrap();
     }
     let cursor = store.revocation_cursor().await.unwrap();
     assert!(store.revocations_after(cursor).await.unwrap().is_empty());
-    assert!(store.delete_token("c", 10).await.unwrap());
-    assert!(!store.delete_token("c", 11).await.unwrap());
+    assert_eq!(
+        store.delete_token("c", 10).await.unwrap(),
+        Some(record("c", Some("bob"), 0))
+    );
+    assert!(store.delete_token("c", 11).await.unwrap().is_none());
     let mut deleted = store.delete_user_tokens("Alice", 12).await.unwrap();
-    deleted.sort();
-    assert_eq!(deleted, ["a", "b"]);
+    deleted.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(deleted, [record("a", Some("alice"), 0), record("b", Some("ALICE"), 0)]);
     assert!(store.delete_user_tokens("alice", 13).await.unwrap().is_empty());
     let revoked = store.revocations_after(cursor).await.unwrap();
     let revoked_ids: Vec<_> = revoked.iter().map(|r| r.token_id.as_str()).collect();
@@ -258,7 +306,7 @@ async fn deletions_are_recorded_as_revocations(store: Arc<dyn TokenStore>) {
 }
 
 async fn usage_adds_up_and_keeps_the_latest_ip(store: Arc<dyn TokenStore>) {
-    store.insert_token(&record("a", None, 0)).await.unwrap();
+    store.insert_token(&record("a", None, 0), None).await.unwrap();
     let delta = |calls, at, ip: &str| UsageDelta {
         token_id: "a".into(),
         calls,
@@ -397,9 +445,9 @@ async fn a_token_written_through_one_handle_is_read_and_revoked_through_the_othe
     b: Arc<dyn TokenStore>,
 ) {
     let cursor = b.revocation_cursor().await.unwrap();
-    a.insert_token(&record("shared", Some("alice"), 5)).await.unwrap();
+    a.insert_token(&record("shared", Some("alice"), 5), None).await.unwrap();
     assert_eq!(b.token("shared").await.unwrap().unwrap().user.as_deref(), Some("alice"));
-    assert!(b.delete_token("shared", 6).await.unwrap());
+    assert!(b.delete_token("shared", 6).await.unwrap().is_some());
     assert_eq!(a.token("shared").await.unwrap(), None);
     let revoked = a.revocations_after(cursor).await.unwrap();
     assert_eq!(
@@ -433,7 +481,9 @@ async fn concurrent_usage_flushes_from_two_handles_add_up_exactly(a: Arc<dyn Tok
     const FLUSHERS: usize = 4;
     const ROUNDS: i64 = 25;
     for t in 0..TOKENS {
-        a.insert_token(&record(&format!("u{t:02}"), None, 0)).await.unwrap();
+        a.insert_token(&record(&format!("u{t:02}"), None, 0), None)
+            .await
+            .unwrap();
     }
     let mut flushes = Vec::new();
     for (h, store) in [a.clone(), b.clone()].into_iter().enumerate() {
@@ -468,4 +518,31 @@ async fn concurrent_usage_flushes_from_two_handles_add_up_exactly(a: Arc<dyn Tok
         assert_eq!(stored.last_used_at, Some((ROUNDS - 1) * 100 + writers - 1));
         assert_eq!(stored.last_ip.as_deref(), Some("10.0.1.3"));
     }
+}
+
+async fn concurrent_creations_cannot_pass_a_users_limit_together(a: Arc<dyn TokenStore>, b: Arc<dyn TokenStore>) {
+    let mut creations = tokio::task::JoinSet::new();
+    for n in 0..12 {
+        let store = if n % 2 == 0 { a.clone() } else { b.clone() };
+        creations.spawn(async move {
+            store
+                .insert_token(&record(&format!("c{n}"), Some("carol"), 0), Some(5))
+                .await
+        });
+    }
+    let mut stored = 0;
+    while let Some(result) = creations.join_next().await {
+        // SQLite may refuse a racing writer outright (busy): never a sixth token.
+        if let Ok(Ok(true)) = result {
+            stored += 1;
+        }
+    }
+    let carol = TokenQuery {
+        user: Some("carol".into()),
+        ..all_tokens()
+    };
+    let held = a.list_tokens(&carol).await.unwrap().total;
+    assert_eq!(held, stored);
+    assert!(held <= 5, "{held} tokens");
+    assert!(held >= 1);
 }

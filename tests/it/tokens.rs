@@ -107,7 +107,7 @@ async fn a_token_deleted_by_another_process_is_refused_within_a_second() {
     assert_eq!(get(&gw.url(SPACE), &[("authorization", &auth)]).await.status, 200);
     // A second handle on the same database stands in for the CLI.
     let other = SqliteStore::open(&gw.app.config.database_url).await.unwrap();
-    assert!(other.delete_token(&created.record.id, 0).await.unwrap());
+    assert!(other.delete_token(&created.record.id, 0).await.unwrap().is_some());
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
         let status = get(&gw.url(SPACE), &[("authorization", &auth)]).await.status;
@@ -133,7 +133,7 @@ async fn deleting_a_users_tokens_revokes_them_all() {
             200
         );
     }
-    assert_eq!(gw.app.tokens.delete_user("CAROL").await.unwrap(), 2);
+    assert_eq!(gw.app.tokens.delete_user("CAROL").await.unwrap().len(), 2);
     for token in [&a, &b] {
         assert_eq!(
             get(&gw.url(SPACE), &[("authorization", &basic("carol", token))])

@@ -1,10 +1,15 @@
 //! A fake Confluence that records exactly what it receives: method, target,
 //! headers, body length and SHA-256 (bodies are hashed as they stream, so
 //! uploads of any size can be checked), and answers like Confluence would.
+//!
+//! Like a stock Confluence Data Center, it authenticates Basic passwords of
+//! its users ([`USERS`]) and `Bearer` personal access tokens, which it
+//! mints and revokes through `/rest/pat/latest/tokens`; an unknown Bearer
+//! value is served as anonymous, and it ignores `X-Forwarded-User`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,10 +58,34 @@ pub struct FakeConfluence {
     recorded: Arc<Mutex<Vec<Recorded>>>,
     /// Body bytes received so far across all requests (streaming progress).
     pub bytes_received: Arc<AtomicU64>,
+    pats: Arc<Mutex<Vec<PersonalAccessToken>>>,
+    /// Answer PAT creations with 403, as with personal access tokens disabled.
+    pub pats_disabled: Arc<AtomicBool>,
+    /// Answer every call of the PAT API with 500.
+    pub pat_api_fails: Arc<AtomicBool>,
+}
+
+/// A personal access token this Confluence minted.
+#[derive(Debug, Clone)]
+pub struct PersonalAccessToken {
+    pub id: u64,
+    pub user: String,
+    pub name: String,
+    pub expiration_days: Option<i64>,
+    pub raw: String,
+    pub revoked: bool,
 }
 
 /// The admin password `/rest/api/user/current` accepts.
 pub const ADMIN_PASSWORD: &str = "admin-password";
+/// Users and their passwords; Confluence spells their names this way.
+pub const USERS: [(&str, &str); 3] = [
+    ("admin", ADMIN_PASSWORD),
+    ("alice", "alice-password"),
+    ("bob", "bob-password"),
+];
+/// How many personal access tokens one user may have here.
+pub const PAT_LIMIT: usize = 8;
 
 impl FakeConfluence {
     pub async fn start() -> Self {
@@ -65,6 +94,9 @@ impl FakeConfluence {
             addr: listener.local_addr().unwrap(),
             recorded: Arc::default(),
             bytes_received: Arc::default(),
+            pats: Arc::default(),
+            pats_disabled: Arc::default(),
+            pat_api_fails: Arc::default(),
         };
         let server = fake.clone();
         tokio::spawn(async move {
@@ -103,6 +135,121 @@ impl FakeConfluence {
         self.recorded.lock().unwrap().len()
     }
 
+    /// Requests received on `path` (without query).
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.target.split('?').next() == Some(path))
+            .collect()
+    }
+
+    /// Every personal access token minted here, in order.
+    pub fn pats(&self) -> Vec<PersonalAccessToken> {
+        self.pats.lock().unwrap().clone()
+    }
+
+    /// Mints a personal access token for `user` directly (as the user would in Confluence's UI).
+    pub fn create_pat(&self, user: &str) -> String {
+        self.mint(user, "created in Confluence", None).raw
+    }
+
+    /// Revokes a personal access token by its raw value (as in Confluence's UI).
+    pub fn revoke_pat(&self, raw: &str) {
+        for pat in self.pats.lock().unwrap().iter_mut().filter(|p| p.raw == raw) {
+            pat.revoked = true;
+        }
+    }
+
+    fn mint(&self, user: &str, name: &str, expiration_days: Option<i64>) -> PersonalAccessToken {
+        use rand::TryRngCore;
+        use rand::distr::{Alphanumeric, SampleString};
+        let mut pats = self.pats.lock().unwrap();
+        let pat = PersonalAccessToken {
+            id: 1000 + pats.len() as u64,
+            user: user.to_owned(),
+            name: name.to_owned(),
+            expiration_days,
+            raw: format!(
+                "NjQ{}",
+                Alphanumeric.sample_string(&mut rand::rngs::OsRng.unwrap_err(), 41)
+            ),
+            revoked: false,
+        };
+        pats.push(pat.clone());
+        pat
+    }
+
+    /// Who a request authenticates as, the way Confluence decides it: a
+    /// known user's password, or a live personal access token. `Err` for a
+    /// wrong password (401); `Ok(None)` for anonymous, which is also what an
+    /// unknown Bearer value gets.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<String>, ()> {
+        use base64::Engine;
+        let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+            return Ok(None);
+        };
+        if let Some(raw) = value.strip_prefix("Bearer ") {
+            let pats = self.pats.lock().unwrap();
+            return Ok(pats.iter().find(|p| p.raw == raw && !p.revoked).map(|p| p.user.clone()));
+        }
+        let decoded = value
+            .strip_prefix("Basic ")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or(())?;
+        let (user, password) = decoded.split_once(':').ok_or(())?;
+        USERS
+            .iter()
+            .find(|(name, pass)| *name == user && *pass == password)
+            .map(|(name, _)| Some((*name).to_owned()))
+            .ok_or(())
+    }
+
+    /// Confluence's personal access token API.
+    fn pat_api(&self, method: &hyper::Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Response<Full<Bytes>> {
+        if self.pat_api_fails.load(Ordering::SeqCst) {
+            return json(StatusCode::INTERNAL_SERVER_ERROR, r#"{"message":"database down"}"#);
+        }
+        let Ok(Some(user)) = self.authenticate(headers) else {
+            return json(StatusCode::UNAUTHORIZED, r#"{"message":"Unauthorized"}"#);
+        };
+        if *method == hyper::Method::POST && path == "/rest/pat/latest/tokens" {
+            if self.pats_disabled.load(Ordering::SeqCst) {
+                return json(
+                    StatusCode::FORBIDDEN,
+                    r#"{"message":"Personal access tokens are disabled"}"#,
+                );
+            }
+            let live = self.pats().iter().filter(|p| p.user == user && !p.revoked).count();
+            if live >= PAT_LIMIT {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    r#"{"errors":[{"message":"You have reached the maximum number of personal access tokens"}]}"#,
+                );
+            }
+            let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            let name = request["name"].as_str().unwrap_or_default();
+            let pat = self.mint(&user, name, request["expirationDuration"].as_i64());
+            let answer = serde_json::json!({"id": pat.id, "name": pat.name, "createdAt": "2026-11-28T00:00:00.000+0000",
+                "expiringAt": "2027-11-28T00:00:00.000+0000", "rawToken": pat.raw});
+            return json(StatusCode::CREATED, &answer.to_string());
+        }
+        let id = path
+            .strip_prefix("/rest/pat/latest/tokens/")
+            .and_then(|id| id.parse::<u64>().ok());
+        if let (true, Some(id)) = (*method == hyper::Method::DELETE, id) {
+            let mut pats = self.pats.lock().unwrap();
+            return match pats.iter_mut().find(|p| p.id == id && p.user == user) {
+                Some(pat) => {
+                    pat.revoked = true;
+                    json(StatusCode::NO_CONTENT, "")
+                }
+                None => json(StatusCode::NOT_FOUND, r#"{"message":"No such token"}"#),
+            };
+        }
+        json(StatusCode::NOT_FOUND, r#"{"message":"Not found"}"#)
+    }
+
     async fn answer(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let (parts, mut body) = req.into_parts();
@@ -126,14 +273,28 @@ impl FakeConfluence {
             headers: parts.headers.clone(),
             body_len,
             body_sha256: hasher.finalize().into(),
-            body_head,
+            body_head: body_head.clone(),
         });
         let path = parts.uri.path();
         if parts.headers.contains_key("upgrade") {
             return echo_upgrade(on_upgrade);
         }
+        if path.starts_with("/rest/pat/") {
+            return self.pat_api(&parts.method, path, &parts.headers, &body_head);
+        }
         match path {
-            "/rest/api/user/current" => user_current(&parts.headers),
+            "/rest/api/user/current" => match self.authenticate(&parts.headers) {
+                Ok(Some(user)) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({"type": "known", "username": user, "userKey": format!("key-{user}")})
+                        .to_string(),
+                ),
+                Ok(None) => json(StatusCode::OK, r#"{"type":"anonymous","displayName":"Anonymous"}"#),
+                Err(()) => json(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"statusCode":401,"message":"Unauthorized"}"#,
+                ),
+            },
             "/delay" => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 json(StatusCode::OK, r#"{"delayed":true}"#)
@@ -168,7 +329,10 @@ impl FakeConfluence {
                 r#"{"statusCode":401,"message":"from confluence"}"#,
             ),
             _ => {
-                let mut response = json(StatusCode::OK, &format!(r#"{{"ok":true,"path":{:?}}}"#, path));
+                // Who Confluence serves the request as: never X-Forwarded-User, it has no authenticator for it.
+                let user = self.authenticate(&parts.headers).ok().flatten();
+                let answer = serde_json::json!({"ok": true, "path": path, "as": user});
+                let mut response = json(StatusCode::OK, &answer.to_string());
                 response
                     .headers_mut()
                     .insert("x-upstream", HeaderValue::from_static("fake-confluence"));
@@ -197,24 +361,6 @@ fn echo_upgrade(on_upgrade: hyper::upgrade::OnUpgrade) -> Response<Full<Bytes>> 
         .header("upgrade", "websocket")
         .body(Full::new(Bytes::new()))
         .unwrap()
-}
-
-/// Confluence's "who am I": 200 with the user for the admin password, else 401.
-fn user_current(headers: &HeaderMap) -> Response<Full<Bytes>> {
-    use base64::Engine;
-    let expected = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"))
-    );
-    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        Some(value) if value == expected => {
-            json(StatusCode::OK, r#"{"type":"known","username":"admin","userKey":"k1"}"#)
-        }
-        _ => json(
-            StatusCode::UNAUTHORIZED,
-            r#"{"statusCode":401,"message":"Unauthorized"}"#,
-        ),
-    }
 }
 
 fn json(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

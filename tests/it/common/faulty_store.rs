@@ -38,9 +38,9 @@ impl FaultyStore {
 
 #[async_trait]
 impl TokenStore for FaultyStore {
-    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+    async fn insert_token(&self, token: &TokenRecord, max_per_user: Option<u64>) -> Result<bool, StoreError> {
         self.check()?;
-        self.inner.insert_token(token).await
+        self.inner.insert_token(token, max_per_user).await
     }
     async fn tokens_by_lookup(&self, lookup: &str) -> Result<Vec<TokenRecord>, StoreError> {
         self.check()?;
@@ -54,11 +54,11 @@ impl TokenStore for FaultyStore {
         self.check()?;
         self.inner.list_tokens(query).await
     }
-    async fn delete_token(&self, id: &str, at: EpochMs) -> Result<bool, StoreError> {
+    async fn delete_token(&self, id: &str, at: EpochMs) -> Result<Option<TokenRecord>, StoreError> {
         self.check()?;
         self.inner.delete_token(id, at).await
     }
-    async fn delete_user_tokens(&self, user: &str, at: EpochMs) -> Result<Vec<String>, StoreError> {
+    async fn delete_user_tokens(&self, user: &str, at: EpochMs) -> Result<Vec<TokenRecord>, StoreError> {
         self.check()?;
         self.inner.delete_user_tokens(user, at).await
     }

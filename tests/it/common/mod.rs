@@ -160,12 +160,27 @@ impl Gateway {
 
     /// Stops the server (graceful shutdown) and waits for it.
     pub async fn stop(mut self) {
+        self.shut_down().await;
+    }
+
+    async fn shut_down(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
+    }
+
+    /// Stops this gateway and starts a new one over the same SQLite store and
+    /// fake Confluence, with its configuration changed by `adjust`: a
+    /// restart, with nothing verified in memory.
+    pub async fn reopen(mut self, adjust: impl FnOnce(&mut Config)) -> Gateway {
+        self.shut_down().await;
+        let mut config = (*self.app.config).clone();
+        adjust(&mut config);
+        let store = Arc::new(SqliteStore::open(&config.database_url).await.unwrap());
+        Self::launch(self.upstream, self.dir, config, store).await
     }
 }
 

@@ -109,3 +109,28 @@ pub fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// Runs a `tokengate` CLI command in `dir` (cheap argon2) with `envs` and
+/// `stdin`, without blocking the runtime: for commands that talk to a fake
+/// Confluence served by this test.
+pub async fn cli_with(dir: &Path, args: &[&str], envs: &[(&str, &str)], stdin: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("TOKENGATE_ARGON2_MEMORY_KIB", "64")
+        .env("TOKENGATE_ARGON2_ITERATIONS", "1")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in envs {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    child.wait_with_output().await.unwrap()
+}
