@@ -90,30 +90,21 @@ pub fn check_token(token: &ActiveToken, cx: &CheckContext<'_>) -> Result<String,
     Ok(identity)
 }
 
-/// The last check: the token's restriction rules. Reads (and buffers) the
-/// body only when a JSON rule is the only way the request could be allowed
-/// and the body could be JSON; otherwise the body keeps streaming.
-pub async fn check_rules<B: RequestBody>(
-    token: &ActiveToken,
-    req: Request<B>,
-    path: &str,
-    max_json_body: usize,
-) -> Result<Request<Forwarded<B>>, GatewayError> {
-    let rules = token.rules.as_ref().map_err(|_| {
-        GatewayError::new(
-            Reason::RuleMismatch,
-            format!(
-                "token '{}' has restriction rules that no longer compile; ask an admin to replace it",
-                token.label
-            ),
-        )
-    })?;
-    let denied = |denied: crate::rules::Denied| {
-        GatewayError::new(
-            Reason::RuleMismatch,
-            format!("token '{}' {}", token.label, denied.message()),
-        )
-    };
+/// What the rules say before any body is read.
+pub enum RulesCheck<B> {
+    /// Allowed; the body streams on.
+    Allowed(Request<Forwarded<B>>),
+    /// Only a rule with `JsonData` constraints could allow it: read the body
+    /// with [`check_rules_with_body`].
+    NeedsBody(Request<B>),
+}
+
+/// The last check: the token's restriction rules, on the method, path and
+/// query. Synchronous: the body is read (by [`check_rules_with_body`]) only
+/// when a JSON rule is the only way the request could be allowed and the
+/// body could be JSON.
+pub fn check_rules<B>(token: &ActiveToken, req: Request<B>, path: &str) -> Result<RulesCheck<B>, GatewayError> {
+    let rules = compiled_rules(token)?;
     let head = RequestHead {
         method: req.method().as_str(),
         path,
@@ -122,28 +113,31 @@ pub async fn check_rules<B: RequestBody>(
     match rules.check(&head) {
         Verdict::Permit(permit) => {
             tracing::debug!(token.id = %token.id, rule.line = ?permit.line(), "rules allow the request");
-            return Ok(req.map(Either::Left));
+            Ok(RulesCheck::Allowed(req.map(Either::Left)))
         }
-        Verdict::Denied(d) => return Err(denied(d)),
+        Verdict::Denied(d) => Err(rule_mismatch(token, &d)),
         Verdict::NeedsJsonBody if is_encoded(req.headers()) => {
             // Compressed bytes are not JSON text: the constraints cannot match.
-            return rules
+            rules
                 .check_with_body(&head, &JsonBody::NotJson)
-                .map(|_| req.map(Either::Left))
-                .map_err(denied);
+                .map(|_| RulesCheck::Allowed(req.map(Either::Left)))
+                .map_err(|d| rule_mismatch(token, &d))
         }
-        Verdict::NeedsJsonBody => {}
+        Verdict::NeedsJsonBody => Ok(RulesCheck::NeedsBody(req)),
     }
+}
+
+/// The rules again, with the body read (at most `max_json_body` bytes) and
+/// parsed as JSON; the body read is forwarded byte for byte.
+pub async fn check_rules_with_body<B: RequestBody>(
+    token: &ActiveToken,
+    req: Request<B>,
+    path: &str,
+    max_json_body: usize,
+) -> Result<Request<Forwarded<B>>, GatewayError> {
+    let rules = compiled_rules(token)?;
     let (parts, body) = req.into_parts();
-    // Boxed: the reading future is large and only JSON rules need it, so it
-    // should not make every request's future larger.
-    let bytes = Box::pin(read_limited(
-        &parts.headers,
-        body,
-        max_json_body,
-        "the most a JSON rule reads",
-    ))
-    .await?;
+    let bytes = read_limited(&parts.headers, body, max_json_body, "the most a JSON rule reads").await?;
     let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let json =
         JsonBody::parse(content_type, &bytes).map_err(|e| GatewayError::new(Reason::AmbiguousJson, e.to_string()))?;
@@ -152,9 +146,32 @@ pub async fn check_rules<B: RequestBody>(
         path,
         query: parts.uri.query(),
     };
-    let permit = rules.check_with_body(&head, &json).map_err(denied)?;
+    let permit = rules
+        .check_with_body(&head, &json)
+        .map_err(|d| rule_mismatch(token, &d))?;
     tracing::debug!(token.id = %token.id, rule.line = ?permit.line(), "rules allow the request and its JSON body");
     Ok(Request::from_parts(parts, Either::Right(Full::new(bytes))))
+}
+
+/// The token's compiled rules; a token whose stored rules no longer compile
+/// refuses everything (fail closed).
+fn compiled_rules(token: &ActiveToken) -> Result<&crate::rules::RuleSet, GatewayError> {
+    token.rules.as_ref().map_err(|_| {
+        GatewayError::new(
+            Reason::RuleMismatch,
+            format!(
+                "token '{}' has restriction rules that no longer compile; ask an admin to replace it",
+                token.label
+            ),
+        )
+    })
+}
+
+fn rule_mismatch(token: &ActiveToken, denied: &crate::rules::Denied) -> GatewayError {
+    GatewayError::new(
+        Reason::RuleMismatch,
+        format!("token '{}' {}", token.label, denied.message()),
+    )
 }
 
 /// Whether the body has a content coding (gzip, ...) other than none.
@@ -229,6 +246,52 @@ mod tests {
         assert_eq!(check_token(&t, &cx(Scheme::Basic, Some("bob"))).unwrap(), "bob");
         assert_eq!(reason(check_token(&t, &cx(Scheme::Basic, Some("")))), "user_mismatch");
         assert_eq!(reason(check_token(&t, &cx(Scheme::Bearer, None))), "unbound_bearer");
+    }
+
+    fn with_rules(limit_to: &str) -> ActiveToken {
+        let mut t = token(Some("alice"), None, "");
+        t.rules = crate::rules::RuleSet::parse(limit_to).map_err(|e| e.to_string());
+        t
+    }
+
+    fn rules_say(t: &ActiveToken, method: Method, uri: &str, headers: &[(&str, &str)]) -> &'static str {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(()).unwrap();
+        let path = req.uri().path().to_owned();
+        match check_rules(t, req, &path) {
+            Ok(RulesCheck::Allowed(_)) => "allowed",
+            Ok(RulesCheck::NeedsBody(_)) => "needs body",
+            Err(e) => e.reason.code(),
+        }
+    }
+
+    #[test]
+    fn rules_read_no_body_unless_only_a_json_rule_could_allow() {
+        let t = with_rules("[get].*/rest/api/space.*\n[post].*/rest/api/content/?[JsonData::type==page]");
+        assert_eq!(rules_say(&t, Method::GET, "/rest/api/space?spaceKey=X", &[]), "allowed");
+        assert_eq!(rules_say(&t, Method::POST, "/rest/api/content", &[]), "needs body");
+        assert_eq!(rules_say(&t, Method::DELETE, "/rest/api/content", &[]), "rule_mismatch");
+        let gzip = [("content-encoding", "gzip")];
+        assert_eq!(
+            rules_say(&t, Method::POST, "/rest/api/content", &gzip),
+            "rule_mismatch",
+            "never read"
+        );
+        let identity = [("content-encoding", "identity")];
+        assert_eq!(
+            rules_say(&t, Method::POST, "/rest/api/content", &identity),
+            "needs body"
+        );
+        let mut broken = token(Some("alice"), None, "");
+        broken.rules = Err("stored rules no longer compile".into());
+        assert_eq!(
+            rules_say(&broken, Method::GET, "/rest/api/space", &[]),
+            "rule_mismatch",
+            "fail closed"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use hyper::Request;
 use hyper::header::HeaderValue;
 
-pub use checks::{CheckContext, check_rules, check_token};
+pub use checks::{CheckContext, RulesCheck, check_rules, check_rules_with_body, check_token};
 pub use passwords::PasswordVerdicts;
 pub use throttle::FailureThrottle;
 pub use upstream::{PatVerdict, bearer};
@@ -188,9 +188,19 @@ impl Authenticator {
             scope: self.config.scope,
         };
         let user = check_token(&token, &cx).map_err(refused)?;
-        let req = check_rules(&token, req, &target.path, self.config.max_json_body)
+        let req = match check_rules(&token, req, &target.path).map_err(refused)? {
+            RulesCheck::Allowed(req) => req,
+            // Boxed: reading the body makes a large future, and only JSON
+            // rules need it; it should not make every request's future larger.
+            RulesCheck::NeedsBody(req) => Box::pin(check_rules_with_body(
+                &token,
+                req,
+                &target.path,
+                self.config.max_json_body,
+            ))
             .await
-            .map_err(refused)?;
+            .map_err(refused)?,
+        };
         let principal = Principal {
             user,
             via: Via::Token(token),
