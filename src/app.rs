@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::auth::seal::SealKey;
+use crate::auth::sessions::Sessions;
 use crate::auth::{Authenticator, PatMode, Verifier, token};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ForwardAs};
@@ -121,7 +122,8 @@ impl App {
                 seal_key,
             },
         };
-        let auth = Authenticator::new(config.clone(), verifier, upstream.clone(), clock.clone());
+        let sessions = Sessions::new(store.clone(), clock.clone(), config.ui_session, config.ui_idle);
+        let auth = Authenticator::new(config.clone(), verifier, sessions, upstream.clone(), clock.clone());
         let protected_headers = ProtectedHeaders::new(&[&config.identity_header, &config.upstream_secret_header]);
         Ok(App {
             auth: Arc::new(auth),

@@ -11,9 +11,9 @@ use crate::app::{App, StartError};
 use crate::auth::seal::Pat;
 use crate::config::{self, Config, ForwardAs, LogFormat, Overrides};
 use crate::record::audit_json;
-use crate::rules::{JsonBody, RequestHead, RuleSet};
+use crate::rules::{RequestHead, RuleSet};
 use crate::store::{AuditEntry, AuditKind, AuditQuery, TokenQuery};
-use crate::target::canonical_path;
+use crate::target::canonical_text_target;
 use crate::tokens::{NewToken, PatSource, TokenError, token_json};
 
 #[derive(Debug, Parser)]
@@ -521,25 +521,12 @@ fn format_time(at: crate::clock::EpochMs) -> String {
 fn rules_check(args: RulesCheckArgs) -> Result<(), Failure> {
     let text = inline_or_file(args.rules)?;
     let rules = RuleSet::parse(&text).map_err(|e| Failure::Usage(format!("invalid rules: {e}")))?;
-    let (path, query) = args
-        .url
-        .split_once('?')
-        .map_or((args.url.as_str(), None), |(p, q)| (p, Some(q)));
-    let path = canonical_path(path).map_err(|e| Failure::Usage(format!("--url: {e}")))?;
+    let (path, query) = canonical_text_target(&args.url).map_err(|e| Failure::Usage(format!("--url: {e}")))?;
     let method = args.method.to_ascii_uppercase();
     let body = match &args.body {
         None => None,
         Some(file) => {
-            let bytes =
-                std::fs::read(file).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
-            let content_type = args.content_type.as_deref().unwrap_or("application/json");
-            match JsonBody::parse(Some(content_type), &bytes) {
-                Ok(body) => Some(body),
-                Err(e) => {
-                    println!("DENY: {e} (the gateway answers 400 ambiguous_json)");
-                    return Err(Failure::Denied);
-                }
-            }
+            Some(std::fs::read(file).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?)
         }
     };
     let head = RequestHead {
@@ -547,27 +534,20 @@ fn rules_check(args: RulesCheckArgs) -> Result<(), Failure> {
         path: &path,
         query,
     };
-    let explanation = rules.explain(&head, body.as_ref());
+    let run = rules.dry_run(
+        &head,
+        body.as_deref().map(|bytes| (bytes, args.content_type.as_deref())),
+    );
     let mut out = std::io::stdout().lock();
-    match (explanation.allowed, explanation.allowed_by) {
-        (true, Some(line)) => writeln!(
-            out,
-            "ALLOW {method} {path}: line {line}: {}",
-            rules.line(line).unwrap_or_default()
-        )?,
-        (true, None) => writeln!(out, "ALLOW {method} {path}: no rules, everything in scope is allowed")?,
-        (false, _) => {
-            writeln!(out, "DENY {method} {path}: no rule matches")?;
-            for (line, why) in &explanation.failures {
-                writeln!(out, "  line {line}: {why}")?;
-            }
-        }
+    if run.allowed {
+        writeln!(out, "ALLOW {method} {path}: {}", run.explanation.join("; "))?;
+        return Ok(());
     }
-    if explanation.allowed {
-        Ok(())
-    } else {
-        Err(Failure::Denied)
+    writeln!(out, "DENY {method} {path}: no rule matches")?;
+    for why in &run.explanation {
+        writeln!(out, "  {why}")?;
     }
+    Err(Failure::Denied)
 }
 
 /// A management action done from the command line, for the audit log:

@@ -49,6 +49,9 @@ pub const KEYS: &[&str] = &[
     "self_service",
     "max_tokens_per_user",
     "seal_key_file",
+    "ui",
+    "ui_session_minutes",
+    "ui_idle_minutes",
 ];
 
 /// The file read when `--config` is not given, if it exists.
@@ -223,6 +226,12 @@ pub struct Config {
     /// A key file kept outside the store, mixed into the sealing of PATs;
     /// read (and checked) when the gateway state is built.
     pub seal_key_file: Option<PathBuf>,
+    /// Whether the web page is served at `/tokengate/ui/` (SPEC §15).
+    pub ui: bool,
+    /// A web page session ends this long after login...
+    pub ui_session: Duration,
+    /// ...or this long after its last use.
+    pub ui_idle: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -416,6 +425,9 @@ impl Config {
             self_service: r.bool("self_service", true)?,
             max_tokens_per_user: r.positive("max_tokens_per_user", 10)?,
             seal_key_file: r.opt_string("seal_key_file")?.map(PathBuf::from),
+            ui: r.bool("ui", true)?,
+            ui_session: Duration::from_secs(60 * r.positive::<u64>("ui_session_minutes", 480)?),
+            ui_idle: Duration::from_secs(60 * r.positive::<u64>("ui_idle_minutes", 30)?),
         };
         config.check_argon2(&r)?;
         Ok(config)
@@ -686,6 +698,9 @@ mod tests {
         assert!(c.self_service);
         assert_eq!(c.max_tokens_per_user, 10);
         assert_eq!(c.seal_key_file, None);
+        assert!(c.ui);
+        assert_eq!(c.ui_session, Duration::from_secs(480 * 60));
+        assert_eq!(c.ui_idle, Duration::from_secs(30 * 60));
     }
 
     #[test]
@@ -754,6 +769,9 @@ mod tests {
             ("forward_as = 'cookie'", "`forward_as`"),
             ("self_service = 'sometimes'", "`self_service`"),
             ("max_tokens_per_user = 0", "`max_tokens_per_user`"),
+            ("ui = 'maybe'", "`ui`"),
+            ("ui_session_minutes = 0", "`ui_session_minutes`"),
+            ("ui_idle_minutes = 'long'", "`ui_idle_minutes`"),
         ];
         for (text, key) in cases {
             let message = error_of(text);

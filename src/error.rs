@@ -260,7 +260,7 @@ impl GatewayError {
             "reason": self.reason.code(),
             "source": "tokengate",
         });
-        if let Audience::Management(_) = audience {
+        if let Audience::Management(_) | Audience::Page = audience {
             body["status"] = Value::from("error");
             if let Some(field) = details.field {
                 body["field"] = Value::from(field);
@@ -301,6 +301,10 @@ pub enum Audience {
     /// `field`, `line`, `column`), and Basic always, since admins and users
     /// may use their password there.
     Management(TokenAuth),
+    /// The web page and its calls to the management API: the management
+    /// API's shape, and no challenge (the browser must not prompt for a
+    /// password: the page asks for it itself).
+    Page,
 }
 
 impl Audience {
@@ -310,9 +314,28 @@ impl Audience {
         let (basic, bearer) = match self {
             Audience::Proxy(auth) => (auth.allows_basic(), auth.allows_bearer()),
             Audience::Management(auth) => (true, auth.allows_bearer()),
+            Audience::Page => (false, false),
         };
         [basic.then_some(BASIC), bearer.then_some(BEARER)].into_iter().flatten()
     }
+}
+
+/// The headers every response the gateway makes itself carries (SPEC §15):
+/// a strict Content Security Policy (nothing from elsewhere, no inline
+/// script), no framing, no referrer, no type sniffing, and no caching (a
+/// token value or a token list must never be kept by a cache).
+pub fn add_security_headers(headers: &mut hyper::HeaderMap) {
+    const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                       connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+                       frame-ancestors 'none'";
+    headers.insert(hyper::header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(hyper::header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(hyper::header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
 /// A JSON response the gateway makes itself.

@@ -15,8 +15,10 @@
 //! 3. `proxy::headers` strips the identity and secret headers no client may
 //!    set; `pipeline::client_ip` finds the client IP (the socket peer, or
 //!    `X-Forwarded-For` behind a trusted proxy).
-//! 4. `routes` serves the gateway's own routes: the probes, and the
-//!    management API in `admin`, which authenticates through `auth` too.
+//! 4. `routes` serves the gateway's own routes: the probes, the management
+//!    API in `admin` (which authenticates through `auth` too), and the web
+//!    page in `ui`; `cross_site` refuses calls another site's page made a
+//!    browser send to them.
 //! 5. `auth::credentials` decodes `Authorization` and refuses tokens sent
 //!    anywhere else; `auth::Authenticator` resolves a `tgw_` secret through
 //!    the verified cache, the `store` and argon2 (a client with too many
@@ -48,6 +50,7 @@ mod body;
 mod cli;
 mod clock;
 mod config;
+mod cross_site;
 mod error;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
@@ -61,6 +64,7 @@ mod settings;
 mod store;
 mod target;
 mod tokens;
+mod ui;
 
 pub use app::{App, StartError};
 pub use cli::{Cli, main};
@@ -71,8 +75,8 @@ pub use rules::{JsonBody, RequestHead, RuleSet, Verdict};
 pub use server::run as serve;
 pub use settings::SettingsChange;
 pub use store::{
-    AuditEntry, AuditKind, AuditQuery, Page, PgStore, Revocation, Settings, SqliteStore, StoreError, TokenQuery,
-    TokenRecord, TokenStore, UsageDelta, open as open_store, open_for_serving as open_store_for_serving,
+    AuditEntry, AuditKind, AuditQuery, Page, PgStore, Revocation, SessionRecord, Settings, SqliteStore, StoreError,
+    TokenQuery, TokenRecord, TokenStore, UsageDelta, open as open_store, open_for_serving as open_store_for_serving,
 };
 pub use tokens::{CreatedToken, NewToken, TokenError};
 

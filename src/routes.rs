@@ -1,5 +1,6 @@
 //! The gateway's own routes (SPEC §2.4), served here and never forwarded:
-//! health and readiness probes, metrics, and the management API ([`admin`]).
+//! health and readiness probes, metrics, the management API ([`admin`]) and
+//! the web page ([`ui`]).
 //! A refusal is returned as the [`GatewayError`] it is, for the pipeline to
 //! answer and record.
 
@@ -14,12 +15,15 @@ use crate::admin::{self, TOKEN_TOOLS};
 use crate::app::App;
 use crate::body::RequestBody;
 use crate::error::{GatewayError, Reason, json_response};
+use crate::proxy::ConnInfo;
 use crate::target::Target;
+use crate::ui::{self, UI};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnRoute {
     Probe(Probe),
     TokenTools,
+    Ui,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +40,7 @@ pub fn own_route(path: &str) -> Option<OwnRoute> {
         "/tokengate/readyz" => Some(OwnRoute::Probe(Probe::Ready)),
         "/tokengate/metrics" => Some(OwnRoute::Probe(Probe::Metrics)),
         _ if is_under(path, TOKEN_TOOLS) => Some(OwnRoute::TokenTools),
+        _ if is_under(path, UI) => Some(OwnRoute::Ui),
         _ => None,
     }
 }
@@ -51,10 +56,12 @@ pub async fn serve<B: RequestBody>(
     route: OwnRoute,
     req: Request<B>,
     target: &Target,
+    conn: &ConnInfo,
     client_ip: IpAddr,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     match route {
         OwnRoute::TokenTools => admin::serve(app, req, target, client_ip).await,
+        OwnRoute::Ui => ui::serve(app, req, target, conn, client_ip).await,
         OwnRoute::Probe(probe) => answer_probe(app, probe, req.method()).await,
     }
 }
@@ -108,5 +115,8 @@ mod tests {
         assert_eq!(own_route("/rest/extender/1.0/tokenToolsX"), None);
         assert_eq!(own_route("/rest/extender/1.0/other"), None);
         assert_eq!(own_route("/tokengate/healthz/x"), None);
+        assert_eq!(own_route("/tokengate/ui"), Some(OwnRoute::Ui));
+        assert_eq!(own_route("/tokengate/ui/app.js"), Some(OwnRoute::Ui));
+        assert_eq!(own_route("/tokengate/uix"), None);
     }
 }

@@ -70,6 +70,13 @@ pub fn canonicalise(uri: &hyper::Uri) -> Result<Target, BadPath> {
     })
 }
 
+/// A target written as text (`/path?query`, as an admin types one): its
+/// canonical path and raw query.
+pub fn canonical_text_target(text: &str) -> Result<(String, Option<&str>), BadPath> {
+    let (path, query) = text.split_once('?').map_or((text, None), |(p, q)| (p, Some(q)));
+    Ok((canonical_path(path)?, query))
+}
+
 /// Resolves `.`/`..`, collapses empty segments and decodes unreserved
 /// percent-encodings; refuses encodings that could route differently.
 pub fn canonical_path(raw: &str) -> Result<String, BadPath> {

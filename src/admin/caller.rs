@@ -12,8 +12,8 @@
 use std::net::IpAddr;
 
 use http_body_util::Either;
-use hyper::Request;
 use hyper::header::AUTHORIZATION;
+use hyper::{Method, Request};
 
 use crate::app::App;
 use crate::auth::credentials::{self, Credentials};
@@ -23,12 +23,14 @@ use crate::error::{GatewayError, Reason};
 use crate::target::Target;
 
 /// Who may do what on the management API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
     /// Manages every token and the settings.
     Admin,
     /// Manages their own tokens (self-service, SPEC §14).
     User,
+    /// May only try rules (`POST /check`); why nothing else.
+    CheckOnly(String),
 }
 
 /// An authenticated caller of the management API.
@@ -41,6 +43,14 @@ pub struct Caller {
 impl Caller {
     pub fn user(&self) -> &str {
         &self.principal.user
+    }
+
+    /// 403 unless the caller may manage tokens (every route but `/check`).
+    pub fn may_manage(&self) -> Result<(), GatewayError> {
+        match &self.role {
+            Role::CheckOnly(why) => Err(GatewayError::new(Reason::Forbidden, why.clone())),
+            Role::Admin | Role::User => Ok(()),
+        }
     }
 
     /// Whether `user` is this caller (ASCII case-insensitively, as binding compares).
@@ -62,14 +72,24 @@ pub async fn authenticate<B: RequestBody>(
     client_ip: IpAddr,
 ) -> Result<(Request<Forwarded<B>>, Caller), GatewayError> {
     let invalid = || GatewayError::new(Reason::InvalidToken, "invalid credentials");
-    let credentials = credentials::from_headers(req.headers())
+    let Some(credentials) = credentials::from_headers(req.headers())
         .map_err(|e| GatewayError::new(Reason::BadCredentials, e.to_string()))?
-        .ok_or_else(|| {
-            GatewayError::new(
-                Reason::CredentialsRequired,
-                "credentials are required: a token bound to an admin, or an admin's user name and password",
-            )
-        })?;
+    else {
+        // No Authorization: the web page's session, if any.
+        let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD);
+        let (principal, _) = app
+            .auth
+            .authenticate_session(req.headers(), changes_state, client_ip)
+            .await?
+            .ok_or_else(|| {
+                GatewayError::new(
+                    Reason::CredentialsRequired,
+                    "credentials are required: your Confluence user name and password, or a token bound to an admin",
+                )
+            })?;
+        let role = role_of(&principal, &app.config.admin_users, app.config.self_service);
+        return Ok((req.map(Either::Left), Caller { principal, role }));
+    };
     let (req, caller) = if let Some((secret, scheme)) = credentials.gateway_token() {
         let presented = PresentedToken {
             secret,
@@ -88,7 +108,7 @@ pub async fn authenticate<B: RequestBody>(
         let caller = app.auth.authenticate_password(authorization, user, client_ip).await?;
         (req.map(Either::Left), caller)
     };
-    let role = role_of(&caller, &app.config.admin_users, app.config.self_service)?;
+    let role = role_of(&caller, &app.config.admin_users, app.config.self_service);
     Ok((
         req,
         Caller {
@@ -99,22 +119,21 @@ pub async fn authenticate<B: RequestBody>(
 }
 
 /// What an authenticated principal may do here.
-fn role_of(principal: &Principal, admin_users: &[String], self_service: bool) -> Result<Role, GatewayError> {
-    let forbidden = |message: String| Err(GatewayError::new(Reason::Forbidden, message));
+fn role_of(principal: &Principal, admin_users: &[String], self_service: bool) -> Role {
     let admin = is_admin(admin_users, &principal.user);
     match &principal.via {
-        Via::Token(token) if token.user.is_none() => forbidden(format!(
+        Via::Token(token) if token.user.is_none() => Role::CheckOnly(format!(
             "token '{}' is not bound to a user: only a token bound to an admin may manage tokens",
             token.label
         )),
-        Via::Token(_) if admin => Ok(Role::Admin),
-        Via::Token(token) => forbidden(format!(
+        Via::Token(_) if admin => Role::Admin,
+        Via::Token(token) => Role::CheckOnly(format!(
             "token '{}' may not manage tokens: only an admin's token may; manage your tokens with your password",
             token.label
         )),
-        Via::Password { .. } if admin => Ok(Role::Admin),
-        Via::Password { .. } if self_service => Ok(Role::User),
-        Via::Password { .. } => forbidden(format!(
+        Via::Password { .. } | Via::Session if admin => Role::Admin,
+        Via::Password { .. } | Via::Session if self_service => Role::User,
+        Via::Password { .. } | Via::Session => Role::CheckOnly(format!(
             "user '{}' may not manage tokens (self-service is off: ask an admin)",
             principal.user
         )),
@@ -150,10 +169,11 @@ mod tests {
             },
             client_ip: "10.0.0.1".parse().unwrap(),
         };
-        assert_eq!(role_of(&password("Admin"), &admins, false).unwrap(), Role::Admin);
-        assert_eq!(role_of(&password("alice"), &admins, true).unwrap(), Role::User);
-        let refused = role_of(&password("alice"), &admins, false).unwrap_err();
-        assert_eq!(refused.reason, Reason::Forbidden);
-        assert!(refused.message.contains("self-service is off"), "{}", refused.message);
+        assert_eq!(role_of(&password("Admin"), &admins, false), Role::Admin);
+        assert_eq!(role_of(&password("alice"), &admins, true), Role::User);
+        let Role::CheckOnly(why) = role_of(&password("alice"), &admins, false) else {
+            panic!("alice may manage tokens without self-service");
+        };
+        assert!(why.contains("self-service is off"), "{why}");
     }
 }

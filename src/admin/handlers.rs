@@ -15,8 +15,10 @@ use crate::auth::seal::Pat;
 use crate::config::ForwardAs;
 use crate::error::{GatewayError, Reason};
 use crate::record::audit_json;
+use crate::rules::{RequestHead, RuleSet};
 use crate::settings::SettingsChange;
 use crate::store::{AuditQuery, Settings, TokenQuery, TokenRecord};
+use crate::target::canonical_text_target;
 use crate::tokens::{NewToken, PatSource, token_json};
 
 const DEFAULT_MAX_RESULTS: u64 = 50;
@@ -76,10 +78,10 @@ pub async fn list_audit(app: &App, caller: &Caller, query: Option<&str>) -> Resu
 /// The user filter a caller may apply: anything for an admin; for a user,
 /// their own name (another name matches nothing: the empty filter).
 fn within_own(caller: &Caller, asked: Option<String>) -> Option<String> {
-    match (caller.role, asked) {
+    match (&caller.role, asked) {
         (Role::Admin, asked) => asked,
-        (Role::User, Some(asked)) if !caller.is(&asked) => Some(String::new()),
-        (Role::User, _) => Some(caller.user().to_owned()),
+        (_, Some(asked)) if !caller.is(&asked) => Some(String::new()),
+        (_, _) => Some(caller.user().to_owned()),
     }
 }
 
@@ -88,7 +90,8 @@ fn within_own(caller: &Caller, asked: Option<String>) -> Option<String> {
 pub async fn set(app: &App, caller: &Caller, body: Map<String, Value>) -> Result<Value, GatewayError> {
     match SetRequest::from_body(&body, caller.user())? {
         SetRequest::Create(mut new) => {
-            if caller.role == Role::User {
+            password_again(caller, "creating a token")?;
+            if caller.role != Role::Admin {
                 new.user = Some(own_user(caller, new.user.as_deref())?);
             }
             if app.config.forward_as == ForwardAs::Pat && new.pat.is_none() {
@@ -100,6 +103,7 @@ pub async fn set(app: &App, caller: &Caller, body: Map<String, Value>) -> Result
         }
         SetRequest::Settings(change) => {
             admin_only(caller, "change the settings")?;
+            password_again(caller, "changing the settings")?;
             change_settings(app, caller, change).await
         }
     }
@@ -138,7 +142,7 @@ fn pat_to_mint(caller: &Caller, user: Option<&str>) -> Result<Option<PatSource>,
                  personal access tokens in upstreamToken"
             ),
         )),
-        Via::Token(_) => Err(GatewayError::invalid(
+        Via::Token(_) | Via::Session => Err(GatewayError::invalid(
             "upstreamToken",
             "a call made with a token cannot have Confluence create a personal access token: call with your \
              Confluence password instead, or give a personal access token in upstreamToken",
@@ -149,11 +153,58 @@ fn pat_to_mint(caller: &Caller, user: Option<&str>) -> Result<Option<PatSource>,
 fn admin_only(caller: &Caller, what: &str) -> Result<(), GatewayError> {
     match caller.role {
         Role::Admin => Ok(()),
-        Role::User => Err(GatewayError::new(
+        _ => Err(GatewayError::new(
             Reason::Forbidden,
             format!("only an admin may {what}"),
         )),
     }
+}
+
+/// What yields or widens access needs the Confluence password again, not
+/// only the web page's session (SPEC §15): a script injected into any
+/// Confluence page shares the page's origin and could drive the session.
+fn password_again(caller: &Caller, what: &str) -> Result<(), GatewayError> {
+    match caller.principal.via {
+        Via::Session => Err(GatewayError::new(
+            Reason::Forbidden,
+            format!("{what} needs your Confluence password again (send it as Basic credentials)"),
+        )),
+        Via::Password { .. } | Via::Token(_) => Ok(()),
+    }
+}
+
+/// `POST /check`: the rules dry run of `tokengate rules check` (SPEC §15):
+/// `{"limitTo","method","url","body"?,"contentType"?}`.
+pub fn check(body: Map<String, Value>) -> Result<Value, GatewayError> {
+    const TEXT: &str = "a string";
+    let limit_to = field::<String>(&body, "limitTo", TEXT)?.unwrap_or_default();
+    let rules =
+        RuleSet::parse(&limit_to).map_err(|e| GatewayError::invalid("limitTo", e.to_string()).at(e.line, e.column))?;
+    let method = field::<String>(&body, "method", TEXT)?
+        .filter(|m| !m.trim().is_empty())
+        .ok_or_else(|| GatewayError::invalid("method", "method is required (GET, POST, ...)"))?
+        .trim()
+        .to_ascii_uppercase();
+    let url = field::<String>(&body, "url", TEXT)?
+        .ok_or_else(|| GatewayError::invalid("url", "url is required, e.g. /rest/api/space?spaceKey=DOCS"))?;
+    let (path, query) = canonical_text_target(&url).map_err(|e| GatewayError::invalid("url", format!("url: {e}")))?;
+    let request_body = field::<String>(&body, "body", TEXT)?;
+    let content_type = field::<String>(&body, "contentType", TEXT)?;
+    let head = RequestHead {
+        method: &method,
+        path: &path,
+        query,
+    };
+    let run = rules.dry_run(
+        &head,
+        request_body.as_deref().map(|b| (b.as_bytes(), content_type.as_deref())),
+    );
+    Ok(json!({
+        "status": "ok",
+        "allowed": run.allowed,
+        "line": run.line,
+        "explanation": run.explanation,
+    }))
 }
 
 /// `GET /settings`: the settings this gateway runs with (admins only).
@@ -177,7 +228,7 @@ pub async fn delete(
     let user = from_body_or_query(&body, query, "userName")?;
     let deleted: Vec<TokenRecord> = match (id, user) {
         (Some(id), None) => {
-            if caller.role == Role::User {
+            if caller.role != Role::Admin {
                 let token = app.tokens.get(&id).await?;
                 if !token.user.as_deref().is_some_and(|user| caller.is(user)) {
                     return Err(GatewayError::new(Reason::NotFound, format!("no token with id {id}")));
@@ -188,7 +239,7 @@ pub async fn delete(
             vec![deleted]
         }
         (None, Some(user)) => {
-            if caller.role == Role::User && !caller.is(&user) {
+            if caller.role != Role::Admin && !caller.is(&user) {
                 return Err(GatewayError::new(
                     Reason::Forbidden,
                     format!("{} may delete their own tokens only, not {user}'s", caller.user()),
@@ -224,7 +275,7 @@ pub async fn delete(
             .collect();
         let revoked = match &caller.principal.via {
             Via::Password { authorization } => app.tokens.revoke_minted(&own, authorization).await,
-            Via::Token(_) => None,
+            Via::Token(_) | Via::Session => None,
         };
         answer["upstreamRevoked"] = Value::from(revoked.unwrap_or(false));
     }

@@ -3,8 +3,8 @@
 //! forwards it (SPEC §2.4).
 //!
 //! A request goes: [`route`](Endpoint::route) by method and path (404, 405),
-//! then [`cross_site`] refuses what a browser was made to send from another
-//! site (403), then [`caller`] establishes the caller and their role (401,
+//! then [`crate::cross_site`] refuses what a browser was made to send from
+//! another site (403), then [`caller`] establishes the caller and their role (401,
 //! 403): an admin manages every token, any other user Confluence accepts
 //! their own (self-service, SPEC §14). Then one function of [`handlers`]
 //! does the work, within the caller's role. Every failure is a
@@ -18,10 +18,12 @@
 //! | GET | `/settings` | read the settings |
 //! | DELETE | `/delete` | delete one token by id, or all tokens of a user |
 //! | GET | `/audit` | the audit log, newest first, paged and filtered |
+//! | POST | `/check` | try rules against a request (any user Confluence accepts) |
 
 mod caller;
-mod cross_site;
 mod handlers;
+
+pub use caller::is_admin;
 
 use std::net::IpAddr;
 
@@ -52,6 +54,7 @@ enum Endpoint {
     Settings,
     Delete,
     Audit,
+    Check,
 }
 
 impl Endpoint {
@@ -63,6 +66,7 @@ impl Endpoint {
             Some("/settings") => (Endpoint::Settings, "GET"),
             Some("/delete") => (Endpoint::Delete, "DELETE"),
             Some("/audit") => (Endpoint::Audit, "GET"),
+            Some("/check") => (Endpoint::Check, "POST"),
             _ => {
                 return Err(GatewayError::new(
                     Reason::NotFound,
@@ -88,10 +92,14 @@ pub async fn serve<B: RequestBody>(
     client_ip: IpAddr,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     let endpoint = Endpoint::route(req.method(), &target.path)?;
-    cross_site::refuse(app, &req, target, client_ip).await?;
+    crate::cross_site::refuse(app, &req, target, client_ip).await?;
     let (req, caller) = caller::authenticate(app, req, target, client_ip).await?;
+    if endpoint != Endpoint::Check {
+        caller.may_manage()?;
+    }
     let query = target.query.as_deref();
     let json = match endpoint {
+        Endpoint::Check => handlers::check(read_json_object(req).await?)?,
         Endpoint::List => handlers::list_tokens(app, &caller, query).await?,
         Endpoint::Settings => handlers::settings(app, &caller)?,
         Endpoint::Audit => handlers::list_audit(app, &caller, query).await?,
@@ -159,6 +167,7 @@ pub async fn record_action(app: &App, admin: &Principal, action: Action<'_>) {
     let via = match &admin.via {
         Via::Token(token) => format!("via token {}", token.id),
         Via::Password { .. } => "via password".to_owned(),
+        Via::Session => "via the web page".to_owned(),
     };
     let mut entry = AuditEntry::management(app.clock.now_ms(), &admin.user, action.name());
     entry.client_ip = Some(admin.client_ip.to_string());
@@ -204,6 +213,8 @@ mod tests {
         assert_eq!(route(Method::GET, "/set"), Err(405));
         assert_eq!(route(Method::HEAD, "/settings"), Err(405));
         assert_eq!(route(Method::POST, "/delete"), Err(405));
+        assert_eq!(route(Method::POST, "/check"), Ok(Endpoint::Check));
+        assert_eq!(route(Method::GET, "/check"), Err(405));
     }
 
     #[test]

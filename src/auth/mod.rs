@@ -7,16 +7,19 @@
 //!   verified cache, the store and argon2 ([`token`] holds values and hashes);
 //! - [`checks`] runs the token checks of SPEC §2.7 and the rules (§3);
 //! - [`FailureThrottle`] answers 429 to a client that failed too often;
-//! - [`PasswordVerdicts`] keeps Confluence's answers about passwords.
+//! - [`PasswordVerdicts`] keeps Confluence's answers about passwords;
+//! - [`sessions`] keeps the web page's sessions.
 //!
 //! [`Authenticator`] strings them together: [`Authenticator::authenticate_token`]
 //! is resolve → throttle → checks → rules, and
-//! [`Authenticator::authenticate_password`] asks Confluence.
+//! [`Authenticator::authenticate_password`] asks Confluence, and
+//! [`Authenticator::authenticate_session`] reads the page's session.
 
 mod checks;
 pub mod credentials;
 mod passwords;
 pub mod seal;
+pub mod sessions;
 pub mod throttle;
 pub mod token;
 mod upstream;
@@ -25,8 +28,8 @@ mod verifier;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use hyper::Request;
 use hyper::header::HeaderValue;
+use hyper::{HeaderMap, Request};
 
 pub use checks::{CheckContext, RulesCheck, check_rules, check_rules_with_body, check_token};
 pub use passwords::PasswordVerdicts;
@@ -41,6 +44,7 @@ use crate::error::{GatewayError, Reason};
 use crate::proxy::UpstreamClient;
 use crate::target::Target;
 use credentials::Scheme;
+use sessions::{Session, Sessions};
 
 /// Who a request acts as, how that was established, and from where.
 #[derive(Debug, Clone)]
@@ -60,6 +64,8 @@ pub enum Via {
     /// (marked sensitive), for the calls made to Confluence on the user's
     /// behalf during this request: minting or revoking their PAT.
     Password { authorization: HeaderValue },
+    /// A web page session (whose CSRF token a state-changing call carried).
+    Session,
 }
 
 impl Via {
@@ -67,6 +73,7 @@ impl Via {
         match self {
             Via::Token(_) => "token",
             Via::Password { .. } => "password",
+            Via::Session => "session",
         }
     }
 }
@@ -98,6 +105,7 @@ pub struct Authenticator {
     verifier: Arc<Verifier>,
     throttle: FailureThrottle,
     passwords: PasswordVerdicts,
+    sessions: Sessions,
     upstream: Arc<UpstreamClient>,
     clock: Arc<dyn Clock>,
     config: Arc<Config>,
@@ -107,6 +115,7 @@ impl Authenticator {
     pub fn new(
         config: Arc<Config>,
         verifier: Arc<Verifier>,
+        sessions: Sessions,
         upstream: Arc<UpstreamClient>,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -114,6 +123,7 @@ impl Authenticator {
             throttle: FailureThrottle::new(config.failed_auth_per_minute),
             passwords: PasswordVerdicts::default(),
             verifier,
+            sessions,
             upstream,
             clock,
             config,
@@ -122,6 +132,43 @@ impl Authenticator {
 
     pub fn verifier(&self) -> &Arc<Verifier> {
         &self.verifier
+    }
+
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// The web page's session, for the management API (SPEC §15): `None`
+    /// without the session cookie; 401 for a session that has ended; 403 for
+    /// a state-changing call without the session's CSRF token.
+    pub async fn authenticate_session(
+        &self,
+        headers: &HeaderMap,
+        changes_state: bool,
+        client_ip: IpAddr,
+    ) -> Result<Option<(Principal, Session)>, GatewayError> {
+        let Some(id) = sessions::session_cookie(headers) else {
+            return Ok(None);
+        };
+        let session = self
+            .sessions
+            .resolve(id)
+            .await
+            .map_err(|e| GatewayError::internal(&e))?
+            .ok_or_else(|| GatewayError::new(Reason::CredentialsRequired, "your session has ended: log in again"))?;
+        let presented = headers.get(sessions::CSRF_HEADER).and_then(|v| v.to_str().ok());
+        if changes_state && !session.csrf_matches(presented) {
+            return Err(GatewayError::new(
+                Reason::Forbidden,
+                "the page's CSRF token is missing or wrong: reload the page",
+            ));
+        }
+        let principal = Principal {
+            user: session.user.clone(),
+            via: Via::Session,
+            client_ip,
+        };
+        Ok(Some((principal, session)))
     }
 
     /// Counts a failed attempt (a bad token or password) from `client_ip`.

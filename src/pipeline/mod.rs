@@ -29,10 +29,11 @@ use tracing::field::Empty;
 
 use crate::app::App;
 use crate::auth::credentials::{self, Credentials};
+use crate::auth::sessions;
 use crate::auth::{ActiveToken, PresentedToken, Refused, Via};
 use crate::body::{ClientBody, Forwarded, RequestBody, ResponseBody};
 use crate::config::ForwardAs;
-use crate::error::{Audience, GatewayError, Reason};
+use crate::error::{self, Audience, GatewayError, Reason};
 use crate::proxy::{ConnInfo, Identity};
 use crate::record::Decision;
 use crate::routes::{self, OwnRoute};
@@ -67,6 +68,8 @@ pub struct Trail {
     client_ip: Option<IpAddr>,
     path: Option<String>,
     route: Option<OwnRoute>,
+    /// The request came from the web page (it carries the session cookie).
+    from_page: bool,
     decision: Option<Decision>,
 }
 
@@ -81,6 +84,7 @@ impl Trail {
             client_ip: None,
             path: None,
             route: None,
+            from_page: false,
             decision: None,
         }
     }
@@ -95,6 +99,8 @@ impl Trail {
     /// Whom a refusal of this request is addressed to.
     fn audience(&self, app: &App) -> Audience {
         match self.route {
+            Some(OwnRoute::Ui) => Audience::Page,
+            Some(OwnRoute::TokenTools) if self.from_page => Audience::Page,
             Some(OwnRoute::TokenTools) => Audience::Management(app.config.token_auth),
             _ => Audience::Proxy(app.config.token_auth),
         }
@@ -119,7 +125,10 @@ pub async fn handle(app: &App, conn: &ConnInfo, req: Request<ClientBody>) -> Res
     let mut trail = Trail::new(span.clone(), app.settings.get().audit_log);
     let result = async {
         match decide(app, conn, req, &mut trail).await? {
-            Next::Answer(response) => Ok(response.map(Either::Right)),
+            Next::Answer(mut response) => {
+                error::add_security_headers(response.headers_mut());
+                Ok(response.map(Either::Right))
+            }
             Next::Forward { req, target, identity } => app.upstream.forward(req, &target, &identity, conn).await,
         }
     }
@@ -130,8 +139,9 @@ pub async fn handle(app: &App, conn: &ConnInfo, req: Request<ClientBody>) -> Res
         Err(error) => {
             span.in_scope(|| tracing::info!(reason = error.reason.code(), "refused: {}", error.message));
             let reason = error.reason;
-            let response = error.into_response(trail.audience(app)).map(Either::Right);
-            (response, Some(reason))
+            let mut response = error.into_response(trail.audience(app));
+            error::add_security_headers(response.headers_mut());
+            (response.map(Either::Right), Some(reason))
         }
     };
     record(app, trail, &method, &response, reason, started.elapsed()).await;
@@ -159,7 +169,8 @@ pub async fn decide<B: RequestBody>(
         trail.route = Some(route);
         trail.decision = Some(Decision::Own);
         // Boxed: the management API's future is large and most requests never need it.
-        let response = Box::pin(routes::serve(app, route, req, &target, client_ip)).await?;
+        trail.from_page = sessions::has_session_cookie(req.headers());
+        let response = Box::pin(routes::serve(app, route, req, &target, conn, client_ip)).await?;
         return Ok(Next::Answer(response));
     }
     credentials::refuse_tokens_elsewhere(req.headers(), target.query.as_deref())

@@ -4,9 +4,11 @@
 
 use hyper::HeaderMap;
 use hyper::header::{
-    AUTHORIZATION, CONNECTION, COOKIE, HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    AUTHORIZATION, CONNECTION, COOKIE, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
+
+use crate::auth::sessions::{self, SESSION_COOKIE};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded as received.
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -56,6 +58,51 @@ pub fn strip_token_request(headers: &mut HeaderMap) {
 /// and revocation.
 pub fn strip_token_response(headers: &mut HeaderMap) {
     headers.remove(SET_COOKIE);
+}
+
+/// The web page's session cookie never reaches Confluence (SPEC §15): it is
+/// cut out of a forwarded `Cookie` header, the other cookies kept.
+pub fn strip_session_cookie(headers: &mut HeaderMap) {
+    let has_session = headers
+        .get_all(COOKIE)
+        .iter()
+        .any(|v| memchr::memmem::find(v.as_bytes(), SESSION_COOKIE.as_bytes()).is_some());
+    if !has_session {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(sessions::without_session_cookie)
+        .collect();
+    headers.remove(COOKIE);
+    for value in kept {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.append(COOKIE, value);
+        }
+    }
+}
+
+/// ...and Confluence cannot set it: a `Set-Cookie` naming it is dropped.
+pub fn strip_session_set_cookie(headers: &mut HeaderMap) {
+    if !headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .any(|v| sessions::sets_session_cookie(v.as_bytes()))
+    {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter(|v| !sessions::sets_session_cookie(v.as_bytes()))
+        .cloned()
+        .collect();
+    headers.remove(SET_COOKIE);
+    for value in kept {
+        headers.append(SET_COOKIE, value);
+    }
 }
 
 /// Names stripped from every inbound request, matched ignoring case and
@@ -248,6 +295,33 @@ mod tests {
         let mut no_connection = HeaderMap::new();
         no_connection.insert(UPGRADE, HeaderValue::from_static("websocket"));
         assert!(!websocket_requested(&no_connection));
+    }
+
+    #[test]
+    fn the_pages_session_cookie_never_reaches_confluence_and_cannot_be_set_by_it() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("JSESSIONID=1; tokengate_session=s3cret"),
+        );
+        headers.append(COOKIE, HeaderValue::from_static("tokengate_session=again"));
+        headers.append(COOKIE, HeaderValue::from_static("seraph=2"));
+        strip_session_cookie(&mut headers);
+        let left: Vec<_> = headers.get_all(COOKIE).iter().collect();
+        assert_eq!(left, ["JSESSIONID=1", "seraph=2"]);
+        let mut untouched = HeaderMap::new();
+        untouched.append(COOKIE, HeaderValue::from_static("JSESSIONID=1"));
+        strip_session_cookie(&mut untouched);
+        assert_eq!(untouched[COOKIE], "JSESSIONID=1");
+        let mut response = HeaderMap::new();
+        response.append(SET_COOKIE, HeaderValue::from_static("JSESSIONID=2; Path=/"));
+        response.append(
+            SET_COOKIE,
+            HeaderValue::from_static("tokengate_session=planted; Path=/"),
+        );
+        strip_session_set_cookie(&mut response);
+        let left: Vec<_> = response.get_all(SET_COOKIE).iter().collect();
+        assert_eq!(left, ["JSESSIONID=2; Path=/"]);
     }
 
     #[test]

@@ -175,6 +175,8 @@ impl UpstreamClient {
         headers::remove_hop_by_hop(response.headers_mut(), switching);
         if identity.is_token() {
             headers::strip_token_response(response.headers_mut());
+        } else {
+            headers::strip_session_set_cookie(response.headers_mut());
         }
         self.rewrite_location(&mut response);
         Ok(response.map(Either::Left))
@@ -373,7 +375,7 @@ impl UpstreamClient {
                 headers::strip_token_request(headers);
                 headers.insert(hyper::header::AUTHORIZATION, authorization.clone());
             }
-            Identity::Passthrough => {}
+            Identity::Passthrough => headers::strip_session_cookie(headers),
         }
         if let Some((name, value)) = &self.secret {
             headers.insert(name.clone(), value.clone());

@@ -129,6 +129,60 @@ impl RuleSet {
     }
 }
 
+/// A dry run of rules against one request (`tokengate rules check`, `POST
+/// /check`): the verdict, and why in words an admin understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DryRun {
+    pub allowed: bool,
+    /// The line of the rule that allows the request.
+    pub line: Option<usize>,
+    /// The rule that allows it, or why each rule does not; quotes query and
+    /// body values (the admin typed them).
+    pub explanation: Vec<String>,
+}
+
+impl RuleSet {
+    /// The same evaluation as the gateway's, for a request the caller
+    /// describes; `body` is its bytes and `Content-Type` (JSON when absent).
+    pub fn dry_run(&self, head: &RequestHead<'_>, body: Option<(&[u8], Option<&str>)>) -> DryRun {
+        let json = match body {
+            None => None,
+            Some((bytes, content_type)) => match JsonBody::parse(content_type.or(Some("application/json")), bytes) {
+                Ok(json) => Some(json),
+                Err(duplicate) => {
+                    return DryRun {
+                        allowed: false,
+                        line: None,
+                        explanation: vec![format!("{duplicate} (the gateway answers 400 ambiguous_json)")],
+                    };
+                }
+            },
+        };
+        let explanation = self.explain(head, json.as_ref());
+        match (explanation.allowed, explanation.allowed_by) {
+            (true, Some(line)) => DryRun {
+                allowed: true,
+                line: Some(line),
+                explanation: vec![format!("line {line}: {}", self.line(line).unwrap_or_default())],
+            },
+            (true, None) => DryRun {
+                allowed: true,
+                line: None,
+                explanation: vec!["no rules: everything in scope is allowed".to_owned()],
+            },
+            (false, _) => DryRun {
+                allowed: false,
+                line: None,
+                explanation: explanation
+                    .failures
+                    .iter()
+                    .map(|(line, why)| format!("line {line}: {why}"))
+                    .collect(),
+            },
+        }
+    }
+}
+
 /// What the rules see of a request before its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestHead<'a> {

@@ -155,6 +155,19 @@ pub struct UsageDelta {
     pub last_ip: String,
 }
 
+/// A web page session (SPEC §15): never the session id, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionRecord {
+    /// Hex SHA-256 of the session id the cookie carries.
+    pub id_hash: String,
+    /// The user as Confluence spells the name.
+    #[sqlx(rename = "user_name")]
+    pub user: String,
+    pub created_at: EpochMs,
+    pub last_seen_at: EpochMs,
+    pub expires_at: EpochMs,
+}
+
 /// Gateway-wide switches (SPEC §5 `usageDetails`, `auditLog`); both default on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
@@ -218,6 +231,14 @@ pub trait TokenStore: Send + Sync + 'static {
     /// The stored settings; defaults for any never set.
     async fn settings(&self) -> Result<Settings, StoreError>;
     async fn save_settings(&self, settings: Settings) -> Result<(), StoreError>;
+    async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Records that the session was used at `at`.
+    async fn touch_session(&self, id_hash: &str, at: EpochMs) -> Result<(), StoreError>;
+    /// Ends a session; false when there was none.
+    async fn delete_session(&self, id_hash: &str) -> Result<bool, StoreError>;
+    /// Deletes sessions that expired, or were last used, before `before`.
+    async fn purge_sessions(&self, expired_before: EpochMs, idle_before: EpochMs) -> Result<u64, StoreError>;
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
     async fn close(&self);

@@ -17,8 +17,8 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::mpsc;
 
 use super::{
-    AuditEntry, AuditKind, AuditQuery, Listing, Page, Revocation, Settings, StoreError, TokenQuery, TokenRecord,
-    TokenStore, UsageDelta,
+    AuditEntry, AuditKind, AuditQuery, Listing, Page, Revocation, SessionRecord, Settings, StoreError, TokenQuery,
+    TokenRecord, TokenStore, UsageDelta,
 };
 use crate::backoff::Backoff;
 use crate::clock::EpochMs;
@@ -397,6 +397,62 @@ impl TokenStore for PgStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        self.check_ready()?;
+        sqlx::query(
+            "INSERT INTO sessions (id_hash, user_name, created_at, last_seen_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&s.id_hash)
+        .bind(&s.user)
+        .bind(s.created_at)
+        .bind(s.last_seen_at)
+        .bind(s.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.check_ready()?;
+        Ok(sqlx::query_as(
+            "SELECT id_hash, user_name, created_at, last_seen_at, expires_at FROM sessions WHERE id_hash = $1",
+        )
+        .bind(id_hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn touch_session(&self, id_hash: &str, at: EpochMs) -> Result<(), StoreError> {
+        self.check_ready()?;
+        sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id_hash = $2 AND last_seen_at < $1")
+            .bind(at)
+            .bind(id_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<bool, StoreError> {
+        self.check_ready()?;
+        let deleted = sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    async fn purge_sessions(&self, expired_before: EpochMs, idle_before: EpochMs) -> Result<u64, StoreError> {
+        self.check_ready()?;
+        let purged = sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR last_seen_at < $2")
+            .bind(expired_before)
+            .bind(idle_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(purged)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

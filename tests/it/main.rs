@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod browser;
 mod cli;
 mod common;
 mod forwarding;
@@ -17,3 +18,4 @@ mod rules;
 mod self_service;
 mod store_contract;
 mod tokens;
+mod ui;

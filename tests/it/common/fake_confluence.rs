@@ -324,6 +324,17 @@ impl FakeConfluence {
                 }
                 response
             }
+            "/plant-gateway-cookie" => {
+                let mut response = json(StatusCode::OK, "{}");
+                response.headers_mut().append(
+                    "set-cookie",
+                    HeaderValue::from_static("tokengate_session=planted-by-confluence; Path=/"),
+                );
+                response
+                    .headers_mut()
+                    .append("set-cookie", HeaderValue::from_static("JSESSIONID=kept; Path=/"));
+                response
+            }
             "/confluence-401" => json(
                 StatusCode::UNAUTHORIZED,
                 r#"{"statusCode":401,"message":"from confluence"}"#,

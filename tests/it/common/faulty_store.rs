@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokengate::EpochMs;
 use tokengate::{
-    AuditEntry, AuditQuery, Page, Revocation, Settings, StoreError, TokenQuery, TokenRecord, TokenStore, UsageDelta,
+    AuditEntry, AuditQuery, Page, Revocation, SessionRecord, Settings, StoreError, TokenQuery, TokenRecord, TokenStore,
+    UsageDelta,
 };
 
 pub struct FaultyStore {
@@ -99,6 +100,26 @@ impl TokenStore for FaultyStore {
     async fn save_settings(&self, settings: Settings) -> Result<(), StoreError> {
         self.check()?;
         self.inner.save_settings(settings).await
+    }
+    async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.insert_session(session).await
+    }
+    async fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.check()?;
+        self.inner.session(id_hash).await
+    }
+    async fn touch_session(&self, id_hash: &str, at: EpochMs) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.touch_session(id_hash, at).await
+    }
+    async fn delete_session(&self, id_hash: &str) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.delete_session(id_hash).await
+    }
+    async fn purge_sessions(&self, expired_before: EpochMs, idle_before: EpochMs) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.purge_sessions(expired_before, idle_before).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.check()?;

@@ -2,6 +2,7 @@
 //! Confluence, with a manual clock and a throwaway SQLite store (or any
 //! store, e.g. PostgreSQL in a schema of its own, behind a TCP proxy).
 
+pub mod browser;
 pub mod fake_confluence;
 pub mod faulty_store;
 pub mod postgres;

@@ -1,5 +1,6 @@
-//! Refusing management calls that a browser was made to send by another
-//! site (cross-site request forgery). A browser that once cached an admin's
+//! Refusing calls to the management API and the web page's own endpoints
+//! that a browser was made to send by another site (cross-site request
+//! forgery). A browser that once cached an admin's
 //! password sends it with every request to this origin, whichever page
 //! started it, so a form on any web page could otherwise create a token or
 //! switch the audit log off. As Confluence does:

@@ -1,0 +1,320 @@
+//! The web page (SPEC §15) at `/tokengate/ui/`: a single page in plain
+//! JavaScript whose every asset is compiled into the binary, and the three
+//! endpoints that give it a session. Everything else it does goes through
+//! the management API ([`crate::admin`]) with that session.
+//!
+//! | method | path | does |
+//! |---|---|---|
+//! | GET | `/tokengate/ui/` | the page (and `app.js`, `app.css`, `icon.svg`) |
+//! | POST | `/tokengate/ui/login` | `{"username","password"}` checked with Confluence; starts a session |
+//! | GET | `/tokengate/ui/session` | who is logged in, their CSRF token, what the gateway offers |
+//! | POST | `/tokengate/ui/logout` | ends the session, in every replica |
+
+use std::net::IpAddr;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION, SET_COOKIE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::auth::credentials::check_user_name;
+use crate::auth::sessions::{self, SESSION_COOKIE, Session};
+use crate::body::{RequestBody, read_limited};
+use crate::error::{GatewayError, Reason, json_response};
+use crate::proxy::ConnInfo;
+use crate::rules::JsonBody;
+use crate::store::AuditEntry;
+use crate::target::Target;
+
+/// Where the page lives.
+pub const UI: &str = "/tokengate/ui";
+/// The largest request body the page's endpoints read.
+const MAX_BODY: usize = 8 << 10;
+
+static INDEX: &str = include_str!("assets/index.html");
+static APP_JS: &str = include_str!("assets/app.js");
+static APP_CSS: &str = include_str!("assets/app.css");
+static ICON: &str = include_str!("assets/icon.svg");
+
+/// Answers a request under `/tokengate/ui`.
+pub async fn serve<B: RequestBody>(
+    app: &App,
+    req: Request<B>,
+    target: &Target,
+    conn: &ConnInfo,
+    client_ip: IpAddr,
+) -> Result<Response<Full<Bytes>>, GatewayError> {
+    if !app.config.ui {
+        return Err(GatewayError::new(
+            Reason::NotFound,
+            "the web page is switched off here (ui = false)",
+        ));
+    }
+    let sub = target.path.strip_prefix(UI).unwrap_or_default();
+    let method = req.method().clone();
+    let asset = match sub {
+        "" => return Ok(redirect(&format!("{UI}/"))),
+        "/" => Some(("text/html; charset=utf-8", INDEX)),
+        "/app.js" => Some(("text/javascript; charset=utf-8", APP_JS)),
+        "/app.css" => Some(("text/css; charset=utf-8", APP_CSS)),
+        "/icon.svg" => Some(("image/svg+xml", ICON)),
+        _ => None,
+    };
+    if let Some((content_type, body)) = asset {
+        only(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+        return Ok(asset_response(content_type, body));
+    }
+    match sub {
+        "/session" => {
+            only(&method, &[Method::GET], "GET")?;
+            let session = current_session(app, &req).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                session_json(app, &session.user, &session.csrf).to_string(),
+            ))
+        }
+        "/login" => {
+            only(&method, &[Method::POST], "POST")?;
+            crate::cross_site::refuse(app, &req, target, client_ip).await?;
+            login(app, req, conn, client_ip).await
+        }
+        "/logout" => {
+            only(&method, &[Method::POST], "POST")?;
+            crate::cross_site::refuse(app, &req, target, client_ip).await?;
+            logout(app, &req, conn, client_ip).await
+        }
+        _ => Err(GatewayError::new(Reason::NotFound, format!("no page {}", target.path))),
+    }
+}
+
+fn only(method: &Method, allowed: &[Method], allow: &'static str) -> Result<(), GatewayError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(GatewayError::new(Reason::MethodNotAllowed, format!("this page answers {allow} only")).allowing(allow))
+    }
+}
+
+fn asset_response(content_type: &'static str, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn redirect(to: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(location) = HeaderValue::from_str(to) {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    response
+}
+
+/// What the page needs to know: who, their CSRF token, and what this
+/// gateway offers (so that it shows no control that would not work).
+fn session_json(app: &App, user: &str, csrf: &str) -> Value {
+    json!({
+        "status": "ok",
+        "user": user,
+        "admin": crate::admin::is_admin(&app.config.admin_users, user),
+        "csrf": csrf,
+        "forwardAs": app.config.forward_as.name(),
+        "selfService": app.config.self_service,
+        // The parts of SPEC §15-18 this gateway serves; the page hides the rest.
+        "features": {"update": false, "rotate": false, "rateLimit": false, "spaces": false, "reportOnly": false},
+    })
+}
+
+async fn current_session<B>(app: &App, req: &Request<B>) -> Result<Session, GatewayError> {
+    let no_session = || GatewayError::new(Reason::CredentialsRequired, "not logged in");
+    let id = sessions::session_cookie(req.headers()).ok_or_else(no_session)?;
+    app.auth
+        .sessions()
+        .resolve(id)
+        .await
+        .map_err(|e| GatewayError::internal(&e))?
+        .ok_or_else(no_session)
+}
+
+/// `POST /login`: the password is checked with Confluence as for the
+/// management API (and counts towards `failed_auth_per_minute` when wrong);
+/// a new session id at every login.
+async fn login<B: RequestBody>(
+    app: &App,
+    req: Request<B>,
+    conn: &ConnInfo,
+    client_ip: IpAddr,
+) -> Result<Response<Full<Bytes>>, GatewayError> {
+    let (parts, body) = req.into_parts();
+    let bytes = read_limited(&parts.headers, body, MAX_BODY, "the most the login reads").await?;
+    let form = match JsonBody::parse(Some("application/json"), &bytes) {
+        Ok(JsonBody::Json(Value::Object(form))) => form,
+        Ok(_) => {
+            return Err(GatewayError::new(
+                Reason::BadRequest,
+                "send {\"username\", \"password\"} as JSON",
+            ));
+        }
+        Err(e) => return Err(GatewayError::new(Reason::AmbiguousJson, e.to_string())),
+    };
+    let text = |name: &'static str| {
+        form.get(name)
+            .and_then(Value::as_str)
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| GatewayError::invalid(name, format!("{name} is required")))
+    };
+    let (username, password) = (text("username")?, text("password")?);
+    check_user_name(username).map_err(|why| GatewayError::invalid("username", why))?;
+    let mut authorization =
+        HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(format!("{username}:{password}"))))
+            .map_err(|_| GatewayError::new(Reason::InvalidToken, "invalid credentials"))?;
+    authorization.set_sensitive(true);
+    let principal = app
+        .auth
+        .authenticate_password(&authorization, username, client_ip)
+        .await?;
+    let admin = crate::admin::is_admin(&app.config.admin_users, &principal.user);
+    if !admin && !app.config.self_service {
+        return Err(GatewayError::new(
+            Reason::Forbidden,
+            "only admins may use this page here (self-service is off)",
+        ));
+    }
+    let session = app
+        .auth
+        .sessions()
+        .start(&principal.user)
+        .await
+        .map_err(|e| GatewayError::internal(&e))?;
+    record(app, &principal.user, "login", client_ip).await;
+    let mut response = json_response(
+        StatusCode::OK,
+        session_json(app, &principal.user, &session.csrf).to_string(),
+    );
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        session.id,
+        app.auth.sessions().cookie_max_age(),
+        secure(app, conn)
+    );
+    set_cookie(&mut response, &cookie);
+    Ok(response)
+}
+
+/// `POST /logout`: ends the session server-side (a replayed cookie then
+/// fails) and clears the cookie. Needs the session's CSRF token.
+async fn logout<B>(
+    app: &App,
+    req: &Request<B>,
+    conn: &ConnInfo,
+    client_ip: IpAddr,
+) -> Result<Response<Full<Bytes>>, GatewayError> {
+    if let Some((principal, session)) = app.auth.authenticate_session(req.headers(), true, client_ip).await? {
+        app.auth
+            .sessions()
+            .end(&session)
+            .await
+            .map_err(|e| GatewayError::internal(&e))?;
+        record(app, &principal.user, "logout", client_ip).await;
+    }
+    let mut response = json_response(StatusCode::OK, r#"{"status":"ok"}"#);
+    let cookie = format!(
+        "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        secure(app, conn)
+    );
+    set_cookie(&mut response, &cookie);
+    Ok(response)
+}
+
+/// `; Secure` when the page is served over TLS, here or in front (`public_url`).
+fn secure(app: &App, conn: &ConnInfo) -> &'static str {
+    let public_https = app
+        .config
+        .public_url
+        .as_deref()
+        .is_some_and(|url| url.starts_with("https://"));
+    if conn.tls || public_https { "; Secure" } else { "" }
+}
+
+fn set_cookie(response: &mut Response<Full<Bytes>>, cookie: &str) {
+    let value = HeaderValue::from_str(cookie).expect("a session cookie is visible ASCII");
+    response.headers_mut().insert(SET_COOKIE, value);
+}
+
+/// Logins and logouts go to the audit log like management actions.
+async fn record(app: &App, user: &str, action: &str, client_ip: IpAddr) {
+    let mut entry = AuditEntry::management(app.clock.now_ms(), user, action);
+    entry.client_ip = Some(client_ip.to_string());
+    entry.detail = Some("via the web page".to_owned());
+    app.audit.record(entry).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_loads_nothing_from_elsewhere_and_runs_no_inline_script() {
+        for (name, text) in [("index.html", INDEX), ("app.js", APP_JS), ("app.css", APP_CSS)] {
+            for foreign in ["http://", "https://", "//cdn", "@import", "fonts.googleapis"] {
+                assert!(!text.contains(foreign), "{name} refers to {foreign}");
+            }
+        }
+        let scripts: Vec<&str> = INDEX.split("<script").skip(1).collect();
+        assert_eq!(scripts.len(), 1);
+        assert!(
+            scripts[0].starts_with(r#" src="/tokengate/ui/app.js""#),
+            "only the script file"
+        );
+        let handler = regex::Regex::new(r"\son[a-z]+\s*=").unwrap();
+        assert!(!handler.is_match(INDEX), "no inline event handlers");
+        assert!(
+            !APP_JS.contains("innerHTML") && !APP_JS.contains("eval("),
+            "server values go in as text"
+        );
+    }
+
+    #[test]
+    fn every_accessible_name_of_the_spec_is_on_the_page() {
+        let labels = [
+            "Username",
+            "Password",
+            "Label",
+            "Expires in days",
+            "Rules",
+            "IP addresses",
+            "Rate limit",
+            "Spaces",
+            "Confluence password",
+            "Method",
+            "URL",
+            "Body",
+            "User",
+            "Token",
+        ];
+        for label in labels {
+            assert!(
+                INDEX.contains(&format!(">{label}</label>")),
+                "no field labelled {label:?}"
+            );
+        }
+        for button in ["Log in", "Create token", "Copy", "Try", "Log out", "Save"] {
+            assert!(INDEX.contains(&format!(">{button}</button>")), "no button {button:?}");
+        }
+        assert!(INDEX.contains(r#"aria-label="New token""#));
+        assert!(INDEX.contains(">Audit log</a>"));
+        for (id, switch) in [("setting-usage", "Usage details"), ("setting-audit", "Audit log")] {
+            assert!(
+                INDEX.contains(&format!(r#"role="switch" id="{id}"> {switch}</label>"#)),
+                "{switch}"
+            );
+        }
+        assert!(APP_JS.contains(r#""Delete")"#) && APP_JS.contains(r#""Edit")"#) && APP_JS.contains(r#""Rotate")"#));
+    }
+}
