@@ -44,7 +44,7 @@ fn canonicalising(c: &mut Criterion) {
 fn warm_token(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (app, secret) = runtime.block_on(async {
+    let (app, secret, limited) = runtime.block_on(async {
         let config = Config {
             database_url: format!("sqlite://{}/bench.db", dir.path().display()),
             argon2: Argon2Cost {
@@ -65,19 +65,35 @@ fn warm_token(c: &mut Criterion) {
             ..NewToken::default()
         };
         let secret = app.tokens.create(new).await.unwrap().value;
-        app.auth
-            .verifier()
-            .verify(&secret)
-            .await
-            .unwrap()
-            .expect("the token verifies");
-        (app, secret)
+        // The same token with a rate limit it never reaches in a bench run.
+        let limited = NewToken {
+            label: "bench-limited".into(),
+            user: Some("alice".into()),
+            limit_to: Some("[get].*/rest/api/space.*[QueryParam::spaceKey==DOCS]".into()),
+            ip: Some("127.0.0.0/8".into()),
+            rate_limit: Some("1000000/s".into()),
+            author: "bench".into(),
+            ..NewToken::default()
+        };
+        let limited = app.tokens.create(limited).await.unwrap().value;
+        for secret in [&secret, &limited] {
+            app.auth
+                .verifier()
+                .verify(secret)
+                .await
+                .unwrap()
+                .expect("the token verifies");
+        }
+        (app, secret, limited)
     });
     c.bench_function("verified_cache/hit", |b| {
         b.to_async(&runtime)
             .iter(|| app.auth.verifier().cached(black_box(&secret)))
     });
-    let token = runtime.block_on(app.auth.verifier().cached(&secret)).unwrap();
+    let token = runtime
+        .block_on(app.auth.verifier().cached(&secret))
+        .unwrap()
+        .expect("cached");
     let cx = CheckContext {
         scheme: Scheme::Basic,
         basic_user: Some("alice"),
@@ -92,24 +108,29 @@ fn warm_token(c: &mut Criterion) {
         b.iter(|| check_token(black_box(&token), black_box(&cx)))
     });
     let conn = ConnInfo::new("127.0.0.1:50000".parse().unwrap(), false);
-    let authorization = format!(
-        "Basic {}",
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("alice:{secret}"))
-    );
-    c.bench_function("pipeline/decide_warm_token", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let req = Request::get("/rest/api/space/DOCS?spaceKey=DOCS")
-                .header(AUTHORIZATION, authorization.as_str())
-                .header("host", "wiki.example.com")
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-            let mut trail = Trail::new(tracing::Span::none(), false);
-            match decide(&app, &conn, req, &mut trail).await {
-                Ok(Next::Forward { .. }) => {}
-                _ => panic!("the warm token request is forwarded"),
-            }
-        })
-    });
+    for (name, secret) in [
+        ("pipeline/decide_warm_token", &secret),
+        ("pipeline/decide_warm_token_rate_limited", &limited),
+    ] {
+        let authorization = format!(
+            "Basic {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("alice:{secret}"))
+        );
+        c.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| async {
+                let req = Request::get("/rest/api/space/DOCS?spaceKey=DOCS")
+                    .header(AUTHORIZATION, authorization.as_str())
+                    .header("host", "wiki.example.com")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let mut trail = Trail::new(tracing::Span::none(), false);
+                match decide(&app, &conn, req, &mut trail).await {
+                    Ok(Next::Forward { .. }) => {}
+                    _ => panic!("the warm token request is forwarded"),
+                }
+            })
+        });
+    }
 }
 
 criterion_group!(benches, decoding, canonicalising, warm_token);

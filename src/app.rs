@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::auth::rate_limit::RateLimits;
 use crate::auth::seal::SealKey;
 use crate::auth::sessions::Sessions;
 use crate::auth::{Authenticator, PatMode, Verifier, token};
@@ -102,12 +103,15 @@ impl App {
             seal_key: seal_key.clone(),
             clock: clock.clone(),
         });
+        let limits =
+            Arc::new(RateLimits::start(clock.clone(), config.rate_limit_redis.as_deref(), metrics.clone()).await);
         let verifier = Arc::new(Verifier::new(
             store.clone(),
             token::hasher(config.argon2),
             config.verify_cache_ttl,
             metrics.clone(),
             usage.clone(),
+            limits.clone(),
             pat_mode,
         ));
         let tokens = TokenManager {
@@ -123,7 +127,14 @@ impl App {
             },
         };
         let sessions = Sessions::new(store.clone(), clock.clone(), config.ui_session, config.ui_idle);
-        let auth = Authenticator::new(config.clone(), verifier, sessions, upstream.clone(), clock.clone());
+        let auth = Authenticator::new(
+            config.clone(),
+            verifier,
+            limits,
+            sessions,
+            upstream.clone(),
+            clock.clone(),
+        );
         let protected_headers = ProtectedHeaders::new(&[&config.identity_header, &config.upstream_secret_header]);
         Ok(App {
             auth: Arc::new(auth),

@@ -1,5 +1,5 @@
-//! The command line (SPEC §9): `serve`, `token create|list|delete`,
-//! `rules check`, `audit` and `migrate`. Exit codes: 0 success, 1 failure, 2 usage or configuration error.
+//! The command line (SPEC §9): `serve`, `token create|list|update|delete`,
+//! `rules check|suggest`, `audit` and `migrate`. Exit codes: 0 success, 1 failure, 2 usage or configuration error.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -11,10 +11,10 @@ use crate::app::{App, StartError};
 use crate::auth::seal::Pat;
 use crate::config::{self, Config, ForwardAs, LogFormat, Overrides};
 use crate::record::audit_json;
-use crate::rules::{RequestHead, RuleSet};
+use crate::rules::{RequestHead, RuleSet, suggest};
 use crate::store::{AuditEntry, AuditKind, AuditQuery, TokenQuery};
 use crate::target::canonical_text_target;
-use crate::tokens::{NewToken, PatSource, TokenError, token_json};
+use crate::tokens::{DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, TokenError, token_json};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,10 +31,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
-    /// Create, list and delete tokens.
+    /// Create, list, update and delete tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Dry-run restriction rules against a request.
+    /// Dry-run restriction rules against a request, or suggest rules from a token's calls.
     #[command(subcommand)]
     Rules(RulesCommand),
     /// Show the audit log, newest first.
@@ -65,6 +65,24 @@ pub struct AuditArgs {
 pub enum RulesCommand {
     /// Print ALLOW with the matching line, or DENY with why each line fails (exit 0 / 1).
     Check(RulesCheckArgs),
+    /// Propose rules from a token's audited calls: the rules on standard
+    /// output (ready for --limit-to @FILE), the calls each allows on standard error.
+    Suggest(RulesSuggestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RulesSuggestArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The token id.
+    #[arg(long = "token", value_name = "ID")]
+    pub token_id: String,
+    /// Read the calls of the last N days.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SUGGEST_DAYS)]
+    pub days: u32,
+    /// Print the API's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -115,8 +133,40 @@ pub enum TokenCommand {
     Create(CreateArgs),
     /// List tokens (never their values).
     List(ListArgs),
+    /// Change a token's label, rules, IP list, rate limit or mode (not its
+    /// user, value or expiry).
+    Update(UpdateArgs),
     /// Delete one token by id, or all tokens of a user.
     Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The token id.
+    pub id: String,
+    /// A new label.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// New restriction rules, or @FILE to read them from a file ("" removes them all).
+    #[arg(long, value_name = "RULES")]
+    pub limit_to: Option<String>,
+    /// New comma-separated client IPs and CIDRs ("" allows every address).
+    #[arg(long, value_name = "LIST")]
+    pub ip: Option<String>,
+    /// A new rate limit (N/s, N/min, N/hour or N/day), or none.
+    #[arg(long, value_name = "N/UNIT|none")]
+    pub rate_limit: Option<String>,
+    /// Make the rules refuse what they do not allow.
+    #[arg(long, conflicts_with = "report_only")]
+    pub enforce: bool,
+    /// Forward what only the rules would refuse, and audit it as `report`.
+    #[arg(long)]
+    pub report_only: bool,
+    /// Print the updated token as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +195,13 @@ pub struct CreateArgs {
     /// access token, or - to read it from standard input (never an argument).
     #[arg(long, value_name = "FILE|-")]
     pub upstream_token_file: Option<PathBuf>,
+    /// At most this many calls: N/s, N/min, N/hour or N/day.
+    #[arg(long, value_name = "N/UNIT")]
+    pub rate_limit: Option<String>,
+    /// Forward what only the rules would refuse, and audit it as `report`
+    /// (roll rules out without breaking a script; `token update --enforce` later).
+    #[arg(long)]
+    pub report_only: bool,
     /// Print the API's create response as JSON.
     #[arg(long)]
     pub json: bool,
@@ -237,8 +294,10 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Serve(_) => unreachable!("serve builds its own runtime"),
         Command::Token(TokenCommand::Create(args)) => create(args).await,
         Command::Token(TokenCommand::List(args)) => list(args).await,
+        Command::Token(TokenCommand::Update(args)) => update(args).await,
         Command::Token(TokenCommand::Delete(args)) => delete(args).await,
         Command::Rules(RulesCommand::Check(args)) => rules_check(args),
+        Command::Rules(RulesCommand::Suggest(args)) => rules_suggest(args).await,
         Command::Audit(args) => audit(args).await,
         Command::Migrate(args) => {
             let app = open(&args, Overrides::default()).await?;
@@ -370,6 +429,8 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
         token: args.token,
         author: "cli".to_owned(),
         pat: pat.map(PatSource::Supplied),
+        rate_limit: args.rate_limit,
+        enforce: Some(!args.report_only),
     };
     let created = app.tokens.create(new).await.map_err(|e| describe(&e))?;
     let record = &created.record;
@@ -441,6 +502,50 @@ fn truncate(text: &str, width: usize) -> String {
     let mut short: String = text.chars().take(width - 1).collect();
     short.push('…');
     short
+}
+
+async fn update(args: UpdateArgs) -> Result<(), Failure> {
+    let change = RestrictionsChange {
+        label: args.label,
+        limit_to: args.limit_to.map(inline_or_file).transpose()?,
+        ip: args.ip,
+        rate_limit: args
+            .rate_limit
+            .map(|limit| Some(limit).filter(|l| !l.trim().eq_ignore_ascii_case("none"))),
+        enforce: match (args.enforce, args.report_only) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+    };
+    if change.is_empty() {
+        return Err(Failure::Usage(
+            "nothing to change: give --label, --limit-to, --ip, --rate-limit, --enforce or --report-only".into(),
+        ));
+    }
+    let app = open(&args.store, Overrides::default()).await?;
+    let updated = app.tokens.update(&args.id, change).await;
+    if let Ok(updated) = &updated {
+        let mut entry = cli_action(&app, "update", updated.changes().to_string());
+        entry.token_id = Some(updated.after.id.clone());
+        entry.token_label = Some(updated.after.label.clone());
+        app.audit.record(entry).await;
+        app.audit.flush().await;
+    }
+    app.store.close().await;
+    let updated = updated.map_err(|e| describe(&e))?;
+    if args.json {
+        println!("{}", token_json(&updated.after, app.clock.now_ms()));
+    } else {
+        let after = &updated.after;
+        println!(
+            "updated token '{}' (id {}): {}",
+            after.label,
+            after.id,
+            updated.changes()
+        );
+    }
+    Ok(())
 }
 
 async fn delete(args: DeleteArgs) -> Result<(), Failure> {
@@ -548,6 +653,34 @@ fn rules_check(args: RulesCheckArgs) -> Result<(), Failure> {
         writeln!(out, "  {why}")?;
     }
     Err(Failure::Denied)
+}
+
+/// Suggested rules (SPEC §16): the rules alone on standard output, so that
+/// `> rules.txt` makes a file for `--limit-to @rules.txt`; what each allows,
+/// and the caveat, on standard error.
+async fn rules_suggest(args: RulesSuggestArgs) -> Result<(), Failure> {
+    let app = open(&args.store, Overrides::default()).await?;
+    let suggested = app.tokens.suggest(&args.token_id, args.days).await;
+    app.store.close().await;
+    let suggested = suggested.map_err(|e| describe(&e))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", suggested.to_json())?;
+        return Ok(());
+    }
+    let suggestion = &suggested.suggestion;
+    eprintln!(
+        "{} calls of token {} in the last {} days; {}",
+        suggestion.observed,
+        suggested.token_id,
+        suggested.days,
+        suggest::NOTE
+    );
+    for rule in &suggestion.rules {
+        eprintln!("{:>8} calls  {}", rule.calls, rule.rule);
+        writeln!(out, "{}", rule.rule)?;
+    }
+    Ok(())
 }
 
 /// A management action done from the command line, for the audit log:

@@ -52,6 +52,7 @@ pub const KEYS: &[&str] = &[
     "ui",
     "ui_session_minutes",
     "ui_idle_minutes",
+    "rate_limit_redis",
 ];
 
 /// The file read when `--config` is not given, if it exists.
@@ -232,6 +233,9 @@ pub struct Config {
     pub ui_session: Duration,
     /// ...or this long after its last use.
     pub ui_idle: Duration,
+    /// Where every replica shares each token's rate-limit bucket (SPEC §16);
+    /// unset: each replica keeps its own.
+    pub rate_limit_redis: Option<String>,
 }
 
 impl fmt::Debug for Config {
@@ -251,6 +255,10 @@ impl fmt::Debug for Config {
             .field("allow_anonymous", &self.allow_anonymous)
             .field("forward_as", &self.forward_as)
             .field("self_service", &self.self_service)
+            .field(
+                "rate_limit_redis",
+                &self.rate_limit_redis.as_deref().map(redact_password),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -428,6 +436,7 @@ impl Config {
             ui: r.bool("ui", true)?,
             ui_session: Duration::from_secs(60 * r.positive::<u64>("ui_session_minutes", 480)?),
             ui_idle: Duration::from_secs(60 * r.positive::<u64>("ui_idle_minutes", 30)?),
+            rate_limit_redis: r.opt_parse("rate_limit_redis", parse_redis_url)?,
         };
         config.check_argon2(&r)?;
         Ok(config)
@@ -596,6 +605,14 @@ pub fn redact_password(url: &str) -> String {
         Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
     }
+}
+
+/// A Redis URL (`redis://[:password@]host[:port][/db]` or
+/// `redis+unix:///path`), checked without connecting.
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    redis::Client::open(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("`{}` is not a Redis URL: {e}", redact_password(s)))
 }
 
 fn parse_header_name(s: &str) -> Result<HeaderName, String> {

@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
-use hyper::{Response, StatusCode};
+use hyper::{HeaderMap, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::config::TokenAuth;
@@ -60,6 +60,8 @@ pub enum Reason {
     BodyTooLarge,
     /// 429: too many failed attempts (tokens or passwords) from this client IP.
     TooManyFailures,
+    /// 429: the token's rate limit is used up (SPEC §16).
+    RateLimited,
     /// 500: an internal failure; the request was not forwarded (fail closed).
     Internal,
     /// 502: Confluence could not be reached.
@@ -72,7 +74,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order: `reason as usize` indexes it.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::BadPath,
         Reason::BadCredentials,
         Reason::AmbiguousJson,
@@ -93,6 +95,7 @@ impl Reason {
         Reason::Conflict,
         Reason::BodyTooLarge,
         Reason::TooManyFailures,
+        Reason::RateLimited,
         Reason::Internal,
         Reason::UpstreamUnavailable,
         Reason::Unavailable,
@@ -122,6 +125,7 @@ impl Reason {
             Reason::Conflict => "conflict",
             Reason::BodyTooLarge => "body_too_large",
             Reason::TooManyFailures => "too_many_failures",
+            Reason::RateLimited => "rate_limited",
             Reason::Internal => "internal_error",
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::Unavailable => "unavailable",
@@ -148,7 +152,7 @@ impl Reason {
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reason::Conflict => StatusCode::CONFLICT,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Reason::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
+            Reason::TooManyFailures | Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Reason::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Reason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -186,6 +190,8 @@ struct Details {
     field: Option<&'static str>,
     /// Line and column of a rule error.
     position: Option<(usize, usize)>,
+    /// Headers the response carries besides (a limited token's rate-limit headers).
+    headers: HeaderMap,
 }
 
 impl GatewayError {
@@ -233,6 +239,12 @@ impl GatewayError {
     /// Locates a rule error (`line` and `column` in the body).
     pub fn at(mut self, line: usize, column: usize) -> Self {
         self.details_mut().position = Some((line, column));
+        self
+    }
+
+    /// Adds `headers` to the response (replacing any of the same name).
+    pub fn with_headers(mut self, headers: HeaderMap) -> Self {
+        self.details_mut().headers.extend(headers);
         self
     }
 
@@ -284,6 +296,7 @@ impl GatewayError {
         if let Some(methods) = details.allow {
             headers.insert(ALLOW, HeaderValue::from_static(methods));
         }
+        headers.extend(details.headers);
         response
     }
 }
@@ -376,6 +389,7 @@ mod tests {
             (Reason::Conflict, 409, "conflict"),
             (Reason::BodyTooLarge, 413, "body_too_large"),
             (Reason::TooManyFailures, 429, "too_many_failures"),
+            (Reason::RateLimited, 429, "rate_limited"),
             (Reason::Internal, 500, "internal_error"),
             (Reason::UpstreamUnavailable, 502, "upstream_unavailable"),
             (Reason::Unavailable, 503, "unavailable"),

@@ -75,10 +75,11 @@ pub use rules::{JsonBody, RequestHead, RuleSet, Verdict};
 pub use server::run as serve;
 pub use settings::SettingsChange;
 pub use store::{
-    AuditEntry, AuditKind, AuditQuery, Page, PgStore, Revocation, SessionRecord, Settings, SqliteStore, StoreError,
-    TokenQuery, TokenRecord, TokenStore, UsageDelta, open as open_store, open_for_serving as open_store_for_serving,
+    AuditEntry, AuditKind, AuditQuery, ChangeKind, ObservedCall, Page, PgStore, Restrictions, SessionRecord, Settings,
+    SqliteStore, StoreError, TokenChange, TokenQuery, TokenRecord, TokenStore, UsageDelta, open as open_store,
+    open_for_serving as open_store_for_serving,
 };
-pub use tokens::{CreatedToken, NewToken, TokenError};
+pub use tokens::{CreatedToken, NewToken, RestrictionsChange, TokenError, Updated};
 
 /// The pieces of the warm token path, for the benchmarks (`benches/`).
 #[doc(hidden)]

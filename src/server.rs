@@ -26,6 +26,7 @@ use crate::error::{Audience, GatewayError, Reason};
 use crate::pipeline;
 use crate::proxy::ConnInfo;
 use crate::record;
+use crate::store::ChangeKind;
 
 /// How long a client may take to send a complete request head: counted
 /// from accept for the first request (TLS handshake included), and by
@@ -352,43 +353,45 @@ where
     }
 }
 
-/// Where polling for deletions starts: the newest revocation so far.
+/// Where polling for changes starts: the newest deletion or update so far.
 async fn revocation_cursor(app: &App) -> i64 {
     match app.store.revocation_cursor().await {
         Ok(cursor) => cursor,
         Err(e) => {
             // Tokens may be verified as soon as the store answers, before the
             // poller could read a cursor: start from the beginning so that no
-            // deletion in between is missed. Replaying old deletions is harmless.
-            tracing::warn!(error = %e, "cannot read the revocation cursor; will replay every recorded deletion");
+            // change in between is missed. Replaying old changes is harmless
+            // (a deleted token stays deleted; an updated one is read again).
+            tracing::warn!(error = %e, "cannot read the revocation cursor; will replay every recorded change");
             0
         }
     }
 }
 
-/// Drops tokens deleted by other processes from this one's verified cache.
+/// Applies deletions and updates made by other processes to this one's
+/// verified cache (SPEC §7, §16).
 async fn poll_revocations(app: App, mut cursor: i64) {
     let mut interval = tokio::time::interval(REVOCATION_POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         match app.store.revocations_after(cursor).await {
-            Ok(revocations) => {
-                for revocation in revocations {
-                    app.auth.verifier().revoke(&revocation.token_id);
-                    cursor = revocation.seq;
+            Ok(changes) => {
+                for change in changes {
+                    app.auth.verifier().changed(change.kind, &change.token_id);
+                    cursor = change.seq;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read revocations"),
+            Err(e) => tracing::warn!(error = %e, "cannot read token changes"),
         }
     }
 }
 
-/// Applies deletions as the store pushes them (PostgreSQL NOTIFY), ahead of the poll.
-async fn follow_revocations(app: App, mut feed: mpsc::Receiver<String>) {
-    while let Some(id) = feed.recv().await {
-        tracing::debug!(token.id = %id, "token deleted elsewhere; revoked");
-        app.auth.verifier().revoke(&id);
+/// Applies changes as the store pushes them (PostgreSQL NOTIFY), ahead of the poll.
+async fn follow_revocations(app: App, mut feed: mpsc::Receiver<(ChangeKind, String)>) {
+    while let Some((kind, id)) = feed.recv().await {
+        tracing::debug!(token.id = %id, ?kind, "token changed elsewhere");
+        app.auth.verifier().changed(kind, &id);
     }
 }
 

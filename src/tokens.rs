@@ -1,5 +1,6 @@
 //! Token management shared by the CLI and the management API: validating a
-//! creation request into a stored record, listing, deleting (SPEC §4). With
+//! creation request into a stored record, listing, updating restrictions
+//! (SPEC §16), deleting (SPEC §4). With
 //! `forward_as = "pat"`, a new token gets its user's Confluence personal
 //! access token, minted or supplied and checked, sealed under its value
 //! (SPEC §13). Validation errors name the API field they concern.
@@ -13,6 +14,7 @@ use rand::rngs::OsRng;
 use hyper::header::HeaderValue;
 
 use crate::auth::credentials::check_user_name;
+use crate::auth::rate_limit::RateLimit;
 use crate::auth::seal::{self, Pat, SealKey};
 use crate::auth::{Verifier, VerifyError, bearer, token};
 use crate::clock::{Clock, DAY_MS, EpochMs};
@@ -20,9 +22,14 @@ use crate::config::{ForwardAs, parse_ip_list};
 use crate::error::{GatewayError, Reason};
 use crate::proxy::{MintError, UpstreamClient};
 use crate::rules::RuleSet;
-use crate::store::{Page, StoreError, TokenQuery, TokenRecord, TokenStore};
+use crate::rules::suggest::{self, Call, SuggestError, Suggestion};
+use crate::store::{Page, Restrictions, StoreError, TokenQuery, TokenRecord, TokenStore};
 
 const MAX_LABEL_CHARS: usize = 255;
+/// Suggested rules read this many days of calls unless told otherwise.
+pub const DEFAULT_SUGGEST_DAYS: u32 = 30;
+/// ... and at most this many.
+const MAX_SUGGEST_DAYS: u32 = 3650;
 /// The lifetime of a minted PAT when the token does not expire: Confluence's
 /// PATs always should (SPEC §13).
 const MINTED_PAT_DAYS_WITHOUT_EXPIRY: i64 = 365;
@@ -41,6 +48,60 @@ pub struct NewToken {
     pub author: String,
     /// With `forward_as = "pat"`: where the user's personal access token comes from.
     pub pat: Option<PatSource>,
+    /// `N/s`, `N/min`, `N/hour` or `N/day`; absent or empty: no limit.
+    pub rate_limit: Option<String>,
+    /// `Some(false)`: report-only (SPEC §16). Absent: enforced.
+    pub enforce: Option<bool>,
+}
+
+/// A change to a token's restrictions (SPEC §16), as the API or CLI
+/// received it: `None` keeps what the token has. The user, the value and
+/// the expiry cannot change.
+#[derive(Debug, Default, Clone)]
+pub struct RestrictionsChange {
+    pub label: Option<String>,
+    pub limit_to: Option<String>,
+    pub ip: Option<String>,
+    /// `Some(None)` removes the limit.
+    pub rate_limit: Option<Option<String>>,
+    pub enforce: Option<bool>,
+}
+
+impl RestrictionsChange {
+    pub fn is_empty(&self) -> bool {
+        self.label.is_none()
+            && self.limit_to.is_none()
+            && self.ip.is_none()
+            && self.rate_limit.is_none()
+            && self.enforce.is_none()
+    }
+}
+
+/// A token before and after an update.
+#[derive(Debug)]
+pub struct Updated {
+    pub before: TokenRecord,
+    pub after: TokenRecord,
+}
+
+impl Updated {
+    /// What changed, for the audit log: `{"field":[old,new],...}` with the
+    /// API's field names, only the fields that changed.
+    pub fn changes(&self) -> serde_json::Value {
+        let (a, b) = (&self.before, &self.after);
+        let mut changes = serde_json::Map::new();
+        let mut compare = |name: &str, old: serde_json::Value, new: serde_json::Value| {
+            if old != new {
+                changes.insert(name.to_owned(), serde_json::json!([old, new]));
+            }
+        };
+        compare("label", a.label.clone().into(), b.label.clone().into());
+        compare("limitTo", a.limit_to.clone().into(), b.limit_to.clone().into());
+        compare("ip", a.ip.clone().into(), b.ip.clone().into());
+        compare("rateLimit", a.rate_limit.clone().into(), b.rate_limit.clone().into());
+        compare("enforce", a.enforce.into(), b.enforce.into());
+        serde_json::Value::Object(changes)
+    }
 }
 
 /// Where a new token's Confluence personal access token comes from (SPEC §13).
@@ -89,6 +150,17 @@ pub enum TokenError {
     /// 404: no token with that id.
     #[error("no token with id {0}")]
     NotFound(String),
+    /// 400: an update that names nothing to change.
+    #[error("nothing to change: give label, limitTo, ip, rateLimit or enforce")]
+    NothingToChange,
+    /// 404: no calls to suggest rules from.
+    #[error(
+        "token {id} made no allowed or reported calls in the last {days} days (is the audit log on?): nothing to suggest rules from"
+    )]
+    NothingObserved { id: String, days: u32 },
+    /// 500: the proposal failed its own check (a defect, logged).
+    #[error(transparent)]
+    Suggest(SuggestError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -137,13 +209,9 @@ impl TokenManager {
         let label = validate_label(&new.label)?;
         let user = validate_user(new.user.as_deref())?;
         let days = self.validate_days(new.days_until_expiry)?;
-        let rules = RuleSet::parse(new.limit_to.as_deref().unwrap_or_default()).map_err(|e| TokenError::Invalid {
-            field: "limitTo",
-            message: e.to_string(),
-            line: Some(e.line),
-            column: Some(e.column),
-        })?;
+        let rules = validate_rules(new.limit_to.as_deref().unwrap_or_default())?;
         let ip = normalise_ip_list(new.ip.as_deref().unwrap_or_default())?;
+        let rate_limit = validate_rate_limit(new.rate_limit.as_deref())?;
         self.check_pat_mode(user.as_deref(), new.token.is_some(), new.pat.is_some())?;
         if let Some(user) = &user {
             self.check_room_for(user).await?;
@@ -174,6 +242,8 @@ impl TokenManager {
             last_ip: None,
             sealed_pat: None,
             upstream_token_id: None,
+            rate_limit,
+            enforce: new.enforce.unwrap_or(true),
         };
         if let Some(obtained) = &upstream {
             record.sealed_pat = Some(seal::seal(
@@ -321,6 +391,76 @@ impl TokenManager {
             .ok_or_else(|| TokenError::NotFound(id.to_owned()))
     }
 
+    /// Changes a token's restrictions, validated exactly as a create
+    /// validates them (SPEC §16). Takes effect in this process at once, and
+    /// in every other within a second (through the store's change feed, as
+    /// deletions do). `NotFound` when the token does not exist, or was
+    /// deleted meanwhile.
+    pub async fn update(&self, id: &str, change: RestrictionsChange) -> Result<Updated, TokenError> {
+        if change.is_empty() {
+            return Err(TokenError::NothingToChange);
+        }
+        let before = self.get(id).await?;
+        let label = change.label.as_deref().map(validate_label).transpose()?;
+        let limit_to = match change.limit_to.as_deref() {
+            Some(text) => validate_rules(text)?.lines().join("\n"),
+            None => before.limit_to.clone(),
+        };
+        let ip = change.ip.as_deref().map(normalise_ip_list).transpose()?;
+        let rate_limit = match change.rate_limit {
+            Some(text) => validate_rate_limit(text.as_deref())?,
+            None => before.rate_limit.clone(),
+        };
+        let restrictions = Restrictions {
+            label: label.unwrap_or_else(|| before.label.clone()),
+            limit_to,
+            ip: ip.unwrap_or_else(|| before.ip.clone()),
+            rate_limit,
+            enforce: change.enforce.unwrap_or(before.enforce),
+        };
+        let after = self
+            .store
+            .update_token(id, &restrictions, self.clock.now_ms())
+            .await?
+            .ok_or_else(|| TokenError::NotFound(id.to_owned()))?;
+        self.verifier.updated(id);
+        Ok(Updated { before, after })
+    }
+
+    /// Rules proposed from token `id`'s allowed and reported calls of the
+    /// last `days` days (SPEC §16), checked against every one of them.
+    pub async fn suggest(&self, id: &str, days: u32) -> Result<Suggested, TokenError> {
+        if !(1..=MAX_SUGGEST_DAYS).contains(&days) {
+            return Err(TokenError::invalid(
+                "days",
+                format!("days must be between 1 and {MAX_SUGGEST_DAYS}"),
+            ));
+        }
+        let token = self.get(id).await?;
+        let since = self.clock.now_ms() - i64::from(days) * DAY_MS;
+        let observed = self.store.observed_calls(&token.id, since).await?;
+        let calls: Vec<Call<'_>> = observed
+            .iter()
+            .map(|call| Call {
+                method: &call.method,
+                path: &call.path,
+                calls: u64::try_from(call.calls).unwrap_or(0),
+            })
+            .collect();
+        let suggestion = match suggest::suggest(&calls) {
+            Ok(suggestion) => suggestion,
+            Err(SuggestError::NothingObserved) => {
+                return Err(TokenError::NothingObserved { id: token.id, days });
+            }
+            Err(defect) => return Err(TokenError::Suggest(defect)),
+        };
+        Ok(Suggested {
+            token_id: token.id,
+            days,
+            suggestion,
+        })
+    }
+
     /// Deletes one token; it stops working in this process at once. Returns
     /// what was deleted.
     pub async fn delete(&self, id: &str) -> Result<TokenRecord, TokenError> {
@@ -415,6 +555,26 @@ fn validate_user(user: Option<&str>) -> Result<Option<String>, TokenError> {
     }
 }
 
+fn validate_rules(text: &str) -> Result<RuleSet, TokenError> {
+    RuleSet::parse(text).map_err(|e| TokenError::Invalid {
+        field: "limitTo",
+        message: e.to_string(),
+        line: Some(e.line),
+        column: Some(e.column),
+    })
+}
+
+/// A rate limit in its canonical form (`60/min`); absent or empty: none.
+fn validate_rate_limit(text: Option<&str>) -> Result<Option<String>, TokenError> {
+    match text.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => text
+            .parse::<RateLimit>()
+            .map(|limit| Some(limit.to_string()))
+            .map_err(|m| TokenError::invalid("rateLimit", m)),
+    }
+}
+
 fn normalise_ip_list(text: &str) -> Result<String, TokenError> {
     let nets = parse_ip_list(text).map_err(|m| TokenError::invalid("ip", m))?;
     Ok(nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
@@ -447,6 +607,8 @@ pub fn token_json(record: &TokenRecord, now: EpochMs) -> serde_json::Value {
         "expired": record.valid_until.is_some_and(|until| until <= now),
         "forwardAs": forward_as(record).name(),
         "upstreamTokenId": record.upstream_token_id,
+        "rateLimit": record.rate_limit,
+        "enforce": record.enforce,
     })
 }
 
@@ -467,6 +629,37 @@ impl CreatedToken {
             "ip": record.ip,
             "forwardAs": forward_as(record).name(),
             "upstreamTokenId": record.upstream_token_id,
+            "rateLimit": record.rate_limit,
+            "enforce": record.enforce,
+        })
+    }
+}
+
+/// Rules suggested for a token.
+#[derive(Debug)]
+pub struct Suggested {
+    pub token_id: String,
+    pub days: u32,
+    pub suggestion: Suggestion,
+}
+
+impl Suggested {
+    /// The answer of `GET /suggest` and `rules suggest --json` (SPEC §16).
+    pub fn to_json(&self) -> serde_json::Value {
+        let rules: Vec<serde_json::Value> = self
+            .suggestion
+            .rules
+            .iter()
+            .map(|rule| serde_json::json!({"rule": rule.rule, "calls": rule.calls}))
+            .collect();
+        serde_json::json!({
+            "status": "ok",
+            "tokenId": self.token_id,
+            "days": self.days,
+            "observed": self.suggestion.observed,
+            "limitTo": self.suggestion.limit_to(),
+            "rules": rules,
+            "note": suggest::NOTE,
         })
     }
 }
@@ -488,6 +681,9 @@ impl From<TokenError> for GatewayError {
             }
             TokenError::Duplicate => GatewayError::new(Reason::Conflict, error.to_string()).in_field("token"),
             TokenError::NotFound(id) => GatewayError::new(Reason::NotFound, format!("no token with id {id}")),
+            TokenError::NothingToChange => GatewayError::new(Reason::BadRequest, error.to_string()),
+            TokenError::NothingObserved { .. } => GatewayError::new(Reason::NotFound, error.to_string()),
+            TokenError::Suggest(e) => GatewayError::internal(&e),
             TokenError::Store(e) => GatewayError::internal(&e),
             TokenError::Verify(e) => GatewayError::internal(&e),
             TokenError::Upstream(e) => e,

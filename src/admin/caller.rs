@@ -17,7 +17,7 @@ use hyper::{Method, Request};
 
 use crate::app::App;
 use crate::auth::credentials::{self, Credentials};
-use crate::auth::{PresentedToken, Principal, Via};
+use crate::auth::{PresentedToken, Principal, RateState, ReportOnly, Via};
 use crate::body::{Forwarded, RequestBody};
 use crate::error::{GatewayError, Reason};
 use crate::target::Target;
@@ -38,6 +38,8 @@ pub enum Role {
 pub struct Caller {
     pub principal: Principal,
     pub role: Role,
+    /// A limited token's bucket after this call, for the response's headers.
+    pub rate: Option<RateState>,
 }
 
 impl Caller {
@@ -88,34 +90,37 @@ pub async fn authenticate<B: RequestBody>(
                 )
             })?;
         let role = role_of(&principal, &app.config.admin_users, app.config.self_service);
-        return Ok((req.map(Either::Left), Caller { principal, role }));
+        let caller = Caller {
+            principal,
+            role,
+            rate: None,
+        };
+        return Ok((req.map(Either::Left), caller));
     };
-    let (req, caller) = if let Some((secret, scheme)) = credentials.gateway_token() {
+    let (req, principal, rate) = if let Some((secret, scheme)) = credentials.gateway_token() {
         let presented = PresentedToken {
             secret,
             scheme,
             basic_user: credentials.basic_user(),
         };
-        app.auth
-            .authenticate_token(req, target, presented, client_ip)
+        // Report-only never applies here: the rules of a token that manages
+        // tokens always refuse (SPEC §16).
+        let (req, principal, passage) = app
+            .auth
+            .authenticate_token(req, target, presented, client_ip, ReportOnly::Never)
             .await
-            .map_err(|refused| refused.error)?
+            .map_err(|refused| refused.error)?;
+        (req, principal, passage.rate)
     } else {
         let Credentials::Basic { user, .. } = &credentials else {
             return Err(invalid());
         };
         let authorization = req.headers().get(AUTHORIZATION).ok_or_else(invalid)?;
         let caller = app.auth.authenticate_password(authorization, user, client_ip).await?;
-        (req.map(Either::Left), caller)
+        (req.map(Either::Left), caller, None)
     };
-    let role = role_of(&caller, &app.config.admin_users, app.config.self_service);
-    Ok((
-        req,
-        Caller {
-            principal: caller,
-            role,
-        },
-    ))
+    let role = role_of(&principal, &app.config.admin_users, app.config.self_service);
+    Ok((req, Caller { principal, role, rate }))
 }
 
 /// What an authenticated principal may do here.

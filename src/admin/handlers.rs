@@ -19,7 +19,11 @@ use crate::rules::{RequestHead, RuleSet};
 use crate::settings::SettingsChange;
 use crate::store::{AuditQuery, Settings, TokenQuery, TokenRecord};
 use crate::target::canonical_text_target;
-use crate::tokens::{NewToken, PatSource, token_json};
+use crate::tokens::{DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, token_json};
+
+const TEXT: &str = "a string";
+const SWITCH: &str = "true or false";
+const RATE: &str = "a rate limit such as \"60/min\" (N/s, N/min, N/hour or N/day)";
 
 const DEFAULT_MAX_RESULTS: u64 = 50;
 /// Larger `maxResults` are served as this many.
@@ -97,7 +101,7 @@ pub async fn set(app: &App, caller: &Caller, body: Map<String, Value>) -> Result
             if app.config.forward_as == ForwardAs::Pat && new.pat.is_none() {
                 new.pat = pat_to_mint(caller, new.user.as_deref())?;
             }
-            let created = app.tokens.create(new).await?;
+            let created = app.tokens.create(*new).await?;
             record_action(app, &caller.principal, Action::Create(&created.record)).await;
             Ok(created.to_json())
         }
@@ -173,10 +177,93 @@ fn password_again(caller: &Caller, what: &str) -> Result<(), GatewayError> {
     }
 }
 
+/// `POST /update`: changes a token's restrictions (SPEC §16), validated as
+/// a create is. A user changes their own tokens only (another's id is 404);
+/// from the web page it needs the password again (it can widen access).
+/// Audited with the old and new values.
+pub async fn update(app: &App, caller: &Caller, body: Map<String, Value>) -> Result<Value, GatewayError> {
+    let (id, change) = update_request(&body)?;
+    password_again(caller, "changing a token's restrictions")?;
+    own_token(app, caller, &id).await?;
+    let updated = app.tokens.update(&id, change).await?;
+    record_action(app, &caller.principal, Action::Update(&updated)).await;
+    let mut answer = token_json(&updated.after, app.clock.now_ms());
+    answer["status"] = Value::from("ok");
+    Ok(answer)
+}
+
+/// `GET /suggest?tokenId=..[&days=N]`: rules proposed from the token's
+/// audited calls (SPEC §16). A user asks about their own tokens only.
+pub async fn suggest(app: &App, caller: &Caller, query: Option<&str>) -> Result<Value, GatewayError> {
+    let id = query_param(query, "tokenId")?.ok_or_else(|| GatewayError::invalid("tokenId", "tokenId is required"))?;
+    let days = match number_param(query, "days")? {
+        None => DEFAULT_SUGGEST_DAYS,
+        Some(days) => u32::try_from(days).unwrap_or(u32::MAX),
+    };
+    own_token(app, caller, &id).await?;
+    Ok(app.tokens.suggest(&id, days).await?.to_json())
+}
+
+/// 404 unless the caller may manage token `id`: an admin any, a user their
+/// own (another's is answered as if it did not exist).
+async fn own_token(app: &App, caller: &Caller, id: &str) -> Result<(), GatewayError> {
+    if caller.role == Role::Admin {
+        return Ok(());
+    }
+    let token = app.tokens.get(id).await?;
+    match token.user.as_deref() {
+        Some(user) if caller.is(user) => Ok(()),
+        _ => Err(GatewayError::new(Reason::NotFound, format!("no token with id {id}"))),
+    }
+}
+
+/// The body of `POST /update`. Unlike `set`, an unknown field is refused (a
+/// typo must not pass for a change made), and so is a field that cannot
+/// change; `null` is absent, but `"rateLimit": null` removes the limit.
+fn update_request(body: &Map<String, Value>) -> Result<(String, RestrictionsChange), GatewayError> {
+    const FIXED: [(&str, &str); 5] = [
+        ("userName", "the user"),
+        ("token", "the value"),
+        ("daysUntilExpiry", "the expiry"),
+        ("validUntil", "the expiry"),
+        ("upstreamToken", "the personal access token"),
+    ];
+    const KNOWN: [&str; 6] = ["id", "label", "limitTo", "ip", "rateLimit", "enforce"];
+    for name in body.keys() {
+        if let Some((field, what)) = FIXED.iter().find(|(field, _)| field == name) {
+            return Err(GatewayError::invalid(
+                field,
+                format!("{what} of a token cannot change: create a new token (and delete this one)"),
+            ));
+        }
+        if !KNOWN.contains(&name.as_str()) {
+            return Err(GatewayError::new(
+                Reason::BadRequest,
+                format!("unknown field {name:?}: an update changes {}", KNOWN[1..].join(", ")),
+            ));
+        }
+    }
+    let id = field::<String>(body, "id", TEXT)?
+        .filter(|id| !id.trim().is_empty())
+        .ok_or_else(|| GatewayError::invalid("id", "id is required"))?;
+    let rate_limit = match body.get("rateLimit") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(_) => Some(field::<String>(body, "rateLimit", RATE)?),
+    };
+    let change = RestrictionsChange {
+        label: field(body, "label", TEXT)?,
+        limit_to: field(body, "limitTo", TEXT)?,
+        ip: field(body, "ip", TEXT)?,
+        rate_limit,
+        enforce: field(body, "enforce", SWITCH)?,
+    };
+    Ok((id, change))
+}
+
 /// `POST /check`: the rules dry run of `tokengate rules check` (SPEC §15):
 /// `{"limitTo","method","url","body"?,"contentType"?}`.
 pub fn check(body: Map<String, Value>) -> Result<Value, GatewayError> {
-    const TEXT: &str = "a string";
     let limit_to = field::<String>(&body, "limitTo", TEXT)?.unwrap_or_default();
     let rules =
         RuleSet::parse(&limit_to).map_err(|e| GatewayError::invalid("limitTo", e.to_string()).at(e.line, e.column))?;
@@ -285,17 +372,16 @@ pub async fn delete(
 /// What `POST /set` asks for.
 #[derive(Debug)]
 enum SetRequest {
-    Create(NewToken),
+    /// Boxed: a creation request is large, a settings change tiny.
+    Create(Box<NewToken>),
     Settings(SettingsChange),
 }
 
 impl SetRequest {
     /// Unknown fields are ignored, as Extender ignores them; `null` is absent.
     fn from_body(body: &Map<String, Value>, author: &str) -> Result<SetRequest, GatewayError> {
-        const TEXT: &str = "a string";
-        const SWITCH: &str = "true or false";
         if let Some(label) = field::<String>(body, "label", TEXT)? {
-            return Ok(SetRequest::Create(NewToken {
+            return Ok(SetRequest::Create(Box::new(NewToken {
                 label,
                 user: field(body, "userName", TEXT)?,
                 days_until_expiry: days_until_expiry(body)?,
@@ -307,7 +393,9 @@ impl SetRequest {
                     .map(|pat| pat.trim().to_owned())
                     .filter(|pat| !pat.is_empty())
                     .map(|pat| PatSource::Supplied(Pat::new(pat))),
-            }));
+                rate_limit: field(body, "rateLimit", RATE)?,
+                enforce: field(body, "enforce", SWITCH)?,
+            })));
         }
         let change = SettingsChange {
             usage_details: field(body, "usageDetails", SWITCH)?,

@@ -18,12 +18,16 @@
 //! | GET | `/settings` | read the settings |
 //! | DELETE | `/delete` | delete one token by id, or all tokens of a user |
 //! | GET | `/audit` | the audit log, newest first, paged and filtered |
+//! | POST | `/update` | change a token's label, rules, IP list, rate limit or mode |
+//! | GET | `/suggest` | rules proposed from a token's audited calls |
 //! | POST | `/check` | try rules against a request (any user Confluence accepts) |
 
 mod caller;
 mod handlers;
 
 pub use caller::is_admin;
+
+use caller::Caller;
 
 use std::net::IpAddr;
 
@@ -34,11 +38,12 @@ use serde_json::{Map, Value};
 
 use crate::app::App;
 use crate::auth::{Principal, Via};
-use crate::body::{RequestBody, read_limited};
+use crate::body::{Forwarded, RequestBody, read_limited};
 use crate::error::{GatewayError, Reason, json_response};
 use crate::rules::JsonBody;
 use crate::store::{AuditEntry, Settings, TokenRecord};
 use crate::target::Target;
+use crate::tokens::Updated;
 
 /// Base path of the Extender-compatible management API.
 pub const TOKEN_TOOLS: &str = "/rest/extender/1.0/tokenTools";
@@ -54,6 +59,8 @@ enum Endpoint {
     Settings,
     Delete,
     Audit,
+    Update,
+    Suggest,
     Check,
 }
 
@@ -66,6 +73,8 @@ impl Endpoint {
             Some("/settings") => (Endpoint::Settings, "GET"),
             Some("/delete") => (Endpoint::Delete, "DELETE"),
             Some("/audit") => (Endpoint::Audit, "GET"),
+            Some("/update") => (Endpoint::Update, "POST"),
+            Some("/suggest") => (Endpoint::Suggest, "GET"),
             Some("/check") => (Endpoint::Check, "POST"),
             _ => {
                 return Err(GatewayError::new(
@@ -94,17 +103,39 @@ pub async fn serve<B: RequestBody>(
     let endpoint = Endpoint::route(req.method(), &target.path)?;
     crate::cross_site::refuse(app, &req, target, client_ip).await?;
     let (req, caller) = caller::authenticate(app, req, target, client_ip).await?;
+    let answer = answer(app, endpoint, req, target, &caller).await;
+    // A limited token's every answer carries its rate-limit headers (SPEC §16).
+    match (answer, caller.rate) {
+        (Ok(mut response), Some(rate)) => {
+            rate.apply(response.headers_mut());
+            Ok(response)
+        }
+        (Err(error), Some(rate)) => Err(error.with_headers(rate.headers())),
+        (answer, None) => answer,
+    }
+}
+
+/// The endpoint's work, within the caller's role.
+async fn answer<B: RequestBody>(
+    app: &App,
+    endpoint: Endpoint,
+    req: Request<Forwarded<B>>,
+    target: &Target,
+    caller: &Caller,
+) -> Result<Response<Full<Bytes>>, GatewayError> {
     if endpoint != Endpoint::Check {
         caller.may_manage()?;
     }
     let query = target.query.as_deref();
     let json = match endpoint {
         Endpoint::Check => handlers::check(read_json_object(req).await?)?,
-        Endpoint::List => handlers::list_tokens(app, &caller, query).await?,
-        Endpoint::Settings => handlers::settings(app, &caller)?,
-        Endpoint::Audit => handlers::list_audit(app, &caller, query).await?,
-        Endpoint::Set => handlers::set(app, &caller, read_json_object(req).await?).await?,
-        Endpoint::Delete => handlers::delete(app, &caller, query, read_json_object(req).await?).await?,
+        Endpoint::List => handlers::list_tokens(app, caller, query).await?,
+        Endpoint::Settings => handlers::settings(app, caller)?,
+        Endpoint::Audit => handlers::list_audit(app, caller, query).await?,
+        Endpoint::Set => handlers::set(app, caller, read_json_object(req).await?).await?,
+        Endpoint::Delete => handlers::delete(app, caller, query, read_json_object(req).await?).await?,
+        Endpoint::Update => handlers::update(app, caller, read_json_object(req).await?).await?,
+        Endpoint::Suggest => handlers::suggest(app, caller, query).await?,
     };
     Ok(json_response(StatusCode::OK, json.to_string()))
 }
@@ -136,6 +167,8 @@ fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, GatewayError> {
 pub enum Action<'a> {
     /// A token was created (the record holds no value).
     Create(&'a TokenRecord),
+    /// A token's restrictions changed.
+    Update(&'a Updated),
     Delete {
         token_id: &'a str,
     },
@@ -151,6 +184,7 @@ impl Action<'_> {
     pub fn name(&self) -> &'static str {
         match self {
             Action::Create(_) => "create",
+            Action::Update(_) => "update",
             Action::Delete { .. } => "delete",
             Action::DeleteUser { .. } => "delete_user",
             Action::Settings(_) => "settings",
@@ -177,6 +211,11 @@ pub async fn record_action(app: &App, admin: &Principal, action: Action<'_>) {
             entry.token_label = Some(token.label.clone());
             let user = token.user.as_deref().unwrap_or("(unbound)");
             entry.detail = Some(format!("{via}; token user {user}"));
+        }
+        Action::Update(updated) => {
+            entry.token_id = Some(updated.after.id.clone());
+            entry.token_label = Some(updated.after.label.clone());
+            entry.detail = Some(format!("{via}; {}", updated.changes()));
         }
         Action::Delete { token_id } => {
             entry.token_id = Some(token_id.to_owned());
@@ -215,6 +254,10 @@ mod tests {
         assert_eq!(route(Method::POST, "/delete"), Err(405));
         assert_eq!(route(Method::POST, "/check"), Ok(Endpoint::Check));
         assert_eq!(route(Method::GET, "/check"), Err(405));
+        assert_eq!(route(Method::POST, "/update"), Ok(Endpoint::Update));
+        assert_eq!(route(Method::PUT, "/update"), Err(405));
+        assert_eq!(route(Method::GET, "/suggest"), Ok(Endpoint::Suggest));
+        assert_eq!(route(Method::POST, "/suggest"), Err(405));
     }
 
     #[test]

@@ -90,10 +90,15 @@ pub fn check_token(token: &ActiveToken, cx: &CheckContext<'_>) -> Result<String,
     Ok(identity)
 }
 
+/// The rules' answer on a request: the request to go on with (its body
+/// streaming, or read whole by a JSON rule), and the refusal when no rule
+/// allows it (kept with the request in case the token is report-only, SPEC
+/// §16, and it goes on anyway).
+pub type RulesAnswer<B> = (Request<Forwarded<B>>, Option<GatewayError>);
+
 /// What the rules say before any body is read.
 pub enum RulesCheck<B> {
-    /// Allowed; the body streams on.
-    Allowed(Request<Forwarded<B>>),
+    Decided(RulesAnswer<B>),
     /// Only a rule with `JsonData` constraints could allow it: read the body
     /// with [`check_rules_with_body`].
     NeedsBody(Request<B>),
@@ -102,7 +107,8 @@ pub enum RulesCheck<B> {
 /// The last check: the token's restriction rules, on the method, path and
 /// query. Synchronous: the body is read (by [`check_rules_with_body`]) only
 /// when a JSON rule is the only way the request could be allowed and the
-/// body could be JSON.
+/// body could be JSON. `Err` when the stored rules no longer compile: that
+/// refuses everything, report-only or not.
 pub fn check_rules<B>(token: &ActiveToken, req: Request<B>, path: &str) -> Result<RulesCheck<B>, GatewayError> {
     let rules = compiled_rules(token)?;
     let head = RequestHead {
@@ -110,31 +116,31 @@ pub fn check_rules<B>(token: &ActiveToken, req: Request<B>, path: &str) -> Resul
         path,
         query: req.uri().query(),
     };
-    match rules.check(&head) {
+    let denied = match rules.check(&head) {
         Verdict::Permit(permit) => {
             tracing::debug!(token.id = %token.id, rule.line = ?permit.line(), "rules allow the request");
-            Ok(RulesCheck::Allowed(req.map(Either::Left)))
+            None
         }
-        Verdict::Denied(d) => Err(rule_mismatch(token, &d)),
-        Verdict::NeedsJsonBody if is_encoded(req.headers()) => {
-            // Compressed bytes are not JSON text: the constraints cannot match.
-            rules
-                .check_with_body(&head, &JsonBody::NotJson)
-                .map(|_| RulesCheck::Allowed(req.map(Either::Left)))
-                .map_err(|d| rule_mismatch(token, &d))
-        }
-        Verdict::NeedsJsonBody => Ok(RulesCheck::NeedsBody(req)),
-    }
+        Verdict::Denied(d) => Some(rule_mismatch(token, &d)),
+        // Compressed bytes are not JSON text: the constraints cannot match.
+        Verdict::NeedsJsonBody if is_encoded(req.headers()) => rules
+            .check_with_body(&head, &JsonBody::NotJson)
+            .err()
+            .map(|d| rule_mismatch(token, &d)),
+        Verdict::NeedsJsonBody => return Ok(RulesCheck::NeedsBody(req)),
+    };
+    Ok(RulesCheck::Decided((req.map(Either::Left), denied)))
 }
 
 /// The rules again, with the body read (at most `max_json_body` bytes) and
-/// parsed as JSON; the body read is forwarded byte for byte.
+/// parsed as JSON; the body read is forwarded byte for byte. `Err` when the
+/// body cannot be read or is ambiguous, which no report-only mode waives.
 pub async fn check_rules_with_body<B: RequestBody>(
     token: &ActiveToken,
     req: Request<B>,
     path: &str,
     max_json_body: usize,
-) -> Result<Request<Forwarded<B>>, GatewayError> {
+) -> Result<RulesAnswer<B>, GatewayError> {
     let rules = compiled_rules(token)?;
     let (parts, body) = req.into_parts();
     let bytes = read_limited(&parts.headers, body, max_json_body, "the most a JSON rule reads").await?;
@@ -146,11 +152,14 @@ pub async fn check_rules_with_body<B: RequestBody>(
         path,
         query: parts.uri.query(),
     };
-    let permit = rules
-        .check_with_body(&head, &json)
-        .map_err(|d| rule_mismatch(token, &d))?;
-    tracing::debug!(token.id = %token.id, rule.line = ?permit.line(), "rules allow the request and its JSON body");
-    Ok(Request::from_parts(parts, Either::Right(Full::new(bytes))))
+    let denied = match rules.check_with_body(&head, &json) {
+        Ok(permit) => {
+            tracing::debug!(token.id = %token.id, rule.line = ?permit.line(), "rules allow the request and its JSON body");
+            None
+        }
+        Err(d) => Some(rule_mismatch(token, &d)),
+    };
+    Ok((Request::from_parts(parts, Either::Right(Full::new(bytes))), denied))
 }
 
 /// The token's compiled rules; a token whose stored rules no longer compile
@@ -207,8 +216,11 @@ mod tests {
                 last_ip: None,
                 sealed_pat: None,
                 upstream_token_id: None,
+                rate_limit: None,
+                enforce: true,
             },
             Default::default(),
+            &crate::auth::rate_limit::RateLimits::local(crate::clock::ManualClock::starting_now()),
         )
     }
 
@@ -262,7 +274,8 @@ mod tests {
         let req = req.body(()).unwrap();
         let path = req.uri().path().to_owned();
         match check_rules(t, req, &path) {
-            Ok(RulesCheck::Allowed(_)) => "allowed",
+            Ok(RulesCheck::Decided((_, None))) => "allowed",
+            Ok(RulesCheck::Decided((_, Some(e)))) => e.reason.code(),
             Ok(RulesCheck::NeedsBody(_)) => "needs body",
             Err(e) => e.reason.code(),
         }

@@ -18,6 +18,7 @@
 mod checks;
 pub mod credentials;
 mod passwords;
+pub mod rate_limit;
 pub mod seal;
 pub mod sessions;
 pub mod throttle;
@@ -33,6 +34,7 @@ use hyper::{HeaderMap, Request};
 
 pub use checks::{CheckContext, RulesCheck, check_rules, check_rules_with_body, check_token};
 pub use passwords::PasswordVerdicts;
+pub use rate_limit::RateState;
 pub use throttle::FailureThrottle;
 pub use upstream::{PatVerdict, bearer};
 pub use verifier::{ActiveToken, PatMode, Verifier, VerifyError};
@@ -44,6 +46,7 @@ use crate::error::{GatewayError, Reason};
 use crate::proxy::UpstreamClient;
 use crate::target::Target;
 use credentials::Scheme;
+use rate_limit::RateLimits;
 use sessions::{Session, Sessions};
 
 /// Who a request acts as, how that was established, and from where.
@@ -87,8 +90,18 @@ pub struct PresentedToken<'a> {
     pub basic_user: Option<&'a str>,
 }
 
+/// What else a token request that passed carries on its way.
+#[derive(Debug, Default)]
+pub struct Passage {
+    /// The token's rate limit state, for the response's headers.
+    pub rate: Option<RateState>,
+    /// The refusal a report-only token's rules waived (SPEC §16).
+    pub reported: Option<GatewayError>,
+}
+
 /// A refused token, with the token itself when it was resolved before a
-/// check refused it (the audit log names it).
+/// check refused it (the audit log names it). A limited token's refusal
+/// carries the rate-limit headers in its error.
 #[derive(Debug)]
 pub struct Refused {
     pub error: GatewayError,
@@ -101,8 +114,17 @@ impl From<GatewayError> for Refused {
     }
 }
 
+/// Whether report-only tokens pass what their rules refuse: on forwarded
+/// requests; never on the management API (SPEC §16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOnly {
+    Applies,
+    Never,
+}
+
 pub struct Authenticator {
     verifier: Arc<Verifier>,
+    limits: Arc<RateLimits>,
     throttle: FailureThrottle,
     passwords: PasswordVerdicts,
     sessions: Sessions,
@@ -115,11 +137,13 @@ impl Authenticator {
     pub fn new(
         config: Arc<Config>,
         verifier: Arc<Verifier>,
+        limits: Arc<RateLimits>,
         sessions: Sessions,
         upstream: Arc<UpstreamClient>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Authenticator {
+            limits,
             throttle: FailureThrottle::new(config.failed_auth_per_minute),
             passwords: PasswordVerdicts::default(),
             verifier,
@@ -191,8 +215,10 @@ impl Authenticator {
     /// The token a `tgw_` secret belongs to: from the verified cache, else
     /// (unless this client is throttled) through the store and argon2.
     pub async fn resolve_token(&self, secret: &str, client_ip: IpAddr) -> Result<Arc<ActiveToken>, GatewayError> {
-        if let Some(token) = self.verifier.cached(secret).await {
-            return Ok(token);
+        match self.verifier.cached(secret).await {
+            Ok(Some(token)) => return Ok(token),
+            Ok(None) => {}
+            Err(e) => return Err(GatewayError::internal(&e)),
         }
         self.check_throttle(client_ip, "token")?;
         match Box::pin(self.verifier.verify_uncached(secret)).await {
@@ -205,24 +231,34 @@ impl Authenticator {
 
     /// A token request, for a forwarded request and the management API
     /// alike: token resolution (SPEC §2.6), the checks of §2.7 in their
-    /// order, then the token's rules (§3), which may read the body.
+    /// order, the rate limit, then the token's rules (§3), which may read
+    /// the body; a report-only token's rules refuse nothing where
+    /// `report_only` applies.
     pub async fn authenticate_token<B: RequestBody>(
         &self,
         req: Request<B>,
         target: &Target,
         presented: PresentedToken<'_>,
         client_ip: IpAddr,
-    ) -> Result<(Request<Forwarded<B>>, Principal), Refused> {
+        report_only: ReportOnly,
+    ) -> Result<(Request<Forwarded<B>>, Principal, Passage), Refused> {
         let token = self.resolve_token(presented.secret, client_ip).await?;
-        let refused = |error| Refused {
-            error,
+        let mut passage = Passage::default();
+        let refused = |error: GatewayError, rate: Option<RateState>| Refused {
+            error: match rate {
+                Some(state) => error.with_headers(state.headers()),
+                None => error,
+            },
             token: Some(token.clone()),
         };
         if target.has_path_parameters {
-            return Err(refused(GatewayError::new(
-                Reason::BadPath,
-                "path parameters (';') are not allowed on token requests",
-            )));
+            return Err(refused(
+                GatewayError::new(
+                    Reason::BadPath,
+                    "path parameters (';') are not allowed on token requests",
+                ),
+                None,
+            ));
         }
         let cx = CheckContext {
             scheme: presented.scheme,
@@ -234,9 +270,22 @@ impl Authenticator {
             token_auth: self.config.token_auth,
             scope: self.config.scope,
         };
-        let user = check_token(&token, &cx).map_err(refused)?;
-        let req = match check_rules(&token, req, &target.path).map_err(refused)? {
-            RulesCheck::Allowed(req) => req,
+        let user = check_token(&token, &cx).map_err(|e| refused(e, None))?;
+        match &token.rate_limit {
+            Ok(None) => {}
+            Ok(Some(bucket)) => {
+                passage.rate = Some(
+                    self.limits
+                        .take(&token.id, &token.label, bucket)
+                        .await
+                        .map_err(|e| refused(e, None))?,
+                )
+            }
+            Err(defect) => return Err(refused(GatewayError::internal(&defect), None)),
+        }
+        let rate = passage.rate;
+        let (req, denied) = match check_rules(&token, req, &target.path).map_err(|e| refused(e, rate))? {
+            RulesCheck::Decided(answer) => answer,
             // Boxed: reading the body makes a large future, and only JSON
             // rules need it; it should not make every request's future larger.
             RulesCheck::NeedsBody(req) => Box::pin(check_rules_with_body(
@@ -246,14 +295,19 @@ impl Authenticator {
                 self.config.max_json_body,
             ))
             .await
-            .map_err(refused)?,
+            .map_err(|e| refused(e, rate))?,
         };
+        match denied {
+            None => {}
+            Some(error) if !token.enforce && report_only == ReportOnly::Applies => passage.reported = Some(error),
+            Some(error) => return Err(refused(error, rate)),
+        }
         let principal = Principal {
             user,
             via: Via::Token(token),
             client_ip,
         };
-        Ok((req, principal))
+        Ok((req, principal, passage))
     }
 
     /// With `forward_as = "pat"`, the `Authorization` value (`Bearer <PAT>`)

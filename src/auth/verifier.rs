@@ -4,7 +4,9 @@
 //! The warm path is one SHA-256 and one cache read: no argon2, no database.
 //! Concurrent first uses of one secret share a single verification (the cache
 //! coalesces them). A revoked token is flagged in place, so every cache entry
-//! that points at it stops working at once.
+//! that points at it stops working at once; an updated one is flagged stale,
+//! and its next use reads its record again (no argon2: the secret that
+//! matched is the same).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -17,6 +19,7 @@ use ipnet::IpNet;
 use moka::future::Cache;
 use tokio::sync::Semaphore;
 
+use super::rate_limit::{Bucket, RateLimit, RateLimits};
 use super::seal::{self, SealError, SealKey};
 use super::token::{self, SecretDigest};
 use super::upstream::{self, UpstreamCredential};
@@ -26,16 +29,16 @@ use crate::error::GatewayError;
 use crate::proxy::UpstreamClient;
 use crate::record::{Metrics, TokenUsage, UsageBook};
 use crate::rules::RuleSet;
-use crate::store::{StoreError, TokenRecord, TokenStore};
+use crate::store::{ChangeKind, StoreError, TokenRecord, TokenStore};
 
 /// Most verified secrets kept in memory at once.
 const CACHE_CAPACITY: u64 = 200_000;
 /// Revoked ids remembered to close the race with an in-flight verification.
 const REVOKED_MEMORY: usize = 100_000;
 
-/// A verified token, as the checks need it. Immutable but for the
-/// revocation flag (and Confluence's verdict on its PAT): tokens cannot be
-/// edited, only deleted.
+/// A verified token, as the checks need it. Immutable but for its flags
+/// (revoked, stale) and Confluence's verdict on its PAT: an update makes a
+/// new one from the record.
 #[derive(Debug)]
 pub struct ActiveToken {
     pub id: String,
@@ -51,22 +54,39 @@ pub struct ActiveToken {
     pub rules: Result<RuleSet, String>,
     /// Shared by every verified copy of this token.
     pub usage: Arc<TokenUsage>,
+    /// Its rate limit's bucket (shared likewise); `None` without a limit,
+    /// `Err` when the stored limit no longer parses (fail closed).
+    pub rate_limit: Result<Option<Arc<Bucket>>, String>,
+    /// `false`: report-only, the rules and spaces refuse nothing (SPEC §16).
+    pub enforce: bool,
     /// With `forward_as = "pat"`: the user's personal access token, unsealed
     /// with the secret that verified the token, and Confluence's verdict.
     /// `None` in header mode, or for a token that carries no PAT.
-    pub upstream: Option<UpstreamCredential>,
+    pub upstream: Option<Arc<UpstreamCredential>>,
     revoked: AtomicBool,
+    /// Updated since verified: read the record again before use.
+    stale: AtomicBool,
 }
 
 impl ActiveToken {
     /// Compiles a stored record. Never fails: a defect in stored data becomes
     /// a token that refuses everything, and an error in the log.
-    pub fn from_record(record: &TokenRecord, usage: Arc<TokenUsage>) -> Self {
+    pub fn from_record(record: &TokenRecord, usage: Arc<TokenUsage>, limits: &RateLimits) -> Self {
         let ip_allowlist = parse_ip_list(&record.ip);
         let rules = RuleSet::parse(&record.limit_to).map_err(|e| e.to_string());
-        for defect in [ip_allowlist.as_ref().err(), rules.as_ref().err()]
-            .into_iter()
-            .flatten()
+        let rate_limit = match &record.rate_limit {
+            None => Ok(None),
+            Some(text) => text
+                .parse::<RateLimit>()
+                .map(|limit| Some(limits.bucket_for(&record.id, limit))),
+        };
+        for defect in [
+            ip_allowlist.as_ref().err(),
+            rules.as_ref().err(),
+            rate_limit.as_ref().err(),
+        ]
+        .into_iter()
+        .flatten()
         {
             tracing::error!(token.id = %record.id, error = %defect, "stored token no longer compiles; it will refuse every request");
         }
@@ -78,13 +98,20 @@ impl ActiveToken {
             ip_allowlist,
             rules,
             usage,
+            rate_limit,
+            enforce: record.enforce,
             upstream: None,
             revoked: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
         }
     }
 
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::Acquire)
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
     }
 
     pub fn is_expired(&self, now: EpochMs) -> bool {
@@ -142,6 +169,7 @@ pub struct Verifier {
     hasher: Argon2<'static>,
     metrics: Arc<Metrics>,
     usage: Arc<UsageBook>,
+    limits: Arc<RateLimits>,
     pat_mode: Option<PatMode>,
 }
 
@@ -150,6 +178,12 @@ struct Registry {
     live: HashMap<String, Vec<Weak<ActiveToken>>>,
     revoked: HashSet<String>,
     revoked_order: VecDeque<String>,
+    /// Counts updates made known to this process...
+    epoch: u64,
+    /// ...and when each updated id was last updated, so that a verification
+    /// that read a record before its update does not keep it fresh.
+    updated_at: HashMap<String, u64>,
+    updated_order: VecDeque<String>,
 }
 
 impl Verifier {
@@ -159,6 +193,7 @@ impl Verifier {
         cache_ttl: Duration,
         metrics: Arc<Metrics>,
         usage: Arc<UsageBook>,
+        limits: Arc<RateLimits>,
         pat_mode: Option<PatMode>,
     ) -> Self {
         let slots = std::thread::available_parallelism().map_or(2, usize::from);
@@ -173,6 +208,7 @@ impl Verifier {
             hasher,
             metrics,
             usage,
+            limits,
             pat_mode,
         }
     }
@@ -180,22 +216,48 @@ impl Verifier {
     /// The token a presented secret belongs to, `None` when it is not a valid
     /// token (unknown, mistyped, deleted). `Err` only for internal failures.
     pub async fn verify(&self, secret: &str) -> Result<Option<Arc<ActiveToken>>, VerifyError> {
-        if let Some(active) = self.cached(secret).await {
+        if let Some(active) = self.cached(secret).await? {
             return Ok(Some(active));
         }
         self.verify_uncached(secret).await
     }
 
-    /// The warm path: the token, if this secret was verified recently.
-    pub async fn cached(&self, secret: &str) -> Option<Arc<ActiveToken>> {
+    /// The warm path: the token, if this secret was verified recently (read
+    /// again from the store when it was updated since).
+    pub async fn cached(&self, secret: &str) -> Result<Option<Arc<ActiveToken>>, VerifyError> {
         let digest = token::digest(secret);
-        let active = self.cache.get(&digest).await?;
+        let Some(active) = self.cache.get(&digest).await else {
+            return Ok(None);
+        };
         if active.is_revoked() {
             self.cache.invalidate(&digest).await;
-            return None;
+            return Ok(None);
         }
         self.metrics.cache_hits.inc();
-        Some(active)
+        if active.is_stale() {
+            return Box::pin(self.reread(digest, &active)).await;
+        }
+        Ok(Some(active))
+    }
+
+    /// An updated token, from its record: the secret matched before and an
+    /// update does not change it, so no argon2; the PAT stays unsealed.
+    async fn reread(&self, digest: SecretDigest, stale: &ActiveToken) -> Result<Option<Arc<ActiveToken>>, VerifyError> {
+        let epoch = self.epoch();
+        let Some(record) = self.store.token(&stale.id).await? else {
+            self.revoke(&stale.id);
+            return Ok(None);
+        };
+        let mut active = ActiveToken::from_record(&record, self.usage.usage_for(&record.id), &self.limits);
+        active.upstream = stale.upstream.clone();
+        let active = Arc::new(active);
+        self.register(&active, epoch);
+        if active.is_revoked() {
+            return Ok(None);
+        }
+        self.cache.insert(digest, active.clone()).await;
+        tracing::debug!(token.id = %active.id, "updated token read again");
+        Ok(Some(active))
     }
 
     /// The cold path: store lookup and argon2, shared by concurrent callers
@@ -216,13 +278,14 @@ impl Verifier {
     }
 
     async fn verify_cold(&self, secret: &str) -> Result<Arc<ActiveToken>, ColdError> {
+        let epoch = self.epoch();
         let record = self.find_record(secret).await?.ok_or(ColdError::NotFound)?;
-        let mut active = ActiveToken::from_record(&record, self.usage.usage_for(&record.id));
+        let mut active = ActiveToken::from_record(&record, self.usage.usage_for(&record.id), &self.limits);
         if let (Some(pat_mode), Some(sealed)) = (&self.pat_mode, &record.sealed_pat) {
-            active.upstream = Some(open_upstream(pat_mode, &record, sealed, secret).await?);
+            active.upstream = Some(Arc::new(open_upstream(pat_mode, &record, sealed, secret).await?));
         }
         let active = Arc::new(active);
-        self.register(&active);
+        self.register(&active, epoch);
         if active.is_revoked() {
             return Err(ColdError::NotFound);
         }
@@ -272,15 +335,55 @@ impl Verifier {
         result.map_err(|e| VerifyError::Task(e.to_string()))
     }
 
-    fn register(&self, active: &Arc<ActiveToken>) {
+    fn epoch(&self) -> u64 {
+        self.registry.lock().expect("verifier registry poisoned").epoch
+    }
+
+    /// Makes a token built from a record read at `epoch` known, so that
+    /// revocations and updates reach it; one whose id was revoked, or
+    /// updated after `epoch`, is flagged at once.
+    fn register(&self, active: &Arc<ActiveToken>, epoch: u64) {
         let mut registry = self.registry.lock().expect("verifier registry poisoned");
         if registry.revoked.contains(&active.id) {
             active.revoked.store(true, Ordering::Release);
             return;
         }
+        if registry.updated_at.get(&active.id).is_some_and(|at| *at > epoch) {
+            active.stale.store(true, Ordering::Release);
+        }
         let entries = registry.live.entry(active.id.clone()).or_default();
         entries.retain(|weak| weak.strong_count() > 0);
         entries.push(Arc::downgrade(active));
+    }
+
+    /// Makes an update of a token take effect in this process at once: every
+    /// verified copy is flagged stale (its next use reads the record again),
+    /// and a verification in flight that read the old record is flagged too.
+    pub fn updated(&self, id: &str) {
+        let mut registry = self.registry.lock().expect("verifier registry poisoned");
+        registry.epoch += 1;
+        let epoch = registry.epoch;
+        for weak in registry.live.get(id).into_iter().flatten() {
+            if let Some(active) = weak.upgrade() {
+                active.stale.store(true, Ordering::Release);
+            }
+        }
+        if registry.updated_at.insert(id.to_owned(), epoch).is_none() {
+            registry.updated_order.push_back(id.to_owned());
+            if registry.updated_order.len() > REVOKED_MEMORY
+                && let Some(oldest) = registry.updated_order.pop_front()
+            {
+                registry.updated_at.remove(&oldest);
+            }
+        }
+    }
+
+    /// Applies a deletion or an update made elsewhere.
+    pub fn changed(&self, kind: ChangeKind, id: &str) {
+        match kind {
+            ChangeKind::Delete => self.revoke(id),
+            ChangeKind::Update => self.updated(id),
+        }
     }
 
     /// Stops a token working in this process at once: every cache entry that
@@ -336,8 +439,9 @@ fn clone_cold(error: &ColdError) -> ColdError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use crate::config::Argon2Cost;
-    use crate::store::SqliteStore;
+    use crate::store::{Restrictions, SqliteStore};
 
     /// A verifier over a throwaway SQLite store, with cheap argon2.
     struct Fixture {
@@ -363,6 +467,7 @@ mod tests {
             Duration::from_secs(600),
             metrics.clone(),
             Arc::default(),
+            Arc::new(RateLimits::local(ManualClock::starting_now())),
             None,
         );
         Fixture {
@@ -394,6 +499,8 @@ mod tests {
                 last_ip: None,
                 sealed_pat: None,
                 upstream_token_id: None,
+                rate_limit: None,
+                enforce: true,
             };
             self.store.insert_token(&record, None).await.unwrap();
             (id, value)
@@ -408,7 +515,7 @@ mod tests {
     async fn the_warm_path_needs_neither_argon2_nor_the_store() {
         let f = fixture().await;
         let (id, secret) = f.token("alice").await;
-        assert!(f.verifier.cached(&secret).await.is_none(), "not verified yet");
+        assert!(f.verifier.cached(&secret).await.unwrap().is_none(), "not verified yet");
         let before = f.argon2_checks();
         let cold = f.verifier.verify(&secret).await.unwrap().expect("a valid token");
         assert_eq!((cold.id.as_str(), f.argon2_checks()), (id.as_str(), before + 1));
@@ -443,11 +550,74 @@ mod tests {
         f.verifier.verify(&other).await.unwrap().unwrap();
         f.verifier.revoke(&id);
         assert!(held.is_revoked(), "a copy held by a request in flight sees it");
-        assert!(f.verifier.cached(&secret).await.is_none());
+        assert!(f.verifier.cached(&secret).await.unwrap().is_none());
         // The row is still in the store (another process deletes it): the
         // revocation is remembered, so a verification racing it cannot bring it back.
         assert!(f.verifier.verify(&secret).await.unwrap().is_none());
-        assert!(f.verifier.cached(&other).await.is_some(), "other tokens are untouched");
+        assert!(
+            f.verifier.cached(&other).await.unwrap().is_some(),
+            "other tokens are untouched"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_updated_token_is_read_again_without_argon2() {
+        let f = fixture().await;
+        let (id, secret) = f.token("alice").await;
+        let held = f.verifier.verify(&secret).await.unwrap().unwrap();
+        let restrictions = Restrictions {
+            label: "renamed".into(),
+            limit_to: "[get]/rest/api/space".into(),
+            ip: String::new(),
+            rate_limit: Some("5/min".into()),
+            enforce: false,
+        };
+        f.store.update_token(&id, &restrictions, 1).await.unwrap().unwrap();
+        let before = f.argon2_checks();
+        f.verifier.updated(&id);
+        assert!(held.is_stale(), "a copy held by a request in flight is flagged");
+        let fresh = f.verifier.cached(&secret).await.unwrap().expect("still valid");
+        assert_eq!(fresh.label, "renamed");
+        assert!(!fresh.enforce);
+        assert_eq!(
+            fresh.rate_limit.as_ref().unwrap().as_ref().unwrap().limit().to_string(),
+            "5/min"
+        );
+        assert!(fresh.rules.as_ref().unwrap().lines() == ["[get]/rest/api/space"]);
+        assert!(Arc::ptr_eq(&held.usage, &fresh.usage), "usage counts on");
+        assert_eq!(f.argon2_checks(), before, "the secret is not checked again");
+        let again = f.verifier.cached(&secret).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&fresh, &again), "read once, then cached");
+    }
+
+    #[tokio::test]
+    async fn an_update_racing_a_verification_is_not_lost() {
+        let f = fixture().await;
+        let (id, secret) = f.token("alice").await;
+        // A verification that read the record before the update registers after it.
+        let epoch = f.verifier.epoch();
+        let record = f.store.token(&id).await.unwrap().unwrap();
+        f.verifier.updated(&id);
+        let active = Arc::new(ActiveToken::from_record(
+            &record,
+            Arc::default(),
+            &RateLimits::local(ManualClock::starting_now()),
+        ));
+        f.verifier.register(&active, epoch);
+        assert!(active.is_stale(), "built from a record older than the update");
+        let later = Arc::new(ActiveToken::from_record(
+            &record,
+            Arc::default(),
+            &RateLimits::local(ManualClock::starting_now()),
+        ));
+        f.verifier.register(&later, f.verifier.epoch());
+        assert!(!later.is_stale(), "read after the update");
+        assert!(f.verifier.verify(&secret).await.unwrap().is_some());
+        // A deletion found on re-reading revokes.
+        f.verifier.verify(&secret).await.unwrap().unwrap();
+        f.store.delete_token(&id, 2).await.unwrap();
+        f.verifier.updated(&id);
+        assert!(f.verifier.cached(&secret).await.unwrap().is_none());
     }
 
     #[tokio::test]

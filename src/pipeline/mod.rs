@@ -30,7 +30,7 @@ use tracing::field::Empty;
 use crate::app::App;
 use crate::auth::credentials::{self, Credentials};
 use crate::auth::sessions;
-use crate::auth::{ActiveToken, PresentedToken, Refused, Via};
+use crate::auth::{ActiveToken, PresentedToken, RateState, Refused, ReportOnly, Via};
 use crate::body::{ClientBody, Forwarded, RequestBody, ResponseBody};
 use crate::config::ForwardAs;
 use crate::error::{self, Audience, GatewayError, Reason};
@@ -71,6 +71,10 @@ pub struct Trail {
     /// The request came from the web page (it carries the session cookie).
     from_page: bool,
     decision: Option<Decision>,
+    /// A limited token's bucket after this request: its headers go on the response.
+    rate: Option<RateState>,
+    /// Why a report-only token's rules would have refused the request (SPEC §16).
+    reported: Option<Reason>,
 }
 
 impl Trail {
@@ -86,6 +90,8 @@ impl Trail {
             route: None,
             from_page: false,
             decision: None,
+            rate: None,
+            reported: None,
         }
     }
 
@@ -129,7 +135,13 @@ pub async fn handle(app: &App, conn: &ConnInfo, req: Request<ClientBody>) -> Res
                 error::add_security_headers(response.headers_mut());
                 Ok(response.map(Either::Right))
             }
-            Next::Forward { req, target, identity } => app.upstream.forward(req, &target, &identity, conn).await,
+            Next::Forward { req, target, identity } => {
+                let mut response = app.upstream.forward(req, &target, &identity, conn).await?;
+                if let Some(rate) = &trail.rate {
+                    rate.apply(response.headers_mut());
+                }
+                Ok::<_, GatewayError>(response)
+            }
         }
     }
     .instrument(span.clone())
@@ -188,6 +200,7 @@ pub async fn decide<B: RequestBody>(
         Some(credentials) => authenticate(app, req, &target, &credentials, client_ip, trail).await?,
     };
     trail.decision = Some(match identity {
+        Identity::User(_) | Identity::Pat(_) if trail.reported.is_some() => Decision::Report,
         Identity::User(_) | Identity::Pat(_) => Decision::Allow,
         Identity::Passthrough => Decision::Passthrough,
     });
@@ -224,13 +237,26 @@ async fn authenticate<B: RequestBody>(
         scheme,
         basic_user: credentials.basic_user(),
     };
-    let (req, principal) = match app.auth.authenticate_token(req, target, presented, client_ip).await {
+    let authenticated = app
+        .auth
+        .authenticate_token(req, target, presented, client_ip, ReportOnly::Applies)
+        .await;
+    let (req, principal, passage) = match authenticated {
         Ok(accepted) => accepted,
         Err(Refused { error, token }) => {
             trail.note_token(token);
             return Err(error);
         }
     };
+    trail.rate = passage.rate;
+    if let Some(waived) = passage.reported {
+        tracing::info!(
+            reason = waived.reason.code(),
+            "report-only token: forwarded, though {}",
+            waived.message
+        );
+        trail.reported = Some(waived.reason);
+    }
     trail.span.record("user", principal.user.as_str());
     if trail.audit {
         trail.user = Some(principal.user.clone());
@@ -268,10 +294,12 @@ async fn record(
     {
         app.auth.record_failure(ip);
     }
-    let decision = if reason.is_some() {
-        Decision::Deny
-    } else {
-        trail.decision.unwrap_or(Decision::Own)
+    // A refusal is a denial whatever was decided before (Confluence may have
+    // been unreachable); a report-only request is counted with the reason
+    // its rules would have refused it for.
+    let (decision, reason) = match (reason, trail.reported) {
+        (Some(reason), _) => (Decision::Deny, Some(reason)),
+        (None, reported) => (trail.decision.unwrap_or(Decision::Own), reported),
     };
     app.metrics.observe_request(decision, reason, elapsed);
     trail.span.record("http.status", response.status().as_u16());
@@ -289,7 +317,7 @@ async fn record(
         method: Some(method.to_string()),
         path: trail.path,
         status: Some(i64::from(response.status().as_u16())),
-        decision: if reason.is_some() { "deny" } else { "allow" }.to_owned(),
+        decision: decision.label().to_owned(),
         reason: reason.map(|r| r.code().to_owned()),
         duration_ms: Some(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)),
         detail: None,

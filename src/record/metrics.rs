@@ -27,6 +27,8 @@ use crate::error::Reason;
 pub enum Decision {
     /// Forwarded as a token's user.
     Allow,
+    /// Forwarded as a report-only token's user, though its rules would refuse it (SPEC §16).
+    Report,
     /// Forwarded untouched (no gateway token).
     Passthrough,
     /// Answered by the gateway's own routes.
@@ -37,11 +39,19 @@ pub enum Decision {
 
 impl Decision {
     /// Every decision, in declaration order: `decision as usize` indexes it.
-    const ALL: [Decision; 4] = [Decision::Allow, Decision::Passthrough, Decision::Own, Decision::Deny];
+    const ALL: [Decision; 5] = [
+        Decision::Allow,
+        Decision::Report,
+        Decision::Passthrough,
+        Decision::Own,
+        Decision::Deny,
+    ];
 
-    fn label(self) -> &'static str {
+    /// The decision as metrics and the audit log name it.
+    pub fn label(self) -> &'static str {
         match self {
             Decision::Allow => "allow",
+            Decision::Report => "report",
             Decision::Passthrough => "passthrough",
             Decision::Own => "own",
             Decision::Deny => "deny",
@@ -75,6 +85,7 @@ pub struct Metrics {
     pub argon2_checks: Counter,
     pub argon2_duration: AtomicHistogram,
     pub audit_queue_depth: Gauge,
+    pub rate_limit_fallbacks: Counter,
 }
 
 impl Default for Metrics {
@@ -116,7 +127,14 @@ impl Default for Metrics {
             "Audit entries waiting to be stored",
             audit_queue_depth.clone(),
         );
+        let rate_limit_fallbacks = Counter::default();
+        registry.register(
+            "rate_limit_fallback",
+            "Rate-limited requests answered by this replica's buckets because Redis could not be asked",
+            rate_limit_fallbacks.clone(),
+        );
         Metrics {
+            rate_limit_fallbacks,
             registry,
             requests,
             request_counters: std::array::from_fn(|_| OnceLock::new()),

@@ -21,6 +21,7 @@
 mod eval;
 mod json;
 mod parse;
+pub mod suggest;
 
 pub use json::JsonBody;
 

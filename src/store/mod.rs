@@ -2,12 +2,12 @@
 //! tests can use either backend: SQLite (default, one process) or PostgreSQL
 //! (several replicas).
 //!
-//! Deleting a token also appends a revocation; every process polls
-//! [`TokenStore::revocations_after`] to drop deleted tokens from its verified
-//! cache, whichever process (CLI, API, another replica) deleted them. A
-//! backend that can push deletions as they commit (PostgreSQL's NOTIFY)
-//! offers them through [`TokenStore::revocation_feed`] as well; polling stays
-//! the fallback.
+//! Deleting or updating a token also appends a [`TokenChange`]; every
+//! process polls [`TokenStore::revocations_after`] to drop deleted tokens
+//! from its verified cache and re-read updated ones, whichever process (CLI,
+//! API, another replica) changed them. A backend that can push changes as
+//! they commit (PostgreSQL's NOTIFY) offers them through
+//! [`TokenStore::revocation_feed`] as well; polling stays the fallback.
 
 mod postgres;
 mod sqlite;
@@ -47,6 +47,22 @@ pub struct TokenRecord {
     pub sealed_pat: Option<Vec<u8>>,
     /// Confluence's id of a personal access token the gateway minted.
     pub upstream_token_id: Option<String>,
+    /// The rate limit as written (`60/min`); `None` for none (SPEC §16).
+    pub rate_limit: Option<String>,
+    /// Whether the rules and spaces refuse what they do not allow (`false`:
+    /// report-only, SPEC §16).
+    pub enforce: bool,
+}
+
+/// What an update changes of a token: its restrictions, all given (the
+/// token manager merges a partial request with the stored record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restrictions {
+    pub label: String,
+    pub limit_to: String,
+    pub ip: String,
+    pub rate_limit: Option<String>,
+    pub enforce: bool,
 }
 
 /// Filters and paging for listing tokens.
@@ -77,11 +93,23 @@ impl<T> Default for Page<T> {
     }
 }
 
-/// A deleted token, in deletion order.
+/// A change every process must apply to what it has verified: a token
+/// deleted or updated, in the order they happened. (Stored in the table
+/// `revocations`, its name from when it held deletions only.)
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct Revocation {
+pub struct TokenChange {
     pub seq: i64,
     pub token_id: String,
+    pub kind: ChangeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// Deleted: refuse it at once.
+    Delete,
+    /// Its restrictions changed: read it again.
+    Update,
 }
 
 /// One audit log entry (SPEC §6).
@@ -135,6 +163,21 @@ pub enum AuditKind {
     Request,
     Management,
 }
+
+/// Calls of one method and path a token made, from the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ObservedCall {
+    pub method: String,
+    pub path: String,
+    pub calls: i64,
+}
+
+/// The query of [`TokenStore::observed_calls`], the same in both backends
+/// (SQLite reads `$1` as PostgreSQL does).
+const OBSERVED_CALLS: &str = "SELECT method, path, COUNT(*) AS calls FROM audit \
+     WHERE token_id = $1 AND at >= $2 AND kind = 'request' AND decision IN ('allow', 'report') \
+     AND method IS NOT NULL AND path IS NOT NULL \
+     GROUP BY method, path ORDER BY method, path";
 
 /// Filters and paging for reading the audit log (newest first).
 #[derive(Debug, Clone, Default)]
@@ -210,6 +253,14 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Newest first.
     async fn list_tokens(&self, query: &TokenQuery) -> Result<Page<TokenRecord>, StoreError>;
+    /// Replaces a token's restrictions and records the change for the other
+    /// processes; returns the token as it now is (`None`: no such token).
+    async fn update_token(
+        &self,
+        id: &str,
+        restrictions: &Restrictions,
+        at: EpochMs,
+    ) -> Result<Option<TokenRecord>, StoreError>;
     /// Deletes one token and records its revocation; returns what was
     /// deleted (`None` when there was no such token).
     async fn delete_token(&self, id: &str, at: EpochMs) -> Result<Option<TokenRecord>, StoreError>;
@@ -217,7 +268,8 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn delete_user_tokens(&self, user: &str, at: EpochMs) -> Result<Vec<TokenRecord>, StoreError>;
     /// The newest revocation seq, the cursor a new process starts polling from.
     async fn revocation_cursor(&self) -> Result<i64, StoreError>;
-    async fn revocations_after(&self, seq: i64) -> Result<Vec<Revocation>, StoreError>;
+    /// Deletions and updates after `seq`, in order.
+    async fn revocations_after(&self, seq: i64) -> Result<Vec<TokenChange>, StoreError>;
     /// Forgets revocations older than `before`; no process needs them any more.
     async fn purge_revocations(&self, before: EpochMs) -> Result<u64, StoreError>;
     /// Adds usage to tokens' counters (rows deleted meanwhile are skipped).
@@ -228,6 +280,10 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>, StoreError>;
     /// Deletes entries older than `before`; returns how many.
     async fn purge_audit(&self, before: EpochMs) -> Result<u64, StoreError>;
+    /// A token's forwarded requests (decision `allow` or `report`) at or
+    /// after `since`, counted per method and path, ordered by both (for
+    /// suggested rules, SPEC §16).
+    async fn observed_calls(&self, token_id: &str, since: EpochMs) -> Result<Vec<ObservedCall>, StoreError>;
     /// The stored settings; defaults for any never set.
     async fn settings(&self) -> Result<Settings, StoreError>;
     async fn save_settings(&self, settings: Settings) -> Result<(), StoreError>;
@@ -248,7 +304,7 @@ pub trait TokenStore: Send + Sync + 'static {
     /// keep polling [`revocations_after`](Self::revocations_after) too.
     /// `None` when the backend only supports polling. Each call starts a new
     /// feed; it stops when the receiver is dropped or the store is closed.
-    fn revocation_feed(&self) -> Option<mpsc::Receiver<String>> {
+    fn revocation_feed(&self) -> Option<mpsc::Receiver<(ChangeKind, String)>> {
         None
     }
 }

@@ -17,8 +17,8 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::mpsc;
 
 use super::{
-    AuditEntry, AuditKind, AuditQuery, Listing, Page, Revocation, SessionRecord, Settings, StoreError, TokenQuery,
-    TokenRecord, TokenStore, UsageDelta,
+    AuditEntry, AuditKind, AuditQuery, ChangeKind, Listing, OBSERVED_CALLS, ObservedCall, Page, Restrictions,
+    SessionRecord, Settings, StoreError, TokenChange, TokenQuery, TokenRecord, TokenStore, UsageDelta,
 };
 use crate::backoff::Backoff;
 use crate::clock::EpochMs;
@@ -26,13 +26,15 @@ use crate::clock::EpochMs;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 const TOKEN_COLUMNS: &str = "id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id";
+                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce";
 
 const AUDIT_COLUMNS: &str = "at, kind, token_id, token_label, user_name, client_ip, method, path, status, \
                              decision, reason, duration_ms, detail";
 
-/// The NOTIFY channel deletions are announced on; the payload is the token id.
+/// The NOTIFY channel deletions and updates are announced on.
 const REVOCATION_CHANNEL: &str = "tokengate_revocations";
+/// The payload's prefix for an update (a deletion is the bare id).
+const UPDATE_PREFIX: &str = "update:";
 const MAX_CONNECTIONS: u32 = 10;
 /// How long a call waits for a connection. Short, so that during an outage
 /// a request whose token is not verified yet fails closed (500) promptly.
@@ -147,8 +149,8 @@ impl TokenStore for PgStore {
         }
         let inserted = sqlx::query(
             "INSERT INTO tokens (id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
+             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $17, $18 \
              WHERE $16::bigint IS NULL OR $3::text IS NULL \
              OR (SELECT count(*) FROM tokens WHERE tokengate_fold(user_name) = tokengate_fold($3)) < $16",
         )
@@ -168,11 +170,36 @@ impl TokenStore for PgStore {
         .bind(&t.sealed_pat)
         .bind(&t.upstream_token_id)
         .bind(max_per_user.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
+        .bind(&t.rate_limit)
+        .bind(t.enforce)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         tx.commit().await?;
         Ok(inserted == 1)
+    }
+
+    async fn update_token(&self, id: &str, r: &Restrictions, at: EpochMs) -> Result<Option<TokenRecord>, StoreError> {
+        let mut tx = self.begin().await?;
+        lock_revocations(&mut tx).await?;
+        let sql = format!(
+            "UPDATE tokens SET label = $1, limit_to = $2, ip = $3, rate_limit = $4, enforce = $5 WHERE id = $6 \
+             RETURNING {TOKEN_COLUMNS}"
+        );
+        let updated: Option<TokenRecord> = sqlx::query_as(&sql)
+            .bind(&r.label)
+            .bind(&r.limit_to)
+            .bind(&r.ip)
+            .bind(&r.rate_limit)
+            .bind(r.enforce)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if updated.is_some() {
+            record_changes(&mut tx, &[id.to_owned()], ChangeKind::Update, at).await?;
+        }
+        tx.commit().await?;
+        Ok(updated)
     }
 
     async fn tokens_by_lookup(&self, lookup: &str) -> Result<Vec<TokenRecord>, StoreError> {
@@ -209,7 +236,7 @@ impl TokenStore for PgStore {
         let sql = format!("DELETE FROM tokens WHERE id = $1 RETURNING {TOKEN_COLUMNS}");
         let deleted: Option<TokenRecord> = sqlx::query_as(&sql).bind(id).fetch_optional(&mut *tx).await?;
         if deleted.is_some() {
-            record_revocations(&mut tx, &[id.to_owned()], at).await?;
+            record_changes(&mut tx, &[id.to_owned()], ChangeKind::Delete, at).await?;
         }
         tx.commit().await?;
         Ok(deleted)
@@ -227,7 +254,7 @@ impl TokenStore for PgStore {
         .await?;
         let sql = format!("DELETE FROM tokens WHERE id = ANY($1) RETURNING {TOKEN_COLUMNS}");
         let deleted: Vec<TokenRecord> = sqlx::query_as(&sql).bind(&ids).fetch_all(&mut *tx).await?;
-        record_revocations(&mut tx, &ids, at).await?;
+        record_changes(&mut tx, &ids, ChangeKind::Delete, at).await?;
         tx.commit().await?;
         Ok(deleted)
     }
@@ -240,10 +267,10 @@ impl TokenStore for PgStore {
         Ok(seq.unwrap_or(0))
     }
 
-    async fn revocations_after(&self, seq: i64) -> Result<Vec<Revocation>, StoreError> {
+    async fn revocations_after(&self, seq: i64) -> Result<Vec<TokenChange>, StoreError> {
         self.check_ready()?;
         Ok(
-            sqlx::query_as("SELECT seq, token_id FROM revocations WHERE seq > $1 ORDER BY seq")
+            sqlx::query_as("SELECT seq, token_id, kind FROM revocations WHERE seq > $1 ORDER BY seq")
                 .bind(seq)
                 .fetch_all(&self.pool)
                 .await?,
@@ -352,6 +379,14 @@ impl TokenStore for PgStore {
         listing
             .page(&self.pool, [&q.token_id, &q.user], q.start_at, q.max_results)
             .await
+    }
+
+    async fn observed_calls(&self, token_id: &str, since: EpochMs) -> Result<Vec<ObservedCall>, StoreError> {
+        Ok(sqlx::query_as(OBSERVED_CALLS)
+            .bind(token_id)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn purge_audit(&self, before: EpochMs) -> Result<u64, StoreError> {
@@ -465,7 +500,7 @@ impl TokenStore for PgStore {
         self.pool.close().await;
     }
 
-    fn revocation_feed(&self) -> Option<mpsc::Receiver<String>> {
+    fn revocation_feed(&self) -> Option<mpsc::Receiver<(ChangeKind, String)>> {
         let (feed, receiver) = mpsc::channel(FEED_QUEUE);
         tokio::spawn(follow_revocations(self.pool.clone(), self.options.clone(), feed));
         Some(receiver)
@@ -489,30 +524,51 @@ async fn lock_revocations(tx: &mut Transaction<'_, Postgres>) -> Result<(), Stor
     Ok(())
 }
 
-/// Records deletions for the pollers and announces them to the listeners;
+/// Records changes for the pollers and announces them to the listeners;
 /// PostgreSQL delivers the announcements only if the transaction commits.
-async fn record_revocations(tx: &mut Transaction<'_, Postgres>, ids: &[String], at: EpochMs) -> Result<(), StoreError> {
+/// The payload is the token id for a deletion (as before updates were
+/// announced too), `update:ID` for an update.
+async fn record_changes(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[String],
+    kind: ChangeKind,
+    at: EpochMs,
+) -> Result<(), StoreError> {
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query("INSERT INTO revocations (token_id, revoked_at) SELECT id, $2 FROM unnest($1::text[]) AS id")
+    sqlx::query("INSERT INTO revocations (token_id, revoked_at, kind) SELECT id, $2, $3 FROM unnest($1::text[]) AS id")
         .bind(ids)
         .bind(at)
+        .bind(kind)
         .execute(&mut **tx)
         .await?;
-    sqlx::query("SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id")
+    let prefix = match kind {
+        ChangeKind::Delete => "",
+        ChangeKind::Update => UPDATE_PREFIX,
+    };
+    sqlx::query("SELECT pg_notify($1, $3 || id) FROM unnest($2::text[]) AS id")
         .bind(REVOCATION_CHANNEL)
         .bind(ids)
+        .bind(prefix)
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// What an announced change is: `update:ID`, else a deletion of `ID`.
+fn parse_announcement(payload: &str) -> (ChangeKind, String) {
+    match payload.strip_prefix(UPDATE_PREFIX) {
+        Some(id) => (ChangeKind::Update, id.to_owned()),
+        None => (ChangeKind::Delete, payload.to_owned()),
+    }
 }
 
 /// Forwards announced deletions to `feed` until its receiver is dropped or
 /// `pool` (the store) is closed. LISTENs on a connection of its own and
 /// reconnects with backoff when it is lost; announcements made meanwhile
 /// are missed, which is why the gateway polls as well.
-async fn follow_revocations(pool: PgPool, options: PgConnectOptions, feed: mpsc::Sender<String>) {
+async fn follow_revocations(pool: PgPool, options: PgConnectOptions, feed: mpsc::Sender<(ChangeKind, String)>) {
     let listen_pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -538,7 +594,7 @@ async fn follow_revocations(pool: PgPool, options: PgConnectOptions, feed: mpsc:
 }
 
 /// LISTENs and forwards announcements until the connection fails.
-async fn listen_until_lost(pool: &PgPool, feed: &mpsc::Sender<String>, retry: &mut Backoff) {
+async fn listen_until_lost(pool: &PgPool, feed: &mpsc::Sender<(ChangeKind, String)>, retry: &mut Backoff) {
     let mut listener = match PgListener::connect_with(pool).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -557,7 +613,7 @@ async fn listen_until_lost(pool: &PgPool, feed: &mpsc::Sender<String>, retry: &m
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
-                if feed.send(notification.payload().to_owned()).await.is_err() {
+                if feed.send(parse_announcement(notification.payload())).await.is_err() {
                     return;
                 }
             }

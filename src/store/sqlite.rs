@@ -10,15 +10,15 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    AuditEntry, AuditQuery, Listing, Page, Revocation, SessionRecord, Settings, StoreError, TokenQuery, TokenRecord,
-    TokenStore, UsageDelta,
+    AuditEntry, AuditQuery, ChangeKind, Listing, OBSERVED_CALLS, ObservedCall, Page, Restrictions, SessionRecord,
+    Settings, StoreError, TokenChange, TokenQuery, TokenRecord, TokenStore, UsageDelta,
 };
 use crate::clock::EpochMs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 const TOKEN_COLUMNS: &str = "id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id";
+                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -75,8 +75,8 @@ impl TokenStore for SqliteStore {
         // and the insert cannot interleave with another creation.
         let inserted = sqlx::query(
             "INSERT INTO tokens (id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id) \
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 \
+             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17, ?18 \
              WHERE ?16 IS NULL OR ?3 IS NULL \
              OR (SELECT count(*) FROM tokens WHERE user_name = ?3 COLLATE NOCASE) < ?16",
         )
@@ -96,10 +96,34 @@ impl TokenStore for SqliteStore {
         .bind(&t.sealed_pat)
         .bind(&t.upstream_token_id)
         .bind(max_per_user.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
+        .bind(&t.rate_limit)
+        .bind(t.enforce)
         .execute(&self.pool)
         .await?
         .rows_affected();
         Ok(inserted == 1)
+    }
+
+    async fn update_token(&self, id: &str, r: &Restrictions, at: EpochMs) -> Result<Option<TokenRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "UPDATE tokens SET label = ?, limit_to = ?, ip = ?, rate_limit = ?, enforce = ? WHERE id = ? \
+             RETURNING {TOKEN_COLUMNS}"
+        );
+        let updated: Option<TokenRecord> = sqlx::query_as(&sql)
+            .bind(&r.label)
+            .bind(&r.limit_to)
+            .bind(&r.ip)
+            .bind(&r.rate_limit)
+            .bind(r.enforce)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if updated.is_some() {
+            record_change(&mut tx, id, ChangeKind::Update, at).await?;
+        }
+        tx.commit().await?;
+        Ok(updated)
     }
 
     async fn tokens_by_lookup(&self, lookup: &str) -> Result<Vec<TokenRecord>, StoreError> {
@@ -130,7 +154,7 @@ impl TokenStore for SqliteStore {
         let sql = format!("DELETE FROM tokens WHERE id = ? RETURNING {TOKEN_COLUMNS}");
         let deleted: Option<TokenRecord> = sqlx::query_as(&sql).bind(id).fetch_optional(&mut *tx).await?;
         if deleted.is_some() {
-            record_revocation(&mut tx, id, at).await?;
+            record_change(&mut tx, id, ChangeKind::Delete, at).await?;
         }
         tx.commit().await?;
         Ok(deleted)
@@ -141,7 +165,7 @@ impl TokenStore for SqliteStore {
         let sql = format!("DELETE FROM tokens WHERE user_name = ? COLLATE NOCASE RETURNING {TOKEN_COLUMNS}");
         let deleted: Vec<TokenRecord> = sqlx::query_as(&sql).bind(user).fetch_all(&mut *tx).await?;
         for token in &deleted {
-            record_revocation(&mut tx, &token.id, at).await?;
+            record_change(&mut tx, &token.id, ChangeKind::Delete, at).await?;
         }
         tx.commit().await?;
         Ok(deleted)
@@ -154,9 +178,9 @@ impl TokenStore for SqliteStore {
         Ok(seq.unwrap_or(0))
     }
 
-    async fn revocations_after(&self, seq: i64) -> Result<Vec<Revocation>, StoreError> {
+    async fn revocations_after(&self, seq: i64) -> Result<Vec<TokenChange>, StoreError> {
         Ok(
-            sqlx::query_as("SELECT seq, token_id FROM revocations WHERE seq > ? ORDER BY seq")
+            sqlx::query_as("SELECT seq, token_id, kind FROM revocations WHERE seq > ? ORDER BY seq")
                 .bind(seq)
                 .fetch_all(&self.pool)
                 .await?,
@@ -232,6 +256,14 @@ impl TokenStore for SqliteStore {
         listing
             .page(&self.pool, [&q.token_id, &q.user], q.start_at, q.max_results)
             .await
+    }
+
+    async fn observed_calls(&self, token_id: &str, since: EpochMs) -> Result<Vec<ObservedCall>, StoreError> {
+        Ok(sqlx::query_as(OBSERVED_CALLS)
+            .bind(token_id)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn purge_audit(&self, before: EpochMs) -> Result<u64, StoreError> {
@@ -349,14 +381,16 @@ fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-async fn record_revocation(
+async fn record_change(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     id: &str,
+    kind: ChangeKind,
     at: EpochMs,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO revocations (token_id, revoked_at) VALUES (?, ?)")
+    sqlx::query("INSERT INTO revocations (token_id, revoked_at, kind) VALUES (?, ?, ?)")
         .bind(id)
         .bind(at)
+        .bind(kind)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -383,6 +417,8 @@ mod tests {
             last_ip: None,
             sealed_pat: None,
             upstream_token_id: None,
+            rate_limit: None,
+            enforce: true,
         }
     }
 

@@ -195,6 +195,8 @@ async fn get_pages_filters_and_describes_each_token() {
         "expired",
         "forwardAs",
         "upstreamTokenId",
+        "rateLimit",
+        "enforce",
     ];
     expected.sort();
     assert_eq!(keys, expected);
@@ -203,6 +205,7 @@ async fn get_pages_filters_and_describes_each_token() {
         (&bob["forwardAs"], &bob["upstreamTokenId"]),
         (&json!("header"), &json!(null))
     );
+    assert_eq!((&bob["rateLimit"], &bob["enforce"]), (&json!(null), &json!(true)));
     assert_eq!(
         bob["validUntil"].as_i64(),
         Some(bob["dateCreated"].as_i64().unwrap() + DAY_MS)

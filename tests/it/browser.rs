@@ -271,6 +271,32 @@ async fn the_page_is_usable_at_360_pixels() {
     if let Some(dir) = screenshot_dir() {
         browser.screenshot(&dir.join("ui-360px.png")).await;
     }
+    // The edit dialog fits too.
+    browser.link("My tokens").await.click().await.unwrap();
+    browser.click("Edit").await;
+    for label in [
+        "Label",
+        "Rules",
+        "IP addresses",
+        "Rate limit",
+        "Report only",
+        "Confluence password",
+    ] {
+        browser.field(label).await;
+    }
+    let dialog_width = browser
+        .client
+        .execute(
+            "return document.getElementById('edit-token').getBoundingClientRect().right;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        dialog_width.as_f64().unwrap() <= 360.0,
+        "the dialog reaches {dialog_width} px"
+    );
+    browser.click("Cancel").await;
     browser.close().await;
 }
 
@@ -309,5 +335,72 @@ async fn with_pat_mode_the_password_mints_the_pat_and_deleting_revokes_it() {
     let status = browser.text_of("tokens-status", |t| t.starts_with("Deleted")).await;
     assert!(status.contains("revoked in Confluence"), "{status}");
     assert!(gw.upstream.pats().pop().unwrap().revoked);
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_user_rolls_rules_out_report_only_then_enforces_the_suggested_ones() {
+    let Some(browser) = Browser::start(1280, 900).await else {
+        return;
+    };
+    let gw = Gateway::start().await;
+    log_in(&browser, &gw, "alice").await;
+    browser.link("Create a token").await.click().await.unwrap();
+    browser.fill("Label", "nightly sync").await;
+    browser.fill("Rate limit", "100/min").await;
+    browser.field("Report only").await.click().await.unwrap();
+    browser.fill("Confluence password", password_of("alice")).await;
+    browser.click("Create token").await;
+    let value = browser.field("New token").await.prop("value").await.unwrap().unwrap();
+    let auth = basic("alice", &value);
+    let script = ["/rest/api/content/12", "/rest/api/content/345", "/rest/api/space/DOCS"];
+    for path in script {
+        let reply = get(&gw.url(path), &[("authorization", &auth)]).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.headers["x-ratelimit-limit"], "100");
+    }
+    gw.app.flush_records().await;
+
+    browser.link("My tokens").await.click().await.unwrap();
+    let listed = browser.text_of("token-list", |t| t.contains("nightly sync")).await;
+    assert!(listed.contains("report-only") && listed.contains("100/min"), "{listed}");
+    browser.click("Edit").await;
+    browser.click("Suggest rules from its calls").await;
+    let told = browser
+        .text_of("edit-suggest-status", |t| t.starts_with("Proposed"))
+        .await;
+    assert!(
+        told.contains("3 calls") && told.contains("methods and paths only"),
+        "{told}"
+    );
+    let rules = browser.field("Rules").await.prop("value").await.unwrap().unwrap();
+    assert_eq!(rules, "[get]/rest/api/content/[0-9]+\n[get]/rest/api/space/DOCS");
+    browser.field("Report only").await.click().await.unwrap();
+    browser.click("Save").await;
+    let error = browser.text_of("edit-error", |t| !t.is_empty()).await;
+    assert!(error.contains("password"), "{error}");
+    browser.fill("Confluence password", password_of("alice")).await;
+    if let Some(dir) = screenshot_dir() {
+        browser.screenshot(&dir.join("ui-edit.png")).await;
+    }
+    browser.click("Save").await;
+    browser.text_of("tokens-status", |t| t.starts_with("Saved")).await;
+    let listed = browser.text_of("token-list", |t| t.contains("enforced")).await;
+    assert!(listed.contains("[get]/rest/api/space/DOCS"), "{listed}");
+
+    for path in script {
+        assert_eq!(
+            get(&gw.url(path), &[("authorization", &auth)]).await.status,
+            200,
+            "{path}"
+        );
+    }
+    for path in ["/rest/api/space/SECRET", "/rest/api/content/12/child/attachment"] {
+        assert_eq!(
+            get(&gw.url(path), &[("authorization", &auth)]).await.status,
+            403,
+            "{path}"
+        );
+    }
     browser.close().await;
 }

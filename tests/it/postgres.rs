@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use tokengate::NewToken;
-use tokengate::{PgStore, Settings, StoreError, TokenRecord, TokenStore};
+use tokengate::{ChangeKind, PgStore, Restrictions, Settings, StoreError, TokenRecord, TokenStore};
 use tokio::sync::mpsc;
 
 use crate::common::{Gateway, PgSchema, TcpProxy, basic, get};
@@ -37,6 +37,8 @@ fn record(id: &str) -> TokenRecord {
         last_ip: None,
         sealed_pat: None,
         upstream_token_id: None,
+        rate_limit: None,
+        enforce: true,
     }
 }
 
@@ -47,7 +49,7 @@ fn record(id: &str) -> TokenRecord {
 async fn until_feed_listens(
     prefix: &str,
     writer: &dyn TokenStore,
-    feed: &mut mpsc::Receiver<String>,
+    feed: &mut mpsc::Receiver<(ChangeKind, String)>,
     deadline: Duration,
 ) -> usize {
     let give_up = Instant::now() + deadline;
@@ -66,10 +68,15 @@ async fn until_feed_listens(
     unreachable!()
 }
 
-/// Waits for `id` on the feed, passing over other ids (other tests').
-async fn announced(feed: &mut mpsc::Receiver<String>, id: &str) {
-    while let Some(got) = feed.recv().await {
+/// Waits for the deletion of `id` on the feed, passing over other ids (other tests').
+async fn announced(feed: &mut mpsc::Receiver<(ChangeKind, String)>, id: &str) {
+    announced_change(feed, ChangeKind::Delete, id).await;
+}
+
+async fn announced_change(feed: &mut mpsc::Receiver<(ChangeKind, String)>, kind: ChangeKind, id: &str) {
+    while let Some((got_kind, got)) = feed.recv().await {
         if got == id {
+            assert_eq!(got_kind, kind, "{id}");
             return;
         }
     }
@@ -119,6 +126,27 @@ async fn the_feed_announces_deletions_made_through_another_handle() {
             .await
             .expect("every deleted token is announced");
     }
+    // An update is announced as one, and an update of nothing is not.
+    b.insert_token(&record(&id(4)), None).await.unwrap();
+    let restrictions = Restrictions {
+        label: "renamed".into(),
+        limit_to: "[get]/rest/api/space".into(),
+        ip: String::new(),
+        rate_limit: Some("10/min".into()),
+        enforce: false,
+    };
+    let updated = b.update_token(&id(4), &restrictions, 0).await.unwrap().unwrap();
+    assert_eq!(
+        (updated.rate_limit.as_deref(), updated.enforce),
+        (Some("10/min"), false)
+    );
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        announced_change(&mut feed, ChangeKind::Update, &id(4)),
+    )
+    .await
+    .expect("updates are announced within a second");
+    assert!(b.update_token(&id(1), &restrictions, 0).await.unwrap().is_none());
     // A deletion that deletes nothing announces nothing.
     assert!(b.delete_token(&id(1), 0).await.unwrap().is_none());
     let again = tokio::time::timeout(Duration::from_millis(200), announced(&mut feed, &id(1))).await;

@@ -12,15 +12,6 @@ use tokengate::{Clock, DAY_MS};
 use crate::common::process::{GatewayProcess, cli};
 use crate::common::{FaultyStore, Gateway, basic, get, send};
 
-async fn audit(gw: &Gateway) -> Vec<AuditEntry> {
-    gw.app.flush_records().await;
-    let query = AuditQuery {
-        max_results: 1000,
-        ..Default::default()
-    };
-    gw.app.store.list_audit(&query).await.unwrap().items
-}
-
 /// A token limited to GET on spaces; returns (id, Basic header).
 async fn limited_token(gw: &Gateway) -> (String, String) {
     let created = gw
@@ -76,7 +67,7 @@ async fn counters_and_audit_entries_after_known_calls() {
     );
     assert_eq!(get(&gw.url("/rest/api/space"), &[]).await.status, 200);
 
-    let entries = audit(&gw).await;
+    let entries = gw.audit().await;
     let stored = gw.app.store.token(&id).await.unwrap().unwrap();
     assert_eq!(stored.counter, 3, "only allowed calls count");
     assert_eq!(stored.last_ip.as_deref(), Some("127.0.0.1"));
@@ -130,7 +121,7 @@ async fn settings_switch_usage_and_audit_off() {
             .status,
         200
     );
-    assert!(audit(&gw).await.is_empty());
+    assert!(gw.audit().await.is_empty());
     assert_eq!(gw.app.store.token(&id).await.unwrap().unwrap().counter, 0);
     let on = SettingsChange {
         usage_details: Some(true),
@@ -143,7 +134,7 @@ async fn settings_switch_usage_and_audit_off() {
             .status,
         200
     );
-    assert_eq!(audit(&gw).await.len(), 1);
+    assert_eq!(gw.audit().await.len(), 1);
     assert_eq!(gw.app.store.token(&id).await.unwrap().unwrap().counter, 1);
 }
 
@@ -218,7 +209,7 @@ async fn an_unavailable_store_delays_audit_entries_but_keeps_them() {
     assert_eq!(get(&gw.url("/tokengate/readyz"), &[]).await.status, 503);
     faulty.down.store(false, Ordering::SeqCst);
     assert_eq!(get(&gw.url("/tokengate/readyz"), &[]).await.status, 200);
-    assert_eq!(audit(&gw).await.len(), 2);
+    assert_eq!(gw.audit().await.len(), 2);
 }
 
 #[tokio::test]
@@ -237,7 +228,7 @@ async fn old_audit_entries_are_purged() {
     }
     gw.clock.advance_ms(2 * DAY_MS);
     gw.app.purge_expired().await;
-    let left = audit(&gw).await;
+    let left = gw.audit().await;
     assert_eq!(left.len(), 1, "the 91-day-old entry is gone, the 2-day-old one stays");
     let revocations = gw.app.store.revocations_after(cursor).await.unwrap();
     assert_eq!(

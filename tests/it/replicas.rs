@@ -119,6 +119,72 @@ async fn a_token_works_through_every_replica_and_a_deletion_reaches_them_all_wit
 }
 
 #[tokio::test]
+async fn an_update_reaches_every_replica_within_a_second() {
+    let Some(schema) = PgSchema::create().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let confluence = FakeConfluence::start().await;
+    cli(&schema.url, dir.path(), &["migrate"]);
+    let a = Replica::start(&schema.url, &confluence, dir.path()).await;
+    let b = Replica::start(&schema.url, &confluence, dir.path()).await;
+    let out = cli(
+        &schema.url,
+        dir.path(),
+        &[
+            "token",
+            "create",
+            "--label",
+            "r",
+            "--user",
+            "alice",
+            "--limit-to",
+            "[get]/rest/api/space",
+            "--json",
+        ],
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["id"].as_str().unwrap();
+    let auth = basic("alice", created["token"].as_str().unwrap());
+    const CONTENT: &str = "/rest/api/content";
+    for replica in [&a, &b] {
+        assert_eq!(get(&replica.url(SPACE), &[("authorization", &auth)]).await.status, 200);
+        assert_eq!(
+            get(&replica.url(CONTENT), &[("authorization", &auth)]).await.status,
+            403
+        );
+    }
+
+    cli(
+        &schema.url,
+        dir.path(),
+        &["token", "update", id, "--limit-to", "[get]/rest/api/content"],
+    );
+    let updated = Instant::now();
+    let deadline = updated + Duration::from_secs(1);
+    let mut seen = [false, false];
+    while seen != [true, true] {
+        for (i, replica) in [&a, &b].into_iter().enumerate() {
+            if !seen[i] {
+                seen[i] = get(&replica.url(CONTENT), &[("authorization", &auth)]).await.status == 200;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "old rules 1 s after the update: updated on [A, B] = {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "both replicas had the new rules {:?} after the update",
+        updated.elapsed()
+    );
+    for replica in [&a, &b] {
+        assert_eq!(get(&replica.url(SPACE), &[("authorization", &auth)]).await.status, 403);
+    }
+    a.terminate().await;
+    b.terminate().await;
+}
+
+#[tokio::test]
 async fn concurrent_calls_through_two_replicas_add_up_exactly() {
     let Some(schema) = PgSchema::create().await else { return };
     let dir = tempfile::tempdir().unwrap();

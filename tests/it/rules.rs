@@ -356,6 +356,8 @@ async fn a_stored_rule_that_no_longer_compiles_denies_everything() {
         last_ip: None,
         sealed_pat: None,
         upstream_token_id: None,
+        rate_limit: None,
+        enforce: true,
     };
     gw.app.store.insert_token(&record, None).await.unwrap();
     let reply = send(

@@ -6,7 +6,10 @@
 use std::sync::Arc;
 
 use tokengate::EpochMs;
-use tokengate::{self, AuditEntry, AuditKind, AuditQuery, Settings, TokenQuery, TokenRecord, TokenStore, UsageDelta};
+use tokengate::{
+    self, AuditEntry, AuditKind, AuditQuery, ChangeKind, Restrictions, Settings, TokenQuery, TokenRecord, TokenStore,
+    UsageDelta,
+};
 
 use crate::common::PgSchema;
 
@@ -80,6 +83,8 @@ contract! {
         lists_newest_first_with_filters_and_paging,
         filters_fold_ascii_case_only_and_labels_match_literally,
         deletions_are_recorded_as_revocations,
+        updates_change_restrictions_only_and_are_recorded,
+        observed_calls_count_forwarded_requests_per_method_and_path,
         a_users_token_limit_holds_and_ignores_unbound_tokens,
         usage_adds_up_and_keeps_the_latest_ip,
         audit_entries_round_trip_filter_page_and_purge,
@@ -110,6 +115,8 @@ fn record(id: &str, user: Option<&str>, created_at: EpochMs) -> TokenRecord {
         last_ip: None,
         sealed_pat: None,
         upstream_token_id: None,
+        rate_limit: None,
+        enforce: true,
     }
 }
 
@@ -303,6 +310,96 @@ async fn deletions_are_recorded_as_revocations(store: Arc<dyn TokenStore>) {
     // Purging keeps the newest row, so the cursor never goes back.
     assert_eq!(store.purge_revocations(100).await.unwrap(), 2);
     assert_eq!(store.revocation_cursor().await.unwrap(), revoked[2].seq);
+}
+
+async fn updates_change_restrictions_only_and_are_recorded(store: Arc<dyn TokenStore>) {
+    let before = TokenRecord {
+        valid_until: Some(1_900_000_000_000),
+        counter: 7,
+        last_used_at: Some(5),
+        last_ip: Some("10.1.2.3".into()),
+        sealed_pat: Some(vec![1, 2, 3]),
+        upstream_token_id: Some("42".into()),
+        ..record("u", Some("alice"), 1)
+    };
+    store.insert_token(&before, None).await.unwrap();
+    let cursor = store.revocation_cursor().await.unwrap();
+    let restrictions = Restrictions {
+        label: "renamed ✓".into(),
+        limit_to: "[get]/rest/api/space\n[post]/rest/api/content".into(),
+        ip: "10.0.0.0/8".into(),
+        rate_limit: Some("60/min".into()),
+        enforce: false,
+    };
+    let after = store.update_token("u", &restrictions, 20).await.unwrap().unwrap();
+    let expected = TokenRecord {
+        label: restrictions.label.clone(),
+        limit_to: restrictions.limit_to.clone(),
+        ip: restrictions.ip.clone(),
+        rate_limit: restrictions.rate_limit.clone(),
+        enforce: false,
+        ..before.clone()
+    };
+    assert_eq!(after, expected, "only the restrictions change");
+    assert_eq!(store.token("u").await.unwrap(), Some(expected));
+    let back = Restrictions {
+        rate_limit: None,
+        enforce: true,
+        ..restrictions.clone()
+    };
+    let after = store.update_token("u", &back, 21).await.unwrap().unwrap();
+    assert_eq!((after.rate_limit, after.enforce), (None, true));
+    assert!(store.update_token("missing", &back, 22).await.unwrap().is_none());
+    store.delete_token("u", 23).await.unwrap();
+    let changes = store.revocations_after(cursor).await.unwrap();
+    let kinds: Vec<_> = changes.iter().map(|c| (c.token_id.as_str(), c.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("u", ChangeKind::Update),
+            ("u", ChangeKind::Update),
+            ("u", ChangeKind::Delete)
+        ],
+        "an update of nothing records nothing"
+    );
+}
+
+async fn observed_calls_count_forwarded_requests_per_method_and_path(store: Arc<dyn TokenStore>) {
+    let call = |at, token: &str, method: &str, path: &str, decision: &str| AuditEntry {
+        method: Some(method.into()),
+        path: Some(path.into()),
+        decision: decision.into(),
+        ..audit_entry(at, Some(token), "alice")
+    };
+    let entries = [
+        call(100, "t", "GET", "/rest/api/content/1", "allow"),
+        call(101, "t", "GET", "/rest/api/content/1", "allow"),
+        call(102, "t", "GET", "/rest/api/content/2", "report"),
+        call(103, "t", "POST", "/rest/api/content", "allow"),
+        call(104, "t", "DELETE", "/rest/api/content/1", "deny"),
+        call(99, "t", "PUT", "/rest/api/content/1", "allow"),
+        call(105, "other", "GET", "/rest/api/space", "allow"),
+        AuditEntry {
+            kind: AuditKind::Management,
+            ..call(106, "t", "POST", "/x", "allow")
+        },
+    ];
+    store.append_audit(&entries).await.unwrap();
+    let observed = store.observed_calls("t", 100).await.unwrap();
+    let observed: Vec<_> = observed
+        .iter()
+        .map(|c| (c.method.as_str(), c.path.as_str(), c.calls))
+        .collect();
+    assert_eq!(
+        observed,
+        [
+            ("GET", "/rest/api/content/1", 2),
+            ("GET", "/rest/api/content/2", 1),
+            ("POST", "/rest/api/content", 1),
+        ],
+        "allowed and reported calls since the time given, of that token, in order"
+    );
+    assert!(store.observed_calls("nobody", 0).await.unwrap().is_empty());
 }
 
 async fn usage_adds_up_and_keeps_the_latest_ip(store: Arc<dyn TokenStore>) {

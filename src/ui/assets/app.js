@@ -15,6 +15,7 @@ const state = {
   tokensStart: 0,
   auditStart: 0,
   pendingDelete: null,
+  editing: null,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -188,7 +189,11 @@ function tokenCard(token) {
   detail(list, "Id", el("code", {}, token.id));
 
   const actions = el("div", { class: "row actions" });
-  if (state.session.features.update) actions.append(el("button", { type: "button", "data-action": "edit" }, "Edit"));
+  if (state.session.features.update) {
+    const edit = el("button", { type: "button", "aria-describedby": `label-${token.id}` }, "Edit");
+    edit.addEventListener("click", () => openEdit(token));
+    actions.append(edit);
+  }
   if (state.session.features.rotate) actions.append(el("button", { type: "button", "data-action": "rotate" }, "Rotate"));
   const remove = el("button", { type: "button", class: "danger", "aria-describedby": `label-${token.id}` }, "Delete");
   remove.addEventListener("click", () => askDelete(token));
@@ -270,20 +275,89 @@ async function deleteUserTokens() {
   }
 }
 
+// ---- Edit -----------------------------------------------------------------------
+
+function openEdit(token) {
+  state.editing = token;
+  $("edit-title").textContent = `Edit “${token.label}”`;
+  $("edit-label").value = token.label;
+  $("edit-rules").value = token.rules.join("\n");
+  $("edit-ip").value = token.ip;
+  $("edit-rate").value = token.rateLimit || "";
+  $("edit-report-only").checked = token.enforce === false;
+  $("edit-password").value = "";
+  for (const id of ["edit-rules-check", "edit-suggest-status", "edit-error"]) $(id).textContent = "";
+  $("edit-token").showModal();
+  $("edit-label").focus();
+}
+
+/// Proposes rules from the token's audited calls (GET /suggest) for review.
+async function suggestRules() {
+  const status = $("edit-suggest-status");
+  status.textContent = "Reading its calls…";
+  try {
+    const answer = await call("GET", `${API}/suggest?tokenId=${encodeURIComponent(state.editing.id)}`);
+    $("edit-rules").value = answer.limitTo;
+    status.textContent =
+      `Proposed from ${answer.observed} call${answer.observed === 1 ? "" : "s"} of the last ${answer.days} days ` +
+      `(${answer.note}). Review them, then Save.`;
+    await checkRules("edit-rules", "edit-rules-check");
+  } catch (error) {
+    status.textContent = error.message;
+  }
+}
+
+async function saveEdit(event) {
+  event.preventDefault();
+  const token = state.editing;
+  const error = $("edit-error");
+  error.textContent = "";
+  const password = $("edit-password").value;
+  if (!password) {
+    error.textContent = "Enter your Confluence password: changing restrictions needs it again.";
+    $("edit-password").focus();
+    return;
+  }
+  if (!(await checkRules("edit-rules", "edit-rules-check"))) {
+    error.textContent = "Fix the rules first.";
+    $("edit-rules").focus();
+    return;
+  }
+  const body = {
+    id: token.id,
+    label: $("edit-label").value.trim(),
+    limitTo: $("edit-rules").value,
+    ip: $("edit-ip").value.trim(),
+  };
+  if (state.session.features.rateLimit) body.rateLimit = $("edit-rate").value.trim() || null;
+  if (state.session.features.reportOnly) body.enforce = !$("edit-report-only").checked;
+  try {
+    const updated = await call("POST", `${API}/update`, { body, password });
+    $("edit-token").close();
+    state.editing = null;
+    await loadTokens();
+    $("tokens-status").textContent = `Saved “${updated.label}”: it takes effect at once.`;
+  } catch (failure) {
+    error.textContent = failure.message;
+    const field = { label: "edit-label", limitTo: "edit-rules", ip: "edit-ip", rateLimit: "edit-rate" }[failure.body.field];
+    if (field) $(field).focus();
+  }
+}
+
 // ---- Create -------------------------------------------------------------------
 
 let rulesTimer = null;
 
-function checkRulesSoon() {
+function checkRulesSoon(fieldId, statusId) {
   clearTimeout(rulesTimer);
-  rulesTimer = setTimeout(checkRules, 250);
+  rulesTimer = setTimeout(() => checkRules(fieldId, statusId), 250);
 }
 
 /// Checks the rules as they are typed: the same parser as the gateway, through POST /check.
-async function checkRules() {
-  const limitTo = $("create-rules").value;
-  const status = $("rules-check");
-  const field = $("create-rules");
+async function checkRules(fieldId = "create-rules", statusId = "rules-check") {
+  const field = $(fieldId);
+  const status = $(statusId);
+  const limitTo = field.value;
   if (!limitTo.trim()) {
     status.textContent = "No rules: the token may call everything in its scope.";
     status.className = "status";
@@ -352,6 +426,7 @@ async function createToken(event) {
   if ($("create-rules").value.trim()) body.limitTo = $("create-rules").value;
   if ($("create-ip").value.trim()) body.ip = $("create-ip").value.trim();
   if (state.session.features.rateLimit && $("create-rate").value.trim()) body.rateLimit = $("create-rate").value.trim();
+  if (state.session.features.reportOnly && $("create-report-only").checked) body.enforce = false;
   if (state.session.features.spaces && $("create-spaces").value.trim()) body.spaces = $("create-spaces").value.trim();
   if (state.session.admin) {
     const user = $("create-user").value.trim();
@@ -366,7 +441,14 @@ async function createToken(event) {
   } catch (failure) {
     const where = failure.body.field ? ` (${failure.body.field})` : "";
     error.textContent = failure.message + where;
-    const field = { label: "create-label", userName: "create-user", daysUntilExpiry: "create-days", limitTo: "create-rules", ip: "create-ip" }[failure.body.field];
+    const field = {
+      label: "create-label",
+      userName: "create-user",
+      daysUntilExpiry: "create-days",
+      limitTo: "create-rules",
+      ip: "create-ip",
+      rateLimit: "create-rate",
+    }[failure.body.field];
     if (field) $(field).focus();
   }
 }
@@ -489,7 +571,14 @@ async function start() {
   $("logout").addEventListener("click", logout);
   window.addEventListener("hashchange", route);
   $("create-form").addEventListener("submit", createToken);
-  $("create-rules").addEventListener("input", checkRulesSoon);
+  $("create-rules").addEventListener("input", () => checkRulesSoon("create-rules", "rules-check"));
+  $("edit-rules").addEventListener("input", () => checkRulesSoon("edit-rules", "edit-rules-check"));
+  $("edit-form").addEventListener("submit", saveEdit);
+  $("edit-cancel").addEventListener("click", () => $("edit-token").close());
+  $("edit-suggest").addEventListener("click", suggestRules);
+  $("edit-password").addEventListener("input", () => {
+    $("edit-error").textContent = "";
+  });
   $("try").addEventListener("click", tryRequest);
   $("copy").addEventListener("click", copyToken);
   $("confirm-form").addEventListener("submit", confirmDelete);

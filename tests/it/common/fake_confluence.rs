@@ -335,6 +335,19 @@ impl FakeConfluence {
                     .append("set-cookie", HeaderValue::from_static("JSESSIONID=kept; Path=/"));
                 response
             }
+            "/rest/api/rate-limited-by-confluence" => {
+                // Confluence Data Center's own rate limiting answers with these.
+                let mut response = json(StatusCode::OK, "{}");
+                for (name, value) in [
+                    ("x-ratelimit-limit", "100"),
+                    ("x-ratelimit-remaining", "99"),
+                    ("x-ratelimit-interval-seconds", "1"),
+                    ("x-ratelimit-fillrate", "10"),
+                ] {
+                    response.headers_mut().insert(name, HeaderValue::from_static(value));
+                }
+                response
+            }
             "/confluence-401" => json(
                 StatusCode::UNAUTHORIZED,
                 r#"{"statusCode":401,"message":"from confluence"}"#,

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokengate::EpochMs;
 use tokengate::{
-    AuditEntry, AuditQuery, Page, Revocation, SessionRecord, Settings, StoreError, TokenQuery, TokenRecord, TokenStore,
-    UsageDelta,
+    AuditEntry, AuditQuery, ChangeKind, ObservedCall, Page, Restrictions, SessionRecord, Settings, StoreError,
+    TokenChange, TokenQuery, TokenRecord, TokenStore, UsageDelta,
 };
 
 pub struct FaultyStore {
@@ -55,6 +55,15 @@ impl TokenStore for FaultyStore {
         self.check()?;
         self.inner.list_tokens(query).await
     }
+    async fn update_token(
+        &self,
+        id: &str,
+        restrictions: &Restrictions,
+        at: EpochMs,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        self.check()?;
+        self.inner.update_token(id, restrictions, at).await
+    }
     async fn delete_token(&self, id: &str, at: EpochMs) -> Result<Option<TokenRecord>, StoreError> {
         self.check()?;
         self.inner.delete_token(id, at).await
@@ -67,7 +76,7 @@ impl TokenStore for FaultyStore {
         self.check()?;
         self.inner.revocation_cursor().await
     }
-    async fn revocations_after(&self, seq: i64) -> Result<Vec<Revocation>, StoreError> {
+    async fn revocations_after(&self, seq: i64) -> Result<Vec<TokenChange>, StoreError> {
         self.check()?;
         self.inner.revocations_after(seq).await
     }
@@ -92,6 +101,10 @@ impl TokenStore for FaultyStore {
     async fn purge_audit(&self, before: EpochMs) -> Result<u64, StoreError> {
         self.check()?;
         self.inner.purge_audit(before).await
+    }
+    async fn observed_calls(&self, token_id: &str, since: EpochMs) -> Result<Vec<ObservedCall>, StoreError> {
+        self.check()?;
+        self.inner.observed_calls(token_id, since).await
     }
     async fn settings(&self) -> Result<Settings, StoreError> {
         self.check()?;
@@ -128,7 +141,7 @@ impl TokenStore for FaultyStore {
     async fn close(&self) {
         self.inner.close().await;
     }
-    fn revocation_feed(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+    fn revocation_feed(&self) -> Option<tokio::sync::mpsc::Receiver<(ChangeKind, String)>> {
         self.inner.revocation_feed()
     }
 }

@@ -101,9 +101,15 @@ impl Gateway {
 
     /// Starts a gateway over `store` (the configuration's SQLite URL is then unused).
     pub async fn start_over(store: Arc<dyn TokenStore>) -> Self {
+        Self::start_over_with(store, |_| {}).await
+    }
+
+    /// Starts a gateway over `store` whose configuration `adjust` may change.
+    pub async fn start_over_with(store: Arc<dyn TokenStore>, adjust: impl FnOnce(&mut Config)) -> Self {
         let upstream = FakeConfluence::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let config = test_config(&upstream, dir.path());
+        let mut config = test_config(&upstream, dir.path());
+        adjust(&mut config);
         Self::launch(upstream, dir, config, store).await
     }
 
@@ -157,6 +163,16 @@ impl Gateway {
             ..NewToken::default()
         };
         self.create_token(new).await.value
+    }
+
+    /// Every audit entry, newest first, once what is queued is written.
+    pub async fn audit(&self) -> Vec<tokengate::AuditEntry> {
+        self.app.flush_records().await;
+        let query = tokengate::AuditQuery {
+            max_results: 1000,
+            ..Default::default()
+        };
+        self.app.store.list_audit(&query).await.unwrap().items
     }
 
     /// Stops the server (graceful shutdown) and waits for it.
