@@ -261,8 +261,10 @@ impl RateLimits {
     /// Takes one call from token `id`'s bucket: shared in Redis when
     /// configured and reachable, else this process's.
     pub async fn take(&self, id: &str, label: &str, bucket: &Bucket) -> Result<RateState, GatewayError> {
+        // Boxed: the Redis call makes a large future, which would otherwise
+        // make every request's future larger (hyper moves it per request).
         if let Some(shared) = &self.shared
-            && let Some(answer) = shared.take(id, bucket.limit, self.clock.now_ms()).await
+            && let Some(answer) = Box::pin(shared.take(id, bucket.limit, self.clock.now_ms())).await
         {
             return match answer {
                 SharedAnswer::Allowed { remaining } => Ok(RateState {

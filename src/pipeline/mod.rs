@@ -135,18 +135,12 @@ pub async fn handle(app: &App, conn: &ConnInfo, req: Request<ClientBody>) -> Res
                 error::add_security_headers(response.headers_mut());
                 Ok(response.map(Either::Right))
             }
-            Next::Forward { req, target, identity } => {
-                let mut response = app.upstream.forward(req, &target, &identity, conn).await?;
-                if let Some(rate) = &trail.rate {
-                    rate.apply(response.headers_mut());
-                }
-                Ok::<_, GatewayError>(response)
-            }
+            Next::Forward { req, target, identity } => app.upstream.forward(req, &target, &identity, conn).await,
         }
     }
     .instrument(span.clone())
     .await;
-    let (response, reason) = match result {
+    let (mut response, reason) = match result {
         Ok(response) => (response, None),
         Err(error) => {
             span.in_scope(|| tracing::info!(reason = error.reason.code(), "refused: {}", error.message));
@@ -156,6 +150,11 @@ pub async fn handle(app: &App, conn: &ConnInfo, req: Request<ClientBody>) -> Res
             (response.map(Either::Right), Some(reason))
         }
     };
+    // Every answer to a limited token that got past its bucket carries the
+    // bucket's headers, Confluence's answer and failure to answer alike.
+    if let Some(rate) = &trail.rate {
+        rate.apply(response.headers_mut());
+    }
     record(app, trail, &method, &response, reason, started.elapsed()).await;
     response
 }

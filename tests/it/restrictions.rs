@@ -191,6 +191,28 @@ async fn a_limited_tokens_other_answers_carry_the_headers_too() {
         (limited.status.as_u16(), limited.reason()),
         (429, "rate_limited".into())
     );
+
+    // And when Confluence cannot be reached.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let unreachable = Gateway::start_with(|c| c.upstream.authority = closed.to_string().parse().unwrap()).await;
+    let created = unreachable
+        .create_token(NewToken {
+            label: "u".into(),
+            user: Some("alice".into()),
+            rate_limit: Some("5/s".into()),
+            ..NewToken::default()
+        })
+        .await;
+    let auth = basic("alice", &created.value);
+    let failed = get(&unreachable.url(SPACE), &[("authorization", &auth)]).await;
+    assert_eq!(
+        (failed.status.as_u16(), failed.reason()),
+        (502, "upstream_unavailable".into())
+    );
+    assert_eq!(rate_headers(&failed), some(["5", "4", "1", "5"]));
 }
 
 #[tokio::test]
