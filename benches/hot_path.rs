@@ -1,7 +1,9 @@
 //! The per-request work of the warm token path (SPEC §11): piece by piece
 //! (decoding credentials, canonicalising the path, the verified-cache lookup,
 //! the token checks) and whole (every stage of the pipeline but the
-//! forwarding, on an in-memory request). `cargo bench --bench hot_path`.
+//! forwarding, on an in-memory request), also for a rate-limited token and
+//! for a token confined to spaces on a content id whose space is cached.
+//! `cargo bench --bench hot_path`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -14,7 +16,29 @@ use hyper::{HeaderMap, Method, Request};
 use tokengate::bench::{
     CheckContext, ConnInfo, Next, Scheme, Trail, canonical_path, check_token, credentials_from_headers, decide,
 };
-use tokengate::{App, Argon2Cost, Config, NewToken, Scope, SqliteStore, SystemClock, TokenAuth};
+use tokengate::{App, Argon2Cost, Config, NewToken, Scope, SqliteStore, SystemClock, TokenAuth, Upstream};
+
+/// A stand-in Confluence that places every content id in space DOCS: the
+/// spaces bench's one lookup asks it, every later request hits the cache.
+async fn content_in_docs() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|_req| async {
+                let body = Full::new(Bytes::from_static(
+                    br#"{"id":"100","status":"current","space":{"key":"DOCS"}}"#,
+                ));
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
 
 fn decoding(c: &mut Criterion) {
     let mut headers = HeaderMap::new();
@@ -44,8 +68,12 @@ fn canonicalising(c: &mut Criterion) {
 fn warm_token(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (app, secret, limited) = runtime.block_on(async {
+    let (app, secret, limited, confined) = runtime.block_on(async {
         let config = Config {
+            upstream: Upstream {
+                https: false,
+                authority: content_in_docs().await.to_string().parse().unwrap(),
+            },
             database_url: format!("sqlite://{}/bench.db", dir.path().display()),
             argon2: Argon2Cost {
                 memory_kib: 64,
@@ -76,7 +104,18 @@ fn warm_token(c: &mut Criterion) {
             ..NewToken::default()
         };
         let limited = app.tokens.create(limited).await.unwrap().value;
-        for secret in [&secret, &limited] {
+        // A token confined to space DOCS, with a rule for content by id.
+        let confined = NewToken {
+            label: "bench-spaces".into(),
+            user: Some("alice".into()),
+            limit_to: Some("[get].*/rest/api/content/[0-9]+".into()),
+            ip: Some("127.0.0.0/8".into()),
+            spaces: Some("DOCS".into()),
+            author: "bench".into(),
+            ..NewToken::default()
+        };
+        let confined = app.tokens.create(confined).await.unwrap().value;
+        for secret in [&secret, &limited, &confined] {
             app.auth
                 .verifier()
                 .verify(secret)
@@ -84,7 +123,7 @@ fn warm_token(c: &mut Criterion) {
                 .unwrap()
                 .expect("the token verifies");
         }
-        (app, secret, limited)
+        (app, secret, limited, confined)
     });
     c.bench_function("verified_cache/hit", |b| {
         b.to_async(&runtime)
@@ -108,9 +147,22 @@ fn warm_token(c: &mut Criterion) {
         b.iter(|| check_token(black_box(&token), black_box(&cx)))
     });
     let conn = ConnInfo::new("127.0.0.1:50000".parse().unwrap(), false);
-    for (name, secret) in [
-        ("pipeline/decide_warm_token", &secret),
-        ("pipeline/decide_warm_token_rate_limited", &limited),
+    for (name, secret, target) in [
+        (
+            "pipeline/decide_warm_token",
+            &secret,
+            "/rest/api/space/DOCS?spaceKey=DOCS",
+        ),
+        (
+            "pipeline/decide_warm_token_rate_limited",
+            &limited,
+            "/rest/api/space/DOCS?spaceKey=DOCS",
+        ),
+        (
+            "pipeline/decide_warm_token_spaces_cached",
+            &confined,
+            "/rest/api/content/100",
+        ),
     ] {
         let authorization = format!(
             "Basic {}",
@@ -118,7 +170,7 @@ fn warm_token(c: &mut Criterion) {
         );
         c.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
-                let req = Request::get("/rest/api/space/DOCS?spaceKey=DOCS")
+                let req = Request::get(target)
                     .header(AUTHORIZATION, authorization.as_str())
                     .header("host", "wiki.example.com")
                     .body(Full::new(Bytes::new()))

@@ -14,6 +14,7 @@ use crate::proxy::UpstreamClient;
 use crate::proxy::headers::ProtectedHeaders;
 use crate::record::{self, AuditLog, Metrics, UsageBook};
 use crate::settings::LiveSettings;
+use crate::spaces::Spaces;
 use crate::store::{self, StoreError, TokenStore};
 use crate::tokens::{TokenManager, TokenPolicy};
 
@@ -25,6 +26,8 @@ pub struct App {
     pub auth: Arc<Authenticator>,
     pub tokens: TokenManager,
     pub upstream: Arc<UpstreamClient>,
+    /// Confines tokens with `spaces` (SPEC §17).
+    pub spaces: Arc<Spaces>,
     pub clock: Arc<dyn Clock>,
     pub protected_headers: Arc<ProtectedHeaders>,
     pub settings: Arc<LiveSettings>,
@@ -136,9 +139,11 @@ impl App {
             clock.clone(),
         );
         let protected_headers = ProtectedHeaders::new(&[&config.identity_header, &config.upstream_secret_header]);
+        let spaces = Arc::new(Spaces::new(&config, upstream.clone(), clock.clone(), metrics.clone()));
         Ok(App {
             auth: Arc::new(auth),
             upstream,
+            spaces,
             tokens,
             clock,
             protected_headers: Arc::new(protected_headers),

@@ -12,6 +12,7 @@ use crate::auth::seal::Pat;
 use crate::config::{self, Config, ForwardAs, LogFormat, Overrides};
 use crate::record::audit_json;
 use crate::rules::{RequestHead, RuleSet, suggest};
+use crate::spaces;
 use crate::store::{AuditEntry, AuditKind, AuditQuery, TokenQuery};
 use crate::target::canonical_text_target;
 use crate::tokens::{DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, TokenError, token_json};
@@ -102,6 +103,9 @@ pub struct RulesCheckArgs {
     /// The body's Content-Type (default application/json when --body is given).
     #[arg(long, value_name = "T")]
     pub content_type: Option<String>,
+    /// The spaces the token is confined to (DOCS,PM): rules and spaces must both allow.
+    #[arg(long, value_name = "KEYS")]
+    pub spaces: Option<String>,
 }
 
 /// Where the configuration and store are; every command that touches the store takes these.
@@ -161,9 +165,12 @@ pub struct UpdateArgs {
     /// Make the rules refuse what they do not allow.
     #[arg(long, conflicts_with = "report_only")]
     pub enforce: bool,
-    /// Forward what only the rules would refuse, and audit it as `report`.
+    /// Forward what only the rules and spaces would refuse, and audit it as `report`.
     #[arg(long)]
     pub report_only: bool,
+    /// New space keys the token is confined to (DOCS,PM), or none.
+    #[arg(long, value_name = "KEYS|none")]
+    pub spaces: Option<String>,
     /// Print the updated token as JSON.
     #[arg(long)]
     pub json: bool,
@@ -198,10 +205,15 @@ pub struct CreateArgs {
     /// At most this many calls: N/s, N/min, N/hour or N/day.
     #[arg(long, value_name = "N/UNIT")]
     pub rate_limit: Option<String>,
-    /// Forward what only the rules would refuse, and audit it as `report`
-    /// (roll rules out without breaking a script; `token update --enforce` later).
+    /// Forward what only the rules and spaces would refuse, and audit it as
+    /// `report` (roll rules out without breaking a script; `token update
+    /// --enforce` later).
     #[arg(long)]
     pub report_only: bool,
+    /// Confine the token to these spaces (comma-separated keys: DOCS,PM),
+    /// whatever endpoint it calls.
+    #[arg(long, value_name = "KEYS")]
+    pub spaces: Option<String>,
     /// Print the API's create response as JSON.
     #[arg(long)]
     pub json: bool,
@@ -431,6 +443,7 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
         pat: pat.map(PatSource::Supplied),
         rate_limit: args.rate_limit,
         enforce: Some(!args.report_only),
+        spaces: args.spaces,
     };
     let created = app.tokens.create(new).await.map_err(|e| describe(&e))?;
     let record = &created.record;
@@ -517,10 +530,14 @@ async fn update(args: UpdateArgs) -> Result<(), Failure> {
             (_, true) => Some(false),
             _ => None,
         },
+        spaces: args
+            .spaces
+            .map(|keys| Some(keys).filter(|k| !k.trim().eq_ignore_ascii_case("none"))),
     };
     if change.is_empty() {
         return Err(Failure::Usage(
-            "nothing to change: give --label, --limit-to, --ip, --rate-limit, --enforce or --report-only".into(),
+            "nothing to change: give --label, --limit-to, --ip, --rate-limit, --enforce, --report-only or --spaces"
+                .into(),
         ));
     }
     let app = open(&args.store, Overrides::default()).await?;
@@ -626,6 +643,8 @@ fn format_time(at: crate::clock::EpochMs) -> String {
 fn rules_check(args: RulesCheckArgs) -> Result<(), Failure> {
     let text = inline_or_file(args.rules)?;
     let rules = RuleSet::parse(&text).map_err(|e| Failure::Usage(format!("invalid rules: {e}")))?;
+    let spaces = spaces::normalise(args.spaces.as_deref().unwrap_or_default())
+        .map_err(|e| Failure::Usage(format!("--spaces: {e}")))?;
     let (path, query) = canonical_text_target(&args.url).map_err(|e| Failure::Usage(format!("--url: {e}")))?;
     let method = args.method.to_ascii_uppercase();
     let body = match &args.body {
@@ -639,16 +658,24 @@ fn rules_check(args: RulesCheckArgs) -> Result<(), Failure> {
         path: &path,
         query,
     };
-    let run = rules.dry_run(
-        &head,
-        body.as_deref().map(|bytes| (bytes, args.content_type.as_deref())),
-    );
+    let body = body.as_deref().map(|bytes| (bytes, args.content_type.as_deref()));
+    let mut run = rules.dry_run(&head, body);
+    let rules_allow = run.allowed;
+    if let Some(spaces) = &spaces {
+        let keys: Vec<String> = spaces::keys(spaces).into_iter().map(str::to_owned).collect();
+        spaces::dry_run(&keys, &head, body, &mut run);
+    }
     let mut out = std::io::stdout().lock();
     if run.allowed {
         writeln!(out, "ALLOW {method} {path}: {}", run.explanation.join("; "))?;
         return Ok(());
     }
-    writeln!(out, "DENY {method} {path}: no rule matches")?;
+    let why = if rules_allow {
+        "the spaces refuse it"
+    } else {
+        "no rule matches"
+    };
+    writeln!(out, "DENY {method} {path}: {why}")?;
     for why in &run.explanation {
         writeln!(out, "  {why}")?;
     }

@@ -53,6 +53,7 @@ pub const KEYS: &[&str] = &[
     "ui_session_minutes",
     "ui_idle_minutes",
     "rate_limit_redis",
+    "space_cache_ttl_s",
 ];
 
 /// The file read when `--config` is not given, if it exists.
@@ -126,6 +127,24 @@ impl Scope {
         match self {
             Scope::Rest => "/rest/",
             Scope::Extender => "/rest/extender/",
+        }
+    }
+
+    /// Whether a token may be used for `method path`: below the prefix, and
+    /// with `rest`, reading attachment downloads (SPEC §17), which
+    /// Confluence serves outside `/rest`.
+    pub fn allows(self, method: &hyper::Method, path: &str) -> bool {
+        path.starts_with(self.prefix())
+            || (self == Scope::Rest
+                && (*method == hyper::Method::GET || *method == hyper::Method::HEAD)
+                && path.starts_with("/download/attachments/"))
+    }
+
+    /// Where tokens may be used, for a refusal's message.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Scope::Rest => "/rest/* (and GET of /download/attachments/*)",
+            Scope::Extender => "/rest/extender/*",
         }
     }
 }
@@ -209,6 +228,8 @@ pub struct Config {
     pub max_json_body: usize,
     pub max_days_until_expiry: Option<u32>,
     pub verify_cache_ttl: Duration,
+    /// How long a content id → space lookup is kept (SPEC §17).
+    pub space_cache_ttl: Duration,
     pub argon2: Argon2Cost,
     pub failed_auth_per_minute: u32,
     pub trusted_proxies: Vec<IpNet>,
@@ -406,6 +427,7 @@ impl Config {
             max_json_body: r.size("max_json_body", 1 << 20)?,
             max_days_until_expiry: r.opt_positive("max_days_until_expiry")?,
             verify_cache_ttl: Duration::from_secs(r.positive("verify_cache_ttl_s", 600)?),
+            space_cache_ttl: Duration::from_secs(r.positive("space_cache_ttl_s", 300)?),
             argon2: Argon2Cost {
                 memory_kib: r.positive("argon2_memory_kib", 19456)?,
                 iterations: r.positive("argon2_iterations", 2)?,
@@ -697,6 +719,7 @@ mod tests {
         assert_eq!(c.max_json_body, 1 << 20);
         assert_eq!(c.max_days_until_expiry, None);
         assert_eq!(c.verify_cache_ttl, Duration::from_secs(600));
+        assert_eq!(c.space_cache_ttl, Duration::from_secs(300));
         assert_eq!(
             c.argon2,
             Argon2Cost {
@@ -776,6 +799,7 @@ mod tests {
             ("admin_users = 5", "`admin_users`"),
             ("max_json_body = '1 parsec'", "`max_json_body`"),
             ("verify_cache_ttl_s = 0", "`verify_cache_ttl_s`"),
+            ("space_cache_ttl_s = 0", "`space_cache_ttl_s`"),
             ("connect_timeout_s = -1", "`connect_timeout_s`"),
             ("argon2_memory_kib = 1", "`argon2_memory_kib`"),
             ("trusted_proxies = ['10.0.0.0/33']", "`trusted_proxies`"),

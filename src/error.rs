@@ -48,6 +48,12 @@ pub enum Reason {
     IpNotAllowed,
     /// 403: no restriction rule allows the request.
     RuleMismatch,
+    /// 403: the request touches a space the token is not confined to (SPEC §17).
+    SpaceNotAllowed,
+    /// 403: the gateway cannot tell which spaces the request touches (SPEC §17).
+    SpaceUnknown,
+    /// 400: a `cql` the gateway cannot confine to the token's spaces (SPEC §17).
+    BadCql,
     /// 403: a caller who may not use the management API, or a cross-site call to it.
     Forbidden,
     /// 404: a gateway route that does not exist.
@@ -74,7 +80,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order: `reason as usize` indexes it.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 28] = [
         Reason::BadPath,
         Reason::BadCredentials,
         Reason::AmbiguousJson,
@@ -89,6 +95,9 @@ impl Reason {
         Reason::OutOfScope,
         Reason::IpNotAllowed,
         Reason::RuleMismatch,
+        Reason::SpaceNotAllowed,
+        Reason::SpaceUnknown,
+        Reason::BadCql,
         Reason::Forbidden,
         Reason::NotFound,
         Reason::MethodNotAllowed,
@@ -119,6 +128,9 @@ impl Reason {
             Reason::OutOfScope => "out_of_scope",
             Reason::IpNotAllowed => "ip_not_allowed",
             Reason::RuleMismatch => "rule_mismatch",
+            Reason::SpaceNotAllowed => "space_not_allowed",
+            Reason::SpaceUnknown => "space_unknown",
+            Reason::BadCql => "bad_cql",
             Reason::Forbidden => "forbidden",
             Reason::NotFound => "not_found",
             Reason::MethodNotAllowed => "method_not_allowed",
@@ -135,7 +147,7 @@ impl Reason {
 
     pub fn status(self) -> StatusCode {
         match self {
-            Reason::BadPath | Reason::BadCredentials | Reason::AmbiguousJson | Reason::BadRequest => {
+            Reason::BadPath | Reason::BadCredentials | Reason::AmbiguousJson | Reason::BadRequest | Reason::BadCql => {
                 StatusCode::BAD_REQUEST
             }
             Reason::InvalidToken
@@ -145,9 +157,12 @@ impl Reason {
             | Reason::UnboundBearer
             | Reason::TokenExpired
             | Reason::UpstreamCredentialRejected => StatusCode::UNAUTHORIZED,
-            Reason::OutOfScope | Reason::IpNotAllowed | Reason::RuleMismatch | Reason::Forbidden => {
-                StatusCode::FORBIDDEN
-            }
+            Reason::OutOfScope
+            | Reason::IpNotAllowed
+            | Reason::RuleMismatch
+            | Reason::SpaceNotAllowed
+            | Reason::SpaceUnknown
+            | Reason::Forbidden => StatusCode::FORBIDDEN,
             Reason::NotFound => StatusCode::NOT_FOUND,
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reason::Conflict => StatusCode::CONFLICT,
@@ -383,6 +398,9 @@ mod tests {
             (Reason::OutOfScope, 403, "out_of_scope"),
             (Reason::IpNotAllowed, 403, "ip_not_allowed"),
             (Reason::RuleMismatch, 403, "rule_mismatch"),
+            (Reason::SpaceNotAllowed, 403, "space_not_allowed"),
+            (Reason::SpaceUnknown, 403, "space_unknown"),
+            (Reason::BadCql, 400, "bad_cql"),
             (Reason::Forbidden, 403, "forbidden"),
             (Reason::NotFound, 404, "not_found"),
             (Reason::MethodNotAllowed, 405, "method_not_allowed"),

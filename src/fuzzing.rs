@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::auth::credentials::{self, Credentials, Scheme};
 use crate::rules::{JsonBody, RequestHead, RuleSet, Verdict};
+use crate::spaces::cql;
 use crate::target::{self as canonical, BadPath};
 
 /// One fuzz target's body: arbitrary bytes in, a panic when an invariant breaks.
@@ -27,6 +28,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("canonical_path", canonical_path),
     ("rules_parse", rules_parse),
     ("json_body", json_body),
+    ("cql", cql),
 ];
 
 /// `data` as an `Authorization` value: through [`credentials::parse`] when
@@ -414,6 +416,16 @@ impl<'de> Visitor<'de> for KeyCounter {
             count += 1 + map.next_value_seed(self)?;
         }
         Ok(count)
+    }
+}
+
+/// `data` as a search's `cql` confined to two spaces (SPEC §17): refused,
+/// or rewritten to a query whose top level is the added `AND space in
+/// (...)` (after the original query in parentheses, and before its `ORDER
+/// BY`), whatever the input; see [`cql::check_invariants`].
+pub fn cql(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        cql::check_invariants(text, &["DOCS".to_owned(), "PM".to_owned()]);
     }
 }
 

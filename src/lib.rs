@@ -23,7 +23,9 @@
 //!    anywhere else; `auth::Authenticator` resolves a `tgw_` secret through
 //!    the verified cache, the `store` and argon2 (a client with too many
 //!    failures gets 429 first), then runs the token checks in SPEC order and
-//!    the token's `rules`, reading the body only for a JSON rule.
+//!    the token's `rules`, reading the body only for a JSON rule; `spaces`
+//!    confines a token with spaces (the spaces a request touches, content
+//!    ids' asked of Confluence and cached; a search's CQL rewritten).
 //! 6. `proxy` forwards to Confluence with the user's identity, or `error`
 //!    builds the refusal with its reason code.
 //! 7. `record` counts usage and the metrics, and queues the audit entry: off
@@ -61,6 +63,7 @@ mod routes;
 mod rules;
 mod server;
 mod settings;
+mod spaces;
 mod store;
 mod target;
 mod tokens;

@@ -46,6 +46,13 @@ pub struct Target {
 }
 
 impl Target {
+    /// Replaces the query forwarded (SPEC §17 confines `cql` and adds
+    /// `spaceKey`); what the checks saw is the query as sent.
+    pub fn set_query(&mut self, query: String) {
+        self.query = Some(query);
+        self.received = None;
+    }
+
     /// The path and query to forward: the canonical path and the raw query.
     pub fn forwarded(&self) -> Result<PathAndQuery, InvalidUri> {
         if let Some(received) = &self.received {

@@ -23,6 +23,7 @@ use crate::error::{GatewayError, Reason};
 use crate::proxy::{MintError, UpstreamClient};
 use crate::rules::RuleSet;
 use crate::rules::suggest::{self, Call, SuggestError, Suggestion};
+use crate::spaces;
 use crate::store::{Page, Restrictions, StoreError, TokenQuery, TokenRecord, TokenStore};
 
 const MAX_LABEL_CHARS: usize = 255;
@@ -52,6 +53,9 @@ pub struct NewToken {
     pub rate_limit: Option<String>,
     /// `Some(false)`: report-only (SPEC §16). Absent: enforced.
     pub enforce: Option<bool>,
+    /// Space keys (`DOCS,PM`) the token is confined to (SPEC §17); absent or
+    /// empty: any space.
+    pub spaces: Option<String>,
 }
 
 /// A change to a token's restrictions (SPEC §16), as the API or CLI
@@ -65,6 +69,8 @@ pub struct RestrictionsChange {
     /// `Some(None)` removes the limit.
     pub rate_limit: Option<Option<String>>,
     pub enforce: Option<bool>,
+    /// `Some(None)` (or an empty list) lifts the confinement.
+    pub spaces: Option<Option<String>>,
 }
 
 impl RestrictionsChange {
@@ -74,6 +80,7 @@ impl RestrictionsChange {
             && self.ip.is_none()
             && self.rate_limit.is_none()
             && self.enforce.is_none()
+            && self.spaces.is_none()
     }
 }
 
@@ -100,6 +107,7 @@ impl Updated {
         compare("ip", a.ip.clone().into(), b.ip.clone().into());
         compare("rateLimit", a.rate_limit.clone().into(), b.rate_limit.clone().into());
         compare("enforce", a.enforce.into(), b.enforce.into());
+        compare("spaces", space_list(&a.spaces).into(), space_list(&b.spaces).into());
         serde_json::Value::Object(changes)
     }
 }
@@ -151,7 +159,7 @@ pub enum TokenError {
     #[error("no token with id {0}")]
     NotFound(String),
     /// 400: an update that names nothing to change.
-    #[error("nothing to change: give label, limitTo, ip, rateLimit or enforce")]
+    #[error("nothing to change: give label, limitTo, ip, rateLimit, enforce or spaces")]
     NothingToChange,
     /// 404: no calls to suggest rules from.
     #[error(
@@ -212,6 +220,7 @@ impl TokenManager {
         let rules = validate_rules(new.limit_to.as_deref().unwrap_or_default())?;
         let ip = normalise_ip_list(new.ip.as_deref().unwrap_or_default())?;
         let rate_limit = validate_rate_limit(new.rate_limit.as_deref())?;
+        let spaces = validate_spaces(new.spaces.as_deref())?;
         self.check_pat_mode(user.as_deref(), new.token.is_some(), new.pat.is_some())?;
         if let Some(user) = &user {
             self.check_room_for(user).await?;
@@ -244,6 +253,7 @@ impl TokenManager {
             upstream_token_id: None,
             rate_limit,
             enforce: new.enforce.unwrap_or(true),
+            spaces,
         };
         if let Some(obtained) = &upstream {
             record.sealed_pat = Some(seal::seal(
@@ -411,12 +421,17 @@ impl TokenManager {
             Some(text) => validate_rate_limit(text.as_deref())?,
             None => before.rate_limit.clone(),
         };
+        let spaces = match change.spaces {
+            Some(text) => validate_spaces(text.as_deref())?,
+            None => before.spaces.clone(),
+        };
         let restrictions = Restrictions {
             label: label.unwrap_or_else(|| before.label.clone()),
             limit_to,
             ip: ip.unwrap_or_else(|| before.ip.clone()),
             rate_limit,
             enforce: change.enforce.unwrap_or(before.enforce),
+            spaces,
         };
         let after = self
             .store
@@ -575,6 +590,16 @@ fn validate_rate_limit(text: Option<&str>) -> Result<Option<String>, TokenError>
     }
 }
 
+/// A space list in its stored form (`DOCS,PM`); absent or empty: none.
+fn validate_spaces(text: Option<&str>) -> Result<Option<String>, TokenError> {
+    spaces::normalise(text.unwrap_or_default()).map_err(|m| TokenError::invalid("spaces", m))
+}
+
+/// A stored space list as the API shows it: an array, empty for none.
+fn space_list(stored: &Option<String>) -> Vec<&str> {
+    stored.as_deref().map(spaces::keys).unwrap_or_default()
+}
+
 fn normalise_ip_list(text: &str) -> Result<String, TokenError> {
     let nets = parse_ip_list(text).map_err(|m| TokenError::invalid("ip", m))?;
     Ok(nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
@@ -609,6 +634,7 @@ pub fn token_json(record: &TokenRecord, now: EpochMs) -> serde_json::Value {
         "upstreamTokenId": record.upstream_token_id,
         "rateLimit": record.rate_limit,
         "enforce": record.enforce,
+        "spaces": space_list(&record.spaces),
     })
 }
 
@@ -631,6 +657,7 @@ impl CreatedToken {
             "upstreamTokenId": record.upstream_token_id,
             "rateLimit": record.rate_limit,
             "enforce": record.enforce,
+            "spaces": space_list(&record.spaces),
         })
     }
 }

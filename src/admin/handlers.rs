@@ -17,12 +17,14 @@ use crate::error::{GatewayError, Reason};
 use crate::record::audit_json;
 use crate::rules::{RequestHead, RuleSet};
 use crate::settings::SettingsChange;
+use crate::spaces;
 use crate::store::{AuditQuery, Settings, TokenQuery, TokenRecord};
 use crate::target::canonical_text_target;
 use crate::tokens::{DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, token_json};
 
 const TEXT: &str = "a string";
 const SWITCH: &str = "true or false";
+const SPACES: &str = "space keys, as \"DOCS,PM\" or [\"DOCS\",\"PM\"]";
 const RATE: &str = "a rate limit such as \"60/min\" (N/s, N/min, N/hour or N/day)";
 
 const DEFAULT_MAX_RESULTS: u64 = 50;
@@ -228,7 +230,7 @@ fn update_request(body: &Map<String, Value>) -> Result<(String, RestrictionsChan
         ("validUntil", "the expiry"),
         ("upstreamToken", "the personal access token"),
     ];
-    const KNOWN: [&str; 6] = ["id", "label", "limitTo", "ip", "rateLimit", "enforce"];
+    const KNOWN: [&str; 7] = ["id", "label", "limitTo", "ip", "rateLimit", "enforce", "spaces"];
     for name in body.keys() {
         if let Some((field, what)) = FIXED.iter().find(|(field, _)| field == name) {
             return Err(GatewayError::invalid(
@@ -257,12 +259,18 @@ fn update_request(body: &Map<String, Value>) -> Result<(String, RestrictionsChan
         ip: field(body, "ip", TEXT)?,
         rate_limit,
         enforce: field(body, "enforce", SWITCH)?,
+        spaces: match body.get("spaces") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(_) => Some(spaces_field(body)?),
+        },
     };
     Ok((id, change))
 }
 
 /// `POST /check`: the rules dry run of `tokengate rules check` (SPEC §15):
-/// `{"limitTo","method","url","body"?,"contentType"?}`.
+/// `{"limitTo","method","url","body"?,"contentType"?,"spaces"?}`: with
+/// `spaces`, the rules and the spaces (SPEC §17) must both allow.
 pub fn check(body: Map<String, Value>) -> Result<Value, GatewayError> {
     let limit_to = field::<String>(&body, "limitTo", TEXT)?.unwrap_or_default();
     let rules =
@@ -277,15 +285,19 @@ pub fn check(body: Map<String, Value>) -> Result<Value, GatewayError> {
     let (path, query) = canonical_text_target(&url).map_err(|e| GatewayError::invalid("url", format!("url: {e}")))?;
     let request_body = field::<String>(&body, "body", TEXT)?;
     let content_type = field::<String>(&body, "contentType", TEXT)?;
+    let spaces = spaces::normalise(&spaces_field(&body)?.unwrap_or_default())
+        .map_err(|message| GatewayError::invalid("spaces", message))?;
     let head = RequestHead {
         method: &method,
         path: &path,
         query,
     };
-    let run = rules.dry_run(
-        &head,
-        request_body.as_deref().map(|b| (b.as_bytes(), content_type.as_deref())),
-    );
+    let request_body = request_body.as_deref().map(|b| (b.as_bytes(), content_type.as_deref()));
+    let mut run = rules.dry_run(&head, request_body);
+    if let Some(spaces) = &spaces {
+        let keys: Vec<String> = spaces::keys(spaces).into_iter().map(str::to_owned).collect();
+        spaces::dry_run(&keys, &head, request_body, &mut run);
+    }
     Ok(json!({
         "status": "ok",
         "allowed": run.allowed,
@@ -395,6 +407,7 @@ impl SetRequest {
                     .map(|pat| PatSource::Supplied(Pat::new(pat))),
                 rate_limit: field(body, "rateLimit", RATE)?,
                 enforce: field(body, "enforce", SWITCH)?,
+                spaces: spaces_field(body)?,
             })));
         }
         let change = SettingsChange {
@@ -430,6 +443,21 @@ fn settings_json(settings: Settings) -> Value {
 
 /// A body field as `T`; absent or `null` is `None`. The error names the field
 /// and what it must be, never the value sent (it could be a secret).
+/// `spaces`: `"DOCS,PM"` or `["DOCS","PM"]`, as the stored list's text.
+fn spaces_field(body: &Map<String, Value>) -> Result<Option<String>, GatewayError> {
+    match body.get("spaces") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(keys)) => Ok(Some(keys.clone())),
+        Some(Value::Array(keys)) => keys
+            .iter()
+            .map(|key| key.as_str().filter(|key| !key.contains(',')))
+            .collect::<Option<Vec<_>>>()
+            .map(|keys| Some(keys.join(",")))
+            .ok_or_else(|| GatewayError::invalid("spaces", format!("spaces must be {SPACES}"))),
+        Some(_) => Err(GatewayError::invalid("spaces", format!("spaces must be {SPACES}"))),
+    }
+}
+
 fn field<T: DeserializeOwned>(
     body: &Map<String, Value>,
     name: &'static str,

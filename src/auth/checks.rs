@@ -75,10 +75,10 @@ pub fn check_token(token: &ActiveToken, cx: &CheckContext<'_>) -> Result<String,
     if token.is_expired(cx.now) {
         return deny(Reason::TokenExpired, format!("token '{label}' has expired"));
     }
-    if !cx.path.starts_with(cx.scope.prefix()) {
+    if !cx.scope.allows(cx.method, cx.path) {
         return deny(
             Reason::OutOfScope,
-            format!("token '{label}' may only be used on {}*", cx.scope.prefix()),
+            format!("token '{label}' may only be used on {}", cx.scope.describe()),
         );
     }
     if !token.allows_ip(cx.client_ip) {
@@ -218,6 +218,7 @@ mod tests {
                 upstream_token_id: None,
                 rate_limit: None,
                 enforce: true,
+                spaces: None,
             },
             Default::default(),
             &crate::auth::rate_limit::RateLimits::local(crate::clock::ManualClock::starting_now()),

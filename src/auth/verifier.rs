@@ -59,6 +59,9 @@ pub struct ActiveToken {
     pub rate_limit: Result<Option<Arc<Bucket>>, String>,
     /// `false`: report-only, the rules and spaces refuse nothing (SPEC §16).
     pub enforce: bool,
+    /// The spaces it is confined to (SPEC §17); `None`: any. `Err` when the
+    /// stored list no longer parses: the token then refuses every request.
+    pub spaces: Result<Option<Vec<String>>, String>,
     /// With `forward_as = "pat"`: the user's personal access token, unsealed
     /// with the secret that verified the token, and Confluence's verdict.
     /// `None` in header mode, or for a token that carries no PAT.
@@ -80,10 +83,15 @@ impl ActiveToken {
                 .parse::<RateLimit>()
                 .map(|limit| Some(limits.bucket_for(&record.id, limit))),
         };
+        let spaces = record.spaces.as_deref().map_or(Ok(None), |stored| {
+            crate::spaces::normalise(stored)
+                .map(|list| list.map(|list| crate::spaces::keys(&list).into_iter().map(str::to_owned).collect()))
+        });
         for defect in [
             ip_allowlist.as_ref().err(),
             rules.as_ref().err(),
             rate_limit.as_ref().err(),
+            spaces.as_ref().err(),
         ]
         .into_iter()
         .flatten()
@@ -100,6 +108,7 @@ impl ActiveToken {
             usage,
             rate_limit,
             enforce: record.enforce,
+            spaces,
             upstream: None,
             revoked: AtomicBool::new(false),
             stale: AtomicBool::new(false),
@@ -501,6 +510,7 @@ mod tests {
                 upstream_token_id: None,
                 rate_limit: None,
                 enforce: true,
+                spaces: None,
             };
             self.store.insert_token(&record, None).await.unwrap();
             (id, value)
@@ -571,6 +581,7 @@ mod tests {
             ip: String::new(),
             rate_limit: Some("5/min".into()),
             enforce: false,
+            spaces: None,
         };
         f.store.update_token(&id, &restrictions, 1).await.unwrap().unwrap();
         let before = f.argon2_checks();

@@ -8,7 +8,8 @@
 //! 4. serve the gateway's own routes ([`crate::routes`]);
 //! 5. refuse tokens outside `Authorization`, decode the credentials;
 //! 6. authenticate a token ([`crate::auth::Authenticator`]): resolution,
-//!    throttle, checks, rules; or pass other credentials through.
+//!    throttle, checks, rules; or pass other credentials through;
+//! 7. confine a token with spaces to them ([`crate::spaces`]).
 //!
 //! [`handle`] forwards what `decide` lets through ([`crate::proxy`]),
 //! answers a refusal in the one shape of [`crate::error`], and records the
@@ -37,6 +38,7 @@ use crate::error::{self, Audience, GatewayError, Reason};
 use crate::proxy::{ConnInfo, Identity};
 use crate::record::Decision;
 use crate::routes::{self, OwnRoute};
+use crate::spaces::{AskAs, Verdict};
 use crate::store::{AuditEntry, AuditKind};
 use crate::target::{self, Target};
 
@@ -75,6 +77,9 @@ pub struct Trail {
     rate: Option<RateState>,
     /// Why a report-only token's rules would have refused the request (SPEC §16).
     reported: Option<Reason>,
+    /// Content ids this request changes or deletes: they leave the space
+    /// lookup cache once it is answered (SPEC §17).
+    forget: Vec<String>,
 }
 
 impl Trail {
@@ -92,6 +97,7 @@ impl Trail {
             decision: None,
             rate: None,
             reported: None,
+            forget: Vec::new(),
         }
     }
 
@@ -155,6 +161,9 @@ pub async fn handle(app: &App, conn: &ConnInfo, req: Request<ClientBody>) -> Res
     if let Some(rate) = &trail.rate {
         rate.apply(response.headers_mut());
     }
+    if !trail.forget.is_empty() {
+        app.spaces.forget(&trail.forget).await;
+    }
     record(app, trail, &method, &response, reason, started.elapsed()).await;
     response
 }
@@ -166,7 +175,7 @@ pub async fn decide<B: RequestBody>(
     mut req: Request<B>,
     trail: &mut Trail,
 ) -> Result<Next<B>, GatewayError> {
-    let target = target::canonicalise(req.uri()).map_err(|e| GatewayError::new(Reason::BadPath, e.to_string()))?;
+    let mut target = target::canonicalise(req.uri()).map_err(|e| GatewayError::new(Reason::BadPath, e.to_string()))?;
     trail.span.record("url.path", target.path.as_str());
     if req.headers().get_all(HOST).iter().nth(1).is_some() {
         // RFC 9112 §3.2: a request with more than one Host is invalid.
@@ -196,7 +205,7 @@ pub async fn decide<B: RequestBody>(
                 "credentials are required",
             ));
         }
-        Some(credentials) => authenticate(app, req, &target, &credentials, client_ip, trail).await?,
+        Some(credentials) => authenticate(app, conn, req, &mut target, &credentials, client_ip, trail).await?,
     };
     trail.decision = Some(match identity {
         Identity::User(_) | Identity::Pat(_) if trail.reported.is_some() => Decision::Report,
@@ -211,8 +220,9 @@ pub async fn decide<B: RequestBody>(
 /// with `passthrough = false`).
 async fn authenticate<B: RequestBody>(
     app: &App,
+    conn: &ConnInfo,
     req: Request<B>,
-    target: &Target,
+    target: &mut Target,
     credentials: &Credentials,
     client_ip: IpAddr,
     trail: &mut Trail,
@@ -270,11 +280,67 @@ async fn authenticate<B: RequestBody>(
         ForwardAs::Header => Identity::User(principal.user),
         ForwardAs::Pat => Identity::Pat(app.auth.upstream_authorization(&token)?),
     };
+    let req = confine(app, conn, req, target, &token, &identity, trail).await?;
     if app.settings.get().usage_details {
         token.usage.record(app.clock.now_ms(), client_ip);
     }
     tracing::debug!(scheme = scheme.name(), "token accepted");
     Ok((req, identity))
+}
+
+/// The last check (SPEC §2.7): a token confined to spaces touches only
+/// those (§17). An allowed request of an enforced token is forwarded with
+/// its query confined; a report-only token's request is forwarded as sent,
+/// and reported when the spaces would refuse it.
+async fn confine<B: RequestBody>(
+    app: &App,
+    conn: &ConnInfo,
+    req: Request<Forwarded<B>>,
+    target: &mut Target,
+    token: &ActiveToken,
+    identity: &Identity,
+    trail: &mut Trail,
+) -> Result<Request<Forwarded<B>>, GatewayError> {
+    let allowed = match &token.spaces {
+        Ok(None) => return Ok(req),
+        Ok(Some(allowed)) => allowed,
+        Err(_) => {
+            return Err(GatewayError::new(
+                Reason::SpaceUnknown,
+                format!(
+                    "token '{}' has a space list that no longer parses; ask an admin to replace it",
+                    token.label
+                ),
+            ));
+        }
+    };
+    // Lookups are coalesced per user: the header's user, or a PAT's (whose
+    // token is always bound).
+    let user = match identity {
+        Identity::User(user) => user.as_str(),
+        _ => token.user.as_deref().unwrap_or_default(),
+    };
+    let ask_as = AskAs { identity, user, conn };
+    // Boxed: lookups make a large future, and only tokens with spaces need it.
+    let (req, verdict) = Box::pin(app.spaces.confine(allowed, &token.label, req, target, ask_as)).await?;
+    match verdict {
+        Verdict::Allowed { query, forget } => {
+            if let (Some(query), true) = (query, token.enforce) {
+                target.set_query(query);
+            }
+            trail.forget = forget;
+        }
+        Verdict::Refused(error) if !token.enforce => {
+            tracing::info!(
+                reason = error.reason.code(),
+                "report-only token: forwarded, though {}",
+                error.message
+            );
+            trail.reported.get_or_insert(error.reason);
+        }
+        Verdict::Refused(error) => return Err(error),
+    }
+    Ok(req)
 }
 
 /// Metrics, the throttle's count of failed attempts, and the audit entry of

@@ -146,7 +146,10 @@ impl UpstreamClient {
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let websocket = headers::websocket_requested(req.headers()) && req.version() == Version::HTTP_11;
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-        self.rewrite_request(&mut req, target, identity, conn)?;
+        let forwarded = target
+            .forwarded()
+            .map_err(|_| GatewayError::new(Reason::BadPath, "the request target cannot be forwarded"))?;
+        self.rewrite_request(&mut req, forwarded, identity, conn)?;
         let mut response = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => {
                 return Err(GatewayError::new(
@@ -282,7 +285,6 @@ impl UpstreamClient {
         authorization: &HeaderValue,
         json: Option<serde_json::Value>,
     ) -> Result<(StatusCode, Bytes), GatewayError> {
-        const MAX_ANSWER: usize = 64 << 10;
         let mut req = Request::builder()
             .method(method)
             .uri(self.upstream_uri(path)?)
@@ -301,6 +303,38 @@ impl UpstreamClient {
         let req = req
             .body(Either::Right(Full::new(body)))
             .map_err(|e| GatewayError::internal(&e))?;
+        self.exchange(req).await
+    }
+
+    /// A `GET` of `path` as a forwarded request with `identity` would be
+    /// sent (the identity header or the user's PAT, the upstream secret,
+    /// `X-Forwarded-*`), with the client's `host`: how the gateway asks
+    /// Confluence what the token's user may see. A 5xx, no answer or no
+    /// answer in time is `Err`.
+    pub async fn get_as(
+        &self,
+        path: PathAndQuery,
+        identity: &Identity,
+        conn: &ConnInfo,
+        host: Option<&HeaderValue>,
+    ) -> Result<(StatusCode, Bytes), GatewayError> {
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .header(hyper::header::ACCEPT, "application/json");
+        if let Some(host) = host {
+            req = req.header(HOST, host.clone());
+        }
+        let mut req = req
+            .body(Either::Right(Full::new(Bytes::new())))
+            .map_err(|e| GatewayError::internal(&e))?;
+        self.rewrite_request(&mut req, path, identity, conn)?;
+        self.exchange(req).await
+    }
+
+    /// Sends one request of the gateway's own and reads the answer whole
+    /// (at most 64 KiB).
+    async fn exchange(&self, req: Request<UpstreamBody>) -> Result<(StatusCode, Bytes), GatewayError> {
+        const MAX_ANSWER: usize = 64 << 10;
         let exchange = async {
             let response = self.client.request(req).await.map_err(|e| upstream_error(&e))?;
             let status = response.status();
@@ -336,7 +370,7 @@ impl UpstreamClient {
     fn rewrite_request<B>(
         &self,
         req: &mut Request<B>,
-        target: &Target,
+        forwarded: PathAndQuery,
         identity: &Identity,
         conn: &ConnInfo,
     ) -> Result<(), GatewayError> {
@@ -345,9 +379,6 @@ impl UpstreamClient {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let forwarded = target
-            .forwarded()
-            .map_err(|_| GatewayError::new(Reason::BadPath, "the request target cannot be forwarded"))?;
         *req.uri_mut() = self.upstream_uri(forwarded)?;
         *req.version_mut() = Version::HTTP_11;
         let keep_upgrade = headers::websocket_requested(req.headers());

@@ -66,6 +66,22 @@ struct RequestLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LookupLabels {
+    result: &'static str,
+}
+
+/// What became of a content id → space lookup (SPEC §17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupResult {
+    /// Answered by the cache (or by a lookup another request made).
+    Hit,
+    /// Asked of Confluence, which named the space.
+    Miss,
+    /// Asked of Confluence, which named no space.
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct UpstreamLabels {
     kind: &'static str,
 }
@@ -86,6 +102,9 @@ pub struct Metrics {
     pub argon2_duration: AtomicHistogram,
     pub audit_queue_depth: Gauge,
     pub rate_limit_fallbacks: Counter,
+    /// `tokengate_space_lookups_total{result}`: hit, miss, error.
+    space_lookups: [Counter; 3],
+    pub space_lookup_duration: AtomicHistogram,
 }
 
 impl Default for Metrics {
@@ -133,7 +152,23 @@ impl Default for Metrics {
             "Rate-limited requests answered by this replica's buckets because Redis could not be asked",
             rate_limit_fallbacks.clone(),
         );
+        let lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "space_lookups",
+            "Content id to space lookups (SPEC §17), by result: hit (cache), miss (asked Confluence), error (no space named)",
+            lookups.clone(),
+        );
+        let space_lookups =
+            ["hit", "miss", "error"].map(|result| lookups.get_or_create(&LookupLabels { result }).clone());
+        let space_lookup_duration = AtomicHistogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "space_lookup_seconds",
+            "Time of one content id to space lookup asked of Confluence",
+            space_lookup_duration.clone(),
+        );
         Metrics {
+            space_lookups,
+            space_lookup_duration,
             rate_limit_fallbacks,
             registry,
             requests,
@@ -165,6 +200,10 @@ impl Metrics {
         if let Some(kind) = upstream {
             self.upstream_errors.get_or_create(&UpstreamLabels { kind }).inc();
         }
+    }
+
+    pub fn observe_space_lookup(&self, result: LookupResult) {
+        self.space_lookups[result as usize].inc();
     }
 
     fn requests_counter(&self, decision: Decision, reason: Option<Reason>) -> &Counter {

@@ -9,7 +9,7 @@ mod metrics;
 mod usage;
 
 pub use audit::AuditLog;
-pub use metrics::{Decision, Metrics};
+pub use metrics::{Decision, LookupResult, Metrics};
 pub use usage::{TokenUsage, UsageBook};
 
 use crate::clock::{DAY_MS, EpochMs};

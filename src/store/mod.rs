@@ -52,6 +52,9 @@ pub struct TokenRecord {
     /// Whether the rules and spaces refuse what they do not allow (`false`:
     /// report-only, SPEC §16).
     pub enforce: bool,
+    /// The space keys the token may touch, joined with `,` (SPEC §17);
+    /// `None`: any space.
+    pub spaces: Option<String>,
 }
 
 /// What an update changes of a token: its restrictions, all given (the
@@ -63,6 +66,7 @@ pub struct Restrictions {
     pub ip: String,
     pub rate_limit: Option<String>,
     pub enforce: bool,
+    pub spaces: Option<String>,
 }
 
 /// Filters and paging for listing tokens.

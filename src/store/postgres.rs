@@ -26,7 +26,7 @@ use crate::clock::EpochMs;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 const TOKEN_COLUMNS: &str = "id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce";
+                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce, spaces";
 
 const AUDIT_COLUMNS: &str = "at, kind, token_id, token_label, user_name, client_ip, method, path, status, \
                              decision, reason, duration_ms, detail";
@@ -149,8 +149,8 @@ impl TokenStore for PgStore {
         }
         let inserted = sqlx::query(
             "INSERT INTO tokens (id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $17, $18 \
+             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce, spaces) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $17, $18, $19 \
              WHERE $16::bigint IS NULL OR $3::text IS NULL \
              OR (SELECT count(*) FROM tokens WHERE tokengate_fold(user_name) = tokengate_fold($3)) < $16",
         )
@@ -172,6 +172,7 @@ impl TokenStore for PgStore {
         .bind(max_per_user.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
         .bind(&t.rate_limit)
         .bind(t.enforce)
+        .bind(&t.spaces)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -183,7 +184,7 @@ impl TokenStore for PgStore {
         let mut tx = self.begin().await?;
         lock_revocations(&mut tx).await?;
         let sql = format!(
-            "UPDATE tokens SET label = $1, limit_to = $2, ip = $3, rate_limit = $4, enforce = $5 WHERE id = $6 \
+            "UPDATE tokens SET label = $1, limit_to = $2, ip = $3, rate_limit = $4, enforce = $5, spaces = $6 WHERE id = $7 \
              RETURNING {TOKEN_COLUMNS}"
         );
         let updated: Option<TokenRecord> = sqlx::query_as(&sql)
@@ -192,6 +193,7 @@ impl TokenStore for PgStore {
             .bind(&r.ip)
             .bind(&r.rate_limit)
             .bind(r.enforce)
+            .bind(&r.spaces)
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;

@@ -18,7 +18,7 @@ use crate::clock::EpochMs;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 const TOKEN_COLUMNS: &str = "id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce";
+                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce, spaces";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -75,8 +75,8 @@ impl TokenStore for SqliteStore {
         // and the insert cannot interleave with another creation.
         let inserted = sqlx::query(
             "INSERT INTO tokens (id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce) \
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17, ?18 \
+             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce, spaces) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17, ?18, ?19 \
              WHERE ?16 IS NULL OR ?3 IS NULL \
              OR (SELECT count(*) FROM tokens WHERE user_name = ?3 COLLATE NOCASE) < ?16",
         )
@@ -98,6 +98,7 @@ impl TokenStore for SqliteStore {
         .bind(max_per_user.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
         .bind(&t.rate_limit)
         .bind(t.enforce)
+        .bind(&t.spaces)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -107,7 +108,7 @@ impl TokenStore for SqliteStore {
     async fn update_token(&self, id: &str, r: &Restrictions, at: EpochMs) -> Result<Option<TokenRecord>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let sql = format!(
-            "UPDATE tokens SET label = ?, limit_to = ?, ip = ?, rate_limit = ?, enforce = ? WHERE id = ? \
+            "UPDATE tokens SET label = ?, limit_to = ?, ip = ?, rate_limit = ?, enforce = ?, spaces = ? WHERE id = ? \
              RETURNING {TOKEN_COLUMNS}"
         );
         let updated: Option<TokenRecord> = sqlx::query_as(&sql)
@@ -116,6 +117,7 @@ impl TokenStore for SqliteStore {
             .bind(&r.ip)
             .bind(&r.rate_limit)
             .bind(r.enforce)
+            .bind(&r.spaces)
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -419,6 +421,7 @@ mod tests {
             upstream_token_id: None,
             rate_limit: None,
             enforce: true,
+            spaces: None,
         }
     }
 

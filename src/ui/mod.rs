@@ -127,7 +127,7 @@ fn session_json(app: &App, user: &str, csrf: &str) -> Value {
         "forwardAs": app.config.forward_as.name(),
         "selfService": app.config.self_service,
         // The parts of SPEC §15-18 this gateway serves; the page hides the rest.
-        "features": {"update": true, "rotate": false, "rateLimit": true, "spaces": false, "reportOnly": true},
+        "features": {"update": true, "rotate": false, "rateLimit": true, "spaces": true, "reportOnly": true},
     })
 }
 

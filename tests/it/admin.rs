@@ -197,6 +197,7 @@ async fn get_pages_filters_and_describes_each_token() {
         "upstreamTokenId",
         "rateLimit",
         "enforce",
+        "spaces",
     ];
     expected.sort();
     assert_eq!(keys, expected);

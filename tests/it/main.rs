@@ -18,6 +18,7 @@ mod restrictions;
 mod rules;
 mod self_service;
 mod shared_limits;
+mod spaces;
 mod store_contract;
 mod suggest;
 mod tokens;

@@ -39,6 +39,7 @@ fn record(id: &str) -> TokenRecord {
         upstream_token_id: None,
         rate_limit: None,
         enforce: true,
+        spaces: None,
     }
 }
 
@@ -134,6 +135,7 @@ async fn the_feed_announces_deletions_made_through_another_handle() {
         ip: String::new(),
         rate_limit: Some("10/min".into()),
         enforce: false,
+        spaces: None,
     };
     let updated = b.update_token(&id(4), &restrictions, 0).await.unwrap().unwrap();
     assert_eq!(

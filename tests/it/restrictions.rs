@@ -323,6 +323,7 @@ async fn report_only_never_applies_to_the_management_api_or_to_rules_that_do_not
         ip: String::new(),
         rate_limit: None,
         enforce: false,
+        spaces: None,
     };
     gw.app.store.update_token(&id, &restrictions, 0).await.unwrap().unwrap();
     gw.app.tokens.verifier.updated(&id);
@@ -432,7 +433,8 @@ async fn an_update_is_validated_exactly_like_a_create_and_changes_nothing_when_r
         (json!({"id": id, "daysUntilExpiry": 5}), 400, Some("daysUntilExpiry")),
         (json!({"id": id, "token": "tgw_x"}), 400, Some("token")),
         (json!({"id": id, "limitto": ".*"}), 400, None),
-        (json!({"id": id, "spaces": ["DOCS"]}), 400, None),
+        (json!({"id": id, "spaces": ["DO CS"]}), 400, Some("spaces")),
+        (json!({"id": id, "graceHours": 1}), 400, None),
         (json!({"id": id}), 400, None),
         (json!({"limitTo": ".*"}), 400, Some("id")),
         (json!({"id": "no-such-token", "label": "x"}), 404, None),

@@ -358,6 +358,7 @@ async fn a_stored_rule_that_no_longer_compiles_denies_everything() {
         upstream_token_id: None,
         rate_limit: None,
         enforce: true,
+        spaces: None,
     };
     gw.app.store.insert_token(&record, None).await.unwrap();
     let reply = send(

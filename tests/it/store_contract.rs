@@ -117,6 +117,7 @@ fn record(id: &str, user: Option<&str>, created_at: EpochMs) -> TokenRecord {
         upstream_token_id: None,
         rate_limit: None,
         enforce: true,
+        spaces: None,
     }
 }
 
@@ -330,6 +331,7 @@ async fn updates_change_restrictions_only_and_are_recorded(store: Arc<dyn TokenS
         ip: "10.0.0.0/8".into(),
         rate_limit: Some("60/min".into()),
         enforce: false,
+        spaces: Some("DOCS,~alice".into()),
     };
     let after = store.update_token("u", &restrictions, 20).await.unwrap().unwrap();
     let expected = TokenRecord {
@@ -338,6 +340,7 @@ async fn updates_change_restrictions_only_and_are_recorded(store: Arc<dyn TokenS
         ip: restrictions.ip.clone(),
         rate_limit: restrictions.rate_limit.clone(),
         enforce: false,
+        spaces: restrictions.spaces.clone(),
         ..before.clone()
     };
     assert_eq!(after, expected, "only the restrictions change");
@@ -345,10 +348,11 @@ async fn updates_change_restrictions_only_and_are_recorded(store: Arc<dyn TokenS
     let back = Restrictions {
         rate_limit: None,
         enforce: true,
+        spaces: None,
         ..restrictions.clone()
     };
     let after = store.update_token("u", &back, 21).await.unwrap().unwrap();
-    assert_eq!((after.rate_limit, after.enforce), (None, true));
+    assert_eq!((after.rate_limit, after.enforce, after.spaces), (None, true, None));
     assert!(store.update_token("missing", &back, 22).await.unwrap().is_none());
     store.delete_token("u", 23).await.unwrap();
     let changes = store.revocations_after(cursor).await.unwrap();

@@ -264,7 +264,8 @@ async fn report_only_then_suggest_then_enforce_keeps_the_script_working() {
     let listed: Value = serde_json::from_str(&stdout(&cli(dir.path(), &["token", "list", "--json"]))).unwrap();
     assert_eq!(listed[0]["enforce"], true);
     assert_eq!(listed[0]["rules"].as_array().unwrap().len(), 5);
-    let audit = stdout(&cli(dir.path(), &["audit", "--token", &id]));
+    // The update sits behind however many calls the polling above made.
+    let audit = stdout(&cli(dir.path(), &["audit", "--token", &id, "--limit", "100000"]));
     assert!(
         audit.contains(r#"update via cli"#) && audit.contains(r#""enforce":[false,true]"#),
         "{audit}"

@@ -284,6 +284,7 @@ function openEdit(token) {
   $("edit-rules").value = token.rules.join("\n");
   $("edit-ip").value = token.ip;
   $("edit-rate").value = token.rateLimit || "";
+  $("edit-spaces").value = (token.spaces || []).join(",");
   $("edit-report-only").checked = token.enforce === false;
   $("edit-password").value = "";
   for (const id of ["edit-rules-check", "edit-suggest-status", "edit-error"]) $(id).textContent = "";
@@ -331,6 +332,7 @@ async function saveEdit(event) {
   };
   if (state.session.features.rateLimit) body.rateLimit = $("edit-rate").value.trim() || null;
   if (state.session.features.reportOnly) body.enforce = !$("edit-report-only").checked;
+  if (state.session.features.spaces) body.spaces = $("edit-spaces").value.trim() || null;
   try {
     const updated = await call("POST", `${API}/update`, { body, password });
     $("edit-token").close();
@@ -339,7 +341,13 @@ async function saveEdit(event) {
     $("tokens-status").textContent = `Saved “${updated.label}”: it takes effect at once.`;
   } catch (failure) {
     error.textContent = failure.message;
-    const field = { label: "edit-label", limitTo: "edit-rules", ip: "edit-ip", rateLimit: "edit-rate" }[failure.body.field];
+    const field = {
+      label: "edit-label",
+      limitTo: "edit-rules",
+      ip: "edit-ip",
+      rateLimit: "edit-rate",
+      spaces: "edit-spaces",
+    }[failure.body.field];
     if (field) $(field).focus();
   }
 }
@@ -448,6 +456,7 @@ async function createToken(event) {
       limitTo: "create-rules",
       ip: "create-ip",
       rateLimit: "create-rate",
+      spaces: "create-spaces",
     }[failure.body.field];
     if (field) $(field).focus();
   }

@@ -5,7 +5,8 @@
 //! Like a stock Confluence Data Center, it authenticates Basic passwords of
 //! its users ([`USERS`]) and `Bearer` personal access tokens, which it
 //! mints and revokes through `/rest/pat/latest/tokens`; an unknown Bearer
-//! value is served as anonymous, and it ignores `X-Forwarded-User`.
+//! value is served as anonymous, and it ignores `X-Forwarded-User` (but for
+//! the content fixture below, see [`CONTENT`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -84,6 +85,26 @@ pub const USERS: [(&str, &str); 3] = [
     ("alice", "alice-password"),
     ("bob", "bob-password"),
 ];
+/// The content this Confluence holds, answered at `GET
+/// /rest/api/content/{id}?expand=space` (how the gateway finds a content
+/// id's space): id, space, status, and the one user who may see it (others
+/// get 404, as Confluence answers for restricted pages). The user is the
+/// one a PAT or password authenticates, else `X-Forwarded-User`: this
+/// fixture stands for a Confluence with a header authenticator too.
+pub const CONTENT: [(&str, &str, &str, Option<&str>); 10] = [
+    ("100", "DOCS", "current", None),
+    ("101", "DOCS", "current", None),
+    ("102", "docs", "draft", None),
+    ("200", "SECRET", "current", None),
+    ("300", "PM", "current", None),
+    ("att500", "DOCS", "current", None),
+    ("att600", "SECRET", "current", None),
+    ("400", "DOCS", "trashed", None),
+    ("700", "DOCS", "current", Some("admin")),
+    // Answers slowly: concurrent requests about it must share one lookup.
+    ("800", "DOCS", "current", None),
+];
+
 /// How many personal access tokens one user may have here.
 pub const PAT_LIMIT: usize = 8;
 
@@ -282,6 +303,9 @@ impl FakeConfluence {
         if path.starts_with("/rest/pat/") {
             return self.pat_api(&parts.method, path, &parts.headers, &body_head);
         }
+        if let Some(answer) = self.content(&parts, path).await {
+            return answer;
+        }
         match path {
             "/rest/api/user/current" => match self.authenticate(&parts.headers) {
                 Ok(Some(user)) => json(
@@ -363,6 +387,60 @@ impl FakeConfluence {
                 response
             }
         }
+    }
+}
+
+impl FakeConfluence {
+    /// `GET /rest/api/content/{id}?expand=space...` from [`CONTENT`]: 404
+    /// for an unknown id or one the asking user may not see, 500 for `999`.
+    async fn content(&self, parts: &hyper::http::request::Parts, path: &str) -> Option<Response<Full<Bytes>>> {
+        let id = path.strip_prefix("/rest/api/content/")?;
+        let expands_space = parts.uri.query().is_some_and(|q| {
+            form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "expand" && v.split(',').any(|e| e == "space"))
+        });
+        let digits = id.strip_prefix("att").unwrap_or(id);
+        let is_id = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+        if parts.method != hyper::Method::GET || !is_id || !expands_space {
+            return None;
+        }
+        if id == "999" {
+            return Some(json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"message":"database down"}"#,
+            ));
+        }
+        if id == "800" {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let user = match self.authenticate(&parts.headers) {
+            Ok(Some(user)) => Some(user),
+            _ => parts
+                .headers
+                .get("x-forwarded-user")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        let found = CONTENT.iter().find(|(known, _, _, visible_to)| {
+            *known == id && visible_to.is_none_or(|only| user.as_deref() == Some(only))
+        });
+        Some(match found {
+            None => json(
+                StatusCode::NOT_FOUND,
+                &format!(r#"{{"statusCode":404,"message":"No content found with id: ContentId{{id={id}}}"}}"#),
+            ),
+            Some((id, space, status, _)) => json(
+                StatusCode::OK,
+                &serde_json::json!({"id": id, "type": "page", "status": status, "title": format!("Page {id}"),
+                    "space": {"id": 1, "key": space, "name": format!("Space {space}")}})
+                .to_string(),
+            ),
+        })
+    }
+
+    /// The lookups the gateway made of content `id`'s space.
+    pub fn lookups_of(&self, id: &str) -> usize {
+        let prefix = format!("/rest/api/content/{id}?expand=space");
+        self.requests().iter().filter(|r| r.target.starts_with(&prefix)).count()
     }
 }
 
