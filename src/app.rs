@@ -10,6 +10,7 @@ use crate::auth::sessions::Sessions;
 use crate::auth::{Authenticator, PatMode, Verifier, token};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ForwardAs};
+use crate::notify::Notifier;
 use crate::proxy::UpstreamClient;
 use crate::proxy::headers::ProtectedHeaders;
 use crate::record::{self, AuditLog, Metrics, UsageBook};
@@ -28,6 +29,8 @@ pub struct App {
     pub upstream: Arc<UpstreamClient>,
     /// Confines tokens with `spaces` (SPEC §17).
     pub spaces: Arc<Spaces>,
+    /// Token events and the webhook (SPEC §18).
+    pub events: Arc<Notifier>,
     pub clock: Arc<dyn Clock>,
     pub protected_headers: Arc<ProtectedHeaders>,
     pub settings: Arc<LiveSettings>,
@@ -116,8 +119,11 @@ impl App {
             usage.clone(),
             limits.clone(),
             pat_mode,
+            clock.clone(),
         ));
+        let events = Arc::new(Notifier::new(&config, store.clone(), clock.clone())?);
         let tokens = TokenManager {
+            events: events.clone(),
             store: store.clone(),
             verifier: verifier.clone(),
             clock: clock.clone(),
@@ -144,6 +150,7 @@ impl App {
             auth: Arc::new(auth),
             upstream,
             spaces,
+            events,
             tokens,
             clock,
             protected_headers: Arc::new(protected_headers),
@@ -161,7 +168,7 @@ impl App {
         record::flush(&self.usage, &self.audit, self.store.as_ref()).await;
     }
 
-    /// Housekeeping: old audit entries and revocations.
+    /// Housekeeping: old audit entries, revocations, and sent events.
     pub async fn purge_expired(&self) {
         record::purge_expired(
             self.store.as_ref(),
@@ -169,6 +176,11 @@ impl App {
             self.config.audit_retention_days,
         )
         .await;
+        // Delivered and abandoned events are kept a week, for inspection.
+        let before = self.clock.now_ms() - 7 * crate::clock::DAY_MS;
+        if let Err(e) = self.store.purge_events(before).await {
+            tracing::warn!(error = %e, "cannot purge sent events");
+        }
     }
 }
 

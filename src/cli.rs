@@ -140,6 +140,9 @@ pub enum TokenCommand {
     /// Change a token's label, rules, IP list, rate limit or mode (not its
     /// user, value or expiry).
     Update(UpdateArgs),
+    /// Give a token a new secret (printed this once); the old one keeps
+    /// working for the grace period.
+    Rotate(RotateArgs),
     /// Delete one token by id, or all tokens of a user.
     Delete(DeleteArgs),
 }
@@ -172,6 +175,20 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "KEYS|none")]
     pub spaces: Option<String>,
     /// Print the updated token as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The token id.
+    pub id: String,
+    /// Hours the old secret keeps working (0 to 168; 0: it stops at once).
+    #[arg(long, value_name = "H", default_value_t = crate::tokens::DEFAULT_GRACE_HOURS)]
+    pub grace_hours: i64,
+    /// Print the API's rotate response as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -307,6 +324,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Token(TokenCommand::Create(args)) => create(args).await,
         Command::Token(TokenCommand::List(args)) => list(args).await,
         Command::Token(TokenCommand::Update(args)) => update(args).await,
+        Command::Token(TokenCommand::Rotate(args)) => rotate(args).await,
         Command::Token(TokenCommand::Delete(args)) => delete(args).await,
         Command::Rules(RulesCommand::Check(args)) => rules_check(args),
         Command::Rules(RulesCommand::Suggest(args)) => rules_suggest(args).await,
@@ -561,6 +579,43 @@ async fn update(args: UpdateArgs) -> Result<(), Failure> {
             after.id,
             updated.changes()
         );
+    }
+    Ok(())
+}
+
+/// A new secret from the command line, which has none to re-seal a PAT
+/// with: with `forward_as = "pat"` tokens rotate themselves (SPEC §18).
+async fn rotate(args: RotateArgs) -> Result<(), Failure> {
+    let app = open(&args.store, Overrides::default()).await?;
+    let rotated = app.tokens.rotate(&args.id, Some(args.grace_hours), None).await;
+    if let Ok(rotated) = &rotated {
+        let detail = match rotated.record.grace_until {
+            Some(until) => format!("the previous secret works until {until}"),
+            None => "the previous secret stopped at once".to_owned(),
+        };
+        let mut entry = cli_action(&app, "rotate", detail);
+        entry.token_id = Some(rotated.record.id.clone());
+        entry.token_label = Some(rotated.record.label.clone());
+        app.audit.record(entry).await;
+        app.audit.flush().await;
+    }
+    app.store.close().await;
+    let rotated = rotated.map_err(|e| describe(&e))?;
+    if args.json {
+        let mut answer = rotated.to_json();
+        answer["graceUntil"] = rotated.record.grace_until.into();
+        println!("{answer}");
+    } else {
+        let record = &rotated.record;
+        eprintln!("rotated token '{}' (id {})", record.label, record.id);
+        println!("{}", rotated.value);
+        match record.grace_until {
+            Some(_) => eprintln!(
+                "store this value now: it is not shown again; the old one works for {} more hours",
+                args.grace_hours
+            ),
+            None => eprintln!("store this value now: it is not shown again; the old one no longer works"),
+        }
     }
     Ok(())
 }

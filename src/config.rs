@@ -54,6 +54,9 @@ pub const KEYS: &[&str] = &[
     "ui_idle_minutes",
     "rate_limit_redis",
     "space_cache_ttl_s",
+    "notify_url",
+    "notify_secret",
+    "expiry_warning_days",
 ];
 
 /// The file read when `--config` is not given, if it exists.
@@ -257,6 +260,12 @@ pub struct Config {
     /// Where every replica shares each token's rate-limit bucket (SPEC §16);
     /// unset: each replica keeps its own.
     pub rate_limit_redis: Option<String>,
+    /// Where token events are POSTed (SPEC §18); unset: none are raised.
+    pub notify_url: Option<Uri>,
+    /// The key that signs each event (HMAC-SHA256).
+    pub notify_secret: Option<String>,
+    /// Days before expiry at which `token.expiring` fires, largest first.
+    pub expiry_warning_days: Vec<u32>,
 }
 
 impl fmt::Debug for Config {
@@ -280,6 +289,18 @@ impl fmt::Debug for Config {
                 "rate_limit_redis",
                 &self.rate_limit_redis.as_deref().map(redact_password),
             )
+            // Only the origin: a chat webhook's path is its secret.
+            .field(
+                "notify_url",
+                &self.notify_url.as_ref().map(|u| {
+                    format!(
+                        "{}://{}/...",
+                        u.scheme_str().unwrap_or_default(),
+                        u.host().unwrap_or_default()
+                    )
+                }),
+            )
+            .field("notify_secret", &self.notify_secret.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
     }
 }
@@ -459,6 +480,9 @@ impl Config {
             ui_session: Duration::from_secs(60 * r.positive::<u64>("ui_session_minutes", 480)?),
             ui_idle: Duration::from_secs(60 * r.positive::<u64>("ui_idle_minutes", 30)?),
             rate_limit_redis: r.opt_parse("rate_limit_redis", parse_redis_url)?,
+            notify_url: r.opt_parse("notify_url", parse_notify_url)?,
+            notify_secret: r.opt_string("notify_secret")?.filter(|s| !s.is_empty()),
+            expiry_warning_days: r.day_list("expiry_warning_days", &[30, 7, 1])?,
         };
         config.check_argon2(&r)?;
         Ok(config)
@@ -558,6 +582,33 @@ impl Reader<'_> {
         Ok(self.opt_parse(key, parse_size)?.unwrap_or(default))
     }
 
+    /// Days: a TOML array of whole numbers, or comma-separated text; each 1
+    /// to 3650, returned largest first without repeats.
+    fn day_list(&self, key: &'static str, default: &[u32]) -> Result<Vec<u32>, ConfigError> {
+        let texts: Vec<String> = match self.raw.values.get(key) {
+            None => return Ok(default.to_vec()),
+            Some((toml::Value::Array(items), _)) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::Integer(n) => n.to_string(),
+                    other => other.as_str().unwrap_or("?").to_owned(),
+                })
+                .collect(),
+            Some((toml::Value::String(s), _)) => s.split(',').map(|s| s.trim().to_owned()).collect(),
+            Some((v, _)) => return Err(self.invalid(key, &format!("expected an array, found {}", v.type_str()))),
+        };
+        let mut days = Vec::with_capacity(texts.len());
+        for text in texts.iter().filter(|t| !t.is_empty()) {
+            match text.parse::<u32>() {
+                Ok(n @ 1..=3650) => days.push(n),
+                _ => return Err(self.invalid(key, &format!("`{text}` is not a number of days from 1 to 3650"))),
+            }
+        }
+        days.sort_unstable_by(|a, b| b.cmp(a));
+        days.dedup();
+        Ok(days)
+    }
+
     /// A list: a TOML array of strings, or (from the environment) comma-separated text.
     fn list(&self, key: &'static str, default: &[&str]) -> Result<Vec<String>, ConfigError> {
         let items = match self.raw.values.get(key) {
@@ -635,6 +686,16 @@ fn parse_redis_url(s: &str) -> Result<String, String> {
     redis::Client::open(s)
         .map(|_| s.to_owned())
         .map_err(|e| format!("`{}` is not a Redis URL: {e}", redact_password(s)))
+}
+
+fn parse_notify_url(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s
+        .parse()
+        .map_err(|e| format!("`{}` is not a URL: {e}", redact_password(s)))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(uri),
+        _ => Err(format!("`{}` must be an http:// or https:// URL", redact_password(s))),
+    }
 }
 
 fn parse_header_name(s: &str) -> Result<HeaderName, String> {
@@ -752,6 +813,34 @@ mod tests {
             error_of("workers = 0")
         );
         assert!(error_of("workers = 'many'").contains("`workers`"));
+    }
+
+    #[test]
+    fn the_webhook_keys_are_checked_and_never_printed() {
+        let c = from_toml(
+            "notify_url = 'https://hooks.slack.com/services/T0/B0/SECRETPATH'\nnotify_secret = 's3'\nexpiry_warning_days = [1, 30, 7, 7]",
+        )
+        .unwrap();
+        assert_eq!(c.expiry_warning_days, [30, 7, 1], "largest first, no repeats");
+        assert_eq!(c.notify_secret.as_deref(), Some("s3"));
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains("SECRETPATH") && !printed.contains("s3\""),
+            "{printed}"
+        );
+        assert_eq!(Config::default().expiry_warning_days, [30, 7, 1]);
+        assert_eq!(Config::default().notify_url, None);
+        for bad in [
+            "notify_url = 'ftp://x/y'",
+            "notify_url = 'not a url'",
+            "expiry_warning_days = [0]",
+            "expiry_warning_days = [5000]",
+            "expiry_warning_days = ['soon']",
+            "expiry_warning_days = 7",
+        ] {
+            let key = bad.split(' ').next().unwrap();
+            assert!(error_of(bad).contains(&format!("`{key}`")), "{bad}: {}", error_of(bad));
+        }
     }
 
     #[test]

@@ -33,7 +33,11 @@
 //!    when its queue is full (an entry is never dropped). A failed attempt
 //!    counts towards the client's throttle.
 //!
-//! Tokens are created and deleted through `tokens`, from the command line
+//! Every change to a token, expiry warnings and throttled clients raise
+//! events (`notify`): queued in the store, sent to the webhook by the
+//! server's sender.
+//!
+//! Tokens are created, changed, rotated and deleted through `tokens`, from the command line
 //! (`cli`) or the management API (`admin`). `config` validates the
 //! configuration once at start-up; `settings` holds the switches the
 //! management API changes. The `store` is SQLite for one process or
@@ -56,6 +60,7 @@ mod cross_site;
 mod error;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
+mod notify;
 mod pipeline;
 mod proxy;
 mod record;
@@ -78,9 +83,9 @@ pub use rules::{JsonBody, RequestHead, RuleSet, Verdict};
 pub use server::run as serve;
 pub use settings::SettingsChange;
 pub use store::{
-    AuditEntry, AuditKind, AuditQuery, ChangeKind, ObservedCall, Page, PgStore, Restrictions, SessionRecord, Settings,
-    SqliteStore, StoreError, TokenChange, TokenQuery, TokenRecord, TokenStore, UsageDelta, open as open_store,
-    open_for_serving as open_store_for_serving,
+    AuditEntry, AuditKind, AuditQuery, ChangeKind, EventOutcome, EventRecord, NewEvent, ObservedCall, Page, PgStore,
+    Restrictions, Rotation, SessionRecord, Settings, SqliteStore, StoreError, TokenChange, TokenQuery, TokenRecord,
+    TokenStates, TokenStore, UsageDelta, open as open_store, open_for_serving as open_store_for_serving,
 };
 pub use tokens::{CreatedToken, NewToken, RestrictionsChange, TokenError, Updated};
 

@@ -52,6 +52,8 @@ const REVOCATION_POLL: Duration = Duration::from_millis(500);
 const SETTINGS_REFRESH: Duration = Duration::from_secs(1);
 /// How often usage counters are written to the store (SPEC §6: at least every 5 s).
 const USAGE_FLUSH: Duration = Duration::from_secs(2);
+/// How often token expiry is checked for events and the token gauges (SPEC §18).
+const EXPIRY_CHECK: Duration = Duration::from_secs(60);
 /// How long the final flush of usage and audit entries may take at shutdown.
 const FLUSH_GRACE: Duration = Duration::from_secs(15);
 /// How long closing the store's connections may take at shutdown.
@@ -336,6 +338,19 @@ async fn start_background_jobs(app: &App) -> Vec<JoinHandle<()>> {
     if let Some(feed) = app.store.revocation_feed() {
         jobs.push(tokio::spawn(follow_revocations(app.clone(), feed)));
     }
+    // Token events (SPEC §18): the expiry check at start and every minute,
+    // and this process's sender of the outbox.
+    jobs.push(tokio::spawn(every(
+        Duration::ZERO,
+        EXPIRY_CHECK,
+        app.clone(),
+        |app| async move {
+            if let Err(e) = app.events.check_expiry(&app.metrics).await {
+                tracing::warn!(error = %e, "cannot check token expiry; will try again");
+            }
+        },
+    )));
+    jobs.push(tokio::spawn(app.events.clone().run_sender()));
     jobs
 }
 

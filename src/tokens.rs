@@ -20,11 +20,12 @@ use crate::auth::{Verifier, VerifyError, bearer, token};
 use crate::clock::{Clock, DAY_MS, EpochMs};
 use crate::config::{ForwardAs, parse_ip_list};
 use crate::error::{GatewayError, Reason};
+use crate::notify::{Event, Notifier};
 use crate::proxy::{MintError, UpstreamClient};
 use crate::rules::RuleSet;
 use crate::rules::suggest::{self, Call, SuggestError, Suggestion};
 use crate::spaces;
-use crate::store::{Page, Restrictions, StoreError, TokenQuery, TokenRecord, TokenStore};
+use crate::store::{Page, Restrictions, Rotation, StoreError, TokenQuery, TokenRecord, TokenStore};
 
 const MAX_LABEL_CHARS: usize = 255;
 /// Suggested rules read this many days of calls unless told otherwise.
@@ -34,6 +35,11 @@ const MAX_SUGGEST_DAYS: u32 = 3650;
 /// The lifetime of a minted PAT when the token does not expire: Confluence's
 /// PATs always should (SPEC §13).
 const MINTED_PAT_DAYS_WITHOUT_EXPIRY: i64 = 365;
+/// How long a rotated secret keeps working unless told otherwise (SPEC §18)...
+pub const DEFAULT_GRACE_HOURS: i64 = 24;
+/// ... and at most.
+const MAX_GRACE_HOURS: i64 = 168;
+const HOUR_MS: EpochMs = 3_600_000;
 
 /// A request to create a token, as the API or CLI received it.
 #[derive(Debug, Default)]
@@ -158,6 +164,9 @@ pub enum TokenError {
     /// 404: no token with that id.
     #[error("no token with id {0}")]
     NotFound(String),
+    /// 409: another rotation of the token won the race.
+    #[error("token {0} was rotated by another request meanwhile: nothing changed")]
+    RotatedMeanwhile(String),
     /// 400: an update that names nothing to change.
     #[error("nothing to change: give label, limitTo, ip, rateLimit, enforce or spaces")]
     NothingToChange,
@@ -193,6 +202,8 @@ impl TokenError {
 #[derive(Clone)]
 pub struct TokenManager {
     pub store: Arc<dyn TokenStore>,
+    /// Every change raises its event (SPEC §18), whoever made it.
+    pub events: Arc<Notifier>,
     pub verifier: Arc<Verifier>,
     pub clock: Arc<dyn Clock>,
     pub upstream: Arc<UpstreamClient>,
@@ -254,6 +265,10 @@ impl TokenManager {
             rate_limit,
             enforce: new.enforce.unwrap_or(true),
             spaces,
+            previous_hash: None,
+            previous_lookup: None,
+            previous_sealed_pat: None,
+            grace_until: None,
         };
         if let Some(obtained) = &upstream {
             record.sealed_pat = Some(seal::seal(
@@ -278,6 +293,7 @@ impl TokenManager {
         if !stored? {
             return Err(self.limit_reached(record.user.as_deref().unwrap_or_default()));
         }
+        self.events.raise(Event::Created(&record)).await;
         Ok(CreatedToken { value, record, rules })
     }
 
@@ -439,7 +455,73 @@ impl TokenManager {
             .await?
             .ok_or_else(|| TokenError::NotFound(id.to_owned()))?;
         self.verifier.updated(id);
-        Ok(Updated { before, after })
+        let updated = Updated { before, after };
+        self.events
+            .raise(Event::Updated(&updated.after, updated.changes()))
+            .await;
+        Ok(updated)
+    }
+
+    /// Gives token `id` a new secret (SPEC §18), returned this once; id,
+    /// rules, usage and expiry stay. The replaced secret keeps working for
+    /// `grace_hours` (default 24, at most 168; 0: it stops at once), and a
+    /// rotation ends any earlier grace. `presented` is the current secret
+    /// when the token rotates itself: the only way with a PAT, which is
+    /// sealed under the secret and is sealed again under the new one (and
+    /// stays readable with the old one until the grace ends).
+    pub async fn rotate(
+        &self,
+        id: &str,
+        grace_hours: Option<i64>,
+        presented: Option<&str>,
+    ) -> Result<CreatedToken, TokenError> {
+        let grace_hours = grace_hours.unwrap_or(DEFAULT_GRACE_HOURS);
+        if !(0..=MAX_GRACE_HOURS).contains(&grace_hours) {
+            return Err(TokenError::invalid(
+                "graceHours",
+                format!("graceHours must be 0 to {MAX_GRACE_HOURS}"),
+            ));
+        }
+        let before = self.get(id).await?;
+        let sealed_pat = match (&before.sealed_pat, presented) {
+            (None, _) if self.policy.forward_as == ForwardAs::Header => None,
+            (Some(sealed), Some(secret)) => Some(self.reseal(&before, sealed, secret)?),
+            _ => {
+                return Err(TokenError::invalid(
+                    "id",
+                    "with forward_as = \"pat\" a token is rotated only by itself: call /rotate with the token \
+                     (its secret unseals the personal access token it carries, to seal it under the new one)",
+                ));
+            }
+        };
+        let value = token::generate();
+        let now = self.clock.now_ms();
+        let rotation = Rotation {
+            replaces: before.token_hash.clone(),
+            token_hash: self.verifier.hash(&value).await?,
+            lookup: token::lookup_of(&value).to_owned(),
+            sealed_pat: sealed_pat.map(|pat| seal::seal(&pat, &value, id, self.policy.seal_key.as_ref())),
+            grace_until: (grace_hours > 0).then(|| now + grace_hours * HOUR_MS),
+        };
+        let record = match self.store.rotate_token(id, &rotation, now).await? {
+            Some(record) => record,
+            None if self.store.token(id).await?.is_some() => return Err(TokenError::RotatedMeanwhile(id.to_owned())),
+            None => return Err(TokenError::NotFound(id.to_owned())),
+        };
+        self.verifier.updated(id);
+        self.events.raise(Event::Rotated(&record)).await;
+        let rules = RuleSet::parse(&record.limit_to).map_err(|e| TokenError::invalid("limitTo", e.to_string()))?;
+        Ok(CreatedToken { value, record, rules })
+    }
+
+    /// The token's PAT, opened with its current secret.
+    fn reseal(&self, record: &TokenRecord, sealed: &[u8], secret: &str) -> Result<Pat, TokenError> {
+        seal::unseal(sealed, secret, &record.id, self.policy.seal_key.as_ref()).map_err(|_| {
+            TokenError::invalid(
+                "id",
+                "the token's personal access token does not open with the secret presented: rotate with the token's current secret",
+            )
+        })
     }
 
     /// Rules proposed from token `id`'s allowed and reported calls of the
@@ -485,6 +567,7 @@ impl TokenManager {
             .await?
             .ok_or_else(|| TokenError::NotFound(id.to_owned()))?;
         self.verifier.revoke(id);
+        self.events.raise(Event::Deleted(&deleted)).await;
         Ok(deleted)
     }
 
@@ -506,6 +589,7 @@ impl TokenManager {
         let deleted = self.store.delete_user_tokens(&user, self.clock.now_ms()).await?;
         for token in &deleted {
             self.verifier.revoke(&token.id);
+            self.events.raise(Event::Deleted(token)).await;
         }
         Ok(deleted)
     }
@@ -630,6 +714,9 @@ pub fn token_json(record: &TokenRecord, now: EpochMs) -> serde_json::Value {
         "lastUsed": record.last_used_at,
         "lastIp": record.last_ip,
         "expired": record.valid_until.is_some_and(|until| until <= now),
+        "expiringSoon": record
+            .valid_until
+            .is_some_and(|until| until > now && until <= now + crate::notify::SOON_DAYS * DAY_MS),
         "forwardAs": forward_as(record).name(),
         "upstreamTokenId": record.upstream_token_id,
         "rateLimit": record.rate_limit,
@@ -708,6 +795,7 @@ impl From<TokenError> for GatewayError {
             }
             TokenError::Duplicate => GatewayError::new(Reason::Conflict, error.to_string()).in_field("token"),
             TokenError::NotFound(id) => GatewayError::new(Reason::NotFound, format!("no token with id {id}")),
+            TokenError::RotatedMeanwhile(_) => GatewayError::new(Reason::Conflict, error.to_string()).in_field("id"),
             TokenError::NothingToChange => GatewayError::new(Reason::BadRequest, error.to_string()),
             TokenError::NothingObserved { .. } => GatewayError::new(Reason::NotFound, error.to_string()),
             TokenError::Suggest(e) => GatewayError::internal(&e),

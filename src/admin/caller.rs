@@ -17,7 +17,7 @@ use hyper::{Method, Request};
 
 use crate::app::App;
 use crate::auth::credentials::{self, Credentials};
-use crate::auth::{PresentedToken, Principal, RateState, ReportOnly, Via};
+use crate::auth::{PresentedToken, Principal, RateState, ReportOnly, RuleCheck, Via};
 use crate::body::{Forwarded, RequestBody};
 use crate::error::{GatewayError, Reason};
 use crate::target::Target;
@@ -72,6 +72,7 @@ pub async fn authenticate<B: RequestBody>(
     req: Request<B>,
     target: &Target,
     client_ip: IpAddr,
+    rule_check: RuleCheck,
 ) -> Result<(Request<Forwarded<B>>, Caller), GatewayError> {
     let invalid = || GatewayError::new(Reason::InvalidToken, "invalid credentials");
     let Some(credentials) = credentials::from_headers(req.headers())
@@ -107,7 +108,7 @@ pub async fn authenticate<B: RequestBody>(
         // tokens always refuse (SPEC §16).
         let (req, principal, passage) = app
             .auth
-            .authenticate_token(req, target, presented, client_ip, ReportOnly::Never)
+            .authenticate_token(req, target, presented, client_ip, ReportOnly::Never, rule_check)
             .await
             .map_err(|refused| refused.error)?;
         (req, principal, passage.rate)

@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 use super::caller::{Caller, Role};
 use super::{Action, record_action};
 use crate::app::App;
-use crate::auth::Via;
 use crate::auth::seal::Pat;
+use crate::auth::{SecretRole, Via};
 use crate::config::ForwardAs;
 use crate::error::{GatewayError, Reason};
 use crate::record::audit_json;
@@ -191,6 +191,54 @@ pub async fn update(app: &App, caller: &Caller, body: Map<String, Value>) -> Res
     record_action(app, &caller.principal, Action::Update(&updated)).await;
     let mut answer = token_json(&updated.after, app.clock.now_ms());
     answer["status"] = Value::from("ok");
+    Ok(answer)
+}
+
+/// `POST /rotate` with `{"id","graceHours"?}` (SPEC §18): a new secret,
+/// answered once in the shape of a create. An admin rotates any token (with
+/// a token, its rules must allow the call), a user their own (from the web
+/// page with the password again), and a token itself, with its current
+/// secret and without its rules applying (a secret in grace: 403).
+pub async fn rotate(
+    app: &App,
+    caller: &Caller,
+    head: &RequestHead<'_>,
+    presented: Option<&str>,
+    body: Map<String, Value>,
+) -> Result<Value, GatewayError> {
+    let id = field::<String>(&body, "id", TEXT)?
+        .filter(|id| !id.trim().is_empty())
+        .ok_or_else(|| GatewayError::invalid("id", "id is required"))?;
+    let grace_hours = field::<i64>(&body, "graceHours", "a number of hours, 0 to 168")?;
+    let presented = match &caller.principal.via {
+        Via::Token(token) if token.id == id => {
+            if token.secret != SecretRole::Current {
+                return Err(GatewayError::new(
+                    Reason::Forbidden,
+                    format!(
+                        "token '{}' was rotated: only its current secret may rotate it again",
+                        token.label
+                    ),
+                ));
+            }
+            presented
+        }
+        Via::Token(token) => {
+            caller.may_manage()?;
+            crate::auth::check_rules_on_json(token, head, &Value::Object(body.clone()))?;
+            None
+        }
+        Via::Password { .. } | Via::Session => {
+            caller.may_manage()?;
+            password_again(caller, "rotating a token")?;
+            own_token(app, caller, &id).await?;
+            None
+        }
+    };
+    let rotated = app.tokens.rotate(&id, grace_hours, presented).await?;
+    record_action(app, &caller.principal, Action::Rotate(&rotated.record)).await;
+    let mut answer = rotated.to_json();
+    answer["graceUntil"] = Value::from(rotated.record.grace_until);
     Ok(answer)
 }
 

@@ -21,6 +21,7 @@
 //! | POST | `/update` | change a token's label, rules, IP list, rate limit or mode |
 //! | GET | `/suggest` | rules proposed from a token's audited calls |
 //! | POST | `/check` | try rules against a request (any user Confluence accepts) |
+//! | POST | `/rotate` | give a token a new secret, the old one kept for a grace period (also by the token itself) |
 
 mod caller;
 mod handlers;
@@ -37,10 +38,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::app::App;
+use crate::auth::RuleCheck;
 use crate::auth::{Principal, Via};
 use crate::body::{Forwarded, RequestBody, read_limited};
 use crate::error::{GatewayError, Reason, json_response};
-use crate::rules::JsonBody;
+use crate::rules::{JsonBody, RequestHead};
 use crate::store::{AuditEntry, Settings, TokenRecord};
 use crate::target::Target;
 use crate::tokens::Updated;
@@ -62,6 +64,7 @@ enum Endpoint {
     Update,
     Suggest,
     Check,
+    Rotate,
 }
 
 impl Endpoint {
@@ -76,6 +79,7 @@ impl Endpoint {
             Some("/update") => (Endpoint::Update, "POST"),
             Some("/suggest") => (Endpoint::Suggest, "GET"),
             Some("/check") => (Endpoint::Check, "POST"),
+            Some("/rotate") => (Endpoint::Rotate, "POST"),
             _ => {
                 return Err(GatewayError::new(
                     Reason::NotFound,
@@ -102,7 +106,13 @@ pub async fn serve<B: RequestBody>(
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     let endpoint = Endpoint::route(req.method(), &target.path)?;
     crate::cross_site::refuse(app, &req, target, client_ip).await?;
-    let (req, caller) = caller::authenticate(app, req, target, client_ip).await?;
+    // A token rotating itself passes every check but its rules (SPEC §18);
+    // rotating another token, its rules are checked once the body is read.
+    let rule_check = match endpoint {
+        Endpoint::Rotate => RuleCheck::Skip,
+        _ => RuleCheck::Apply,
+    };
+    let (req, caller) = caller::authenticate(app, req, target, client_ip, rule_check).await?;
     let answer = answer(app, endpoint, req, target, &caller).await;
     // A limited token's every answer carries its rate-limit headers (SPEC §16).
     match (answer, caller.rate) {
@@ -123,7 +133,7 @@ async fn answer<B: RequestBody>(
     target: &Target,
     caller: &Caller,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
-    if endpoint != Endpoint::Check {
+    if !matches!(endpoint, Endpoint::Check | Endpoint::Rotate) {
         caller.may_manage()?;
     }
     let query = target.query.as_deref();
@@ -136,6 +146,20 @@ async fn answer<B: RequestBody>(
         Endpoint::Delete => handlers::delete(app, caller, query, read_json_object(req).await?).await?,
         Endpoint::Update => handlers::update(app, caller, read_json_object(req).await?).await?,
         Endpoint::Suggest => handlers::suggest(app, caller, query).await?,
+        Endpoint::Rotate => {
+            let presented = crate::auth::credentials::from_headers(req.headers())
+                .ok()
+                .flatten()
+                .and_then(|c| c.gateway_token().map(|(secret, _)| secret.to_owned()));
+            let method = req.method().clone();
+            let body = read_json_object(req).await?;
+            let head = RequestHead {
+                method: method.as_str(),
+                path: &target.path,
+                query,
+            };
+            handlers::rotate(app, caller, &head, presented.as_deref(), body).await?
+        }
     };
     Ok(json_response(StatusCode::OK, json.to_string()))
 }
@@ -169,6 +193,8 @@ pub enum Action<'a> {
     Create(&'a TokenRecord),
     /// A token's restrictions changed.
     Update(&'a Updated),
+    /// A token got a new secret (the record holds no value).
+    Rotate(&'a TokenRecord),
     Delete {
         token_id: &'a str,
     },
@@ -185,6 +211,7 @@ impl Action<'_> {
         match self {
             Action::Create(_) => "create",
             Action::Update(_) => "update",
+            Action::Rotate(_) => "rotate",
             Action::Delete { .. } => "delete",
             Action::DeleteUser { .. } => "delete_user",
             Action::Settings(_) => "settings",
@@ -216,6 +243,14 @@ pub async fn record_action(app: &App, admin: &Principal, action: Action<'_>) {
             entry.token_id = Some(updated.after.id.clone());
             entry.token_label = Some(updated.after.label.clone());
             entry.detail = Some(format!("{via}; {}", updated.changes()));
+        }
+        Action::Rotate(token) => {
+            entry.token_id = Some(token.id.clone());
+            entry.token_label = Some(token.label.clone());
+            entry.detail = Some(match token.grace_until {
+                Some(until) => format!("{via}; the previous secret works until {until}"),
+                None => format!("{via}; the previous secret stopped at once"),
+            });
         }
         Action::Delete { token_id } => {
             entry.token_id = Some(token_id.to_owned());

@@ -162,6 +162,20 @@ pub async fn check_rules_with_body<B: RequestBody>(
     Ok((Request::from_parts(parts, Either::Right(Full::new(bytes))), denied))
 }
 
+/// The token's rules on a request whose JSON body is already read (a
+/// management call decided after its body, SPEC §18).
+pub fn check_rules_on_json(
+    token: &ActiveToken,
+    head: &RequestHead<'_>,
+    body: &serde_json::Value,
+) -> Result<(), GatewayError> {
+    let rules = compiled_rules(token)?;
+    match rules.check_with_body(head, &JsonBody::Json(body.clone())) {
+        Ok(_) => Ok(()),
+        Err(denied) => Err(rule_mismatch(token, &denied)),
+    }
+}
+
 /// The token's compiled rules; a token whose stored rules no longer compile
 /// refuses everything (fail closed).
 fn compiled_rules(token: &ActiveToken) -> Result<&crate::rules::RuleSet, GatewayError> {
@@ -219,6 +233,10 @@ mod tests {
                 rate_limit: None,
                 enforce: true,
                 spaces: None,
+                previous_hash: None,
+                previous_lookup: None,
+                previous_sealed_pat: None,
+                grace_until: None,
             },
             Default::default(),
             &crate::auth::rate_limit::RateLimits::local(crate::clock::ManualClock::starting_now()),

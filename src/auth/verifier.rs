@@ -6,7 +6,9 @@
 //! coalesces them). A revoked token is flagged in place, so every cache entry
 //! that points at it stops working at once; an updated one is flagged stale,
 //! and its next use reads its record again (no argon2: the secret that
-//! matched is the same).
+//! matched is the same). A rotation (SPEC §18) is an update: a copy verified
+//! with the replaced secret becomes a [`SecretRole::Previous`] that stops at
+//! the end of its grace period, checked on every use.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -35,6 +37,15 @@ use crate::store::{ChangeKind, StoreError, TokenRecord, TokenStore};
 const CACHE_CAPACITY: u64 = 200_000;
 /// Revoked ids remembered to close the race with an in-flight verification.
 const REVOKED_MEMORY: usize = 100_000;
+
+/// Which of a token's secrets verified a copy of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretRole {
+    /// The token's current secret.
+    Current,
+    /// The secret a rotation replaced, accepted until `until` (SPEC §18).
+    Previous { until: EpochMs },
+}
 
 /// A verified token, as the checks need it. Immutable but for its flags
 /// (revoked, stale) and Confluence's verdict on its PAT: an update makes a
@@ -66,6 +77,10 @@ pub struct ActiveToken {
     /// with the secret that verified the token, and Confluence's verdict.
     /// `None` in header mode, or for a token that carries no PAT.
     pub upstream: Option<Arc<UpstreamCredential>>,
+    /// Which secret verified this copy, and the stored hash it matched (an
+    /// update read again keeps the copy only while that hash still stands).
+    pub secret: SecretRole,
+    verified_by: String,
     revoked: AtomicBool,
     /// Updated since verified: read the record again before use.
     stale: AtomicBool,
@@ -110,6 +125,8 @@ impl ActiveToken {
             enforce: record.enforce,
             spaces,
             upstream: None,
+            secret: SecretRole::Current,
+            verified_by: record.token_hash.clone(),
             revoked: AtomicBool::new(false),
             stale: AtomicBool::new(false),
         }
@@ -121,6 +138,27 @@ impl ActiveToken {
 
     pub fn is_stale(&self) -> bool {
         self.stale.load(Ordering::Acquire)
+    }
+
+    /// Whether this copy's secret is a replaced one whose grace has ended.
+    pub fn grace_is_over(&self, now: EpochMs) -> bool {
+        matches!(self.secret, SecretRole::Previous { until } if until <= now)
+    }
+
+    /// This copy as verified by `record`'s replaced secret, when that is
+    /// `hash` and its grace lasts beyond `now`.
+    fn with_role(mut self, record: &TokenRecord, hash: &str, now: EpochMs) -> Option<Self> {
+        if record.token_hash == hash {
+            self.secret = SecretRole::Current;
+        } else if record.previous_hash.as_deref() == Some(hash)
+            && let Some(until) = record.grace_until.filter(|until| *until > now)
+        {
+            self.secret = SecretRole::Previous { until };
+        } else {
+            return None;
+        }
+        self.verified_by = hash.to_owned();
+        Some(self)
     }
 
     pub fn is_expired(&self, now: EpochMs) -> bool {
@@ -180,6 +218,7 @@ pub struct Verifier {
     usage: Arc<UsageBook>,
     limits: Arc<RateLimits>,
     pat_mode: Option<PatMode>,
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Default)]
@@ -196,6 +235,8 @@ struct Registry {
 }
 
 impl Verifier {
+    // Each collaborator is built once, in `App::with_store`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn TokenStore>,
         hasher: Argon2<'static>,
@@ -204,6 +245,7 @@ impl Verifier {
         usage: Arc<UsageBook>,
         limits: Arc<RateLimits>,
         pat_mode: Option<PatMode>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let slots = std::thread::available_parallelism().map_or(2, usize::from);
         Verifier {
@@ -219,6 +261,7 @@ impl Verifier {
             usage,
             limits,
             pat_mode,
+            clock,
         }
     }
 
@@ -238,7 +281,7 @@ impl Verifier {
         let Some(active) = self.cache.get(&digest).await else {
             return Ok(None);
         };
-        if active.is_revoked() {
+        if active.is_revoked() || active.grace_is_over(self.clock.now_ms()) {
             self.cache.invalidate(&digest).await;
             return Ok(None);
         }
@@ -249,15 +292,21 @@ impl Verifier {
         Ok(Some(active))
     }
 
-    /// An updated token, from its record: the secret matched before and an
-    /// update does not change it, so no argon2; the PAT stays unsealed.
+    /// An updated token, from its record: the secret matched a stored hash
+    /// before, so no argon2, only whether that hash still stands (a rotation
+    /// makes it the replaced one, in grace or not); the PAT stays unsealed.
     async fn reread(&self, digest: SecretDigest, stale: &ActiveToken) -> Result<Option<Arc<ActiveToken>>, VerifyError> {
         let epoch = self.epoch();
         let Some(record) = self.store.token(&stale.id).await? else {
             self.revoke(&stale.id);
             return Ok(None);
         };
-        let mut active = ActiveToken::from_record(&record, self.usage.usage_for(&record.id), &self.limits);
+        let active = ActiveToken::from_record(&record, self.usage.usage_for(&record.id), &self.limits);
+        let Some(mut active) = active.with_role(&record, &stale.verified_by, self.clock.now_ms()) else {
+            // Rotated away: this secret no longer opens the token (its new one does).
+            self.cache.invalidate(&digest).await;
+            return Ok(None);
+        };
         active.upstream = stale.upstream.clone();
         let active = Arc::new(active);
         self.register(&active, epoch);
@@ -288,9 +337,16 @@ impl Verifier {
 
     async fn verify_cold(&self, secret: &str) -> Result<Arc<ActiveToken>, ColdError> {
         let epoch = self.epoch();
-        let record = self.find_record(secret).await?.ok_or(ColdError::NotFound)?;
-        let mut active = ActiveToken::from_record(&record, self.usage.usage_for(&record.id), &self.limits);
-        if let (Some(pat_mode), Some(sealed)) = (&self.pat_mode, &record.sealed_pat) {
+        let (record, hash) = self.find_record(secret).await?.ok_or(ColdError::NotFound)?;
+        let active = ActiveToken::from_record(&record, self.usage.usage_for(&record.id), &self.limits);
+        let mut active = active
+            .with_role(&record, &hash, self.clock.now_ms())
+            .ok_or(ColdError::NotFound)?;
+        let sealed = match active.secret {
+            SecretRole::Current => &record.sealed_pat,
+            SecretRole::Previous { .. } => &record.previous_sealed_pat,
+        };
+        if let (Some(pat_mode), Some(sealed)) = (&self.pat_mode, sealed) {
             active.upstream = Some(Arc::new(open_upstream(pat_mode, &record, sealed, secret).await?));
         }
         let active = Arc::new(active);
@@ -301,13 +357,26 @@ impl Verifier {
         Ok(active)
     }
 
-    /// The stored record whose hash matches `secret`, checking each row that
-    /// shares its lookup prefix (a prefix with no rows costs no argon2).
-    pub async fn find_record(&self, secret: &str) -> Result<Option<TokenRecord>, VerifyError> {
-        let candidates = self.store.tokens_by_lookup(token::lookup_of(secret)).await?;
-        for record in candidates {
-            if self.argon2_verify(secret, &record.token_hash).await? {
-                return Ok(Some(record));
+    /// The stored record whose hash matches `secret`, and that hash: the
+    /// current secret's, or a replaced one's still in grace. Checks each row
+    /// that shares the secret's lookup prefix (a prefix with no rows costs
+    /// no argon2, nor does a replaced secret whose grace is over).
+    pub async fn find_record(&self, secret: &str) -> Result<Option<(TokenRecord, String)>, VerifyError> {
+        let lookup = token::lookup_of(secret);
+        let now = self.clock.now_ms();
+        for record in self.store.tokens_by_lookup(lookup).await? {
+            let mut hashes = Vec::with_capacity(2);
+            if record.lookup == lookup {
+                hashes.push(record.token_hash.clone());
+            }
+            if record.previous_lookup.as_deref() == Some(lookup) && record.grace_until.is_some_and(|until| until > now)
+            {
+                hashes.extend(record.previous_hash.clone());
+            }
+            for hash in hashes {
+                if self.argon2_verify(secret, &hash).await? {
+                    return Ok(Some((record, hash)));
+                }
             }
         }
         Ok(None)
@@ -457,6 +526,7 @@ mod tests {
         verifier: Verifier,
         store: Arc<dyn TokenStore>,
         metrics: Arc<Metrics>,
+        clock: Arc<ManualClock>,
         _dir: tempfile::TempDir,
     }
 
@@ -465,6 +535,7 @@ mod tests {
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let store: Arc<dyn TokenStore> = Arc::new(SqliteStore::open(&url).await.unwrap());
         let metrics = Metrics::new();
+        let clock = ManualClock::starting_now();
         let cheap = Argon2Cost {
             memory_kib: 64,
             iterations: 1,
@@ -478,11 +549,13 @@ mod tests {
             Arc::default(),
             Arc::new(RateLimits::local(ManualClock::starting_now())),
             None,
+            clock.clone(),
         );
         Fixture {
             verifier,
             store,
             metrics,
+            clock,
             _dir: dir,
         }
     }
@@ -511,6 +584,10 @@ mod tests {
                 rate_limit: None,
                 enforce: true,
                 spaces: None,
+                previous_hash: None,
+                previous_lookup: None,
+                previous_sealed_pat: None,
+                grace_until: None,
             };
             self.store.insert_token(&record, None).await.unwrap();
             (id, value)
@@ -533,6 +610,94 @@ mod tests {
         let warm = f.verifier.verify(&secret).await.unwrap().expect("from the cache");
         assert!(Arc::ptr_eq(&cold, &warm));
         assert_eq!(f.argon2_checks(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn a_rotated_secret_works_until_its_grace_ends_and_the_new_one_at_once() {
+        let f = fixture().await;
+        let (id, old) = f.token("alice").await;
+        let held = f.verifier.verify(&old).await.unwrap().unwrap();
+        let rotate = |replaces: String, value: String, grace: Option<EpochMs>| {
+            let (store, verifier) = (f.store.clone(), &f.verifier);
+            let id = id.clone();
+            async move {
+                let rotation = crate::store::Rotation {
+                    replaces,
+                    token_hash: verifier.hash(&value).await.unwrap(),
+                    lookup: token::lookup_of(&value).to_owned(),
+                    sealed_pat: None,
+                    grace_until: grace,
+                };
+                let rotated = store.rotate_token(&id, &rotation, 0).await.unwrap().expect("rotated");
+                verifier.updated(&id);
+                rotated
+            }
+        };
+        let new = token::generate();
+        let now = f.clock.now_ms();
+        let rotated = rotate(held.verified_by.clone(), new.clone(), Some(now + 60_000)).await;
+        // The copy verified with the old secret is read again: in grace.
+        let old_copy = f.verifier.verify(&old).await.unwrap().expect("in grace");
+        assert_eq!(old_copy.secret, SecretRole::Previous { until: now + 60_000 });
+        let new_copy = f
+            .verifier
+            .verify(&new)
+            .await
+            .unwrap()
+            .expect("the new secret works at once");
+        assert_eq!(new_copy.secret, SecretRole::Current);
+        // A cold verification of the old secret (another process) finds it too.
+        let cold = fixture_twin(&f).await;
+        assert!(matches!(
+            cold.verify(&old).await.unwrap().map(|t| t.secret),
+            Some(SecretRole::Previous { .. })
+        ));
+        f.clock.advance_ms(60_000);
+        assert!(f.verifier.verify(&old).await.unwrap().is_none(), "grace over: invalid");
+        assert!(cold.verify(&old).await.unwrap().is_none(), "everywhere");
+        assert!(f.verifier.verify(&new).await.unwrap().is_some());
+        // A rotation without grace ends the old secret at once; only the
+        // secret that is current may be replaced.
+        let newer = token::generate();
+        assert!(
+            f.store
+                .rotate_token(
+                    &id,
+                    &crate::store::Rotation {
+                        replaces: held.verified_by.clone(),
+                        token_hash: String::new(),
+                        lookup: String::new(),
+                        sealed_pat: None,
+                        grace_until: None,
+                    },
+                    0
+                )
+                .await
+                .unwrap()
+                .is_none(),
+            "a stale rotation changes nothing"
+        );
+        rotate(rotated.token_hash.clone(), newer.clone(), None).await;
+        assert!(f.verifier.verify(&new).await.unwrap().is_none());
+        assert!(f.verifier.verify(&newer).await.unwrap().is_some());
+    }
+
+    /// A second verifier over the same store, as another process has.
+    async fn fixture_twin(f: &Fixture) -> Verifier {
+        Verifier::new(
+            f.store.clone(),
+            token::hasher(Argon2Cost {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            }),
+            Duration::from_secs(600),
+            Metrics::new(),
+            Arc::default(),
+            Arc::new(RateLimits::local(ManualClock::starting_now())),
+            None,
+            f.clock.clone(),
+        )
     }
 
     #[tokio::test]

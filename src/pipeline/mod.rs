@@ -31,7 +31,7 @@ use tracing::field::Empty;
 use crate::app::App;
 use crate::auth::credentials::{self, Credentials};
 use crate::auth::sessions;
-use crate::auth::{ActiveToken, PresentedToken, RateState, Refused, ReportOnly, Via};
+use crate::auth::{ActiveToken, PresentedToken, RateState, Refused, ReportOnly, RuleCheck, Via};
 use crate::body::{ClientBody, Forwarded, RequestBody, ResponseBody};
 use crate::config::ForwardAs;
 use crate::error::{self, Audience, GatewayError, Reason};
@@ -248,7 +248,7 @@ async fn authenticate<B: RequestBody>(
     };
     let authenticated = app
         .auth
-        .authenticate_token(req, target, presented, client_ip, ReportOnly::Applies)
+        .authenticate_token(req, target, presented, client_ip, ReportOnly::Applies, RuleCheck::Apply)
         .await;
     let (req, principal, passage) = match authenticated {
         Ok(accepted) => accepted,
@@ -358,6 +358,9 @@ async fn record(
         && reason.is_failed_attempt()
     {
         app.auth.record_failure(ip);
+    }
+    if let (Some(Reason::TooManyFailures), Some(ip)) = (reason, trail.client_ip) {
+        app.events.client_throttled(ip).await;
     }
     // A refusal is a denial whatever was decided before (Confluence may have
     // been unreachable); a report-only request is counted with the reason

@@ -112,7 +112,7 @@ impl UpstreamClient {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_client_config(config)?)
+            .with_tls_config(tls_client_config(config.upstream_ca.as_deref())?)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -552,11 +552,13 @@ async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upg
     }
 }
 
-fn tls_client_config(config: &Config) -> Result<rustls::ClientConfig, ClientSetupError> {
+/// A TLS client trusting the system's roots, and `extra_ca`'s certificates
+/// when given (`upstream_ca`).
+pub fn tls_client_config(extra_ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, ClientSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
-    if let Some(path) = &config.upstream_ca {
+    if let Some(path) = extra_ca {
         let ca_error = |message: String| ClientSetupError::Ca {
             path: path.display().to_string(),
             message,

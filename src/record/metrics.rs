@@ -66,6 +66,11 @@ struct RequestLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct LookupLabels {
     result: &'static str,
 }
@@ -105,6 +110,8 @@ pub struct Metrics {
     /// `tokengate_space_lookups_total{result}`: hit, miss, error.
     space_lookups: [Counter; 3],
     pub space_lookup_duration: AtomicHistogram,
+    /// `tokengate_tokens{state}`: active, expiring, expired.
+    tokens: [Gauge; 3],
 }
 
 impl Default for Metrics {
@@ -166,7 +173,16 @@ impl Default for Metrics {
             "Time of one content id to space lookup asked of Confluence",
             space_lookup_duration.clone(),
         );
+        let token_states = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "tokens",
+            "Tokens by state: active, expiring (within 7 days), expired; refreshed every minute",
+            token_states.clone(),
+        );
+        let tokens =
+            ["active", "expiring", "expired"].map(|state| token_states.get_or_create(&StateLabels { state }).clone());
         Metrics {
+            tokens,
             space_lookups,
             space_lookup_duration,
             rate_limit_fallbacks,
@@ -199,6 +215,13 @@ impl Metrics {
         };
         if let Some(kind) = upstream {
             self.upstream_errors.get_or_create(&UpstreamLabels { kind }).inc();
+        }
+    }
+
+    /// Sets `tokengate_tokens{state}`.
+    pub fn set_token_states(&self, active: i64, expiring: i64, expired: i64) {
+        for (gauge, value) in self.tokens.iter().zip([active, expiring, expired]) {
+            gauge.set(value);
         }
     }
 

@@ -55,6 +55,68 @@ pub struct TokenRecord {
     /// The space keys the token may touch, joined with `,` (SPEC §17);
     /// `None`: any space.
     pub spaces: Option<String>,
+    /// The secret the last rotation replaced (SPEC §18): its hash, lookup
+    /// and sealed PAT, accepted until `grace_until`; all `None` without grace.
+    pub previous_hash: Option<String>,
+    pub previous_lookup: Option<String>,
+    pub previous_sealed_pat: Option<Vec<u8>>,
+    pub grace_until: Option<EpochMs>,
+}
+
+/// A rotation (SPEC §18): the new secret's hash, lookup and sealed PAT. It
+/// applies only while the token's hash is still `replaces` (two rotations
+/// racing cannot both win), and keeps the replaced secret until
+/// `grace_until` (`None`: it stops at once).
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub replaces: String,
+    pub token_hash: String,
+    pub lookup: String,
+    pub sealed_pat: Option<Vec<u8>>,
+    pub grace_until: Option<EpochMs>,
+}
+
+/// A webhook event to queue (SPEC §18).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub id: String,
+    pub event: String,
+    /// The JSON body, as sent.
+    pub body: String,
+    pub created_at: EpochMs,
+    /// An event that may be raised again (an expiry threshold, a throttled
+    /// client in one minute) is queued once per key, by whichever process.
+    pub once: Option<String>,
+}
+
+/// A queued webhook event, as a sender claims it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct EventRecord {
+    pub id: String,
+    pub event: String,
+    pub body: String,
+    pub created_at: EpochMs,
+    pub attempts: i64,
+}
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// The webhook answered 2xx.
+    Delivered { at: EpochMs },
+    /// Try again at `next_at`.
+    Retry { next_at: EpochMs },
+    /// 24 h of retries are over.
+    Abandoned { at: EpochMs },
+}
+
+/// How many tokens are in each state (`tokengate_tokens{state}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenStates {
+    pub active: i64,
+    /// Active, and expiring within the warning window.
+    pub expiring: i64,
+    pub expired: i64,
 }
 
 /// What an update changes of a token: its restrictions, all given (the
@@ -252,7 +314,8 @@ pub trait TokenStore: Send + Sync + 'static {
     /// (then `false`, nothing stored). Checked and inserted atomically, so
     /// concurrent creations cannot pass the limit together.
     async fn insert_token(&self, token: &TokenRecord, max_per_user: Option<u64>) -> Result<bool, StoreError>;
-    /// Candidate rows for a presented secret (normally zero or one).
+    /// Candidate rows for a presented secret (normally zero or one): by the
+    /// current secret's lookup, or a replaced one's still in grace.
     async fn tokens_by_lookup(&self, lookup: &str) -> Result<Vec<TokenRecord>, StoreError>;
     async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Newest first.
@@ -265,6 +328,11 @@ pub trait TokenStore: Send + Sync + 'static {
         restrictions: &Restrictions,
         at: EpochMs,
     ) -> Result<Option<TokenRecord>, StoreError>;
+    /// Gives a token a new secret (SPEC §18) and records the change for the
+    /// other processes; returns the token as it now is, `None` when there
+    /// is no such token or its secret is no longer `rotation.replaces`.
+    async fn rotate_token(&self, id: &str, rotation: &Rotation, at: EpochMs)
+    -> Result<Option<TokenRecord>, StoreError>;
     /// Deletes one token and records its revocation; returns what was
     /// deleted (`None` when there was no such token).
     async fn delete_token(&self, id: &str, at: EpochMs) -> Result<Option<TokenRecord>, StoreError>;
@@ -299,6 +367,26 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn delete_session(&self, id_hash: &str) -> Result<bool, StoreError>;
     /// Deletes sessions that expired, or were last used, before `before`.
     async fn purge_sessions(&self, expired_before: EpochMs, idle_before: EpochMs) -> Result<u64, StoreError>;
+    /// Queues a webhook event; one with `once` only if no event was ever
+    /// queued with that key (`false`: it was, nothing queued).
+    async fn enqueue_event(&self, event: &NewEvent) -> Result<bool, StoreError>;
+    /// Claims up to `limit` events due at `now`, oldest first, until
+    /// `lease_until`: no other sender gets them meanwhile (PostgreSQL: row
+    /// locks skipped by the others), and a sender that dies lets them lapse.
+    async fn claim_events(
+        &self,
+        now: EpochMs,
+        lease_until: EpochMs,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>, StoreError>;
+    /// Records what a delivery attempt of a claimed event came to.
+    async fn finish_event(&self, id: &str, outcome: EventOutcome) -> Result<(), StoreError>;
+    /// Forgets delivered and abandoned events older than `before`.
+    async fn purge_events(&self, before: EpochMs) -> Result<u64, StoreError>;
+    /// Tokens whose expiry lies in `from..=to`.
+    async fn tokens_expiring(&self, from: EpochMs, to: EpochMs) -> Result<Vec<TokenRecord>, StoreError>;
+    /// How many tokens are active, expiring by `soon`, and expired at `now`.
+    async fn token_states(&self, now: EpochMs, soon: EpochMs) -> Result<TokenStates, StoreError>;
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
     async fn close(&self);
@@ -411,5 +499,34 @@ impl Backend {
                 database_url.split('@').next_back().unwrap_or_default()
             )))
         }
+    }
+}
+
+/// A stored token for unit tests: no secret matches its hash.
+#[cfg(test)]
+pub(crate) fn test_record(id: &str, user: Option<&str>, created_at: EpochMs) -> TokenRecord {
+    TokenRecord {
+        id: id.into(),
+        label: format!("label {id}"),
+        user: user.map(Into::into),
+        author: "admin".into(),
+        limit_to: String::new(),
+        ip: String::new(),
+        created_at,
+        valid_until: None,
+        token_hash: "$argon2id$...".into(),
+        lookup: format!("tgw_{id:0>8}"),
+        counter: 0,
+        last_used_at: None,
+        last_ip: None,
+        sealed_pat: None,
+        upstream_token_id: None,
+        rate_limit: None,
+        enforce: true,
+        spaces: None,
+        previous_hash: None,
+        previous_lookup: None,
+        previous_sealed_pat: None,
+        grace_until: None,
     }
 }

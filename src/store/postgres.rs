@@ -17,8 +17,9 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::mpsc;
 
 use super::{
-    AuditEntry, AuditKind, AuditQuery, ChangeKind, Listing, OBSERVED_CALLS, ObservedCall, Page, Restrictions,
-    SessionRecord, Settings, StoreError, TokenChange, TokenQuery, TokenRecord, TokenStore, UsageDelta,
+    AuditEntry, AuditKind, AuditQuery, ChangeKind, EventOutcome, EventRecord, Listing, NewEvent, OBSERVED_CALLS,
+    ObservedCall, Page, Restrictions, Rotation, SessionRecord, Settings, StoreError, TokenChange, TokenQuery,
+    TokenRecord, TokenStates, TokenStore, UsageDelta,
 };
 use crate::backoff::Backoff;
 use crate::clock::EpochMs;
@@ -26,7 +27,8 @@ use crate::clock::EpochMs;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 const TOKEN_COLUMNS: &str = "id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce, spaces";
+                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce, spaces, \
+                             previous_hash, previous_lookup, previous_sealed_pat, grace_until";
 
 const AUDIT_COLUMNS: &str = "at, kind, token_id, token_label, user_name, client_ip, method, path, status, \
                              decision, reason, duration_ms, detail";
@@ -206,7 +208,7 @@ impl TokenStore for PgStore {
 
     async fn tokens_by_lookup(&self, lookup: &str) -> Result<Vec<TokenRecord>, StoreError> {
         self.check_ready()?;
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE lookup = $1");
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE lookup = $1 OR previous_lookup = $1");
         Ok(sqlx::query_as(&sql).bind(lookup).fetch_all(&self.pool).await?)
     }
 
@@ -230,6 +232,34 @@ impl TokenStore for PgStore {
         listing
             .page(&self.pool, [&q.user, &q.label], q.start_at, q.max_results)
             .await
+    }
+
+    async fn rotate_token(&self, id: &str, r: &Rotation, at: EpochMs) -> Result<Option<TokenRecord>, StoreError> {
+        let mut tx = self.begin().await?;
+        lock_revocations(&mut tx).await?;
+        // SET reads the row as it was: the replaced secret moves to previous_*.
+        let sql = format!(
+            "UPDATE tokens SET \
+             previous_hash = CASE WHEN $1 IS NULL THEN NULL ELSE token_hash END, \
+             previous_lookup = CASE WHEN $1 IS NULL THEN NULL ELSE lookup END, \
+             previous_sealed_pat = CASE WHEN $1 IS NULL THEN NULL ELSE sealed_pat END, \
+             grace_until = $1, token_hash = $2, lookup = $3, sealed_pat = $4 \
+             WHERE id = $5 AND token_hash = $6 RETURNING {TOKEN_COLUMNS}"
+        );
+        let rotated: Option<TokenRecord> = sqlx::query_as(&sql)
+            .bind(r.grace_until)
+            .bind(&r.token_hash)
+            .bind(&r.lookup)
+            .bind(&r.sealed_pat)
+            .bind(id)
+            .bind(&r.replaces)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if rotated.is_some() {
+            record_changes(&mut tx, &[id.to_owned()], ChangeKind::Update, at).await?;
+        }
+        tx.commit().await?;
+        Ok(rotated)
     }
 
     async fn delete_token(&self, id: &str, at: EpochMs) -> Result<Option<TokenRecord>, StoreError> {
@@ -490,6 +520,107 @@ impl TokenStore for PgStore {
             .await?
             .rows_affected();
         Ok(purged)
+    }
+
+    async fn enqueue_event(&self, e: &NewEvent) -> Result<bool, StoreError> {
+        self.check_ready()?;
+        let inserted = sqlx::query(
+            "INSERT INTO events (id, event, body, created_at, next_at, once) VALUES ($1, $2, $3, $4, $4, $5) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&e.id)
+        .bind(&e.event)
+        .bind(&e.body)
+        .bind(e.created_at)
+        .bind(&e.once)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn claim_events(
+        &self,
+        now: EpochMs,
+        lease_until: EpochMs,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.check_ready()?;
+        // One statement: the claim is atomic, and other senders skip the rows it locks.
+        let claimed: Vec<EventRecord> = sqlx::query_as(
+            "UPDATE events SET claimed_until = $2 WHERE id IN (\
+             SELECT id FROM events WHERE delivered_at IS NULL AND abandoned_at IS NULL AND next_at <= $1 \
+             AND (claimed_until IS NULL OR claimed_until <= $1) ORDER BY created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, event, body, created_at, attempts",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = claimed;
+        claimed.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(claimed)
+    }
+
+    async fn finish_event(&self, id: &str, outcome: EventOutcome) -> Result<(), StoreError> {
+        self.check_ready()?;
+        let query = match outcome {
+            EventOutcome::Delivered { at } => sqlx::query(
+                "UPDATE events SET delivered_at = $1, attempts = attempts + 1, claimed_until = NULL WHERE id = $2",
+            )
+            .bind(at),
+            EventOutcome::Retry { next_at } => sqlx::query(
+                "UPDATE events SET next_at = $1, attempts = attempts + 1, claimed_until = NULL WHERE id = $2",
+            )
+            .bind(next_at),
+            EventOutcome::Abandoned { at } => sqlx::query(
+                "UPDATE events SET abandoned_at = $1, attempts = attempts + 1, claimed_until = NULL WHERE id = $2",
+            )
+            .bind(at),
+        };
+        query.bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn purge_events(&self, before: EpochMs) -> Result<u64, StoreError> {
+        self.check_ready()?;
+        let purged = sqlx::query(
+            "DELETE FROM events WHERE (delivered_at IS NOT NULL AND delivered_at < $1) \
+             OR (abandoned_at IS NOT NULL AND abandoned_at < $1)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(purged)
+    }
+
+    async fn tokens_expiring(&self, from: EpochMs, to: EpochMs) -> Result<Vec<TokenRecord>, StoreError> {
+        self.check_ready()?;
+        let sql =
+            format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE valid_until BETWEEN $1 AND $2 ORDER BY valid_until, id");
+        Ok(sqlx::query_as(&sql).bind(from).bind(to).fetch_all(&self.pool).await?)
+    }
+
+    async fn token_states(&self, now: EpochMs, soon: EpochMs) -> Result<TokenStates, StoreError> {
+        self.check_ready()?;
+        let (active, expiring, expired): (i64, i64, i64) = sqlx::query_as(
+            "SELECT \
+             count(*) FILTER (WHERE valid_until IS NULL OR valid_until > $1), \
+             count(*) FILTER (WHERE valid_until > $1 AND valid_until <= $2), \
+             count(*) FILTER (WHERE valid_until <= $1) \
+             FROM tokens",
+        )
+        .bind(now)
+        .bind(soon)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(TokenStates {
+            active,
+            expiring,
+            expired,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -10,15 +10,17 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    AuditEntry, AuditQuery, ChangeKind, Listing, OBSERVED_CALLS, ObservedCall, Page, Restrictions, SessionRecord,
-    Settings, StoreError, TokenChange, TokenQuery, TokenRecord, TokenStore, UsageDelta,
+    AuditEntry, AuditQuery, ChangeKind, EventOutcome, EventRecord, Listing, NewEvent, OBSERVED_CALLS, ObservedCall,
+    Page, Restrictions, Rotation, SessionRecord, Settings, StoreError, TokenChange, TokenQuery, TokenRecord,
+    TokenStates, TokenStore, UsageDelta,
 };
 use crate::clock::EpochMs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 const TOKEN_COLUMNS: &str = "id, label, user_name, author, limit_to, ip, created_at, valid_until, \
-                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce, spaces";
+                             token_hash, lookup, counter, last_used_at, last_ip, sealed_pat, upstream_token_id, rate_limit, enforce, spaces, \
+                             previous_hash, previous_lookup, previous_sealed_pat, grace_until";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -129,7 +131,7 @@ impl TokenStore for SqliteStore {
     }
 
     async fn tokens_by_lookup(&self, lookup: &str) -> Result<Vec<TokenRecord>, StoreError> {
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE lookup = ?");
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE lookup = ?1 OR previous_lookup = ?1");
         Ok(sqlx::query_as(&sql).bind(lookup).fetch_all(&self.pool).await?)
     }
 
@@ -149,6 +151,33 @@ impl TokenStore for SqliteStore {
         listing
             .page(&self.pool, [&q.user, &q.label], q.start_at, q.max_results)
             .await
+    }
+
+    async fn rotate_token(&self, id: &str, r: &Rotation, at: EpochMs) -> Result<Option<TokenRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // SET reads the row as it was: the replaced secret moves to previous_*.
+        let sql = format!(
+            "UPDATE tokens SET \
+             previous_hash = CASE WHEN ?1 IS NULL THEN NULL ELSE token_hash END, \
+             previous_lookup = CASE WHEN ?1 IS NULL THEN NULL ELSE lookup END, \
+             previous_sealed_pat = CASE WHEN ?1 IS NULL THEN NULL ELSE sealed_pat END, \
+             grace_until = ?1, token_hash = ?2, lookup = ?3, sealed_pat = ?4 \
+             WHERE id = ?5 AND token_hash = ?6 RETURNING {TOKEN_COLUMNS}"
+        );
+        let rotated: Option<TokenRecord> = sqlx::query_as(&sql)
+            .bind(r.grace_until)
+            .bind(&r.token_hash)
+            .bind(&r.lookup)
+            .bind(&r.sealed_pat)
+            .bind(id)
+            .bind(&r.replaces)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if rotated.is_some() {
+            record_change(&mut tx, id, ChangeKind::Update, at).await?;
+        }
+        tx.commit().await?;
+        Ok(rotated)
     }
 
     async fn delete_token(&self, id: &str, at: EpochMs) -> Result<Option<TokenRecord>, StoreError> {
@@ -359,6 +388,101 @@ impl TokenStore for SqliteStore {
         Ok(purged)
     }
 
+    async fn enqueue_event(&self, e: &NewEvent) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO events (id, event, body, created_at, next_at, once) VALUES (?1, ?2, ?3, ?4, ?4, ?5) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&e.id)
+        .bind(&e.event)
+        .bind(&e.body)
+        .bind(e.created_at)
+        .bind(&e.once)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn claim_events(
+        &self,
+        now: EpochMs,
+        lease_until: EpochMs,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        // One statement: the claim is atomic, and SQLite runs it under its write lock.
+        let claimed: Vec<EventRecord> = sqlx::query_as(
+            "UPDATE events SET claimed_until = ?2 WHERE id IN (\
+             SELECT id FROM events WHERE delivered_at IS NULL AND abandoned_at IS NULL AND next_at <= ?1 \
+             AND (claimed_until IS NULL OR claimed_until <= ?1) ORDER BY created_at, id LIMIT ?3) \
+             RETURNING id, event, body, created_at, attempts",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = claimed;
+        claimed.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(claimed)
+    }
+
+    async fn finish_event(&self, id: &str, outcome: EventOutcome) -> Result<(), StoreError> {
+        let query = match outcome {
+            EventOutcome::Delivered { at } => sqlx::query(
+                "UPDATE events SET delivered_at = ?1, attempts = attempts + 1, claimed_until = NULL WHERE id = ?2",
+            )
+            .bind(at),
+            EventOutcome::Retry { next_at } => sqlx::query(
+                "UPDATE events SET next_at = ?1, attempts = attempts + 1, claimed_until = NULL WHERE id = ?2",
+            )
+            .bind(next_at),
+            EventOutcome::Abandoned { at } => sqlx::query(
+                "UPDATE events SET abandoned_at = ?1, attempts = attempts + 1, claimed_until = NULL WHERE id = ?2",
+            )
+            .bind(at),
+        };
+        query.bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn purge_events(&self, before: EpochMs) -> Result<u64, StoreError> {
+        let purged = sqlx::query(
+            "DELETE FROM events WHERE (delivered_at IS NOT NULL AND delivered_at < ?1) \
+             OR (abandoned_at IS NOT NULL AND abandoned_at < ?1)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(purged)
+    }
+
+    async fn tokens_expiring(&self, from: EpochMs, to: EpochMs) -> Result<Vec<TokenRecord>, StoreError> {
+        let sql =
+            format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE valid_until BETWEEN ?1 AND ?2 ORDER BY valid_until, id");
+        Ok(sqlx::query_as(&sql).bind(from).bind(to).fetch_all(&self.pool).await?)
+    }
+
+    async fn token_states(&self, now: EpochMs, soon: EpochMs) -> Result<TokenStates, StoreError> {
+        let (active, expiring, expired): (i64, i64, i64) = sqlx::query_as(
+            "SELECT \
+             count(*) FILTER (WHERE valid_until IS NULL OR valid_until > ?1), \
+             count(*) FILTER (WHERE valid_until > ?1 AND valid_until <= ?2), \
+             count(*) FILTER (WHERE valid_until <= ?1) \
+             FROM tokens",
+        )
+        .bind(now)
+        .bind(soon)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(TokenStates {
+            active,
+            expiring,
+            expired,
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -402,28 +526,7 @@ async fn record_change(
 mod tests {
     use super::*;
 
-    pub(crate) fn record(id: &str, user: Option<&str>, created_at: EpochMs) -> TokenRecord {
-        TokenRecord {
-            id: id.into(),
-            label: format!("label {id}"),
-            user: user.map(Into::into),
-            author: "admin".into(),
-            limit_to: String::new(),
-            ip: String::new(),
-            created_at,
-            valid_until: None,
-            token_hash: "$argon2id$...".into(),
-            lookup: format!("tgw_{id:0>8}"),
-            counter: 0,
-            last_used_at: None,
-            last_ip: None,
-            sealed_pat: None,
-            upstream_token_id: None,
-            rate_limit: None,
-            enforce: true,
-            spaces: None,
-        }
-    }
+    use crate::store::test_record as record;
 
     async fn temp_store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();

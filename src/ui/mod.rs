@@ -127,7 +127,15 @@ fn session_json(app: &App, user: &str, csrf: &str) -> Value {
         "forwardAs": app.config.forward_as.name(),
         "selfService": app.config.self_service,
         // The parts of SPEC §15-18 this gateway serves; the page hides the rest.
-        "features": {"update": true, "rotate": false, "rateLimit": true, "spaces": true, "reportOnly": true},
+        // Rotation re-seals a PAT with the token's own secret, which the page
+        // never has: with forward_as = "pat" tokens rotate themselves.
+        "features": {
+            "update": true,
+            "rotate": app.config.forward_as == crate::config::ForwardAs::Header,
+            "rateLimit": true,
+            "spaces": true,
+            "reportOnly": true,
+        },
     })
 }
 

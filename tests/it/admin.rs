@@ -198,6 +198,7 @@ async fn get_pages_filters_and_describes_each_token() {
         "rateLimit",
         "enforce",
         "spaces",
+        "expiringSoon",
     ];
     expected.sort();
     assert_eq!(keys, expected);

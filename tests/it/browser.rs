@@ -411,3 +411,40 @@ async fn a_user_rolls_rules_out_report_only_then_enforces_the_suggested_ones() {
     }
     browser.close().await;
 }
+
+#[tokio::test]
+async fn a_user_rotates_a_token_and_sees_the_new_value_once() {
+    let Some(browser) = Browser::start(1280, 900).await else {
+        return;
+    };
+    let gw = Gateway::start().await;
+    let old = gw.token_for("alice").await;
+    log_in(&browser, &gw, "alice").await;
+    browser.text_of("token-list", |t| t.contains("alice-bot")).await;
+    browser.click("Rotate").await;
+    browser.fill("Grace hours", "1").await;
+    browser.click("Rotate now").await;
+    let error = browser.text_of("rotate-error", |t| !t.is_empty()).await;
+    assert!(error.contains("password"), "{error}");
+    browser.fill("Confluence password", password_of("alice")).await;
+    browser.click("Rotate now").await;
+    let title = browser.text_of("created-title", |t| t.contains("alice-bot")).await;
+    assert!(title.starts_with("New value of"), "{title}");
+    let new_token = browser.field("New token").await;
+    let new = new_token.prop("value").await.unwrap().unwrap();
+    assert!(new.starts_with("tgw_") && new != old, "{new}");
+    let curl = browser.text_of("snippet-curl", |t| !t.is_empty()).await;
+    assert!(curl.contains(&new), "{curl}");
+    for secret in [&old, &new] {
+        let reply = get(
+            &gw.url("/rest/api/space"),
+            &[("authorization", &basic("alice", secret))],
+        )
+        .await;
+        assert_eq!(reply.status, 200, "both work during the grace period");
+    }
+    gw.clock.advance_ms(3_600_000);
+    let reply = get(&gw.url("/rest/api/space"), &[("authorization", &basic("alice", &old))]).await;
+    assert_eq!(reply.status, 401, "the old value stops when the grace ends");
+    browser.close().await;
+}

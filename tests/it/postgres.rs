@@ -40,6 +40,10 @@ fn record(id: &str) -> TokenRecord {
         rate_limit: None,
         enforce: true,
         spaces: None,
+        previous_hash: None,
+        previous_lookup: None,
+        previous_sealed_pat: None,
+        grace_until: None,
     }
 }
 

@@ -359,6 +359,10 @@ async fn a_stored_rule_that_no_longer_compiles_denies_everything() {
         rate_limit: None,
         enforce: true,
         spaces: None,
+        previous_hash: None,
+        previous_lookup: None,
+        previous_sealed_pat: None,
+        grace_until: None,
     };
     gw.app.store.insert_token(&record, None).await.unwrap();
     let reply = send(

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use tokengate::EpochMs;
 use tokengate::{
-    self, AuditEntry, AuditKind, AuditQuery, ChangeKind, Restrictions, Settings, TokenQuery, TokenRecord, TokenStore,
-    UsageDelta,
+    self, AuditEntry, AuditKind, AuditQuery, ChangeKind, EventOutcome, NewEvent, Restrictions, Rotation, Settings,
+    TokenQuery, TokenRecord, TokenStore, UsageDelta,
 };
 
 use crate::common::PgSchema;
@@ -88,6 +88,9 @@ contract! {
         a_users_token_limit_holds_and_ignores_unbound_tokens,
         usage_adds_up_and_keeps_the_latest_ip,
         audit_entries_round_trip_filter_page_and_purge,
+        rotations_keep_the_replaced_secret_in_grace_and_apply_once,
+        events_queue_once_claim_retry_and_purge,
+        expiring_tokens_and_states_are_counted,
         ping_answers,
     ],
     two: [
@@ -95,7 +98,185 @@ contract! {
         settings_default_on_and_persist_across_handles,
         concurrent_usage_flushes_from_two_handles_add_up_exactly,
         concurrent_creations_cannot_pass_a_users_limit_together,
+        a_claimed_event_is_not_claimed_again_until_its_lease_lapses,
     ],
+}
+
+async fn rotations_keep_the_replaced_secret_in_grace_and_apply_once(store: Arc<dyn TokenStore>) {
+    let before = TokenRecord {
+        token_hash: "hash-1".into(),
+        lookup: "tgw_lookup01".into(),
+        sealed_pat: Some(vec![1, 1]),
+        ..record("r", Some("alice"), 1)
+    };
+    store.insert_token(&before, None).await.unwrap();
+    let cursor = store.revocation_cursor().await.unwrap();
+    let rotation = Rotation {
+        replaces: "hash-1".into(),
+        token_hash: "hash-2".into(),
+        lookup: "tgw_lookup02".into(),
+        sealed_pat: Some(vec![2, 2]),
+        grace_until: Some(5_000),
+    };
+    let after = store.rotate_token("r", &rotation, 10).await.unwrap().unwrap();
+    assert_eq!(
+        after,
+        TokenRecord {
+            token_hash: "hash-2".into(),
+            lookup: "tgw_lookup02".into(),
+            sealed_pat: Some(vec![2, 2]),
+            previous_hash: Some("hash-1".into()),
+            previous_lookup: Some("tgw_lookup01".into()),
+            previous_sealed_pat: Some(vec![1, 1]),
+            grace_until: Some(5_000),
+            ..before.clone()
+        }
+    );
+    for lookup in ["tgw_lookup01", "tgw_lookup02"] {
+        let found = store.tokens_by_lookup(lookup).await.unwrap();
+        assert_eq!(
+            found.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            ["r"],
+            "{lookup}"
+        );
+    }
+    // Only the secret that is current may be replaced.
+    assert!(store.rotate_token("r", &rotation, 11).await.unwrap().is_none());
+    assert!(store.rotate_token("missing", &rotation, 11).await.unwrap().is_none());
+    // Without grace, nothing of the replaced secret stays.
+    let again = Rotation {
+        replaces: "hash-2".into(),
+        token_hash: "hash-3".into(),
+        lookup: "tgw_lookup03".into(),
+        sealed_pat: None,
+        grace_until: None,
+    };
+    let after = store.rotate_token("r", &again, 12).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            after.previous_hash,
+            after.previous_lookup,
+            after.previous_sealed_pat,
+            after.grace_until
+        ),
+        (None, None, None, None)
+    );
+    assert!(store.tokens_by_lookup("tgw_lookup01").await.unwrap().is_empty());
+    let changes = store.revocations_after(cursor).await.unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.kind).collect::<Vec<_>>(),
+        [ChangeKind::Update, ChangeKind::Update]
+    );
+}
+
+fn event(id: &str, created_at: EpochMs, once: Option<&str>) -> NewEvent {
+    NewEvent {
+        id: id.into(),
+        event: "token.created".into(),
+        body: format!(r#"{{"id":"{id}"}}"#),
+        created_at,
+        once: once.map(str::to_owned),
+    }
+}
+
+async fn events_queue_once_claim_retry_and_purge(store: Arc<dyn TokenStore>) {
+    assert!(store.enqueue_event(&event("e2", 20, None)).await.unwrap());
+    assert!(
+        store
+            .enqueue_event(&event("e1", 10, Some("expiring:t:7")))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .enqueue_event(&event("e3", 30, Some("expiring:t:7")))
+            .await
+            .unwrap(),
+        "once per key"
+    );
+    assert!(
+        store.claim_events(5, 100, 10).await.unwrap().is_empty(),
+        "nothing due yet"
+    );
+    let claimed = store.claim_events(25, 1_000, 10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["e1", "e2"],
+        "oldest first"
+    );
+    assert_eq!(claimed[0].body, r#"{"id":"e1"}"#);
+    assert_eq!(claimed[0].attempts, 0);
+    assert!(store.claim_events(26, 1_000, 10).await.unwrap().is_empty(), "claimed");
+    store
+        .finish_event("e1", EventOutcome::Delivered { at: 30 })
+        .await
+        .unwrap();
+    store
+        .finish_event("e2", EventOutcome::Retry { next_at: 2_000 })
+        .await
+        .unwrap();
+    assert!(store.claim_events(1_999, 3_000, 10).await.unwrap().is_empty());
+    let retried = store.claim_events(2_000, 3_000, 10).await.unwrap();
+    assert_eq!((retried[0].id.as_str(), retried[0].attempts), ("e2", 1));
+    store
+        .finish_event("e2", EventOutcome::Abandoned { at: 2_001 })
+        .await
+        .unwrap();
+    assert!(
+        store.claim_events(10_000, 20_000, 10).await.unwrap().is_empty(),
+        "done either way"
+    );
+    assert_eq!(store.purge_events(2_001).await.unwrap(), 1, "delivered before 2001");
+    assert_eq!(store.purge_events(2_002).await.unwrap(), 1);
+}
+
+async fn a_claimed_event_is_not_claimed_again_until_its_lease_lapses(a: Arc<dyn TokenStore>, b: Arc<dyn TokenStore>) {
+    for n in 0..20 {
+        a.enqueue_event(&event(&format!("e{n:02}"), n, None)).await.unwrap();
+    }
+    let (first, second) = tokio::join!(a.claim_events(100, 1_000, 15), b.claim_events(100, 1_000, 15));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.len() + second.len(), 20, "every event claimed once");
+    let mut ids: Vec<_> = first.iter().chain(&second).map(|e| e.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "none by both");
+    assert!(b.claim_events(999, 2_000, 50).await.unwrap().is_empty(), "leased");
+    assert_eq!(
+        b.claim_events(1_000, 2_000, 50).await.unwrap().len(),
+        20,
+        "the lease lapsed"
+    );
+}
+
+async fn expiring_tokens_and_states_are_counted(store: Arc<dyn TokenStore>) {
+    let day = 86_400_000;
+    for (id, until) in [
+        ("never", None),
+        ("gone", Some(day)),
+        ("soon", Some(5 * day)),
+        ("later", Some(30 * day)),
+    ] {
+        store
+            .insert_token(
+                &TokenRecord {
+                    valid_until: until,
+                    lookup: format!("tgw_{id}"),
+                    ..record(id, None, 1)
+                },
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let now = 2 * day;
+    let states = store.token_states(now, now + 7 * day).await.unwrap();
+    assert_eq!((states.active, states.expiring, states.expired), (3, 1, 1));
+    let expiring = store.tokens_expiring(0, now + 7 * day).await.unwrap();
+    assert_eq!(
+        expiring.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        ["gone", "soon"]
+    );
 }
 
 fn record(id: &str, user: Option<&str>, created_at: EpochMs) -> TokenRecord {
@@ -118,6 +299,10 @@ fn record(id: &str, user: Option<&str>, created_at: EpochMs) -> TokenRecord {
         rate_limit: None,
         enforce: true,
         spaces: None,
+        previous_hash: None,
+        previous_lookup: None,
+        previous_sealed_pat: None,
+        grace_until: None,
     }
 }
 

@@ -8,7 +8,6 @@
 const API = "/rest/extender/1.0/tokenTools";
 const UI = "/tokengate/ui";
 const PAGE_SIZE = 20;
-const DAY_MS = 24 * 60 * 60 * 1000;
 
 const state = {
   session: null, // {user, admin, csrf, forwardAs, features}
@@ -160,7 +159,7 @@ function formatTime(ms) {
 
 function expiryBadge(token) {
   if (token.expired) return el("span", { class: "badge expired" }, "expired");
-  if (token.validUntil !== null && token.validUntil - Date.now() < 7 * DAY_MS) {
+  if (token.expiringSoon) {
     return el("span", { class: "badge soon" }, "expires soon");
   }
   return null;
@@ -194,7 +193,11 @@ function tokenCard(token) {
     edit.addEventListener("click", () => openEdit(token));
     actions.append(edit);
   }
-  if (state.session.features.rotate) actions.append(el("button", { type: "button", "data-action": "rotate" }, "Rotate"));
+  if (state.session.features.rotate) {
+    const rotate = el("button", { type: "button", "aria-describedby": `label-${token.id}` }, "Rotate");
+    rotate.addEventListener("click", () => askRotate(token));
+    actions.append(rotate);
+  }
   const remove = el("button", { type: "button", class: "danger", "aria-describedby": `label-${token.id}` }, "Delete");
   remove.addEventListener("click", () => askDelete(token));
   actions.append(remove);
@@ -261,6 +264,42 @@ async function confirmDelete(event) {
     $("tokens-status").textContent = error.message;
   }
   state.pendingDelete = null;
+}
+
+function askRotate(token) {
+  state.pendingRotate = token;
+  $("rotate-text").textContent =
+    `Give “${token.label}” a new value? Its rules, usage and expiry stay; the old value works for the grace period below.`;
+  $("rotate-grace").value = "24";
+  $("rotate-password").value = "";
+  $("rotate-error").textContent = "";
+  $("rotate-token").showModal();
+  $("rotate-grace").focus();
+}
+
+async function confirmRotate(event) {
+  event.preventDefault();
+  const token = state.pendingRotate;
+  const password = $("rotate-password").value;
+  if (!password) {
+    $("rotate-error").textContent = "Enter your Confluence password: a new value grants access.";
+    $("rotate-password").focus();
+    return;
+  }
+  const body = { id: token.id, graceHours: Number($("rotate-grace").value.trim() || "24") };
+  try {
+    const rotated = await call("POST", `${API}/rotate`, { body, password });
+    $("rotate-token").close();
+    state.pendingRotate = null;
+    // The new value is shown once, where a new token's is.
+    location.hash = "create";
+    route();
+    showCreated(rotated);
+    $("created-title").textContent = `New value of “${rotated.label}”`;
+  } catch (failure) {
+    $("rotate-error").textContent = failure.message;
+    if (failure.body.field === "graceHours") $("rotate-grace").focus();
+  }
 }
 
 async function deleteUserTokens() {
@@ -463,6 +502,7 @@ async function createToken(event) {
 }
 
 function showCreated(created) {
+  $("created-title").textContent = "Your new token";
   const origin = location.origin;
   const user = created.user || state.session.user;
   const value = created.token;
@@ -592,6 +632,8 @@ async function start() {
   $("copy").addEventListener("click", copyToken);
   $("confirm-form").addEventListener("submit", confirmDelete);
   $("confirm-cancel").addEventListener("click", () => $("confirm-delete").close());
+  $("rotate-form").addEventListener("submit", confirmRotate);
+  $("rotate-cancel").addEventListener("click", () => $("rotate-token").close());
   $("delete-user").addEventListener("click", deleteUserTokens);
   $("settings-form").addEventListener("submit", saveSettings);
   const reloadTokens = debounce(() => {

@@ -8,8 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokengate::EpochMs;
 use tokengate::{
-    AuditEntry, AuditQuery, ChangeKind, ObservedCall, Page, Restrictions, SessionRecord, Settings, StoreError,
-    TokenChange, TokenQuery, TokenRecord, TokenStore, UsageDelta,
+    AuditEntry, AuditQuery, ChangeKind, EventOutcome, EventRecord, NewEvent, ObservedCall, Page, Restrictions,
+    Rotation, SessionRecord, Settings, StoreError, TokenChange, TokenQuery, TokenRecord, TokenStates, TokenStore,
+    UsageDelta,
 };
 
 pub struct FaultyStore {
@@ -63,6 +64,44 @@ impl TokenStore for FaultyStore {
     ) -> Result<Option<TokenRecord>, StoreError> {
         self.check()?;
         self.inner.update_token(id, restrictions, at).await
+    }
+    async fn rotate_token(
+        &self,
+        id: &str,
+        rotation: &Rotation,
+        at: EpochMs,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        self.check()?;
+        self.inner.rotate_token(id, rotation, at).await
+    }
+    async fn enqueue_event(&self, event: &NewEvent) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.enqueue_event(event).await
+    }
+    async fn claim_events(
+        &self,
+        now: EpochMs,
+        lease_until: EpochMs,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.check()?;
+        self.inner.claim_events(now, lease_until, limit).await
+    }
+    async fn finish_event(&self, id: &str, outcome: EventOutcome) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.finish_event(id, outcome).await
+    }
+    async fn purge_events(&self, before: EpochMs) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.purge_events(before).await
+    }
+    async fn tokens_expiring(&self, from: EpochMs, to: EpochMs) -> Result<Vec<TokenRecord>, StoreError> {
+        self.check()?;
+        self.inner.tokens_expiring(from, to).await
+    }
+    async fn token_states(&self, now: EpochMs, soon: EpochMs) -> Result<TokenStates, StoreError> {
+        self.check()?;
+        self.inner.token_states(now, soon).await
     }
     async fn delete_token(&self, id: &str, at: EpochMs) -> Result<Option<TokenRecord>, StoreError> {
         self.check()?;

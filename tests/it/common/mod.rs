@@ -8,6 +8,7 @@ pub mod faulty_store;
 pub mod postgres;
 pub mod process;
 pub mod tcp_proxy;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
