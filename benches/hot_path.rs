@@ -14,7 +14,8 @@ use http_body_util::Full;
 use hyper::header::{AUTHORIZATION, HeaderValue};
 use hyper::{HeaderMap, Method, Request};
 use tokengate::bench::{
-    CheckContext, ConnInfo, Next, Scheme, Trail, canonical_path, check_token, credentials_from_headers, decide,
+    CheckContext, ConnInfo, Connection, Next, Scheme, Trail, canonical_path, check_token, credentials_from_headers,
+    decide,
 };
 use tokengate::{App, Argon2Cost, Config, NewToken, Scope, SqliteStore, SystemClock, TokenAuth, Upstream};
 
@@ -146,10 +147,17 @@ fn warm_token(c: &mut Criterion) {
     c.bench_function("check_token", |b| {
         b.iter(|| check_token(black_box(&token), black_box(&cx)))
     });
-    let conn = ConnInfo::new("127.0.0.1:50000".parse().unwrap(), false);
+    let info = ConnInfo::new("127.0.0.1:50000".parse().unwrap(), false);
+    // A keep-alive connection recalls its last credentials (the memo); a
+    // new one for every request shows the path without it.
     for (name, secret, target) in [
         (
             "pipeline/decide_warm_token",
+            &secret,
+            "/rest/api/space/DOCS?spaceKey=DOCS",
+        ),
+        (
+            "pipeline/decide_warm_token_new_connection",
             &secret,
             "/rest/api/space/DOCS?spaceKey=DOCS",
         ),
@@ -168,15 +176,24 @@ fn warm_token(c: &mut Criterion) {
             "Basic {}",
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("alice:{secret}"))
         );
+        let keep_alive = Connection::new(info.clone(), &app);
+        let fresh = name.ends_with("new_connection");
         c.bench_function(name, |b| {
             b.to_async(&runtime).iter(|| async {
+                let new_connection;
+                let conn = if fresh {
+                    new_connection = Connection::new(info.clone(), &app);
+                    &new_connection
+                } else {
+                    &keep_alive
+                };
                 let req = Request::get(target)
                     .header(AUTHORIZATION, authorization.as_str())
                     .header("host", "wiki.example.com")
                     .body(Full::new(Bytes::new()))
                     .unwrap();
                 let mut trail = Trail::new(tracing::Span::none(), false);
-                match decide(&app, &conn, req, &mut trail).await {
+                match decide(&app, conn, req, &mut trail).await {
                     Ok(Next::Forward { .. }) => {}
                     _ => panic!("the warm token request is forwarded"),
                 }

@@ -20,7 +20,9 @@
 //!    page in `ui`; `cross_site` refuses calls another site's page made a
 //!    browser send to them.
 //! 5. `auth::credentials` decodes `Authorization` and refuses tokens sent
-//!    anywhere else; `auth::Authenticator` resolves a `tgw_` secret through
+//!    anywhere else (a keep-alive connection that repeats its last
+//!    `Authorization` recalls the token from `auth::memo` instead, every
+//!    check still to come); `auth::Authenticator` resolves a `tgw_` secret through
 //!    the verified cache, the `store` and argon2 (a client with too many
 //!    failures gets 429 first), then runs the token checks in SPEC order and
 //!    the token's `rules`, reading the body only for a JSON rule; `spaces`
@@ -94,7 +96,7 @@ pub use tokens::{CreatedToken, NewToken, RestrictionsChange, TokenError, Updated
 pub mod bench {
     pub use crate::auth::credentials::{Scheme, from_headers as credentials_from_headers};
     pub use crate::auth::{CheckContext, check_token};
-    pub use crate::pipeline::{Next, Trail, decide};
+    pub use crate::pipeline::{Connection, Next, Trail, decide};
     pub use crate::proxy::ConnInfo;
     pub use crate::target::canonical_path;
 }

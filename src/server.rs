@@ -167,7 +167,7 @@ struct Connection {
 /// request, instead of one per part of the App.
 struct Shared {
     app: App,
-    conn: ConnInfo,
+    conn: pipeline::Connection,
     /// Whether a first request head has arrived.
     started: AtomicBool,
 }
@@ -203,6 +203,7 @@ impl Connection {
             accepted,
         } = self;
         let peer = conn.peer;
+        let conn = pipeline::Connection::new(conn, &app);
         let shared = Arc::new(Shared {
             app,
             conn,

@@ -17,6 +17,7 @@
 
 mod checks;
 pub mod credentials;
+pub mod memo;
 mod passwords;
 pub mod rate_limit;
 pub mod seal;
@@ -252,6 +253,36 @@ impl Authenticator {
         rule_check: RuleCheck,
     ) -> Result<(Request<Forwarded<B>>, Principal, Passage), Refused> {
         let token = self.resolve_token(presented.secret, client_ip).await?;
+        let (scheme, basic_user) = (presented.scheme, presented.basic_user);
+        self.authenticate_resolved(
+            token,
+            req,
+            target,
+            scheme,
+            basic_user,
+            client_ip,
+            report_only,
+            rule_check,
+        )
+        .await
+    }
+
+    /// [`authenticate_token`](Self::authenticate_token) for a token already
+    /// resolved (the connection's memo recalled it): every check, from the
+    /// scheme on.
+    // The arguments are what a presented token carries, one by one.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn authenticate_resolved<B: RequestBody>(
+        &self,
+        token: Arc<ActiveToken>,
+        req: Request<B>,
+        target: &Target,
+        scheme: Scheme,
+        basic_user: Option<&str>,
+        client_ip: IpAddr,
+        report_only: ReportOnly,
+        rule_check: RuleCheck,
+    ) -> Result<(Request<Forwarded<B>>, Principal, Passage), Refused> {
         let mut passage = Passage::default();
         let refused = |error: GatewayError, rate: Option<RateState>| Refused {
             error: match rate {
@@ -270,8 +301,8 @@ impl Authenticator {
             ));
         }
         let cx = CheckContext {
-            scheme: presented.scheme,
-            basic_user: presented.basic_user,
+            scheme,
+            basic_user,
             method: req.method(),
             path: &target.path,
             client_ip,

@@ -23,16 +23,18 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::header::HOST;
+use hyper::header::{AUTHORIZATION, HOST};
 use hyper::{Method, Request, Response};
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::app::App;
 use crate::auth::credentials::{self, Credentials};
+use crate::auth::memo::{CredentialMemo, Recalled};
 use crate::auth::sessions;
 use crate::auth::{ActiveToken, PresentedToken, RateState, Refused, ReportOnly, RuleCheck, Via};
 use crate::body::{ClientBody, Forwarded, RequestBody, ResponseBody};
+use crate::clock::EpochMs;
 use crate::config::ForwardAs;
 use crate::error::{self, Audience, GatewayError, Reason};
 use crate::proxy::{ConnInfo, Identity};
@@ -41,6 +43,32 @@ use crate::routes::{self, OwnRoute};
 use crate::spaces::{AskAs, Verdict};
 use crate::store::{AuditEntry, AuditKind};
 use crate::target::{self, Target};
+
+/// A client connection, as each of its requests sees it: what the forwarder
+/// needs, and the memo of the credentials its last token request presented.
+pub struct Connection {
+    pub info: ConnInfo,
+    pub memo: CredentialMemo,
+    /// How long the memo keeps a token: as long as the verified cache would.
+    memo_ttl_ms: EpochMs,
+}
+
+impl Connection {
+    pub fn new(info: ConnInfo, app: &App) -> Self {
+        Connection {
+            info,
+            memo: CredentialMemo::default(),
+            memo_ttl_ms: EpochMs::try_from(app.config.verify_cache_ttl.as_millis()).unwrap_or(EpochMs::MAX),
+        }
+    }
+}
+
+/// What a request presented, as the authentication sees it.
+enum Presented<'a> {
+    /// The same `Authorization` as the connection's last token request.
+    Recalled(Recalled),
+    Decoded(&'a Credentials),
+}
 
 /// What to do with a request once every check is done.
 // Boxing the forwarded request would cost an allocation on every forwarded
@@ -121,7 +149,7 @@ impl Trail {
 
 /// The outer handler: the only place that turns a failure into a response,
 /// logs it, and records every request's outcome.
-pub async fn handle(app: &App, conn: &ConnInfo, req: Request<ClientBody>) -> Response<ResponseBody> {
+pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> Response<ResponseBody> {
     let started = Instant::now();
     let method = req.method().clone();
     let span = tracing::info_span!(
@@ -141,7 +169,7 @@ pub async fn handle(app: &App, conn: &ConnInfo, req: Request<ClientBody>) -> Res
                 error::add_security_headers(response.headers_mut());
                 Ok(response.map(Either::Right))
             }
-            Next::Forward { req, target, identity } => app.upstream.forward(req, &target, &identity, conn).await,
+            Next::Forward { req, target, identity } => app.upstream.forward(req, &target, &identity, &conn.info).await,
         }
     }
     .instrument(span.clone())
@@ -171,7 +199,7 @@ pub async fn handle(app: &App, conn: &ConnInfo, req: Request<ClientBody>) -> Res
 /// Every stage but forwarding, in SPEC order.
 pub async fn decide<B: RequestBody>(
     app: &App,
-    conn: &ConnInfo,
+    conn: &Connection,
     mut req: Request<B>,
     trail: &mut Trail,
 ) -> Result<Next<B>, GatewayError> {
@@ -182,7 +210,7 @@ pub async fn decide<B: RequestBody>(
         return Err(GatewayError::new(Reason::BadRequest, "more than one Host header"));
     }
     app.protected_headers.strip(req.headers_mut());
-    let client_ip = client_ip::client_ip(conn.peer.ip(), req.headers(), &app.config.trusted_proxies);
+    let client_ip = client_ip::client_ip(conn.info.peer.ip(), req.headers(), &app.config.trusted_proxies);
     trail.span.record("client.ip", tracing::field::display(client_ip));
     trail.client_ip = Some(client_ip);
     if let Some(route) = routes::own_route(&target.path) {
@@ -190,22 +218,31 @@ pub async fn decide<B: RequestBody>(
         trail.decision = Some(Decision::Own);
         // Boxed: the management API's future is large and most requests never need it.
         trail.from_page = sessions::has_session_cookie(req.headers());
-        let response = Box::pin(routes::serve(app, route, req, &target, conn, client_ip)).await?;
+        let response = Box::pin(routes::serve(app, route, req, &target, &conn.info, client_ip)).await?;
         return Ok(Next::Answer(response));
     }
     credentials::refuse_tokens_elsewhere(req.headers(), target.query.as_deref())
         .map_err(|e| GatewayError::new(Reason::BadCredentials, e.to_string()))?;
-    let credentials = credentials::from_headers(req.headers())
-        .map_err(|e| GatewayError::new(Reason::BadCredentials, e.to_string()))?;
-    let (req, identity) = match credentials {
-        None if app.config.allow_anonymous => (req.map(Either::Left), Identity::Passthrough),
-        None => {
-            return Err(GatewayError::new(
-                Reason::CredentialsRequired,
-                "credentials are required",
-            ));
+    let (req, identity) = match conn.memo.recall(req.headers(), app.clock.now_ms()) {
+        Some(recalled) => {
+            let presented = Presented::Recalled(recalled);
+            authenticate(app, conn, req, &mut target, presented, client_ip, trail).await?
         }
-        Some(credentials) => authenticate(app, conn, req, &mut target, &credentials, client_ip, trail).await?,
+        None => match credentials::from_headers(req.headers())
+            .map_err(|e| GatewayError::new(Reason::BadCredentials, e.to_string()))?
+        {
+            None if app.config.allow_anonymous => (req.map(Either::Left), Identity::Passthrough),
+            None => {
+                return Err(GatewayError::new(
+                    Reason::CredentialsRequired,
+                    "credentials are required",
+                ));
+            }
+            Some(credentials) => {
+                let presented = Presented::Decoded(&credentials);
+                authenticate(app, conn, req, &mut target, presented, client_ip, trail).await?
+            }
+        },
     };
     trail.decision = Some(match identity {
         Identity::User(_) | Identity::Pat(_) if trail.reported.is_some() => Decision::Report,
@@ -220,36 +257,64 @@ pub async fn decide<B: RequestBody>(
 /// with `passthrough = false`).
 async fn authenticate<B: RequestBody>(
     app: &App,
-    conn: &ConnInfo,
+    conn: &Connection,
     req: Request<B>,
     target: &mut Target,
-    credentials: &Credentials,
+    presented: Presented<'_>,
     client_ip: IpAddr,
     trail: &mut Trail,
 ) -> Result<(Request<Forwarded<B>>, Identity), GatewayError> {
-    let Some((secret, scheme)) = credentials.gateway_token() else {
-        if app.config.passthrough {
-            return Ok((req.map(Either::Left), Identity::Passthrough));
-        }
-        return Err(GatewayError::new(
-            Reason::InvalidToken,
-            "only gateway tokens are accepted here",
-        ));
+    let (scheme, basic_user) = match &presented {
+        Presented::Recalled(recalled) => (recalled.scheme, recalled.basic_user()),
+        Presented::Decoded(credentials) => match credentials.gateway_token() {
+            Some((_, scheme)) => (scheme, credentials.basic_user()),
+            None if app.config.passthrough => return Ok((req.map(Either::Left), Identity::Passthrough)),
+            None => {
+                return Err(GatewayError::new(
+                    Reason::InvalidToken,
+                    "only gateway tokens are accepted here",
+                ));
+            }
+        },
     };
     trail.token_presented = true;
     if trail.audit {
         trail.path = Some(target.path.clone());
-        trail.user = credentials.basic_user().map(str::to_owned);
+        trail.user = basic_user.map(str::to_owned);
     }
-    let presented = PresentedToken {
-        secret,
-        scheme,
-        basic_user: credentials.basic_user(),
+    let (forward, checks) = (ReportOnly::Applies, RuleCheck::Apply);
+    let authenticated = match &presented {
+        Presented::Recalled(recalled) => {
+            let token = recalled.token.clone();
+            app.auth
+                .authenticate_resolved(token, req, target, scheme, basic_user, client_ip, forward, checks)
+                .await
+        }
+        Presented::Decoded(credentials) => {
+            let authorization = req.headers().get(AUTHORIZATION).cloned();
+            let presented = PresentedToken {
+                secret: credentials
+                    .gateway_token()
+                    .map(|(secret, _)| secret)
+                    .unwrap_or_default(),
+                scheme,
+                basic_user,
+            };
+            let authenticated = app
+                .auth
+                .authenticate_token(req, target, presented, client_ip, forward, checks)
+                .await;
+            // The next request of this connection with the same header skips
+            // decoding and resolving it (never the checks).
+            if let (Ok((_, principal, _)), Some(authorization)) = (&authenticated, authorization)
+                && let Via::Token(token) = &principal.via
+            {
+                let until = app.clock.now_ms() + conn.memo_ttl_ms;
+                conn.memo.remember(&authorization, token, scheme, basic_user, until);
+            }
+            authenticated
+        }
     };
-    let authenticated = app
-        .auth
-        .authenticate_token(req, target, presented, client_ip, ReportOnly::Applies, RuleCheck::Apply)
-        .await;
     let (req, principal, passage) = match authenticated {
         Ok(accepted) => accepted,
         Err(Refused { error, token }) => {
@@ -280,7 +345,7 @@ async fn authenticate<B: RequestBody>(
         ForwardAs::Header => Identity::User(principal.user),
         ForwardAs::Pat => Identity::Pat(app.auth.upstream_authorization(&token)?),
     };
-    let req = confine(app, conn, req, target, &token, &identity, trail).await?;
+    let req = confine(app, &conn.info, req, target, &token, &identity, trail).await?;
     if app.settings.get().usage_details {
         token.usage.record(app.clock.now_ms(), client_ip);
     }
@@ -406,8 +471,8 @@ mod tests {
         format!("Basic {encoded}")
     }
 
-    fn conn() -> ConnInfo {
-        ConnInfo::new("10.0.0.9:40000".parse().unwrap(), false)
+    fn conn(app: &App) -> Connection {
+        Connection::new(ConnInfo::new("10.0.0.9:40000".parse().unwrap(), false), app)
     }
 
     async fn token(app: &App, limit_to: &str) -> String {
@@ -434,7 +499,7 @@ mod tests {
 
     async fn decided(app: &App, req: Request<Full<Bytes>>) -> Result<Next<Full<Bytes>>, GatewayError> {
         let mut trail = Trail::new(tracing::Span::none(), true);
-        decide(app, &conn(), req, &mut trail).await
+        decide(app, &conn(app), req, &mut trail).await
     }
 
     async fn refusal(app: &App, req: Request<Full<Bytes>>) -> &'static str {
@@ -610,7 +675,7 @@ mod tests {
             &[("authorization", &basic("bob", &secret))],
             "",
         );
-        let error = decide(&app, &conn(), req, &mut trail).await.err().unwrap();
+        let error = decide(&app, &conn(&app), req, &mut trail).await.err().unwrap();
         assert_eq!(error.reason, Reason::UserMismatch);
         assert!(trail.token_presented);
         assert_eq!(trail.token.as_ref().map(|t| t.label.as_str()), Some("ci-bot"));

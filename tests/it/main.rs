@@ -9,6 +9,7 @@ mod common;
 mod forwarding;
 mod hardening;
 mod hostile;
+mod keep_alive;
 mod notify;
 mod pat;
 mod postgres;
