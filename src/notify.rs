@@ -13,7 +13,7 @@
 //! Signature: sha256=<HMAC-SHA256 of "<timestamp>.<body>">`, with the
 //! timestamp in `X-Tokengate-Timestamp`, so a receiver can refuse replays.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,6 +56,9 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SEND_POLL: Duration = Duration::from_secs(1);
 /// `expiringSoon` and the `expiring` gauge: within this many days.
 pub const SOON_DAYS: i64 = 7;
+/// Once-keys remembered in memory at most (then forgotten, and the store
+/// answers again).
+const MAX_REMEMBERED_ONCE: usize = 200_000;
 /// `token.expired` is raised for tokens that expired at most this long ago
 /// (a gateway that was down when one expired still tells).
 const EXPIRED_LOOKBACK_MS: EpochMs = 7 * DAY_MS;
@@ -211,6 +214,9 @@ pub struct Notifier {
     clock: Arc<dyn Clock>,
     /// The minute each throttled client was last raised for in this process.
     throttled: Mutex<HashMap<IpAddr, EpochMs>>,
+    /// Once-keys this process has queued (or found queued): the expiry check
+    /// asks the store about each token once, not every minute.
+    queued_once: Mutex<HashSet<String>>,
     /// Wakes this process's sender when an event is raised here.
     raised: Notify,
 }
@@ -245,6 +251,7 @@ impl Notifier {
             store,
             clock,
             throttled: Mutex::new(HashMap::new()),
+            queued_once: Mutex::new(HashSet::new()),
             raised: Notify::new(),
         })
     }
@@ -257,6 +264,10 @@ impl Notifier {
             return;
         }
         let now = self.clock.now_ms();
+        let once = event.once(now);
+        if once.as_ref().is_some_and(|key| lock(&self.queued_once).contains(key)) {
+            return;
+        }
         let id = Alphanumeric.sample_string(&mut OsRng.unwrap_err(), 22);
         let body = json!({
             "id": id,
@@ -271,14 +282,22 @@ impl Notifier {
             event: event.name().to_owned(),
             body: body.to_string(),
             created_at: now,
-            once: event.once(now),
+            once,
         };
         match self.store.enqueue_event(&queued).await {
-            Ok(true) => {
-                tracing::info!(event = queued.event, event.id = %queued.id, "event raised");
-                self.raised.notify_one();
+            Ok(queued_now) => {
+                if queued_now {
+                    tracing::info!(event = queued.event, event.id = %queued.id, "event raised");
+                    self.raised.notify_one();
+                }
+                if let Some(key) = queued.once {
+                    let mut seen = lock(&self.queued_once);
+                    if seen.len() >= MAX_REMEMBERED_ONCE {
+                        seen.clear();
+                    }
+                    seen.insert(key);
+                }
             }
-            Ok(false) => {}
             Err(e) => tracing::error!(event = queued.event, error = %e, "cannot queue the event; it is lost"),
         }
     }
@@ -290,7 +309,7 @@ impl Notifier {
         }
         let minute = self.clock.now_ms() / 60_000;
         {
-            let mut seen = self.throttled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut seen = lock(&self.throttled);
             if seen.get(&client_ip) == Some(&minute) {
                 return;
             }
@@ -412,6 +431,11 @@ impl Target {
             Ok(Ok(response)) => Err(format!("it answered {}", response.status())),
         }
     }
+}
+
+/// A lock whose holder cannot leave its map half-changed.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// How long to wait after the `attempts`-th failed attempt: 10 s, doubling,

@@ -176,11 +176,7 @@ impl Spaces {
                 return Ok((req, Verdict::Refused(error)));
             }
         }
-        let forget = if std::mem::take(&mut plan.forget) {
-            plan.content
-        } else {
-            Vec::new()
-        };
+        let forget = if plan.forget { plan.content } else { Vec::new() };
         Ok((req, Verdict::Allowed { query, forget }))
     }
 
