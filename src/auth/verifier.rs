@@ -566,28 +566,10 @@ mod tests {
             let value = token::generate();
             let id = format!("id-{user}");
             let record = TokenRecord {
-                id: id.clone(),
                 label: format!("{user}-bot"),
-                user: Some(user.into()),
-                author: "admin".into(),
-                limit_to: String::new(),
-                ip: String::new(),
-                created_at: 0,
-                valid_until: None,
                 token_hash: self.verifier.hash(&value).await.unwrap(),
                 lookup: token::lookup_of(&value).to_owned(),
-                counter: 0,
-                last_used_at: None,
-                last_ip: None,
-                sealed_pat: None,
-                upstream_token_id: None,
-                rate_limit: None,
-                enforce: true,
-                spaces: None,
-                previous_hash: None,
-                previous_lookup: None,
-                previous_sealed_pat: None,
-                grace_until: None,
+                ..crate::store::test_record(&id, Some(user), 0)
             };
             self.store.insert_token(&record, None).await.unwrap();
             (id, value)

@@ -218,14 +218,9 @@ impl Spaces {
         };
         let encoded = parts.headers.contains_key(CONTENT_ENCODING);
         let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let names = match JsonBody::parse(content_type, &bytes) {
-            Err(e) => return Err(GatewayError::new(Reason::AmbiguousJson, e.to_string())),
-            Ok(_) if bytes.is_empty() && use_ == BodyUse::Inspect => Ok((None, Vec::new())),
-            Ok(JsonBody::Json(json)) if !encoded => resolve::body_names(&json, use_),
-            Ok(_) => Err(Refusal::Unknown(
-                "the body of a change of content must be JSON (Content-Type: application/json) for the gateway to see which spaces it touches".into(),
-            )),
-        };
+        let json = JsonBody::parse(content_type, &bytes)
+            .map_err(|e| GatewayError::new(Reason::AmbiguousJson, e.to_string()))?;
+        let names = resolve::names_in_body(&json, bytes.is_empty(), encoded, use_);
         Ok((Request::from_parts(parts, Either::Right(Full::new(bytes))), names))
     }
 
@@ -321,32 +316,26 @@ fn explain(allowed: &[String], head: &RequestHead<'_>, body: Option<(&[u8], Opti
         Err(refusal) => return refuse(refusal_line(refusal)),
     };
     let mut lines = Vec::new();
-    if plan.body != BodyUse::Ignore {
-        let json = body.map(|(bytes, content_type)| {
-            (
-                bytes.is_empty(),
-                JsonBody::parse(content_type.or(Some("application/json")), bytes),
-            )
-        });
-        match json {
-            Some((_, Err(duplicate))) => return refuse(format!("spaces: {duplicate} (ambiguous_json)")),
-            Some((true, _)) if plan.body == BodyUse::Inspect => {}
-            Some((_, Ok(JsonBody::Json(json)))) => match resolve::body_names(&json, plan.body) {
+    match (plan.body, body) {
+        (BodyUse::Ignore, _) => {}
+        (use_, Some((bytes, content_type))) => {
+            let json = match JsonBody::parse(content_type.or(Some("application/json")), bytes) {
+                Ok(json) => json,
+                Err(duplicate) => return refuse(format!("spaces: {duplicate} (ambiguous_json)")),
+            };
+            match resolve::names_in_body(&json, bytes.is_empty(), false, use_) {
                 Ok((key, ids)) => {
                     plan.keys.extend(key);
                     plan.content.extend(ids);
                 }
                 Err(refusal) => return refuse(refusal_line(refusal)),
-            },
-            Some((_, Ok(JsonBody::NotJson))) | None if plan.body == BodyUse::RequireSpace => {
-                return refuse("spaces: space_unknown: new content names its space.key in a JSON body".into());
             }
-            Some((_, Ok(JsonBody::NotJson))) => {
-                return refuse("spaces: space_unknown: the body of a change of content must be JSON".into());
-            }
-            None => {
-                lines.push("spaces: no body given; the one sent may name more content (ancestors, container)".into())
-            }
+        }
+        (BodyUse::RequireSpace, None) => {
+            return refuse("spaces: space_unknown: new content names its space.key in a JSON body".into());
+        }
+        (BodyUse::Inspect, None) => {
+            lines.push("spaces: no body given; the one sent may name more content (ancestors, container)".into())
         }
     }
     for key in &plan.keys {
@@ -376,4 +365,77 @@ fn explain(allowed: &[String], head: &RequestHead<'_>, body: Option<(&[u8], Opti
         lines.push("spaces: the request touches no space".into());
     }
     (false, lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request body as a dry run takes it: bytes and `Content-Type`.
+    type Body<'a> = Option<(&'a [u8], Option<&'a str>)>;
+
+    fn dry(method: &str, path: &str, body: Body<'_>) -> DryRun {
+        let mut run = DryRun {
+            allowed: true,
+            line: None,
+            explanation: Vec::new(),
+        };
+        let head = RequestHead {
+            method,
+            path,
+            query: None,
+        };
+        dry_run(&["DOCS".to_owned()], &head, body, &mut run);
+        run
+    }
+
+    #[test]
+    fn the_dry_run_reads_bodies_as_the_gateway_does() {
+        let docs: &[u8] = br#"{"space":{"key":"DOCS"},"ancestors":[{"id":"5"}]}"#;
+        let run = dry("POST", "/rest/api/content", Some((docs, None)));
+        assert!(run.allowed, "{:?}", run.explanation);
+        assert!(
+            run.explanation.iter().any(|l| l.contains("content 5")),
+            "{:?}",
+            run.explanation
+        );
+        let cases: [(&str, &str, Body<'_>, &str); 5] = [
+            (
+                "POST",
+                "/rest/api/content",
+                Some((br#"{"space":{"key":"HR"}}"#, None)),
+                "space_not_allowed",
+            ),
+            (
+                "POST",
+                "/rest/api/content",
+                Some((b"space=DOCS", Some("text/plain"))),
+                "space_unknown",
+            ),
+            ("POST", "/rest/api/content", Some((b"", None)), "space_unknown"),
+            ("POST", "/rest/api/content", None, "space_unknown"),
+            (
+                "PUT",
+                "/rest/api/content/1",
+                Some((br#"{"a":1,"a":2}"#, None)),
+                "ambiguous_json",
+            ),
+        ];
+        for (method, path, body, reason) in cases {
+            let run = dry(method, path, body);
+            assert!(
+                !run.allowed && run.explanation[0].contains(reason),
+                "{method} {path}: {:?}",
+                run.explanation
+            );
+        }
+        let run = dry("PUT", "/rest/api/content/1", Some((b"", None)));
+        assert!(run.allowed, "an empty body names nothing: {:?}", run.explanation);
+        let run = dry("PUT", "/rest/api/content/1", None);
+        assert!(
+            run.explanation.iter().any(|l| l.contains("no body given")),
+            "{:?}",
+            run.explanation
+        );
+    }
 }

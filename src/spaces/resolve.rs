@@ -7,6 +7,8 @@ use std::borrow::Cow;
 use hyper::Method;
 use serde_json::Value;
 
+use crate::rules::JsonBody;
+
 /// What a request touches, before its body is read and its content ids
 /// are looked up.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -158,6 +160,25 @@ fn content_sub_path<'a>(sub: &[&'a str]) -> Result<Option<&'a str>, Refusal> {
         true => Ok(None),
         false => Err(unknown(
             "of a content id's sub-paths only child, descendant, label, property, version, history and restriction are understood",
+        )),
+    }
+}
+
+/// What the body of a change of content names, by the one rule the gateway
+/// and its dry run follow: an empty body names nothing (but new content must
+/// name its space), and a body that is not JSON, or is compressed, cannot be
+/// read.
+pub fn names_in_body(
+    body: &JsonBody,
+    empty: bool,
+    encoded: bool,
+    use_: BodyUse,
+) -> Result<(Option<String>, Vec<String>), Refusal> {
+    match body {
+        _ if empty && use_ == BodyUse::Inspect => Ok((None, Vec::new())),
+        JsonBody::Json(json) if !encoded => body_names(json, use_),
+        _ => Err(unknown(
+            "the body of a change of content must be JSON (Content-Type: application/json) for the gateway to see which spaces it touches",
         )),
     }
 }
