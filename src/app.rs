@@ -102,7 +102,7 @@ impl App {
         let settings = Arc::new(LiveSettings::load(store.clone()).await);
         let metrics = Metrics::new();
         let usage = Arc::new(UsageBook::default());
-        let upstream = Arc::new(UpstreamClient::new(&config)?);
+        let upstream = Arc::new(UpstreamClient::new(&config, metrics.upstream_connects.clone())?);
         let seal_key = config.seal_key_file.as_deref().map(read_seal_key).transpose()?;
         let pat_mode = (config.forward_as == ForwardAs::Pat).then(|| PatMode {
             upstream: upstream.clone(),

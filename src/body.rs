@@ -1,7 +1,7 @@
 //! Message bodies: the request body every stage is generic over (so the
 //! pipeline runs on in-memory bodies in tests), the body a client connection
-//! delivers ([`ClientBody`], which ends a body that stops arriving), the
-//! response body, and the one way the gateway reads a body whole
+//! delivers ([`ClientBody`], which ends a body that stops arriving), and
+//! the one way the gateway reads a body whole
 //! ([`read_limited`], bounded).
 
 use std::error::Error as StdError;
@@ -30,9 +30,6 @@ impl<B> RequestBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + S
 /// A request body on its way on: as it streams in, or read whole (a JSON
 /// rule had to read it).
 pub type Forwarded<B> = Either<B, Full<Bytes>>;
-
-/// A response body: Confluence's, streamed back, or one the gateway made.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
 /// Reads a body whole, refusing one larger than `limit` bytes (413, before
 /// reading when `Content-Length` says so). `purpose` ends the 413 message:

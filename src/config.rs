@@ -24,6 +24,8 @@ pub const KEYS: &[&str] = &[
     "upstream_ca",
     "connect_timeout_s",
     "upstream_timeout_s",
+    "upstream_max_idle",
+    "upstream_idle_timeout_s",
     "token_auth",
     "scope",
     "identity_header",
@@ -219,6 +221,10 @@ pub struct Config {
     pub upstream_ca: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
+    /// Idle upstream connections kept for reuse, beyond those held by open client connections.
+    pub upstream_max_idle: usize,
+    /// How long an upstream connection may sit idle before it is closed.
+    pub upstream_idle_timeout: Duration,
     pub token_auth: TokenAuth,
     pub scope: Scope,
     pub identity_header: HeaderName,
@@ -424,6 +430,8 @@ impl Config {
             upstream_ca: r.opt_string("upstream_ca")?.map(PathBuf::from),
             connect_timeout: Duration::from_secs(r.positive("connect_timeout_s", 5)?),
             upstream_timeout: Duration::from_secs(r.positive("upstream_timeout_s", 300)?),
+            upstream_max_idle: r.positive("upstream_max_idle", 256)?,
+            upstream_idle_timeout: Duration::from_secs(r.positive("upstream_idle_timeout_s", 60)?),
             token_auth: r.choice(
                 "token_auth",
                 "basic",
@@ -770,6 +778,8 @@ mod tests {
         assert_eq!(c.database_url, "sqlite://data/tokengate.db");
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.upstream_timeout, Duration::from_secs(300));
+        assert_eq!(c.upstream_max_idle, 256);
+        assert_eq!(c.upstream_idle_timeout, Duration::from_secs(60));
         assert_eq!(c.token_auth, TokenAuth::Basic);
         assert_eq!(c.scope, Scope::Rest);
         assert_eq!(c.identity_header, "x-forwarded-user");

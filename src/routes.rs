@@ -88,6 +88,9 @@ async fn answer_probe(app: &App, probe: Probe, method: &Method) -> Result<Respon
             app.metrics
                 .audit_queue_depth
                 .set(i64::try_from(app.audit.queue_depth()).unwrap_or(i64::MAX));
+            app.metrics
+                .upstream_idle
+                .set(i64::try_from(app.upstream.idle_connections()).unwrap_or(i64::MAX));
             let mut response = json_response(StatusCode::OK, app.metrics.render());
             response.headers_mut().insert(
                 CONTENT_TYPE,

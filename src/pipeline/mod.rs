@@ -33,11 +33,11 @@ use crate::auth::credentials::{self, Credentials};
 use crate::auth::memo::{CredentialMemo, Recalled};
 use crate::auth::sessions;
 use crate::auth::{ActiveToken, PresentedToken, RateState, Refused, ReportOnly, RuleCheck, Via};
-use crate::body::{ClientBody, Forwarded, RequestBody, ResponseBody};
+use crate::body::{ClientBody, Forwarded, RequestBody};
 use crate::clock::EpochMs;
 use crate::config::ForwardAs;
 use crate::error::{self, Audience, GatewayError, Reason};
-use crate::proxy::{ConnInfo, Identity};
+use crate::proxy::{ConnInfo, Identity, Lease, ResponseBody};
 use crate::record::Decision;
 use crate::routes::{self, OwnRoute};
 use crate::spaces::{AskAs, Verdict};
@@ -45,9 +45,11 @@ use crate::store::{AuditEntry, AuditKind};
 use crate::target::{self, Target};
 
 /// A client connection, as each of its requests sees it: what the forwarder
-/// needs, and the memo of the credentials its last token request presented.
+/// needs (who the client is, and the upstream connection its requests
+/// reuse), and the memo of the credentials its last token request presented.
 pub struct Connection {
     pub info: ConnInfo,
+    pub upstream: Arc<Lease>,
     pub memo: CredentialMemo,
     /// How long the memo keeps a token: as long as the verified cache would.
     memo_ttl_ms: EpochMs,
@@ -57,6 +59,7 @@ impl Connection {
     pub fn new(info: ConnInfo, app: &App) -> Self {
         Connection {
             info,
+            upstream: app.upstream.lease(),
             memo: CredentialMemo::default(),
             memo_ttl_ms: EpochMs::try_from(app.config.verify_cache_ttl.as_millis()).unwrap_or(EpochMs::MAX),
         }
@@ -169,7 +172,11 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
                 error::add_security_headers(response.headers_mut());
                 Ok(response.map(Either::Right))
             }
-            Next::Forward { req, target, identity } => app.upstream.forward(req, &target, &identity, &conn.info).await,
+            Next::Forward { req, target, identity } => {
+                app.upstream
+                    .forward(req, &target, &identity, &conn.info, &conn.upstream)
+                    .await
+            }
         }
     }
     .instrument(span.clone())

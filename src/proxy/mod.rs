@@ -1,9 +1,11 @@
-//! Forwarding to Confluence (SPEC §2.8): the pooled upstream client, the
-//! request rewrite (identity, `X-Forwarded-*`, `Host`; no session for a
-//! token request), streaming bodies, WebSocket upgrades (the only protocol
-//! switch passed on), `Location` rewriting, and 502/504 on failure.
+//! Forwarding to Confluence (SPEC §2.8): the upstream connections
+//! ([`pool`]), the request rewrite (identity, `X-Forwarded-*`, `Host`; no
+//! session for a token request), streaming bodies, WebSocket upgrades (the
+//! only protocol switch passed on), `Location` rewriting, and 502/504 on
+//! failure.
 
 pub mod headers;
+pub mod pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,21 +14,24 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::header::{HOST, HeaderName, HeaderValue, LOCATION};
-use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 
+pub use self::pool::{Lease, PooledBody};
+use self::pool::{Pool, PoolError};
 use crate::auth::seal::Pat;
-use crate::body::{ClientBody, ClientBodyError, Forwarded, ResponseBody};
+use crate::body::{ClientBody, ClientBodyError, Forwarded};
 use crate::config::{Config, Upstream};
 use crate::error::{GatewayError, Reason};
 use crate::target::Target;
 
 /// A request body on its way to Confluence.
 pub type UpstreamBody = Forwarded<ClientBody>;
+
+/// A response body: Confluence's, streamed back, or one the gateway made.
+pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 
 /// Who Confluence should see the request as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,10 +91,12 @@ impl ConnInfo {
     }
 }
 
-/// The pooled, keep-alive client to Confluence.
+/// The client to Confluence.
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    pool: Pool,
     upstream: Upstream,
+    /// `Host` of a forwarded request (but with `preserve_host`).
+    host: HeaderValue,
     timeout: Duration,
     public_url: Option<String>,
     identity_header: hyper::header::HeaderName,
@@ -106,23 +113,15 @@ pub enum ClientSetupError {
 }
 
 impl UpstreamClient {
-    pub fn new(config: &Config) -> Result<Self, ClientSetupError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_client_config(config.upstream_ca.as_deref())?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+    /// `connects` counts the connections made.
+    pub fn new(config: &Config, connects: Counter) -> Result<Self, ClientSetupError> {
+        let pool = Pool::new(config, tls_client_config(config.upstream_ca.as_deref())?, connects)?;
+        let host = HeaderValue::from_str(config.upstream.authority.as_str())
+            .expect("a URI authority is visible ASCII, a valid header value");
         Ok(UpstreamClient {
-            client,
+            pool,
             upstream: config.upstream.clone(),
+            host,
             timeout: config.upstream_timeout,
             public_url: config.public_url.clone(),
             identity_header: config.identity_header.clone(),
@@ -134,15 +133,26 @@ impl UpstreamClient {
         })
     }
 
-    /// Forwards a checked request and returns Confluence's response as is
-    /// (but for hop-by-hop headers, `Location` rewriting, and no session
-    /// cookie for a token request).
+    /// A lease on an upstream connection, for one client connection.
+    pub fn lease(&self) -> Arc<Lease> {
+        self.pool.lease()
+    }
+
+    /// Upstream connections idle in the pool (not counting leased ones).
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle_count()
+    }
+
+    /// Forwards a checked request, on the client connection's `lease`, and
+    /// returns Confluence's response as is (but for hop-by-hop headers,
+    /// `Location` rewriting, and no session cookie for a token request).
     pub async fn forward(
         &self,
         mut req: Request<UpstreamBody>,
         target: &Target,
         identity: &Identity,
         conn: &ConnInfo,
+        lease: &Arc<Lease>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let websocket = headers::websocket_requested(req.headers()) && req.version() == Version::HTTP_11;
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
@@ -150,7 +160,7 @@ impl UpstreamClient {
             .forwarded()
             .map_err(|_| GatewayError::new(Reason::BadPath, "the request target cannot be forwarded"))?;
         self.rewrite_request(&mut req, forwarded, identity, conn)?;
-        let mut response = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let mut response = match tokio::time::timeout(self.timeout, self.pool.send(lease, req, websocket)).await {
             Err(_) => {
                 return Err(GatewayError::new(
                     Reason::UpstreamTimeout,
@@ -287,7 +297,8 @@ impl UpstreamClient {
     ) -> Result<(StatusCode, Bytes), GatewayError> {
         let mut req = Request::builder()
             .method(method)
-            .uri(self.upstream_uri(path)?)
+            .uri(Uri::from(path))
+            .header(HOST, self.host.clone())
             .header(hyper::header::AUTHORIZATION, authorization.clone())
             .header(hyper::header::ACCEPT, "application/json");
         let body = match json {
@@ -336,7 +347,11 @@ impl UpstreamClient {
     async fn exchange(&self, req: Request<UpstreamBody>) -> Result<(StatusCode, Bytes), GatewayError> {
         const MAX_ANSWER: usize = 64 << 10;
         let exchange = async {
-            let response = self.client.request(req).await.map_err(|e| upstream_error(&e))?;
+            let response = self
+                .pool
+                .send(&self.pool.lease(), req, false)
+                .await
+                .map_err(|e| upstream_error(&e))?;
             let status = response.status();
             if status.is_server_error() {
                 tracing::warn!(
@@ -379,19 +394,16 @@ impl UpstreamClient {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        *req.uri_mut() = self.upstream_uri(forwarded)?;
+        *req.uri_mut() = Uri::from(forwarded);
         *req.version_mut() = Version::HTTP_11;
         let keep_upgrade = headers::websocket_requested(req.headers());
         let headers = req.headers_mut();
         headers::remove_hop_by_hop(headers, keep_upgrade);
-        match (&original_host, self.preserve_host) {
-            (Some(host), true) => {
-                headers.insert(HOST, host.clone());
-            }
-            _ => {
-                headers.remove(HOST);
-            }
-        }
+        let host = match (&original_host, self.preserve_host) {
+            (Some(host), true) => host.clone(),
+            _ => self.host.clone(),
+        };
+        headers.insert(HOST, host);
         match identity {
             Identity::User(user) => {
                 headers::strip_token_request(headers);
@@ -418,20 +430,6 @@ impl UpstreamClient {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
         Ok(())
-    }
-
-    fn upstream_uri(&self, path_and_query: PathAndQuery) -> Result<Uri, GatewayError> {
-        let scheme = if self.upstream.https {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
-        };
-        Uri::builder()
-            .scheme(scheme)
-            .authority(self.upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| GatewayError::internal(&e))
     }
 
     /// Points a redirect at the upstream origin back at the gateway.
@@ -511,16 +509,19 @@ fn append_forwarded_for(headers: &mut hyper::HeaderMap, conn: &ConnInfo) {
     }
 }
 
-fn upstream_error(error: &hyper_util::client::legacy::Error) -> GatewayError {
-    if let Some(body_error) = client_body_failed(error) {
-        return GatewayError::new(Reason::BadRequest, body_error.to_string());
-    }
-    if error.is_connect() {
-        tracing::warn!(error = %error, "cannot connect to Confluence");
-        GatewayError::new(Reason::UpstreamUnavailable, "Confluence is unavailable")
-    } else {
-        tracing::warn!(error = ?error, "Confluence request failed");
-        GatewayError::new(Reason::UpstreamUnavailable, "Confluence closed the connection")
+fn upstream_error(error: &PoolError) -> GatewayError {
+    match error {
+        PoolError::Connect(_) => {
+            tracing::warn!(error = %error, "cannot connect to Confluence");
+            GatewayError::new(Reason::UpstreamUnavailable, "Confluence is unavailable")
+        }
+        PoolError::Exchange(e) => {
+            if let Some(body_error) = client_body_failed(e) {
+                return GatewayError::new(Reason::BadRequest, body_error.to_string());
+            }
+            tracing::warn!(error = ?e, "Confluence request failed");
+            GatewayError::new(Reason::UpstreamUnavailable, "Confluence closed the connection")
+        }
     }
 }
 
@@ -528,13 +529,12 @@ fn upstream_error(error: &hyper_util::client::legacy::Error) -> GatewayError {
 /// (it went away mid-upload, or stalled) rather than because of Confluence:
 /// hyper reports a failing request body as a user error whose cause is the
 /// body's own error.
-fn client_body_failed(error: &hyper_util::client::legacy::Error) -> Option<&ClientBodyError> {
+fn client_body_failed(error: &hyper::Error) -> Option<&ClientBodyError> {
     use std::error::Error as _;
-    let sending = error.source()?.downcast_ref::<hyper::Error>()?;
-    if !sending.is_user() {
+    if !error.is_user() {
         return None;
     }
-    sending.source()?.downcast_ref::<ClientBodyError>()
+    error.source()?.downcast_ref::<ClientBodyError>()
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection.
@@ -595,7 +595,7 @@ mod tests {
             public_url: public_url.map(Into::into),
             ..Config::default()
         };
-        UpstreamClient::new(&config).unwrap()
+        UpstreamClient::new(&config, Counter::default()).unwrap()
     }
 
     fn location_after(client: &UpstreamClient, location: &str) -> String {

@@ -106,6 +106,10 @@ pub struct Metrics {
     pub argon2_checks: Counter,
     pub argon2_duration: AtomicHistogram,
     pub audit_queue_depth: Gauge,
+    /// New connections to Confluence (the pool counts them).
+    pub upstream_connects: Counter,
+    /// Upstream connections waiting in the pool, set when scraped.
+    pub upstream_idle: Gauge,
     pub rate_limit_fallbacks: Counter,
     /// `tokengate_space_lookups_total{result}`: hit, miss, error.
     space_lookups: [Counter; 3],
@@ -153,6 +157,18 @@ impl Default for Metrics {
             "Audit entries waiting to be stored",
             audit_queue_depth.clone(),
         );
+        let upstream_connects = Counter::default();
+        registry.register(
+            "upstream_connects",
+            "Connections made to Confluence",
+            upstream_connects.clone(),
+        );
+        let upstream_idle = Gauge::default();
+        registry.register(
+            "upstream_idle_connections",
+            "Connections to Confluence idle in the pool (not counting those held by open client connections)",
+            upstream_idle.clone(),
+        );
         let rate_limit_fallbacks = Counter::default();
         registry.register(
             "rate_limit_fallback",
@@ -196,6 +212,8 @@ impl Default for Metrics {
             argon2_checks,
             argon2_duration,
             audit_queue_depth,
+            upstream_connects,
+            upstream_idle,
         }
     }
 }

@@ -6,24 +6,13 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokengate::NewToken;
 
 use crate::common::fake_confluence::ADMIN_PASSWORD;
-use crate::common::{Gateway, basic, send};
+use crate::common::{Gateway, basic, connect, send};
 
 const BASE: &str = "/rest/extender/1.0/tokenTools";
-
-/// One HTTP/1.1 connection to the gateway, kept alive across requests.
-async fn connect(gw: &Gateway) -> SendRequest<Empty<Bytes>> {
-    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    sender
-}
 
 /// `(status, reason)` of `GET path` on the connection.
 async fn on(sender: &mut SendRequest<Empty<Bytes>>, path: &str, auth: &str) -> (u16, String) {

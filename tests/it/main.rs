@@ -26,3 +26,4 @@ mod store_contract;
 mod suggest;
 mod tokens;
 mod ui;
+mod upstream;

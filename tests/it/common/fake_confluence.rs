@@ -64,6 +64,9 @@ pub struct FakeConfluence {
     pub pats_disabled: Arc<AtomicBool>,
     /// Answer every call of the PAT API with 500.
     pub pat_api_fails: Arc<AtomicBool>,
+    /// Connections accepted so far, and those still open.
+    accepted: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
 }
 
 /// A personal access token this Confluence minted.
@@ -118,6 +121,8 @@ impl FakeConfluence {
             pats: Arc::default(),
             pats_disabled: Arc::default(),
             pat_api_fails: Arc::default(),
+            accepted: Arc::default(),
+            open: Arc::default(),
         };
         let server = fake.clone();
         tokio::spawn(async move {
@@ -126,7 +131,10 @@ impl FakeConfluence {
                     continue;
                 };
                 let server = server.clone();
+                server.accepted.fetch_add(1, Ordering::SeqCst);
+                server.open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
+                    let open = server.open.clone();
                     let service = hyper::service::service_fn(move |req| {
                         let server = server.clone();
                         async move { Ok::<_, Infallible>(server.answer(req).await) }
@@ -134,10 +142,21 @@ impl FakeConfluence {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
         fake
+    }
+
+    /// Connections the gateway has made to this Confluence.
+    pub fn connections_accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections the gateway holds open to this Confluence.
+    pub fn connections_open(&self) -> u64 {
+        self.open.load(Ordering::SeqCst)
     }
 
     pub fn origin(&self) -> String {

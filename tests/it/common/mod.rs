@@ -257,6 +257,16 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: imp
     }
 }
 
+/// One HTTP/1.1 connection to the gateway, kept alive across requests.
+pub async fn connect(gw: &Gateway) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     send(Method::GET, url, headers, Bytes::new()).await
 }
