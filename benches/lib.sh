@@ -31,8 +31,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_for() { # url
-  for _ in $(seq 1 200); do
+wait_for() { # url [seconds, 10 by default]
+  for _ in $(seq 1 $((${2:-10} * 20))); do
     curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
     sleep 0.05
   done

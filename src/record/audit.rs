@@ -2,12 +2,17 @@
 //! task that stores them in batches. When the queue is full the request
 //! waits: an entry is never dropped. Every entry is also a `tracing` event
 //! with target `tokengate::audit`.
+//!
+//! Queuing an entry costs a request no more than the channel send: the
+//! writer sleeps while a batch gathers and takes the whole queue at once, so
+//! it is not woken (nor a timer set) per entry. It is woken early only when
+//! the queue is half full or someone waits for a flush.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::backoff::Backoff;
 use crate::store::{AuditEntry, AuditKind, StoreError, TokenStore};
@@ -48,14 +53,17 @@ enum Message {
 pub struct AuditLog {
     queue: mpsc::Sender<Message>,
     capacity: usize,
+    /// Wakes the writer before its gathering time is up.
+    hurry: Arc<Notify>,
 }
 
 impl AuditLog {
     /// Starts the background writer with a queue of `capacity` entries.
     pub fn start(sink: impl AuditSink, capacity: usize) -> AuditLog {
         let (queue, pending) = mpsc::channel(capacity);
-        tokio::spawn(write_batches(sink, pending));
-        AuditLog { queue, capacity }
+        let hurry = Arc::new(Notify::new());
+        tokio::spawn(write_batches(sink, pending, hurry.clone()));
+        AuditLog { queue, capacity, hurry }
     }
 
     /// Queues an entry, waiting while the queue is full.
@@ -63,6 +71,10 @@ impl AuditLog {
         emit_event(&entry);
         if self.queue.send(Message::Entry(Box::new(entry))).await.is_err() {
             tracing::error!("the audit writer has stopped; entry not stored");
+            return;
+        }
+        if self.queue.capacity() <= self.capacity / 2 {
+            self.hurry.notify_one();
         }
     }
 
@@ -70,6 +82,7 @@ impl AuditLog {
     pub async fn flush(&self) {
         let (done, stored) = oneshot::channel();
         if self.queue.send(Message::Flush(done)).await.is_ok() {
+            self.hurry.notify_one();
             let _ = stored.await;
         }
     }
@@ -111,10 +124,10 @@ fn emit_event(e: &AuditEntry) {
     }
 }
 
-async fn write_batches(sink: impl AuditSink, mut pending: mpsc::Receiver<Message>) {
+async fn write_batches(sink: impl AuditSink, mut pending: mpsc::Receiver<Message>, hurry: Arc<Notify>) {
     let mut messages = Vec::with_capacity(BATCH);
     while pending.recv_many(&mut messages, BATCH).await > 0 {
-        gather(&mut pending, &mut messages).await;
+        gather(&mut pending, &mut messages, &hurry).await;
         let mut entries = Vec::with_capacity(messages.len());
         let mut acks = Vec::new();
         for message in messages.drain(..) {
@@ -130,16 +143,21 @@ async fn write_batches(sink: impl AuditSink, mut pending: mpsc::Receiver<Message
     }
 }
 
-/// Takes more messages for up to [`GATHER`], until the batch is full or
-/// someone waits for a flush.
-async fn gather(pending: &mut mpsc::Receiver<Message>, messages: &mut Vec<Message>) {
-    let deadline = tokio::time::Instant::now() + GATHER;
-    let flush_requested = |messages: &[Message]| messages.iter().any(|m| matches!(m, Message::Flush(_)));
-    while messages.len() < BATCH && !flush_requested(messages) {
-        let room = BATCH - messages.len();
-        match tokio::time::timeout_at(deadline, pending.recv_many(messages, room)).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+/// Lets a batch gather for [`GATHER`] (less when hurried: the queue is half
+/// full or someone waits for a flush), then takes what is queued, up to a
+/// full batch.
+async fn gather(pending: &mut mpsc::Receiver<Message>, messages: &mut Vec<Message>, hurry: &Notify) {
+    let flush_requested = messages.iter().any(|m| matches!(m, Message::Flush(_)));
+    if !flush_requested && messages.len() < BATCH {
+        tokio::select! {
+            () = tokio::time::sleep(GATHER) => {}
+            () = hurry.notified() => {}
+        }
+    }
+    while messages.len() < BATCH {
+        match pending.try_recv() {
+            Ok(message) => messages.push(message),
+            Err(_) => return,
         }
     }
 }
