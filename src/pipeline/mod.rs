@@ -174,7 +174,7 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
             }
             Next::Forward { req, target, identity } => {
                 app.upstream
-                    .forward(req, &target, &identity, &conn.info, &conn.upstream)
+                    .forward(req, &target, identity, &conn.info, &conn.upstream)
                     .await
             }
         }
@@ -199,7 +199,7 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
     if !trail.forget.is_empty() {
         app.spaces.forget(&trail.forget).await;
     }
-    record(app, trail, &method, &response, reason, started.elapsed()).await;
+    record(app, &conn.info, trail, &method, &response, reason, started.elapsed()).await;
     response
 }
 
@@ -420,6 +420,7 @@ async fn confine<B: RequestBody>(
 /// is full, so recording is off the request path only while it keeps up.
 async fn record(
     app: &App,
+    conn: &ConnInfo,
     trail: Trail,
     method: &Method,
     response: &Response<ResponseBody>,
@@ -453,8 +454,8 @@ async fn record(
         token_id: trail.token.as_ref().map(|t| t.id.clone()),
         token_label: trail.token.as_ref().map(|t| t.label.clone()),
         user: trail.user,
-        client_ip: trail.client_ip.map(|ip| ip.to_string()),
-        method: Some(method.to_string()),
+        client_ip: trail.client_ip.map(|ip| conn.ip_text(ip)),
+        method: Some(method.as_str().to_owned()),
         path: trail.path,
         status: Some(i64::from(response.status().as_u16())),
         decision: decision.label().to_owned(),

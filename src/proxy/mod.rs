@@ -7,7 +7,7 @@
 pub mod headers;
 pub mod pool;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +89,14 @@ impl ConnInfo {
             forwarded_for: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
         }
     }
+
+    /// `ip` as text: the peer's is formatted once per connection.
+    pub fn ip_text(&self, ip: IpAddr) -> String {
+        match self.forwarded_for.to_str() {
+            Ok(peer) if ip == self.peer.ip().to_canonical() => peer.to_owned(),
+            _ => ip.to_string(),
+        }
+    }
 }
 
 /// The client to Confluence.
@@ -150,7 +158,7 @@ impl UpstreamClient {
         &self,
         mut req: Request<UpstreamBody>,
         target: &Target,
-        identity: &Identity,
+        identity: Identity,
         conn: &ConnInfo,
         lease: &Arc<Lease>,
     ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -159,6 +167,7 @@ impl UpstreamClient {
         let forwarded = target
             .forwarded()
             .map_err(|_| GatewayError::new(Reason::BadPath, "the request target cannot be forwarded"))?;
+        let token = identity.is_token();
         self.rewrite_request(&mut req, forwarded, identity, conn)?;
         let mut response = match tokio::time::timeout(self.timeout, self.pool.send(lease, req, websocket)).await {
             Err(_) => {
@@ -186,7 +195,7 @@ impl UpstreamClient {
             }
         }
         headers::remove_hop_by_hop(response.headers_mut(), switching);
-        if identity.is_token() {
+        if token {
             headers::strip_token_response(response.headers_mut());
         } else {
             headers::strip_session_set_cookie(response.headers_mut());
@@ -338,7 +347,7 @@ impl UpstreamClient {
         let mut req = req
             .body(Either::Right(Full::new(Bytes::new())))
             .map_err(|e| GatewayError::internal(&e))?;
-        self.rewrite_request(&mut req, path, identity, conn)?;
+        self.rewrite_request(&mut req, path, identity.clone(), conn)?;
         self.exchange(req).await
     }
 
@@ -386,7 +395,7 @@ impl UpstreamClient {
         &self,
         req: &mut Request<B>,
         forwarded: PathAndQuery,
-        identity: &Identity,
+        identity: Identity,
         conn: &ConnInfo,
     ) -> Result<(), GatewayError> {
         let original_host = req.headers().get(HOST).cloned().or_else(|| {
@@ -407,16 +416,15 @@ impl UpstreamClient {
         match identity {
             Identity::User(user) => {
                 headers::strip_token_request(headers);
-                let value = HeaderValue::from_str(user)
-                    .or_else(|_| HeaderValue::from_bytes(user.as_bytes()))
-                    .map_err(|_| {
-                        GatewayError::new(Reason::BadCredentials, "the user name cannot be sent in a header")
-                    })?;
+                // The name's own bytes become the value: no copy.
+                let value = HeaderValue::from_maybe_shared(Bytes::from(user.into_bytes())).map_err(|_| {
+                    GatewayError::new(Reason::BadCredentials, "the user name cannot be sent in a header")
+                })?;
                 headers.insert(self.identity_header.clone(), value);
             }
             Identity::Pat(authorization) => {
                 headers::strip_token_request(headers);
-                headers.insert(hyper::header::AUTHORIZATION, authorization.clone());
+                headers.insert(hyper::header::AUTHORIZATION, authorization);
             }
             Identity::Passthrough => headers::strip_session_cookie(headers),
         }
@@ -641,6 +649,14 @@ mod tests {
         assert_eq!(message("<html>oops</html>"), "Confluence answered 400");
         assert_eq!(message(r#"{"message":"  "}"#), "Confluence answered 400");
         assert!(message(&format!(r#"{{"message":"{}"}}"#, "x".repeat(1000))).len() < 350);
+    }
+
+    #[test]
+    fn an_ip_is_written_as_the_peer_s_or_formatted() {
+        let conn = ConnInfo::new("[::ffff:10.0.0.1]:5000".parse().unwrap(), false);
+        assert_eq!(conn.ip_text("10.0.0.1".parse().unwrap()), "10.0.0.1");
+        assert_eq!(conn.ip_text("192.0.2.7".parse().unwrap()), "192.0.2.7");
+        assert_eq!(conn.ip_text("2001:db8::2".parse().unwrap()), "2001:db8::2");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::fs::{self, OpenOptions, Permissions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -250,26 +251,25 @@ impl TokenStore for SqliteStore {
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for chunk in statement_chunks(entries) {
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO audit (at, kind, token_id, token_label, user_name, client_ip, method, path, \
-                 status, decision, reason, duration_ms, detail) ",
-            );
-            insert.push_values(chunk, |mut row, e| {
-                row.push_bind(e.at)
-                    .push_bind(e.kind)
-                    .push_bind(&e.token_id)
-                    .push_bind(&e.token_label)
-                    .push_bind(&e.user)
-                    .push_bind(&e.client_ip)
-                    .push_bind(&e.method)
-                    .push_bind(&e.path)
-                    .push_bind(e.status)
-                    .push_bind(&e.decision)
-                    .push_bind(&e.reason)
-                    .push_bind(e.duration_ms)
-                    .push_bind(&e.detail);
-            });
-            insert.build().execute(&mut *tx).await?;
+            // Text is bound as borrowed `&str`: sqlx copies it no more than SQLite must.
+            let mut insert = sqlx::query(audit_insert(chunk.len()));
+            for e in chunk {
+                insert = insert
+                    .bind(e.at)
+                    .bind(e.kind)
+                    .bind(e.token_id.as_deref())
+                    .bind(e.token_label.as_deref())
+                    .bind(e.user.as_deref())
+                    .bind(e.client_ip.as_deref())
+                    .bind(e.method.as_deref())
+                    .bind(e.path.as_deref())
+                    .bind(e.status)
+                    .bind(e.decision.as_str())
+                    .bind(e.reason.as_deref())
+                    .bind(e.duration_ms)
+                    .bind(e.detail.as_deref());
+            }
+            insert.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -498,12 +498,32 @@ impl TokenStore for SqliteStore {
 /// row; one statement of any length would be prepared anew for every batch
 /// length. Fixed sizes keep both costs down: every statement is a cached one.
 fn statement_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
-    const SIZES: [usize; 4] = [256, 32, 8, 1];
     std::iter::from_fn(move || {
         let size = SIZES.into_iter().find(|size| *size <= rows.len())?;
         let (chunk, rest) = rows.split_at(size);
         rows = rest;
         Some(chunk)
+    })
+}
+
+/// The row counts [`statement_chunks`] makes.
+const SIZES: [usize; 4] = [256, 32, 8, 1];
+
+/// The audit INSERT of `rows` rows (one of [`SIZES`]), written once per
+/// process rather than once per batch.
+fn audit_insert(rows: usize) -> &'static str {
+    static STATEMENTS: [OnceLock<String>; SIZES.len()] = [const { OnceLock::new() }; SIZES.len()];
+    let at = SIZES
+        .iter()
+        .position(|size| *size == rows)
+        .expect("a statement_chunks size");
+    STATEMENTS[at].get_or_init(|| {
+        const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+        let values = vec![ROW; rows].join(", ");
+        format!(
+            "INSERT INTO audit (at, kind, token_id, token_label, user_name, client_ip, method, path, \
+             status, decision, reason, duration_ms, detail) VALUES {values}"
+        )
     })
 }
 
