@@ -6,7 +6,6 @@
 //! rule needs them, the decoded query parameters.
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
 
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
@@ -211,8 +210,8 @@ impl QueryConstraint {
     fn check<'p>(&self, params: &'p QueryParams<'_>) -> Result<(), Mismatch<'p>> {
         let mut present = false;
         for value in params.values(&self.name) {
-            if !self.regex.is_match(value) {
-                return Err(Mismatch::Value(Cow::Borrowed(value)));
+            if !self.regex.is_match(&value) {
+                return Err(Mismatch::Value(value));
             }
             present = true;
         }
@@ -262,28 +261,45 @@ impl Mismatch<'_> {
     }
 }
 
-/// The request's query parameters, form-decoded (`+` is a space) on first
-/// use: most requests never reach a rule with a `QueryParam` constraint.
+/// The request's query parameters, form-decoded (`+` is a space) as they
+/// are asked for: most requests never reach a rule with a `QueryParam`
+/// constraint, and one that does asks for a name or two.
 struct QueryParams<'q> {
     raw: &'q str,
-    pairs: OnceCell<Vec<(Cow<'q, str>, Cow<'q, str>)>>,
 }
 
 impl<'q> QueryParams<'q> {
     fn new(raw: Option<&'q str>) -> QueryParams<'q> {
         QueryParams {
             raw: raw.unwrap_or_default(),
-            pairs: OnceCell::new(),
         }
     }
 
-    /// Every value of the parameter `name`, in query order.
-    fn values<'p>(&'p self, name: &str) -> impl Iterator<Item = &'p str> {
-        self.pairs
-            .get_or_init(|| form_urlencoded::parse(self.raw.as_bytes()).collect())
-            .iter()
-            .filter(move |(key, _)| key == name)
-            .map(|(_, value)| value.as_ref())
+    /// Every value of the parameter `name`, in query order, as
+    /// `form_urlencoded::parse` reads the query. A pair is decoded only when
+    /// its name may be `name` (text without `%` and `+` is its own
+    /// decoding), so reading one parameter costs no allocation.
+    fn values<'n>(&self, name: &'n str) -> impl Iterator<Item = Cow<'q, str>> + 'n
+    where
+        'q: 'n,
+    {
+        let plain = |text: &str| !text.bytes().any(|b| b == b'%' || b == b'+');
+        self.raw
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .filter_map(move |pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                if plain(key) {
+                    if key != name {
+                        return None;
+                    }
+                    if plain(value) {
+                        return Some(Cow::Borrowed(value));
+                    }
+                }
+                let (key, value) = form_urlencoded::parse(pair.as_bytes()).next()?;
+                (key == name).then_some(value)
+            })
     }
 }
 
@@ -977,5 +993,21 @@ mod tests {
         let error = rule_error(&rules);
         assert_eq!((error.line, error.column), (1, 1));
         assert!(error.message.contains("together exceed"), "{}", error.message);
+    }
+
+    proptest::proptest! {
+        /// Reading one parameter gives what decoding every pair would.
+        #[test]
+        fn a_parameter_reads_as_form_urlencoded_decodes_it(
+            query in "([ab%+=&]|%2[0-9bB]|%6[12]|%C3%A9|%FF|[xy]){0,24}",
+            name in "(a|b|ab| a|a b|é|\u{FFFD})",
+        ) {
+            let read: Vec<Cow<'_, str>> = QueryParams::new(Some(&query)).values(&name).collect();
+            let decoded: Vec<Cow<'_, str>> = form_urlencoded::parse(query.as_bytes())
+                .filter(|(key, _)| *key == name)
+                .map(|(_, value)| value)
+                .collect();
+            proptest::prop_assert_eq!(read, decoded);
+        }
     }
 }
