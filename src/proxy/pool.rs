@@ -207,18 +207,20 @@ impl Shared {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The newest idle connection, or a clone of the HTTP/2 one.
+    /// A clone of the HTTP/2 connection (which counts as used from now on),
+    /// or the newest idle HTTP/1 one. An HTTP/2 connection closed or unused
+    /// for the idle timeout leaves the pool here.
     fn take(&self) -> Option<Idle> {
         let mut idle = self.lock();
-        if let Some(Idle {
-            sender: Sender::Http2(h2),
-            since,
-        }) = &idle.http2
-        {
-            if !h2.is_closed() {
+        if let Some(entry) = &mut idle.http2 {
+            if let Sender::Http2(h2) = &entry.sender
+                && !h2.is_closed()
+                && entry.since.elapsed() < self.idle_timeout
+            {
+                entry.since = Instant::now();
                 return Some(Idle {
                     sender: Sender::Http2(h2.clone()),
-                    since: *since,
+                    since: entry.since,
                 });
             }
             idle.http2 = None;

@@ -454,6 +454,24 @@ async fn an_http2_upstream_carries_every_request_on_one_connection() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
+    // In use, it outlives the idle timeout; unused for longer, it is replaced.
+    let gw = gw.reopen(|c| c.upstream_idle_timeout = Duration::from_secs(1)).await;
+    let accepted_before = accepted.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(get(&gw.url(SPACE), &[("authorization", &auth)]).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), accepted_before + 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(30),
+        get(&gw.url(SPACE), &[("authorization", &auth)]),
+    )
+    .await
+    .expect("a request after the idle timeout was stuck");
+    assert_eq!(reply.status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), accepted_before + 2);
+
     // With preserve_host, the client's host is the request's authority.
     let gw = gw.reopen(trusting(true)).await;
     let reply = get(
