@@ -4,33 +4,25 @@
 //! request of that connection.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
 use serde_json::json;
 use tokengate::NewToken;
 
 use crate::common::fake_confluence::ADMIN_PASSWORD;
-use crate::common::{Gateway, basic, connect, send};
+use crate::common::{Gateway, basic, connect, get_on, send};
 
 const BASE: &str = "/rest/extender/1.0/tokenTools";
 
 /// `(status, reason)` of `GET path` on the connection.
 async fn on(sender: &mut SendRequest<Empty<Bytes>>, path: &str, auth: &str) -> (u16, String) {
-    sender.ready().await.unwrap();
-    let req = hyper::Request::get(path)
-        .header("host", "wiki.example.com")
-        .header("authorization", auth)
-        .body(Empty::new())
-        .unwrap();
-    let response = sender.send_request(req).await.unwrap();
-    let status = response.status().as_u16();
-    let reason = response
-        .headers()
+    let reply = get_on(sender, path, auth).await;
+    let reason = reply
+        .headers
         .get("x-tokengate-reason")
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
-    response.into_body().collect().await.unwrap();
-    (status, reason)
+    (reply.status.as_u16(), reason)
 }
 
 fn cache_hits(gw: &Gateway) -> u64 {

@@ -11,28 +11,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokengate::Upstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{Gateway, basic, connect, get, send};
+use crate::common::{Gateway, basic, connect, get, get_on, send};
 
 const SPACE: &str = "/rest/api/space";
-
-/// `GET path` on a kept-alive connection: status and body.
-async fn on(sender: &mut SendRequest<Empty<Bytes>>, path: &str, auth: &str) -> (u16, Bytes) {
-    sender.ready().await.unwrap();
-    let req = hyper::Request::get(path)
-        .header("host", "wiki.example.com")
-        .header("authorization", auth)
-        .body(Empty::new())
-        .unwrap();
-    let response = sender.send_request(req).await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.into_body().collect().await.unwrap().to_bytes())
-}
 
 /// Waits (up to 10 s) until `done` holds; false if it never does.
 async fn until(mut done: impl FnMut() -> bool) -> bool {
@@ -60,7 +46,7 @@ async fn a_keep_alive_client_keeps_one_upstream_connection() {
     let auth = basic("alice", &gw.token_for("alice").await);
     let mut client = connect(&gw).await;
     for _ in 0..5 {
-        assert_eq!(on(&mut client, SPACE, &auth).await.0, 200);
+        assert_eq!(get_on(&mut client, SPACE, &auth).await.status, 200);
     }
     // HEAD and an empty body give the connection back too.
     for path in [SPACE, "/rest/api/content/100"] {
@@ -73,7 +59,7 @@ async fn a_keep_alive_client_keeps_one_upstream_connection() {
         let response = client.send_request(head).await.unwrap();
         response.into_body().collect().await.unwrap();
     }
-    assert_eq!(on(&mut client, SPACE, &auth).await.0, 200);
+    assert_eq!(get_on(&mut client, SPACE, &auth).await.status, 200);
     assert_eq!(gw.upstream.connections_accepted(), 1);
     assert_eq!(gw.app.metrics.upstream_connects.get(), 1);
 }
@@ -101,7 +87,7 @@ async fn the_pool_keeps_at_most_upstream_max_idle_connections() {
     let mut clients = Vec::new();
     for _ in 0..4 {
         let mut client = connect(&gw).await;
-        assert_eq!(on(&mut client, SPACE, &auth).await.0, 200);
+        assert_eq!(get_on(&mut client, SPACE, &auth).await.status, 200);
         clients.push(client);
     }
     assert_eq!(gw.upstream.connections_accepted(), 4);
@@ -113,8 +99,8 @@ async fn the_pool_keeps_at_most_upstream_max_idle_connections() {
     assert_eq!(gw.app.upstream.idle_connections(), 2);
     // The two kept are reused.
     let (mut a, mut b) = (connect(&gw).await, connect(&gw).await);
-    assert_eq!(on(&mut a, SPACE, &auth).await.0, 200);
-    assert_eq!(on(&mut b, SPACE, &auth).await.0, 200);
+    assert_eq!(get_on(&mut a, SPACE, &auth).await.status, 200);
+    assert_eq!(get_on(&mut b, SPACE, &auth).await.status, 200);
     assert_eq!(gw.upstream.connections_accepted(), 4);
 }
 
@@ -131,36 +117,61 @@ async fn idle_connections_are_closed_after_upstream_idle_timeout() {
     assert_eq!(gw.app.upstream.idle_connections(), 0);
     // Leased: not used again once idle for longer.
     let mut client = connect(&gw).await;
-    assert_eq!(on(&mut client, SPACE, &auth).await.0, 200);
+    assert_eq!(get_on(&mut client, SPACE, &auth).await.status, 200);
     assert_eq!(gw.upstream.connections_accepted(), 2);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(on(&mut client, SPACE, &auth).await.0, 200);
+    assert_eq!(get_on(&mut client, SPACE, &auth).await.status, 200);
     assert_eq!(gw.upstream.connections_accepted(), 3);
     assert!(until(|| gw.upstream.connections_open() <= 1).await);
 }
 
-/// An upstream that answers one request per connection and then closes it
-/// without saying so (no `Connection: close`), as a server does when its
-/// keep-alive timeout ends. Counts the requests it read.
-async fn closing_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// An upstream speaking raw HTTP/1.1 on 127.0.0.1: `serve` handles each
+/// connection and counts the requests it reads in `requests`; `open` counts
+/// the connections not yet served to the end.
+struct RawUpstream {
+    addr: std::net::SocketAddr,
+    requests: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+}
+
+async fn raw_upstream<F, Serving>(serve: F) -> RawUpstream
+where
+    F: Fn(TcpStream, Arc<AtomicUsize>) -> Serving + Send + 'static,
+    Serving: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counted = requests.clone();
+    let upstream = RawUpstream {
+        addr: listener.local_addr().unwrap(),
+        requests: Arc::default(),
+        open: Arc::default(),
+    };
+    let (requests, open) = (upstream.requests.clone(), upstream.open.clone());
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let counted = counted.clone();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.fetch_add(1, Ordering::SeqCst);
+            let (serving, open) = (serve(stream, requests.clone()), open.clone());
             tokio::spawn(async move {
-                read_head(&mut stream).await;
-                counted.fetch_add(1, Ordering::SeqCst);
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok")
-                    .await;
-                let _ = stream.shutdown().await;
+                serving.await;
+                open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
-    (addr, requests)
+    upstream
+}
+
+/// An upstream that answers one request per connection and then closes it
+/// without saying so (no `Connection: close`), as a server does when its
+/// keep-alive timeout ends.
+async fn closing_upstream() -> RawUpstream {
+    raw_upstream(|mut stream, requests| async move {
+        read_head(&mut stream).await;
+        requests.fetch_add(1, Ordering::SeqCst);
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok")
+            .await;
+        let _ = stream.shutdown().await;
+    })
+    .await
 }
 
 /// Reads a request head (the tests' requests have no body).
@@ -178,13 +189,18 @@ async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
 
 #[tokio::test]
 async fn an_upstream_closing_idle_connections_costs_no_request() {
-    let (addr, requests) = closing_upstream().await;
-    let gw = Gateway::start_with(pointing_at(addr, false)).await;
+    let upstream = closing_upstream().await;
+    let requests = &upstream.requests;
+    let gw = Gateway::start_with(pointing_at(upstream.addr, false)).await;
     let auth = basic("alice", &gw.token_for("alice").await);
     let mut client = connect(&gw).await;
     for n in 1..=5 {
-        let (status, body) = on(&mut client, SPACE, &auth).await;
-        assert_eq!((status, &body[..]), (200, &b"ok"[..]), "request {n}");
+        let reply = get_on(&mut client, SPACE, &auth).await;
+        assert_eq!(
+            (reply.status.as_u16(), &reply.body[..]),
+            (200, &b"ok"[..]),
+            "request {n}"
+        );
     }
     assert_eq!(requests.load(Ordering::SeqCst), 5, "each request was sent once");
     // And on new client connections, through the pool.
@@ -197,25 +213,19 @@ async fn an_upstream_closing_idle_connections_costs_no_request() {
 #[tokio::test]
 async fn a_request_confluence_received_is_never_sent_twice() {
     // Reads the request, then drops the connection without an answer.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counted = requests.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut buffer = vec![0u8; 4096];
-            let mut received = Vec::new();
-            while !received.ends_with(b"page") {
-                match stream.read(&mut buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => received.extend_from_slice(&buffer[..n]),
-                }
+    let upstream = raw_upstream(|mut stream, requests| async move {
+        let mut buffer = vec![0u8; 4096];
+        let mut received = Vec::new();
+        while !received.ends_with(b"page") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
             }
-            counted.fetch_add(1, Ordering::SeqCst);
-            drop(stream);
         }
-    });
-    let gw = Gateway::start_with(pointing_at(addr, false)).await;
+        requests.fetch_add(1, Ordering::SeqCst);
+    })
+    .await;
+    let gw = Gateway::start_with(pointing_at(upstream.addr, false)).await;
     let auth = basic("alice", &gw.token_for("alice").await);
     let reply = send(
         hyper::Method::POST,
@@ -228,92 +238,59 @@ async fn a_request_confluence_received_is_never_sent_twice() {
         (reply.status.as_u16(), reply.reason()),
         (502, "upstream_unavailable".into())
     );
-    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream.requests.load(Ordering::SeqCst), 1);
     // The gateway goes on serving.
     assert_eq!(get(&gw.url("/tokengate/healthz"), &[]).await.status, 200);
 }
 
 /// A keep-alive upstream whose every connection ends when `restart` is
-/// sent (as when Confluence restarts). Counts the requests it read, and the
-/// connections open.
-struct Restartable {
-    addr: std::net::SocketAddr,
-    requests: Arc<AtomicUsize>,
-    open: Arc<AtomicUsize>,
-    restart: tokio::sync::watch::Sender<u32>,
-}
-
-async fn restartable_upstream() -> Restartable {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (requests, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (counted, opened) = (requests.clone(), open.clone());
+/// sent (as when Confluence restarts).
+async fn restartable_upstream() -> (RawUpstream, tokio::sync::watch::Sender<u32>) {
     let (restart, restarts) = tokio::sync::watch::channel(0);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let (counted, opened, mut restarts) = (counted.clone(), opened.clone(), restarts.clone());
-            // Only a restart after this connection opened ends it.
-            restarts.mark_unchanged();
-            opened.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let _open = scopeguard(move || opened.fetch_sub(1, Ordering::SeqCst));
-                loop {
-                    tokio::select! {
-                        head = read_head(&mut stream) => {
-                            if !head.ends_with(b"\r\n\r\n") {
-                                return;
-                            }
-                            counted.fetch_add(1, Ordering::SeqCst);
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if stream.write_all(answer).await.is_err() {
-                                return;
-                            }
+    let upstream = raw_upstream(move |mut stream, requests| {
+        let mut restarts = restarts.clone();
+        // Only a restart after this connection opened ends it.
+        restarts.mark_unchanged();
+        async move {
+            loop {
+                tokio::select! {
+                    head = read_head(&mut stream) => {
+                        if !head.ends_with(b"\r\n\r\n") {
+                            return;
                         }
-                        _ = restarts.changed() => return,
+                        requests.fetch_add(1, Ordering::SeqCst);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
                     }
+                    _ = restarts.changed() => return,
                 }
-            });
-        }
-    });
-    Restartable {
-        addr,
-        requests,
-        open,
-        restart,
-    }
-}
-
-/// Runs `f` when dropped.
-fn scopeguard<F: FnOnce() -> usize>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce() -> usize>(Option<F>);
-    impl<F: FnOnce() -> usize> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
             }
         }
-    }
-    Guard(Some(f))
+    })
+    .await;
+    (upstream, restart)
 }
 
 #[tokio::test]
 async fn a_restarted_confluence_is_reached_again() {
-    let upstream = restartable_upstream().await;
+    let (upstream, restart) = restartable_upstream().await;
     let requests = &upstream.requests;
     let gw = Gateway::start_with(pointing_at(upstream.addr, false)).await;
     let auth = basic("alice", &gw.token_for("alice").await);
     // One connection leased by an open client, one in the pool.
     let mut client = connect(&gw).await;
-    assert_eq!(on(&mut client, SPACE, &auth).await.0, 200);
+    assert_eq!(get_on(&mut client, SPACE, &auth).await.status, 200);
     assert_eq!(get(&gw.url(SPACE), &[("authorization", &auth)]).await.status, 200);
     assert!(until(|| gw.app.upstream.idle_connections() == 1).await);
     assert_eq!(requests.load(Ordering::SeqCst), 2);
     // Both die at once (a request sent while Confluence is closing them
     // may be lost, as with any proxy: the test waits until they are closed).
-    upstream.restart.send(1).unwrap();
+    restart.send(1).unwrap();
     assert!(until(|| upstream.open.load(Ordering::SeqCst) == 0).await);
     for _ in 0..3 {
-        assert_eq!(on(&mut client, SPACE, &auth).await.0, 200);
+        assert_eq!(get_on(&mut client, SPACE, &auth).await.status, 200);
         assert_eq!(get(&gw.url(SPACE), &[("authorization", &auth)]).await.status, 200);
     }
     assert_eq!(requests.load(Ordering::SeqCst), 8, "each request was sent once");
@@ -355,7 +332,7 @@ async fn a_websocket_takes_a_connection_of_its_own() {
     let gw = Gateway::start().await;
     let auth = basic("alice", &gw.token_for("alice").await);
     let mut client = connect(&gw).await;
-    assert_eq!(on(&mut client, SPACE, &auth).await.0, 200);
+    assert_eq!(get_on(&mut client, SPACE, &auth).await.status, 200);
     // The handshake goes on a new connection, which the upgrade keeps.
     let mut socket = TcpStream::connect(gw.addr).await.unwrap();
     let handshake = format!(
@@ -367,7 +344,7 @@ async fn a_websocket_takes_a_connection_of_its_own() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(gw.upstream.connections_accepted(), 2);
     // Other requests go on as before, on the first connection.
-    assert_eq!(on(&mut client, SPACE, &auth).await.0, 200);
+    assert_eq!(get_on(&mut client, SPACE, &auth).await.status, 200);
     assert_eq!(get(&gw.url(SPACE), &[("authorization", &auth)]).await.status, 200);
     socket.write_all(b"still echoing").await.unwrap();
     let mut echo = [0u8; 13];

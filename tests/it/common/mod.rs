@@ -267,6 +267,26 @@ pub async fn connect(gw: &Gateway) -> hyper::client::conn::http1::SendRequest<ht
     sender
 }
 
+/// `GET path` with `authorization` on a kept-alive connection.
+pub async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
+    path: &str,
+    authorization: &str,
+) -> Reply {
+    sender.ready().await.unwrap();
+    let req = Request::get(path)
+        .header("host", "wiki.example.com")
+        .header("authorization", authorization)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let (parts, body) = sender.send_request(req).await.unwrap().into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     send(Method::GET, url, headers, Bytes::new()).await
 }
