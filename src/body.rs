@@ -2,22 +2,25 @@
 //! pipeline runs on in-memory bodies in tests), the body a client connection
 //! delivers ([`ClientBody`], which ends a body that stops arriving), and
 //! the one way the gateway reads a body whole
-//! ([`read_limited`], bounded).
+//! ([`read_limited`], bounded), and the one way it reads a JSON body
+//! ([`read_json`]: read once, parsed once, shared by rules and spaces).
 
 use std::error::Error as StdError;
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
-use hyper::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::CONTENT_LENGTH;
+use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{HeaderMap, Request};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{GatewayError, Reason};
+use crate::rules::JsonBody;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -61,6 +64,73 @@ pub async fn read_limited<B: RequestBody>(
             format!("cannot read the request body: {e}"),
         )),
     }
+}
+
+/// A request body read whole and parsed once: kept in the request's
+/// extensions, so that every stage that reads the body (JSON rules, spaces)
+/// sees the same bytes and the same parse.
+#[derive(Debug, Clone)]
+pub struct ParsedBody {
+    pub json: Arc<JsonBody>,
+    pub empty: bool,
+    /// The body has a content coding: its bytes are not JSON text.
+    pub encoded: bool,
+}
+
+/// The request's body read whole (at most `limit` bytes, `purpose` ends the
+/// 413 message) and parsed as JSON, once per request: a second call returns
+/// the first's parse. The request goes on with the bytes read. `Err` for a
+/// body that cannot be read, or has a key twice (400 `ambiguous_json`).
+pub async fn read_json<B: RequestBody>(
+    req: Request<Forwarded<B>>,
+    limit: usize,
+    purpose: &str,
+) -> Result<(Request<Forwarded<B>>, ParsedBody), GatewayError> {
+    if let Some(parsed) = req.extensions().get::<ParsedBody>() {
+        let parsed = parsed.clone();
+        return Ok((req, parsed));
+    }
+    let (mut parts, body) = req.into_parts();
+    let bytes = match body {
+        Either::Left(body) => read_limited(&parts.headers, body, limit, purpose).await?,
+        Either::Right(read) => read.collect().await.map(|c| c.to_bytes()).unwrap_or_default(),
+    };
+    let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let json =
+        JsonBody::parse(content_type, &bytes).map_err(|e| GatewayError::new(Reason::AmbiguousJson, e.to_string()))?;
+    let parsed = ParsedBody {
+        json: Arc::new(json),
+        empty: bytes.is_empty(),
+        encoded: is_encoded(&parts.headers),
+    };
+    parts.extensions.insert(parsed.clone());
+    Ok((Request::from_parts(parts, Either::Right(Full::new(bytes))), parsed))
+}
+
+/// Whether a body has a content coding other than none (`identity`).
+pub fn is_encoded(headers: &HeaderMap) -> bool {
+    headers.get_all(CONTENT_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',')
+                .any(|c| !c.trim().eq_ignore_ascii_case("identity") && !c.trim().is_empty())
+        })
+    })
+}
+
+/// Whether a request's body is an upload (`multipart/form-data`).
+pub fn is_upload(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_upload_type)
+}
+
+/// Whether a `Content-Type` value is `multipart/form-data`.
+pub fn is_upload_type(content_type: &str) -> bool {
+    content_type
+        .trim_start()
+        .get(..19)
+        .is_some_and(|t| t.eq_ignore_ascii_case("multipart/form-data"))
 }
 
 /// How long the gateway waits in all for a client's body to deliver

@@ -103,9 +103,12 @@ pub struct RulesCheckArgs {
     /// The body's Content-Type (default application/json when --body is given).
     #[arg(long, value_name = "T")]
     pub content_type: Option<String>,
-    /// The spaces the token is confined to (DOCS,PM): rules and spaces must both allow.
+    /// The spaces the token is confined to (DOCS,KB:read): rules and spaces must both allow.
     #[arg(long, value_name = "KEYS")]
     pub spaces: Option<String>,
+    /// Configuration file whose `scope` applies (default: config/tokengate.toml when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Where the configuration and store are; every command that touches the store takes these.
@@ -698,8 +701,11 @@ fn format_time(at: crate::clock::EpochMs) -> String {
 fn rules_check(args: RulesCheckArgs) -> Result<(), Failure> {
     let text = inline_or_file(args.rules)?;
     let rules = RuleSet::parse(&text).map_err(|e| Failure::Usage(format!("invalid rules: {e}")))?;
-    let spaces = spaces::normalise(args.spaces.as_deref().unwrap_or_default())
+    let spaces = spaces::SpaceList::parse(args.spaces.as_deref().unwrap_or_default())
         .map_err(|e| Failure::Usage(format!("--spaces: {e}")))?;
+    let scope = config::load(args.config.as_deref(), std::env::vars(), &Overrides::default())
+        .map_err(|e| Failure::Usage(e.to_string()))?
+        .scope;
     let (path, query) = canonical_text_target(&args.url).map_err(|e| Failure::Usage(format!("--url: {e}")))?;
     let method = args.method.to_ascii_uppercase();
     let body = match &args.body {
@@ -716,19 +722,20 @@ fn rules_check(args: RulesCheckArgs) -> Result<(), Failure> {
     let body = body.as_deref().map(|bytes| (bytes, args.content_type.as_deref()));
     let mut run = rules.dry_run(&head, body);
     let rules_allow = run.allowed;
-    if let Some(spaces) = &spaces {
-        let keys: Vec<String> = spaces::keys(spaces).into_iter().map(str::to_owned).collect();
-        spaces::dry_run(&keys, &head, body, &mut run);
+    run.apply_scope(scope, &head);
+    let in_scope = run.allowed || !rules_allow;
+    if let (Some(spaces), true) = (&spaces, run.allowed) {
+        spaces::dry_run(spaces, &head, body, &mut run);
     }
     let mut out = std::io::stdout().lock();
     if run.allowed {
         writeln!(out, "ALLOW {method} {path}: {}", run.explanation.join("; "))?;
         return Ok(());
     }
-    let why = if rules_allow {
-        "the spaces refuse it"
-    } else {
-        "no rule matches"
+    let why = match (rules_allow, in_scope) {
+        (false, _) => "no rule matches",
+        (true, false) => "it is outside the token scope",
+        (true, true) => "the spaces refuse it",
     };
     writeln!(out, "DENY {method} {path}: {why}")?;
     for why in &run.explanation {

@@ -456,7 +456,7 @@ impl Config {
             max_json_body: r.size("max_json_body", 1 << 20)?,
             max_days_until_expiry: r.opt_positive("max_days_until_expiry")?,
             verify_cache_ttl: Duration::from_secs(r.positive("verify_cache_ttl_s", 600)?),
-            space_cache_ttl: Duration::from_secs(r.positive("space_cache_ttl_s", 300)?),
+            space_cache_ttl: Duration::from_secs(r.positive("space_cache_ttl_s", 60)?),
             argon2: Argon2Cost {
                 memory_kib: r.positive("argon2_memory_kib", 19456)?,
                 iterations: r.positive("argon2_iterations", 2)?,
@@ -790,7 +790,7 @@ mod tests {
         assert_eq!(c.max_json_body, 1 << 20);
         assert_eq!(c.max_days_until_expiry, None);
         assert_eq!(c.verify_cache_ttl, Duration::from_secs(600));
-        assert_eq!(c.space_cache_ttl, Duration::from_secs(300));
+        assert_eq!(c.space_cache_ttl, Duration::from_secs(60));
         assert_eq!(
             c.argon2,
             Argon2Cost {

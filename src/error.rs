@@ -52,6 +52,8 @@ pub enum Reason {
     SpaceNotAllowed,
     /// 403: the gateway cannot tell which spaces the request touches (SPEC §17).
     SpaceUnknown,
+    /// 403: a change in a space the token may only read (SPEC §17).
+    SpaceReadOnly,
     /// 400: a `cql` the gateway cannot confine to the token's spaces (SPEC §17).
     BadCql,
     /// 403: a caller who may not use the management API, or a cross-site call to it.
@@ -80,7 +82,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order: `reason as usize` indexes it.
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 29] = [
         Reason::BadPath,
         Reason::BadCredentials,
         Reason::AmbiguousJson,
@@ -97,6 +99,7 @@ impl Reason {
         Reason::RuleMismatch,
         Reason::SpaceNotAllowed,
         Reason::SpaceUnknown,
+        Reason::SpaceReadOnly,
         Reason::BadCql,
         Reason::Forbidden,
         Reason::NotFound,
@@ -130,6 +133,7 @@ impl Reason {
             Reason::RuleMismatch => "rule_mismatch",
             Reason::SpaceNotAllowed => "space_not_allowed",
             Reason::SpaceUnknown => "space_unknown",
+            Reason::SpaceReadOnly => "space_read_only",
             Reason::BadCql => "bad_cql",
             Reason::Forbidden => "forbidden",
             Reason::NotFound => "not_found",
@@ -162,6 +166,7 @@ impl Reason {
             | Reason::RuleMismatch
             | Reason::SpaceNotAllowed
             | Reason::SpaceUnknown
+            | Reason::SpaceReadOnly
             | Reason::Forbidden => StatusCode::FORBIDDEN,
             Reason::NotFound => StatusCode::NOT_FOUND,
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -400,6 +405,7 @@ mod tests {
             (Reason::RuleMismatch, 403, "rule_mismatch"),
             (Reason::SpaceNotAllowed, 403, "space_not_allowed"),
             (Reason::SpaceUnknown, 403, "space_unknown"),
+            (Reason::SpaceReadOnly, 403, "space_read_only"),
             (Reason::BadCql, 400, "bad_cql"),
             (Reason::Forbidden, 403, "forbidden"),
             (Reason::NotFound, 404, "not_found"),

@@ -681,7 +681,7 @@ fn validate_spaces(text: Option<&str>) -> Result<Option<String>, TokenError> {
 
 /// A stored space list as the API shows it: an array, empty for none.
 fn space_list(stored: &Option<String>) -> Vec<&str> {
-    stored.as_deref().map(spaces::keys).unwrap_or_default()
+    stored.as_deref().map(spaces::entries).unwrap_or_default()
 }
 
 fn normalise_ip_list(text: &str) -> Result<String, TokenError> {

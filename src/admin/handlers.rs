@@ -12,7 +12,7 @@ use super::{Action, record_action};
 use crate::app::App;
 use crate::auth::seal::Pat;
 use crate::auth::{SecretRole, Via};
-use crate::config::ForwardAs;
+use crate::config::{ForwardAs, Scope};
 use crate::error::{GatewayError, Reason};
 use crate::record::audit_json;
 use crate::rules::{RequestHead, RuleSet};
@@ -24,7 +24,7 @@ use crate::tokens::{DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChang
 
 const TEXT: &str = "a string";
 const SWITCH: &str = "true or false";
-const SPACES: &str = "space keys, as \"DOCS,PM\" or [\"DOCS\",\"PM\"]";
+const SPACES: &str = "space keys with :read for read only, as \"DOCS,KB:read\" or [\"DOCS\",\"KB:read\"]";
 const RATE: &str = "a rate limit such as \"60/min\" (N/s, N/min, N/hour or N/day)";
 
 const DEFAULT_MAX_RESULTS: u64 = 50;
@@ -319,7 +319,7 @@ fn update_request(body: &Map<String, Value>) -> Result<(String, RestrictionsChan
 /// `POST /check`: the rules dry run of `tokengate rules check` (SPEC §15):
 /// `{"limitTo","method","url","body"?,"contentType"?,"spaces"?}`: with
 /// `spaces`, the rules and the spaces (SPEC §17) must both allow.
-pub fn check(body: Map<String, Value>) -> Result<Value, GatewayError> {
+pub fn check(body: Map<String, Value>, scope: Scope) -> Result<Value, GatewayError> {
     let limit_to = field::<String>(&body, "limitTo", TEXT)?.unwrap_or_default();
     let rules =
         RuleSet::parse(&limit_to).map_err(|e| GatewayError::invalid("limitTo", e.to_string()).at(e.line, e.column))?;
@@ -333,7 +333,7 @@ pub fn check(body: Map<String, Value>) -> Result<Value, GatewayError> {
     let (path, query) = canonical_text_target(&url).map_err(|e| GatewayError::invalid("url", format!("url: {e}")))?;
     let request_body = field::<String>(&body, "body", TEXT)?;
     let content_type = field::<String>(&body, "contentType", TEXT)?;
-    let spaces = spaces::normalise(&spaces_field(&body)?.unwrap_or_default())
+    let spaces = spaces::SpaceList::parse(&spaces_field(&body)?.unwrap_or_default())
         .map_err(|message| GatewayError::invalid("spaces", message))?;
     let head = RequestHead {
         method: &method,
@@ -342,9 +342,9 @@ pub fn check(body: Map<String, Value>) -> Result<Value, GatewayError> {
     };
     let request_body = request_body.as_deref().map(|b| (b.as_bytes(), content_type.as_deref()));
     let mut run = rules.dry_run(&head, request_body);
-    if let Some(spaces) = &spaces {
-        let keys: Vec<String> = spaces::keys(spaces).into_iter().map(str::to_owned).collect();
-        spaces::dry_run(&keys, &head, request_body, &mut run);
+    run.apply_scope(scope, &head);
+    if let (Some(spaces), true) = (&spaces, run.allowed) {
+        spaces::dry_run(spaces, &head, request_body, &mut run);
     }
     Ok(json!({
         "status": "ok",

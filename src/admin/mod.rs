@@ -138,7 +138,7 @@ async fn answer<B: RequestBody>(
     }
     let query = target.query.as_deref();
     let json = match endpoint {
-        Endpoint::Check => handlers::check(read_json_object(req).await?)?,
+        Endpoint::Check => handlers::check(read_json_object(req).await?, app.config.scope)?,
         Endpoint::List => handlers::list_tokens(app, caller, query).await?,
         Endpoint::Settings => handlers::settings(app, caller)?,
         Endpoint::Audit => handlers::list_audit(app, caller, query).await?,

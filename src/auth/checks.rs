@@ -4,13 +4,12 @@
 
 use std::net::IpAddr;
 
-use http_body_util::{Either, Full};
-use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE};
-use hyper::{HeaderMap, Method, Request};
+use http_body_util::Either;
+use hyper::{Method, Request};
 
 use super::ActiveToken;
 use super::credentials::{Scheme, check_user_name};
-use crate::body::{Forwarded, RequestBody, read_limited};
+use crate::body::{Forwarded, RequestBody, is_encoded, read_json};
 use crate::clock::EpochMs;
 use crate::config::{Scope, TokenAuth};
 use crate::error::{GatewayError, Reason};
@@ -142,24 +141,20 @@ pub async fn check_rules_with_body<B: RequestBody>(
     max_json_body: usize,
 ) -> Result<RulesAnswer<B>, GatewayError> {
     let rules = compiled_rules(token)?;
-    let (parts, body) = req.into_parts();
-    let bytes = read_limited(&parts.headers, body, max_json_body, "the most a JSON rule reads").await?;
-    let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let json =
-        JsonBody::parse(content_type, &bytes).map_err(|e| GatewayError::new(Reason::AmbiguousJson, e.to_string()))?;
+    let (req, parsed) = read_json(req.map(Either::Left), max_json_body, "the most a JSON rule reads").await?;
     let head = RequestHead {
-        method: parts.method.as_str(),
+        method: req.method().as_str(),
         path,
-        query: parts.uri.query(),
+        query: req.uri().query(),
     };
-    let denied = match rules.check_with_body(&head, &json) {
+    let denied = match rules.check_with_body(&head, &parsed.json) {
         Ok(permit) => {
             tracing::debug!(token.id = %token.id, rule.line = ?permit.line(), "rules allow the request and its JSON body");
             None
         }
         Err(d) => Some(rule_mismatch(token, &d)),
     };
-    Ok((Request::from_parts(parts, Either::Right(Full::new(bytes))), denied))
+    Ok((req, denied))
 }
 
 /// The token's rules on a request whose JSON body is already read (a
@@ -195,16 +190,6 @@ fn rule_mismatch(token: &ActiveToken, denied: &crate::rules::Denied) -> GatewayE
         Reason::RuleMismatch,
         format!("token '{}' {}", token.label, denied.message()),
     )
-}
-
-/// Whether the body has a content coding (gzip, ...) other than none.
-fn is_encoded(headers: &HeaderMap) -> bool {
-    headers.get_all(CONTENT_ENCODING).iter().any(|v| {
-        v.to_str().map_or(true, |v| {
-            v.split(',')
-                .any(|c| !c.trim().eq_ignore_ascii_case("identity") && !c.trim().is_empty())
-        })
-    })
 }
 
 #[cfg(test)]

@@ -72,7 +72,7 @@ pub struct ActiveToken {
     pub enforce: bool,
     /// The spaces it is confined to (SPEC §17); `None`: any. `Err` when the
     /// stored list no longer parses: the token then refuses every request.
-    pub spaces: Result<Option<Vec<String>>, String>,
+    pub spaces: Result<Option<crate::spaces::SpaceList>, String>,
     /// With `forward_as = "pat"`: the user's personal access token, unsealed
     /// with the secret that verified the token, and Confluence's verdict.
     /// `None` in header mode, or for a token that carries no PAT.
@@ -98,10 +98,10 @@ impl ActiveToken {
                 .parse::<RateLimit>()
                 .map(|limit| Some(limits.bucket_for(&record.id, limit))),
         };
-        let spaces = record.spaces.as_deref().map_or(Ok(None), |stored| {
-            crate::spaces::normalise(stored)
-                .map(|list| list.map(|list| crate::spaces::keys(&list).into_iter().map(str::to_owned).collect()))
-        });
+        let spaces = record
+            .spaces
+            .as_deref()
+            .map_or(Ok(None), crate::spaces::SpaceList::parse);
         for defect in [
             ip_allowlist.as_ref().err(),
             rules.as_ref().err(),

@@ -40,7 +40,8 @@ use crate::error::{self, Audience, GatewayError, Reason};
 use crate::proxy::{ConnInfo, Identity, Lease, ResponseBody};
 use crate::record::Decision;
 use crate::routes::{self, OwnRoute};
-use crate::spaces::{AskAs, Verdict};
+use crate::spaces::resolve::{content_in_path, is_change};
+use crate::spaces::{AskAs, Confined, Verdict};
 use crate::store::{AuditEntry, AuditKind};
 use crate::target::{self, Target};
 
@@ -108,9 +109,9 @@ pub struct Trail {
     rate: Option<RateState>,
     /// Why a report-only token's rules would have refused the request (SPEC §16).
     reported: Option<Reason>,
-    /// Content ids this request changes or deletes: they leave the space
-    /// lookup cache once it is answered (SPEC §17).
-    forget: Vec<String>,
+    /// What a report-only token's spaces would have done (SPEC §17): the
+    /// refusal's message, or the query they would have forwarded.
+    report_detail: Option<String>,
 }
 
 impl Trail {
@@ -128,7 +129,7 @@ impl Trail {
             decision: None,
             rate: None,
             reported: None,
-            forget: Vec::new(),
+            report_detail: None,
         }
     }
 
@@ -166,6 +167,7 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
         duration_ms = Empty,
     );
     let mut trail = Trail::new(span.clone(), app.settings.get().audit_log);
+    let mut changed = Vec::new();
     let result = async {
         match decide(app, conn, req, &mut trail).await? {
             Next::Answer(mut response) => {
@@ -173,6 +175,9 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
                 Ok(response.map(Either::Right))
             }
             Next::Forward { req, target, identity } => {
+                if is_change(method.as_str()) {
+                    changed = content_in_path(method.as_str(), &target.path);
+                }
                 app.upstream
                     .forward(req, &target, identity, &conn.info, &conn.upstream)
                     .await
@@ -196,8 +201,10 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
     if let Some(rate) = &trail.rate {
         rate.apply(response.headers_mut());
     }
-    if !trail.forget.is_empty() {
-        app.spaces.forget(&trail.forget).await;
+    // Any change through the gateway, whoever makes it, drops the content
+    // ids its path names from the space lookups once it is answered (SPEC §17).
+    if !changed.is_empty() {
+        app.spaces.forget(&changed).await;
     }
     record(app, &conn.info, trail, &method, &response, reason, started.elapsed()).await;
     response
@@ -252,7 +259,9 @@ pub async fn decide<B: RequestBody>(
         },
     };
     trail.decision = Some(match identity {
-        Identity::User(_) | Identity::Pat(_) if trail.reported.is_some() => Decision::Report,
+        Identity::User(_) | Identity::Pat(_) if trail.reported.is_some() || trail.report_detail.is_some() => {
+            Decision::Report
+        }
         Identity::User(_) | Identity::Pat(_) => Decision::Allow,
         Identity::Passthrough => Decision::Passthrough,
     });
@@ -373,9 +382,9 @@ async fn confine<B: RequestBody>(
     identity: &Identity,
     trail: &mut Trail,
 ) -> Result<Request<Forwarded<B>>, GatewayError> {
-    let allowed = match &token.spaces {
+    let list = match &token.spaces {
         Ok(None) => return Ok(req),
-        Ok(Some(allowed)) => allowed,
+        Ok(Some(list)) => list,
         Err(_) => {
             return Err(GatewayError::new(
                 Reason::SpaceUnknown,
@@ -393,21 +402,26 @@ async fn confine<B: RequestBody>(
         _ => token.user.as_deref().unwrap_or_default(),
     };
     let ask_as = AskAs { identity, user, conn };
+    let confined = Confined {
+        label: &token.label,
+        list,
+    };
     // Boxed: lookups make a large future, and only tokens with spaces need it.
-    let (req, verdict) = Box::pin(app.spaces.confine(allowed, &token.label, req, target, ask_as)).await?;
+    let (req, verdict) = Box::pin(app.spaces.confine(confined, req, target, ask_as)).await?;
     match verdict {
-        Verdict::Allowed { query, forget } => {
-            if let (Some(query), true) = (query, token.enforce) {
-                target.set_query(query);
-            }
-            trail.forget = forget;
+        Verdict::Allowed { query: Some(query) } if token.enforce => target.set_query(query),
+        Verdict::Allowed { query: Some(query) } => {
+            tracing::info!("report-only token: forwarded as sent, though its spaces would forward the query {query}");
+            trail.report_detail = Some(format!("spaces would have forwarded the query {query}"));
         }
+        Verdict::Allowed { query: None } => {}
         Verdict::Refused(error) if !token.enforce => {
             tracing::info!(
                 reason = error.reason.code(),
                 "report-only token: forwarded, though {}",
                 error.message
             );
+            trail.report_detail = Some(error.message);
             trail.reported.get_or_insert(error.reason);
         }
         Verdict::Refused(error) => return Err(error),
@@ -461,7 +475,7 @@ async fn record(
         decision: decision.label().to_owned(),
         reason: reason.map(|r| r.code().to_owned()),
         duration_ms: Some(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)),
-        detail: None,
+        detail: trail.report_detail,
     };
     app.audit.record(entry).await;
 }

@@ -142,6 +142,22 @@ pub struct DryRun {
     pub explanation: Vec<String>,
 }
 
+impl DryRun {
+    /// Applies the token scope as the gateway does before the rules (SPEC
+    /// §2.7): a path outside it is refused whatever the rules say.
+    pub fn apply_scope(&mut self, scope: crate::config::Scope, head: &RequestHead<'_>) {
+        let method = hyper::Method::from_bytes(head.method.as_bytes()).unwrap_or(hyper::Method::GET);
+        if !scope.allows(&method, head.path) {
+            self.allowed = false;
+            self.line = None;
+            self.explanation.insert(
+                0,
+                format!("scope: out_of_scope: tokens may only be used on {}", scope.describe()),
+            );
+        }
+    }
+}
+
 impl RuleSet {
     /// The same evaluation as the gateway's, for a request the caller
     /// describes; `body` is its bytes and `Content-Type` (JSON when absent).

@@ -2,8 +2,11 @@
 //! paths of its audited calls, a small `limitTo` that allows every one of
 //! them and little else.
 //!
-//! 1. Each call's path is cut into segments; an all-digit segment becomes
-//!    `[0-9]+`, every other segment stays literal (regex-escaped).
+//! 1. Each call's path is cut into segments; an all-digit segment (a
+//!    content id) becomes `[0-9]+`, an attachment id `att[0-9]+`, an
+//!    attachment's file name (`/download/attachments/{pageId}/{file}`)
+//!    `[^/]+`, so the rules keep working for the next page and file; every
+//!    other segment stays literal (regex-escaped).
 //! 2. One line per method and path shape, with the calls it covers.
 //! 3. Lines of one method that differ in one literal segment only are merged
 //!    into an alternation there (`(DOCS|PM)`), until no more merge.
@@ -72,6 +75,10 @@ pub enum SuggestError {
 enum Segment {
     /// All digits: `[0-9]+`.
     Number,
+    /// An attachment id: `att[0-9]+`.
+    AttachmentId,
+    /// An attachment's file name: `[^/]+`.
+    FileName,
     /// One of these literal words (one, unless lines were merged).
     Words(BTreeSet<String>),
 }
@@ -157,15 +164,20 @@ fn method_index(method: &str) -> Option<usize> {
 
 fn shape_of(path: &str) -> Shape {
     let path = path.strip_prefix('/').unwrap_or(path);
-    path.split('/')
-        .map(|segment| {
-            if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
-                Segment::Number
-            } else {
-                Segment::Words(BTreeSet::from([segment.to_owned()]))
-            }
+    let is_number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mut shape: Shape = path
+        .split('/')
+        .map(|segment| match segment.strip_prefix("att") {
+            _ if is_number(segment) => Segment::Number,
+            Some(digits) if is_number(digits) => Segment::AttachmentId,
+            _ => Segment::Words(BTreeSet::from([segment.to_owned()])),
         })
-        .collect()
+        .collect();
+    let word = |s: &str| Segment::Words(BTreeSet::from([s.to_owned()]));
+    if shape.len() == 4 && shape[..3] == [word("download"), word("attachments"), Segment::Number] {
+        shape[3] = Segment::FileName;
+    }
+    shape
 }
 
 /// One round of merging: for the last position first, lines of one method
@@ -223,6 +235,8 @@ fn path_regex(shape: &Shape) -> String {
         regex.push('/');
         match segment {
             Segment::Number => regex.push_str("[0-9]+"),
+            Segment::AttachmentId => regex.push_str("att[0-9]+"),
+            Segment::FileName => regex.push_str("[^/]+"),
             Segment::Words(words) if words.len() == 1 => regex.push_str(&escape(words.first().expect("one word"))),
             Segment::Words(words) => {
                 let words: Vec<String> = words.iter().map(|w| escape(w)).collect();
@@ -296,6 +310,44 @@ mod tests {
             suggest(&reversed).unwrap(),
             suggestion,
             "whatever the order of the audit"
+        );
+    }
+
+    #[test]
+    fn attachment_ids_and_file_names_generalise() {
+        let calls = [
+            call("GET", "/download/attachments/123/report.pdf", 2),
+            call("GET", "/download/attachments/456/diagram%20v2.png", 1),
+            call("PUT", "/rest/api/content/123/child/attachment/att456/data", 1),
+        ];
+        let suggestion = suggest(&calls).unwrap();
+        assert_eq!(
+            rules(&suggestion),
+            [
+                ("[get]/download/attachments/[0-9]+/[^/]+", 3),
+                ("[put]/rest/api/content/[0-9]+/child/attachment/att[0-9]+/data", 1),
+            ]
+        );
+        let set = RuleSet::parse(&suggestion.limit_to()).unwrap();
+        for (method, path) in [
+            ("GET", "/download/attachments/789/next-file.docx"),
+            ("PUT", "/rest/api/content/9/child/attachment/att10/data"),
+        ] {
+            let head = RequestHead {
+                method,
+                path,
+                query: None,
+            };
+            assert!(matches!(set.check(&head), Verdict::Permit(_)), "the next {path}");
+        }
+        let head = RequestHead {
+            method: "GET",
+            path: "/download/attachments/789/a/b",
+            query: None,
+        };
+        assert!(
+            matches!(set.check(&head), Verdict::Denied(_)),
+            "one file name, not a path"
         );
     }
 

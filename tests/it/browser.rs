@@ -70,7 +70,7 @@ async fn a_user_logs_in_creates_a_token_uses_it_and_deletes_it() {
     browser.click("Try").await;
     browser.text_of("try-result", |t| t.starts_with("ALLOW")).await;
 
-    browser.fill("Spaces", "DOCS").await;
+    browser.fill("Spaces", "DOCS,KB:read").await;
     browser.fill("Confluence password", password_of("alice")).await;
     browser.click("Create token").await;
     let new_token = browser.field("New token").await;
@@ -101,9 +101,10 @@ async fn a_user_logs_in_creates_a_token_uses_it_and_deletes_it() {
     assert_eq!(gw.upstream.last().header("x-forwarded-user"), Some("alice"));
     assert_eq!(
         gw.upstream.last().target,
-        "/rest/api/space?spaceKey=DOCS",
-        "confined to the space typed in"
+        "/rest/api/space?spaceKey=DOCS&spaceKey=KB",
+        "confined to the spaces typed in"
     );
+
     let reply = get(
         &gw.url("/rest/api/content"),
         &[("authorization", &basic("alice", &value))],
@@ -127,7 +128,10 @@ async fn a_user_logs_in_creates_a_token_uses_it_and_deletes_it() {
         .text_of("token-list", |t| t.contains("nightly export") && t.contains("1 call,"))
         .await;
     assert!(listed.contains("[get].*/rest/api/space.*"), "{listed}");
-    assert!(listed.contains("Spaces") && listed.contains("DOCS"), "{listed}");
+    assert!(
+        listed.contains("Spaces") && listed.contains("DOCS, KB:read"),
+        "{listed}"
+    );
     let deletes = browser.buttons("Delete").await;
     assert_eq!(deletes.len(), 1);
     deletes[0].click().await.unwrap();

@@ -64,6 +64,8 @@ pub struct FakeConfluence {
     pub pats_disabled: Arc<AtomicBool>,
     /// Answer every call of the PAT API with 500.
     pub pat_api_fails: Arc<AtomicBool>,
+    /// The content it holds, [`CONTENT`] at the start; see [`FakeConfluence::move_content`].
+    content: Arc<Mutex<Vec<ContentItem>>>,
     /// Connections accepted so far, and those still open.
     accepted: Arc<AtomicU64>,
     open: Arc<AtomicU64>,
@@ -94,7 +96,7 @@ pub const USERS: [(&str, &str); 3] = [
 /// get 404, as Confluence answers for restricted pages). The user is the
 /// one a PAT or password authenticates, else `X-Forwarded-User`: this
 /// fixture stands for a Confluence with a header authenticator too.
-pub const CONTENT: [(&str, &str, &str, Option<&str>); 10] = [
+pub const CONTENT: [(&str, &str, &str, Option<&str>); 12] = [
     ("100", "DOCS", "current", None),
     ("101", "DOCS", "current", None),
     ("102", "docs", "draft", None),
@@ -106,7 +108,12 @@ pub const CONTENT: [(&str, &str, &str, Option<&str>); 10] = [
     ("700", "DOCS", "current", Some("admin")),
     // Answers slowly: concurrent requests about it must share one lookup.
     ("800", "DOCS", "current", None),
+    ("900", "KB", "current", None),
+    ("att901", "KB", "current", None),
 ];
+
+/// One content item: id, space, status, the one user who may see it.
+type ContentItem = (String, String, String, Option<String>);
 
 /// How many personal access tokens one user may have here.
 pub const PAT_LIMIT: usize = 8;
@@ -121,6 +128,19 @@ impl FakeConfluence {
             pats: Arc::default(),
             pats_disabled: Arc::default(),
             pat_api_fails: Arc::default(),
+            content: Arc::new(Mutex::new(
+                CONTENT
+                    .iter()
+                    .map(|(id, space, status, visible)| {
+                        (
+                            (*id).to_owned(),
+                            (*space).to_owned(),
+                            (*status).to_owned(),
+                            visible.map(str::to_owned),
+                        )
+                    })
+                    .collect(),
+            )),
             accepted: Arc::default(),
             open: Arc::default(),
         };
@@ -439,9 +459,15 @@ impl FakeConfluence {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
         };
-        let found = CONTENT.iter().find(|(known, _, _, visible_to)| {
-            *known == id && visible_to.is_none_or(|only| user.as_deref() == Some(only))
-        });
+        let found = self
+            .content
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(known, _, _, visible_to)| {
+                known == id && visible_to.as_ref().is_none_or(|only| user.as_ref() == Some(only))
+            })
+            .cloned();
         Some(match found {
             None => json(
                 StatusCode::NOT_FOUND,
@@ -454,6 +480,13 @@ impl FakeConfluence {
                 .to_string(),
             ),
         })
+    }
+
+    /// Moves content `id` to `space`, as someone would in Confluence.
+    pub fn move_content(&self, id: &str, space: &str) {
+        for item in self.content.lock().unwrap().iter_mut().filter(|item| item.0 == id) {
+            item.1 = space.to_owned();
+        }
     }
 
     /// The lookups the gateway made of content `id`'s space.
