@@ -2,7 +2,10 @@
 //! (decoding credentials, canonicalising the path, the verified-cache lookup,
 //! the token checks) and whole (every stage of the pipeline but the
 //! forwarding, on an in-memory request), also for a rate-limited token and
-//! for a token confined to spaces on a content id whose space is cached.
+//! for a token confined to spaces on a content id whose space is cached
+//! (beside the same read by an unconfined token), and for a confined
+//! token's change, which asks Confluence afresh (one round trip to a
+//! stand-in on loopback).
 //! `cargo bench --bench hot_path`.
 
 use std::hint::black_box;
@@ -69,7 +72,7 @@ fn canonicalising(c: &mut Criterion) {
 fn warm_token(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (app, secret, limited, confined) = runtime.block_on(async {
+    let (app, secret, limited, confined, unconfined) = runtime.block_on(async {
         let config = Config {
             upstream: Upstream {
                 https: false,
@@ -109,14 +112,24 @@ fn warm_token(c: &mut Criterion) {
         let confined = NewToken {
             label: "bench-spaces".into(),
             user: Some("alice".into()),
-            limit_to: Some("[get].*/rest/api/content/[0-9]+".into()),
+            limit_to: Some("[get|put].*/rest/api/content/[0-9]+".into()),
             ip: Some("127.0.0.0/8".into()),
             spaces: Some("DOCS".into()),
             author: "bench".into(),
             ..NewToken::default()
         };
         let confined = app.tokens.create(confined).await.unwrap().value;
-        for secret in [&secret, &limited, &confined] {
+        // The same without spaces: what confinement costs on a cached id.
+        let unconfined = NewToken {
+            label: "bench-content".into(),
+            user: Some("alice".into()),
+            limit_to: Some("[get|put].*/rest/api/content/[0-9]+".into()),
+            ip: Some("127.0.0.0/8".into()),
+            author: "bench".into(),
+            ..NewToken::default()
+        };
+        let unconfined = app.tokens.create(unconfined).await.unwrap().value;
+        for secret in [&secret, &limited, &confined, &unconfined] {
             app.auth
                 .verifier()
                 .verify(secret)
@@ -124,7 +137,7 @@ fn warm_token(c: &mut Criterion) {
                 .unwrap()
                 .expect("the token verifies");
         }
-        (app, secret, limited, confined)
+        (app, secret, limited, confined, unconfined)
     });
     c.bench_function("verified_cache/hit", |b| {
         b.to_async(&runtime)
@@ -150,26 +163,49 @@ fn warm_token(c: &mut Criterion) {
     let info = ConnInfo::new("127.0.0.1:50000".parse().unwrap(), false);
     // A keep-alive connection recalls its last credentials (the memo); a
     // new one for every request shows the path without it.
-    for (name, secret, target) in [
+    const PAGE: &str = r#"{"id":"100","type":"page","title":"t","space":{"key":"DOCS"},"version":{"number":2}}"#;
+    for (name, secret, method, target, body) in [
         (
             "pipeline/decide_warm_token",
             &secret,
+            Method::GET,
             "/rest/api/space/DOCS?spaceKey=DOCS",
+            "",
         ),
         (
             "pipeline/decide_warm_token_new_connection",
             &secret,
+            Method::GET,
             "/rest/api/space/DOCS?spaceKey=DOCS",
+            "",
         ),
         (
             "pipeline/decide_warm_token_rate_limited",
             &limited,
+            Method::GET,
             "/rest/api/space/DOCS?spaceKey=DOCS",
+            "",
+        ),
+        (
+            "pipeline/decide_warm_token_content",
+            &unconfined,
+            Method::GET,
+            "/rest/api/content/100",
+            "",
         ),
         (
             "pipeline/decide_warm_token_spaces_cached",
             &confined,
+            Method::GET,
             "/rest/api/content/100",
+            "",
+        ),
+        (
+            "pipeline/decide_change_spaces_fresh_lookup",
+            &confined,
+            Method::PUT,
+            "/rest/api/content/100",
+            PAGE,
         ),
     ] {
         let authorization = format!(
@@ -187,10 +223,13 @@ fn warm_token(c: &mut Criterion) {
                 } else {
                     &keep_alive
                 };
-                let req = Request::get(target)
+                let req = Request::builder()
+                    .method(method.clone())
+                    .uri(target)
                     .header(AUTHORIZATION, authorization.as_str())
                     .header("host", "wiki.example.com")
-                    .body(Full::new(Bytes::new()))
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(body.as_bytes())))
                     .unwrap();
                 let mut trail = Trail::new(tracing::Span::none(), false);
                 match decide(&app, conn, req, &mut trail).await {

@@ -26,7 +26,7 @@ pub mod routes;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hyper::header::HOST;
+use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, StatusCode};
 use serde_json::Value;
@@ -112,6 +112,11 @@ impl Spaces {
         };
         let req = match plan.reads_body(&method) {
             false => req,
+            // Two Content-Types could be read as an upload here and as JSON upstream.
+            true if req.headers().get_all(CONTENT_TYPE).iter().nth(1).is_some() => {
+                let refusal = Refusal::Unknown("the request has more than one Content-Type".into());
+                return Ok((req, Verdict::Refused(refusal_error(token.label, refusal, &line))));
+            }
             true if is_upload(req.headers()) => {
                 let named = resolve::names_in_body(&mut plan, &BodyRead::Upload);
                 if let Err(refusal) = named {

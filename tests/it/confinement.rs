@@ -562,3 +562,35 @@ async fn the_dry_run_applies_the_scope_as_the_gateway_does() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn rules_and_spaces_read_one_body_the_same_way() {
+    // A JSON rule and the spaces both read the body: once, and alike.
+    let (gw, auth) = confined("DOCS", "[put].*/rest/api/content/[0-9]+[JsonData::type==page]", true).await;
+    let body = r#"{"id":"100","type":"page","space":{"key":"DOCS"}}"#;
+    for (encoding, expected) in [
+        (None, forwarded()),
+        (Some("identity"), forwarded()),
+        (Some("gzip"), refused(403, "rule_mismatch")),
+    ] {
+        let mut headers = vec![("authorization", auth.as_str()), ("content-type", "application/json")];
+        headers.extend(encoding.map(|e| ("content-encoding", e)));
+        let reply = send(Method::PUT, &gw.url("/rest/api/content/100"), &headers, body).await;
+        assert_eq!(outcome(&reply), expected, "{encoding:?}: {:?}", reply.body);
+    }
+    assert_eq!(gw.upstream.last().body_head, body.as_bytes(), "forwarded byte for byte");
+    // Two Content-Types could be read two ways: refused.
+    let (gw, auth) = confined("DOCS", "", true).await;
+    let reply = send(
+        Method::PUT,
+        &gw.url("/rest/api/content/100"),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "multipart/form-data; boundary=x"),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(outcome(&reply), refused(403, "space_unknown"), "{:?}", reply.body);
+}
