@@ -239,6 +239,55 @@ fn warm_token(c: &mut Criterion) {
             })
         });
     }
+    end_to_end(
+        c,
+        &runtime,
+        &app,
+        [
+            ("end_to_end/read_content", &unconfined),
+            ("end_to_end/read_content_spaces_cached", &confined),
+        ],
+    );
+}
+
+/// Whole requests through the running gateway on loopback, on one
+/// keep-alive connection, to the stand-in: what confinement adds to a read
+/// of a content id whose space is cached, beside the same read unconfined.
+fn end_to_end(c: &mut Criterion, runtime: &tokio::runtime::Runtime, app: &App, tokens: [(&str, &str); 2]) {
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let gateway = listener.local_addr().unwrap();
+    runtime.spawn(tokengate::serve(listener, app.clone(), std::future::pending()));
+    for (name, secret) in tokens {
+        let authorization = format!(
+            "Basic {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("alice:{secret}"))
+        );
+        let sender = runtime.block_on(async {
+            let stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
+            let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            Arc::new(tokio::sync::Mutex::new(sender))
+        });
+        c.bench_function(name, |b| {
+            b.to_async(runtime).iter(|| {
+                let (sender, authorization) = (sender.clone(), authorization.clone());
+                async move {
+                    let mut sender = sender.lock().await;
+                    sender.ready().await.unwrap();
+                    let req = Request::get("/rest/api/content/100")
+                        .header(AUTHORIZATION, authorization)
+                        .header("host", "wiki.example.com")
+                        .body(http_body_util::Empty::<Bytes>::new())
+                        .unwrap();
+                    let response = sender.send_request(req).await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
+                }
+            })
+        });
+    }
 }
 
 criterion_group!(benches, decoding, canonicalising, warm_token);

@@ -127,10 +127,8 @@ pub fn is_upload(headers: &HeaderMap) -> bool {
 
 /// Whether a `Content-Type` value is `multipart/form-data`.
 pub fn is_upload_type(content_type: &str) -> bool {
-    content_type
-        .trim_start()
-        .get(..19)
-        .is_some_and(|t| t.eq_ignore_ascii_case("multipart/form-data"))
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("multipart/form-data")
 }
 
 /// How long the gateway waits in all for a client's body to deliver

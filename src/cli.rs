@@ -734,7 +734,7 @@ fn rules_check(args: RulesCheckArgs) -> Result<(), Failure> {
     }
     let why = match (rules_allow, in_scope) {
         (false, _) => "no rule matches",
-        (true, false) => "it is outside the token scope",
+        (true, false) => "the gateway refuses its path (scope or path parameters)",
         (true, true) => "the spaces refuse it",
     };
     writeln!(out, "DENY {method} {path}: {why}")?;

@@ -40,8 +40,7 @@ use crate::error::{self, Audience, GatewayError, Reason};
 use crate::proxy::{ConnInfo, Identity, Lease, ResponseBody};
 use crate::record::Decision;
 use crate::routes::{self, OwnRoute};
-use crate::spaces::resolve::{content_in_path, is_change};
-use crate::spaces::{AskAs, Confined, Verdict};
+use crate::spaces::{AskAs, Changed, Confined, Verdict};
 use crate::store::{AuditEntry, AuditKind};
 use crate::target::{self, Target};
 
@@ -167,7 +166,7 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
         duration_ms = Empty,
     );
     let mut trail = Trail::new(span.clone(), app.settings.get().audit_log);
-    let mut changed = Vec::new();
+    let mut changed = Changed::Nothing;
     let result = async {
         match decide(app, conn, req, &mut trail).await? {
             Next::Answer(mut response) => {
@@ -175,9 +174,7 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
                 Ok(response.map(Either::Right))
             }
             Next::Forward { req, target, identity } => {
-                if is_change(method.as_str()) {
-                    changed = content_in_path(method.as_str(), &target.path);
-                }
+                changed = Changed::by(method.as_str(), &target.path);
                 app.upstream
                     .forward(req, &target, identity, &conn.info, &conn.upstream)
                     .await
@@ -201,11 +198,9 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
     if let Some(rate) = &trail.rate {
         rate.apply(response.headers_mut());
     }
-    // Any change through the gateway, whoever makes it, drops the content
-    // ids its path names from the space lookups once it is answered (SPEC §17).
-    if !changed.is_empty() {
-        app.spaces.forget(&changed).await;
-    }
+    // Any change through the gateway, whoever makes it, drops what it names
+    // from the space lookups once it is answered (SPEC §17).
+    app.spaces.forget(changed).await;
     record(app, &conn.info, trail, &method, &response, reason, started.elapsed()).await;
     response
 }

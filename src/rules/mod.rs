@@ -143,18 +143,21 @@ pub struct DryRun {
 }
 
 impl DryRun {
-    /// Applies the token scope as the gateway does before the rules (SPEC
-    /// §2.7): a path outside it is refused whatever the rules say.
+    /// Applies what the gateway checks of a token request's target before
+    /// the rules (SPEC §2.7): no path parameters, a path inside the token
+    /// scope. Either refuses whatever the rules say.
     pub fn apply_scope(&mut self, scope: crate::config::Scope, head: &RequestHead<'_>) {
         let method = hyper::Method::from_bytes(head.method.as_bytes()).unwrap_or(hyper::Method::GET);
-        if !scope.allows(&method, head.path) {
-            self.allowed = false;
-            self.line = None;
-            self.explanation.insert(
-                0,
-                format!("scope: out_of_scope: tokens may only be used on {}", scope.describe()),
-            );
-        }
+        let refusal = if head.path.contains(';') {
+            "bad_path: path parameters (';') are not allowed on token requests".to_owned()
+        } else if !scope.allows(&method, head.path) {
+            format!("scope: out_of_scope: tokens may only be used on {}", scope.describe())
+        } else {
+            return;
+        };
+        self.allowed = false;
+        self.line = None;
+        self.explanation.insert(0, refusal);
     }
 }
 

@@ -122,6 +122,12 @@ impl SpaceCache {
         self.cached.invalidate(id).await;
     }
 
+    /// Drops every cached answer (a change that may have moved a tree of content).
+    pub fn forget_all(&self) {
+        self.forgotten.fetch_add(1, Ordering::SeqCst);
+        self.cached.invalidate_all();
+    }
+
     /// Lookups under way, for tests.
     #[cfg(test)]
     fn in_flight(&self) -> usize {

@@ -61,6 +61,37 @@ pub enum Verdict {
     Refused(GatewayError),
 }
 
+/// Headers that ask a server to run another method than the request's:
+/// Confluence honours none today, but a confined request is checked for the
+/// method it has, so one that asks for another is refused.
+const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// What a forwarded request may have changed, for the lookup cache.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changed {
+    Nothing,
+    /// The content ids its path names.
+    Content(Vec<String>),
+    /// It may have moved a tree of content ([`routes::MOVES`]).
+    Anything,
+}
+
+impl Changed {
+    /// What `method path` may change: nothing for a read.
+    pub fn by(method: &str, path: &str) -> Changed {
+        if !is_change(method) {
+            return Changed::Nothing;
+        }
+        if routes::moves_content(path) {
+            return Changed::Anything;
+        }
+        match resolve::content_in_path(method, path) {
+            ids if ids.is_empty() => Changed::Nothing,
+            ids => Changed::Content(ids),
+        }
+    }
+}
+
 /// A token's confinement, for the messages: its label and space list.
 #[derive(Clone, Copy)]
 pub struct Confined<'a> {
@@ -104,65 +135,80 @@ impl Spaces {
         target: &Target,
         ask_as: AskAs<'_>,
     ) -> Result<(Request<Forwarded<B>>, Verdict), GatewayError> {
-        let method = req.method().as_str().to_owned();
-        let line = format!("{method} {}", target.path);
-        let mut plan = match resolve::plan(&method, &target.path, target.query.as_deref()) {
-            Ok(plan) => plan,
-            Err(refusal) => return Ok((req, Verdict::Refused(refusal_error(token.label, refusal, &line)))),
+        let method = req.method().clone();
+        let method = method.as_str();
+        let refused = |refusal| {
+            let line = format!("{method} {}", target.path);
+            Verdict::Refused(refusal_error(token.label, refusal, &line))
         };
-        let req = match plan.reads_body(&method) {
+        let mut plan = match resolve::plan(method, &target.path, target.query.as_deref()) {
+            Ok(plan) => plan,
+            Err(refusal) => return Ok((req, refused(refusal))),
+        };
+        if let Some(header) = METHOD_OVERRIDES.iter().find(|h| req.headers().contains_key(**h)) {
+            let why = format!("{header} could make Confluence run another method than the one checked");
+            return Ok((req, refused(Refusal::Unknown(why.into()))));
+        }
+        let req = match plan.reads_body(method) {
             false => req,
             // Two Content-Types could be read as an upload here and as JSON upstream.
             true if req.headers().get_all(CONTENT_TYPE).iter().nth(1).is_some() => {
-                let refusal = Refusal::Unknown("the request has more than one Content-Type".into());
-                return Ok((req, Verdict::Refused(refusal_error(token.label, refusal, &line))));
+                return Ok((
+                    req,
+                    refused(Refusal::Unknown("the request has more than one Content-Type".into())),
+                ));
             }
-            true if is_upload(req.headers()) => {
-                let named = resolve::names_in_body(&mut plan, &BodyRead::Upload);
-                if let Err(refusal) = named {
-                    return Ok((req, Verdict::Refused(refusal_error(token.label, refusal, &line))));
-                }
-                req
-            }
+            true if is_upload(req.headers()) => match resolve::names_in_body(&mut plan, &BodyRead::Upload) {
+                Ok(()) => req,
+                Err(refusal) => return Ok((req, refused(refusal))),
+            },
             true => {
                 let purpose = "the most the gateway reads to find the spaces a change touches";
                 let (req, parsed) = read_json(req, self.max_json_body, purpose).await?;
                 let body = BodyRead::of(&parsed.json, parsed.empty, parsed.encoded, false);
                 if let Err(refusal) = resolve::names_in_body(&mut plan, &body) {
-                    return Ok((req, Verdict::Refused(refusal_error(token.label, refusal, &line))));
+                    return Ok((req, refused(refusal)));
                 }
                 req
             }
         };
-        let named = match check_named(token, &method, plan, target.query.as_deref(), &line) {
+        let named = match check_named(token, method, plan, target.query.as_deref(), &target.path) {
             Ok(named) => named,
             Err(error) => return Ok((req, Verdict::Refused(error))),
         };
-        let host = req.headers().get(HOST).cloned();
-        let write = is_change(&method);
-        for id in &named.content {
-            let space = self
-                .cache
-                .space_of(id, ask_as.user, write, || self.ask(id, &ask_as, host.as_ref()))
-                .await
-                .map_err(|why| {
-                    GatewayError::new(
-                        Reason::SpaceUnknown,
-                        format!("the space of content {id} cannot be found out ({why}), so token '{}', which is confined to spaces, may not use it", token.label),
-                    )
-                })?;
-            if let Err(error) = check_space(token, &space, write, &format!("content {id} is in space {space}")) {
-                return Ok((req, Verdict::Refused(error)));
+        let write = is_change(method);
+        if !named.content.is_empty() {
+            let host = req.headers().get(HOST).cloned();
+            for id in &named.content {
+                let space = self
+                    .cache
+                    .space_of(id, ask_as.user, write, || self.ask(id, &ask_as, host.as_ref()))
+                    .await
+                    .map_err(|why| {
+                        GatewayError::new(
+                            Reason::SpaceUnknown,
+                            format!("the space of content {id} cannot be found out ({why}), so token '{}', which is confined to spaces, may not use it", token.label),
+                        )
+                    })?;
+                if let Err(error) = check_space(token, &space, write, || format!("content {id} is in space {space}")) {
+                    return Ok((req, Verdict::Refused(error)));
+                }
             }
         }
         Ok((req, Verdict::Allowed { query: named.query }))
     }
 
-    /// Drops content ids a change named from the cache (SPEC §17: any
-    /// change through the gateway, whoever makes it).
-    pub async fn forget(&self, ids: &[String]) {
-        for id in ids {
-            self.cache.forget(id).await;
+    /// Drops what a change answered through the gateway, whoever made it,
+    /// leaves the lookup cache (SPEC §17).
+    pub async fn forget(&self, changed: Changed) {
+        match changed {
+            Changed::Nothing => {}
+            Changed::Content(ids) => {
+                for id in &ids {
+                    self.cache.forget(id).await;
+                }
+            }
+            Changed::Anything => self.cache.forget_all(),
         }
     }
 
@@ -206,28 +252,28 @@ fn check_named(
     method: &str,
     plan: Plan,
     query: Option<&str>,
-    line: &str,
+    path: &str,
 ) -> Result<Named, GatewayError> {
     let write = is_change(method);
     for key in &plan.keys {
-        check_space(token, key, write, &format!("{line} touches space {key}"))?;
+        check_space(token, key, write, || format!("{method} {path} touches space {key}"))?;
     }
-    let keys = token.list.keys();
     let query = match &plan.query {
         QueryChange::Keep => None,
-        QueryChange::AddSpaceKeys { only_one: true } if keys.len() > 1 => {
+        QueryChange::AddSpaceKeys { only_one: true } if token.list.len() > 1 => {
             return Err(GatewayError::new(
                 Reason::SpaceUnknown,
                 format!(
-                    "token '{}' is confined to spaces {}: {line} must name one of them in a spaceKey parameter",
+                    "token '{}' is confined to spaces {}: {method} {path} must name one of them in a spaceKey parameter",
                     token.label,
                     token.list.describe()
                 ),
             ));
         }
-        QueryChange::AddSpaceKeys { .. } => Some(resolve::add_space_keys(query, &keys)),
+        QueryChange::AddSpaceKeys { .. } => Some(resolve::add_space_keys(query, &token.list.keys())),
         QueryChange::ConfineCql(text) => {
-            let confined = cql::confine(text, &keys).map_err(|e| GatewayError::new(Reason::BadCql, e.to_string()))?;
+            let confined =
+                cql::confine(text, &token.list.keys()).map_err(|e| GatewayError::new(Reason::BadCql, e.to_string()))?;
             Some(resolve::replace_cql(query.unwrap_or_default(), &confined))
         }
     };
@@ -240,24 +286,26 @@ fn check_named(
 /// Whether the token may touch space `key` as the method needs: 403
 /// `space_not_allowed` outside its spaces, `space_read_only` for a change
 /// in a space it may only read. `what` says how the request touches it.
-fn check_space(token: Confined<'_>, key: &str, write: bool, what: &str) -> Result<(), GatewayError> {
+fn check_space(token: Confined<'_>, key: &str, write: bool, what: impl FnOnce() -> String) -> Result<(), GatewayError> {
     match token.list.access(key) {
         Some(Access::Write) => Ok(()),
         Some(Access::Read) if !write => Ok(()),
         Some(Access::Read) => Err(GatewayError::new(
             Reason::SpaceReadOnly,
             format!(
-                "token '{}' may only read space {key}, and this request changes content there: {what}",
-                token.label
+                "token '{}' may only read space {key}, and this request changes content there: {}",
+                token.label,
+                what()
             ),
         )),
         None => Err(GatewayError::new(
             Reason::SpaceNotAllowed,
             format!(
-                "token '{}' is confined to space{} {}: {what}",
+                "token '{}' is confined to space{} {}: {}",
                 token.label,
                 if token.list.len() == 1 { "" } else { "s" },
-                token.list.describe()
+                token.list.describe(),
+                what()
             ),
         )),
     }
@@ -330,7 +378,7 @@ fn explain(
         QueryChange::ConfineCql(text) => Some(text.clone()),
         _ => None,
     };
-    let named = check_named(token, head.method, plan, head.query, &line)?;
+    let named = check_named(token, head.method, plan, head.query, head.path)?;
     match (cql, &named.query) {
         (Some(text), _) => {
             let confined = cql::confine(&text, &list.keys()).unwrap_or_default();
@@ -539,8 +587,7 @@ mod reading {
     }
 
     fn allowed_key(key: &str) -> bool {
-        let key = key.trim();
-        !key.is_empty() && list().access(key).is_some()
+        !key.is_empty() && key.trim() == key && list().access(key).is_some()
     }
 
     fn safe_expand(read: &[(String, String)]) -> bool {

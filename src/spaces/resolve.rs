@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::routes::{self, Absent, Find, Route, is_any_content_id};
+use super::routes::{self, Absent, Find, Route, canonical_id, is_any_content_id};
 use crate::rules::JsonBody;
 
 /// What a request touches, as far as the request itself tells: space keys
@@ -105,7 +105,7 @@ pub fn plan(method: &str, path: &str, query: Option<&str>) -> Result<Plan, Refus
     for find in route.finds {
         match *find {
             Find::PathKey => plan.keys.extend(captures.get("KEY").map(str::to_owned)),
-            Find::PathContent(name) => plan.content.extend(captures.get(name).map(str::to_owned)),
+            Find::PathContent(name) => plan.content.extend(captures.get(name).map(canonical_id)),
             Find::SpaceKeyParam { absent, .. } => {
                 let keys = params.space_keys()?;
                 if keys.is_empty() {
@@ -118,7 +118,7 @@ pub fn plan(method: &str, path: &str, query: Option<&str>) -> Result<Plan, Refus
                 plan.keys.extend(keys);
             }
             Find::ContentParam(name) => match params.first(name) {
-                Some(id) if is_any_content_id(id) => plan.content.push(id.to_owned()),
+                Some(id) if is_any_content_id(id) => plan.content.push(canonical_id(id)),
                 _ => {
                     return Err(Refusal::Unknown(Cow::Owned(format!(
                         "this request names its content in a {name} parameter (a content id)"
@@ -131,7 +131,7 @@ pub fn plan(method: &str, path: &str, query: Option<&str>) -> Result<Plan, Refus
                     "content listed by {name} cannot be confined to spaces: name a spaceKey instead"
                 ))));
             }
-            Find::BodySameId(name) => plan.same_id = captures.get(name).map(str::to_owned),
+            Find::BodySameId(name) => plan.same_id = captures.get(name).map(canonical_id),
             Find::RefuseParam(_) | Find::BodyKey(_) | Find::BodyContent(_) | Find::BodyContentList(_) => {}
         }
     }
@@ -145,7 +145,13 @@ pub fn plan(method: &str, path: &str, query: Option<&str>) -> Result<Plan, Refus
 pub fn names_in_body(plan: &mut Plan, body: &BodyRead<'_>) -> Result<(), Refusal> {
     let before = plan.keys.len() + plan.content.len();
     match body {
-        BodyRead::Upload | BodyRead::Empty => {}
+        BodyRead::Upload if plan.route.uploads => {}
+        BodyRead::Empty => {}
+        BodyRead::Upload => {
+            return Err(unknown(
+                "this request takes a JSON body, not an upload (multipart/form-data): the gateway must read it to see which spaces it touches",
+            ));
+        }
         BodyRead::Json(json) => body_names(plan, json)?,
         BodyRead::Unreadable => {
             return Err(unknown(
@@ -198,15 +204,16 @@ fn body_names(plan: &mut Plan, body: &Value) -> Result<(), Refusal> {
         match *find {
             Find::BodyKey(pointer) => match field(body, pointer)? {
                 None => {}
-                Some(Value::String(key)) if !key.trim().is_empty() => plan.keys.push(key.trim().to_owned()),
+                Some(Value::String(key)) if is_space_key(key) => plan.keys.push(key.clone()),
                 Some(_) => return Err(unreadable(pointer, "a space key")),
             },
-            Find::BodyContent(pointer) => {
-                if let Some(value) = field(body, pointer)? {
-                    plan.content
-                        .push(content_id(value).ok_or_else(|| unreadable(pointer, "a content id"))?);
-                }
-            }
+            Find::BodyContent(pointer) => match field(body, pointer)?.map(content_id) {
+                None => {}
+                Some(None) => return Err(unreadable(pointer, "a content id")),
+                // Confluence reads id 0 as none (an inline comment's parentCommentId).
+                Some(Some(id)) if id == "0" => {}
+                Some(Some(id)) => plan.content.push(id),
+            },
             Find::BodyContentList(pointer) => match field(body, pointer)? {
                 None => {}
                 Some(Value::Array(items)) => {
@@ -253,14 +260,19 @@ fn field<'v>(body: &'v Value, pointer: &'static str) -> Result<Option<&'v Value>
     Ok(Some(current))
 }
 
-/// A content id written as `"123"`, `"att123"` or `123`.
+/// A content id written as `"123"`, `"att123"` or `123`, in its canonical form.
 fn content_id(value: &Value) -> Option<String> {
-    let id = match value {
-        Value::String(id) => id.clone(),
-        Value::Number(id) => id.as_u64()?.to_string(),
-        _ => return None,
-    };
-    is_any_content_id(&id).then_some(id)
+    match value {
+        Value::String(id) if is_any_content_id(id) => Some(canonical_id(id)),
+        Value::Number(id) => id.as_u64().map(|id| id.to_string()),
+        _ => None,
+    }
+}
+
+/// A space key as written: not empty, no spaces around it (Confluence would
+/// read the spaces as part of the key; the gateway checks what it reads).
+fn is_space_key(key: &str) -> bool {
+    !key.is_empty() && key.trim() == key
 }
 
 fn unreadable(pointer: &str, what: &str) -> Refusal {
@@ -297,6 +309,11 @@ impl<'q> Params<'q> {
                 name: decode(raw_name),
                 value: decode(raw_value),
             };
+            if param.name.eq_ignore_ascii_case("_method") {
+                return Err(unknown(
+                    "the query parameter _method could make Confluence run another method than the one checked",
+                ));
+            }
             if let Some(read) = READ_PARAMETERS
                 .iter()
                 .find(|read| param.name.eq_ignore_ascii_case(read) && param.raw_name != **read)
@@ -344,9 +361,9 @@ impl<'q> Params<'q> {
 
     fn space_keys(&self) -> Result<Vec<String>, Refusal> {
         self.values("spaceKey")
-            .map(|key| match key.trim() {
-                "" => Err(unknown("an empty spaceKey")),
-                key => Ok(key.to_owned()),
+            .map(|key| match is_space_key(key) {
+                true => Ok(key.to_owned()),
+                false => Err(unknown("a spaceKey is empty or has spaces around it")),
             })
             .collect()
     }
@@ -436,7 +453,7 @@ pub fn content_in_path(method: &str, path: &str) -> Vec<String> {
         .finds
         .iter()
         .filter_map(|find| match find {
-            Find::PathContent(name) => captures.get(name).map(str::to_owned),
+            Find::PathContent(name) => captures.get(name).map(canonical_id),
             _ => None,
         })
         .collect()
@@ -502,7 +519,7 @@ mod tests {
                 "PUT",
                 "/rest/api/content/123/child/attachment/att456",
                 &[],
-                &["123", "att456"],
+                &["123", "456"],
                 Keep,
             ),
             (
@@ -516,7 +533,7 @@ mod tests {
                 "GET",
                 "/rest/api/content/123/child/attachment/att456/data",
                 &[],
-                &["123", "att456"],
+                &["123", "456"],
                 Keep,
             ),
             ("GET", "/rest/api/content/123/descendant/page", &[], &["123"], Keep),
@@ -531,7 +548,7 @@ mod tests {
                 &["123"],
                 Keep,
             ),
-            ("GET", "/rest/experimental/content/att9/version", &[], &["att9"], Keep),
+            ("GET", "/rest/experimental/content/att9/version", &[], &["9"], Keep),
             ("DELETE", "/rest/experimental/content/9/version/3", &[], &["9"], Keep),
             ("GET", "/rest/api/content?spaceKey=DOCS&type=page", &["DOCS"], &[], Keep),
             (
@@ -671,6 +688,8 @@ mod tests {
             "/rest/inlinecomments/1.0/comments?containerid=1",
             "/rest/api/content/1?pageid=2",
             "/rest/api/content?spaceKey=DOCS&Ids=1",
+            "/rest/api/content/1?_method=DELETE",
+            "/rest/api/content/1?_METHOD=PUT",
         ] {
             let refusal = planned("GET", target).unwrap_err();
             let Refusal::Unknown(why) = &refusal else {
@@ -691,6 +710,16 @@ mod tests {
             Err(Refusal::BadCql(_))
         ));
         assert!(matches!(planned("GET", "/rest/api/search"), Err(Refusal::BadCql(_))));
+        for target in [
+            "/rest/api/content?spaceKey=+DOCS",
+            "/rest/api/space?spaceKey=DOCS%20",
+            "/rest/api/content?spaceKey=",
+        ] {
+            assert!(
+                matches!(planned("GET", target), Err(Refusal::Unknown(_))),
+                "{target}: keys as written"
+            );
+        }
         let other_names = planned("GET", "/rest/api/content?spaceKey=DOCS&spaceKeys=HR&title=a&title=b").unwrap();
         assert_eq!(
             other_names.keys,
@@ -759,7 +788,21 @@ mod tests {
             json!({"id":"att6","container":{"id":"8"}}),
         )
         .unwrap();
-        assert_eq!(moved.content, strings(&["5", "att6", "8"]));
+        assert_eq!(moved.content, strings(&["5", "6", "8"]));
+        let reply = with_body(
+            "POST",
+            "/rest/inlinecomments/1.0/comments",
+            json!({"containerId": "5", "parentCommentId": 0}),
+        )
+        .unwrap();
+        assert_eq!(reply.content, strings(&["5"]), "parentCommentId 0 is no parent");
+        let reply = with_body(
+            "POST",
+            "/rest/inlinecomments/1.0/comments",
+            json!({"containerId": "5", "parentCommentId": "77"}),
+        )
+        .unwrap();
+        assert_eq!(reply.content, strings(&["5", "77"]), "a reply's parent is placed too");
     }
 
     #[test]
@@ -771,6 +814,7 @@ mod tests {
             ("POST", "/rest/inlinecomments/1.0/comments", json!({"body": "x"})),
             ("PUT", "/rest/api/content/1", json!({"space": "DOCS"})),
             ("PUT", "/rest/api/content/1", json!({"space": {"key": 5}})),
+            ("PUT", "/rest/api/content/1", json!({"space": {"key": " DOCS"}})),
             ("PUT", "/rest/api/content/1", json!({"ancestors": {"id": "1"}})),
             ("PUT", "/rest/api/content/1", json!({"ancestors": [{"id": "x1"}]})),
             ("PUT", "/rest/api/content/1", json!({"ancestors": [{}]})),
@@ -808,6 +852,13 @@ mod tests {
         assert!(names_in_body(&mut plan, &BodyRead::Unreadable).is_err());
         let mut plan = planned("POST", "/rest/api/content/1/child/attachment").unwrap();
         assert!(names_in_body(&mut plan, &BodyRead::Upload).is_ok());
+        let mut plan = planned("PUT", "/rest/api/content/1").unwrap();
+        assert!(
+            names_in_body(&mut plan, &BodyRead::Upload).is_err(),
+            "an upload only where uploads go"
+        );
+        let mut plan = planned("PUT", "/rest/api/space/DOCS").unwrap();
+        assert!(names_in_body(&mut plan, &BodyRead::Upload).is_err());
     }
 
     #[test]
@@ -823,7 +874,7 @@ mod tests {
         assert_eq!(add_space_keys(None, &strings(&["DOCS"])), "spaceKey=DOCS");
         assert_eq!(
             content_in_path("PUT", "/rest/api/content/5/child/attachment/att6"),
-            strings(&["5", "att6"])
+            strings(&["5", "6"])
         );
         assert_eq!(
             content_in_path("POST", "/rest/api/content/5/move/append/6"),

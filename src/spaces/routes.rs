@@ -21,6 +21,9 @@ pub struct Route {
     /// A change must name at least one space or content id in its body
     /// (new content, a new space, an inline comment).
     pub body_required: bool,
+    /// A `multipart/form-data` body is an upload, which names nothing more
+    /// (attachments); elsewhere such a body cannot be read and is refused.
+    pub uploads: bool,
 }
 
 /// The methods a row takes.
@@ -84,6 +87,7 @@ pub static ROUTES: &[Route] = &[
         paths: &["/rest/api/space", "/rest/api/space/_private"],
         finds: &[Find::BodyKey("/key")],
         body_required: true,
+        uploads: false,
     },
     Route {
         methods: Methods::Reads,
@@ -93,18 +97,21 @@ pub static ROUTES: &[Route] = &[
             absent: Absent::AddAll,
         }],
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Only(&["PUT"]),
         paths: &["/rest/api/space/{KEY}"],
         finds: &[Find::PathKey, Find::BodyKey("/key"), Find::BodyContent("/homepage/id")],
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Any,
         paths: &["/rest/api/space/{KEY}/**"],
         finds: &[Find::PathKey],
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Reads,
@@ -117,6 +124,7 @@ pub static ROUTES: &[Route] = &[
             Find::RefuseParam("ids"),
         ],
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Only(&["POST"]),
@@ -128,12 +136,14 @@ pub static ROUTES: &[Route] = &[
             Find::BodyContent("/id"),
         ],
         body_required: true,
+        uploads: false,
     },
     Route {
         methods: Methods::Reads,
         paths: &["/rest/api/content/search", "/rest/api/search"],
         finds: &[Find::Cql],
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Only(&["PUT"]),
@@ -146,13 +156,11 @@ pub static ROUTES: &[Route] = &[
             Find::BodySameId("id"),
         ],
         body_required: false,
+        uploads: false,
     },
     Route {
-        methods: Methods::Only(&["PUT", "POST"]),
-        paths: &[
-            "/rest/api/content/{id}/child/attachment/{attachmentId}",
-            "/rest/api/content/{id}/child/attachment/{attachmentId}/data",
-        ],
+        methods: Methods::Only(&["PUT"]),
+        paths: &["/rest/api/content/{id}/child/attachment/{attachmentId}"],
         finds: &[
             Find::PathContent("id"),
             Find::PathContent("attachmentId"),
@@ -160,15 +168,31 @@ pub static ROUTES: &[Route] = &[
             Find::BodySameId("attachmentId"),
         ],
         body_required: false,
+        uploads: false,
     },
     Route {
-        methods: Methods::Any,
+        methods: Methods::Only(&["POST"]),
+        paths: &["/rest/api/content/{id}/child/attachment/{attachmentId}/data"],
+        finds: &[Find::PathContent("id"), Find::PathContent("attachmentId")],
+        body_required: false,
+        uploads: true,
+    },
+    Route {
+        methods: Methods::Only(&["GET", "HEAD", "DELETE"]),
         paths: &[
             "/rest/api/content/{id}/child/attachment/{attachmentId}",
             "/rest/api/content/{id}/child/attachment/{attachmentId}/data",
         ],
         finds: &[Find::PathContent("id"), Find::PathContent("attachmentId")],
         body_required: false,
+        uploads: false,
+    },
+    Route {
+        methods: Methods::Only(&["POST", "PUT"]),
+        paths: &["/rest/api/content/{id}/child/attachment"],
+        finds: CHANGES_OF_CONTENT,
+        body_required: false,
+        uploads: true,
     },
     Route {
         methods: Methods::Any,
@@ -189,6 +213,7 @@ pub static ROUTES: &[Route] = &[
         ],
         finds: CHANGES_OF_CONTENT,
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Any,
@@ -198,24 +223,28 @@ pub static ROUTES: &[Route] = &[
         ],
         finds: &[Find::PathContent("contentId")],
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Reads,
         paths: &["/rest/inlinecomments/1.0/comments"],
         finds: &[Find::ContentParam("containerId")],
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Only(&["POST"]),
         paths: &["/rest/inlinecomments/1.0/comments"],
-        finds: &[Find::BodyContent("/containerId")],
+        finds: &[Find::BodyContent("/containerId"), Find::BodyContent("/parentCommentId")],
         body_required: true,
+        uploads: false,
     },
     Route {
         methods: Methods::Any,
         paths: &["/rest/likes/1.0/content/{id}/likes"],
         finds: &[Find::PathContent("id")],
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Reads,
@@ -230,12 +259,14 @@ pub static ROUTES: &[Route] = &[
             absent: Absent::Refuse,
         }],
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Only(&["POST"]),
         paths: &["/rest/api/contentbody/convert/storage"],
         finds: &[],
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Reads,
@@ -247,34 +278,45 @@ pub static ROUTES: &[Route] = &[
         ],
         finds: &[],
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Only(&["GET", "HEAD", "POST", "DELETE"]),
         paths: &["/rest/api/user/watch/content/{id}"],
         finds: &[Find::PathContent("id")],
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Only(&["GET", "HEAD", "POST", "DELETE"]),
         paths: &["/rest/api/user/watch/space/{KEY}"],
         finds: &[Find::PathKey],
         body_required: false,
+        uploads: false,
     },
     Route {
         methods: Methods::Reads,
         paths: &["/download/attachments/{pageId}/**"],
         finds: &[Find::PathContent("pageId")],
         body_required: false,
+        uploads: false,
     },
 ];
 
-/// A path matched against a row: the value of each named segment.
+/// A path matched against a row: the value of each named segment (a
+/// pattern names two at most).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Captures<'p>(Vec<(&'static str, &'p str)>);
+pub struct Captures<'p>([Option<(&'static str, &'p str)>; 2]);
 
 impl<'p> Captures<'p> {
     pub fn get(&self, name: &str) -> Option<&'p str> {
-        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+        self.0.iter().flatten().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    fn push(&mut self, name: &'static str, value: &'p str) -> Option<()> {
+        let free = self.0.iter_mut().find(|slot| slot.is_none())?;
+        *free = Some((name, value));
+        Some(())
     }
 }
 
@@ -304,7 +346,13 @@ pub fn route<'p>(method: &str, path: &'p str) -> Option<(&'static Route, Capture
         })
 }
 
+/// Whether `path` fits `pattern`, and its captures. The literal start of
+/// the pattern is compared first: most rows fail there, at once.
 fn matches<'p>(pattern: &'static str, path: &'p str) -> Option<Captures<'p>> {
+    let literal = pattern.find(['{', '*']).map_or(pattern, |at| &pattern[..at]);
+    if !path.starts_with(literal) || (literal.len() == pattern.len() && path.len() != pattern.len()) {
+        return None;
+    }
     let mut captures = Captures::default();
     let mut segments = path.split('/');
     for part in pattern.split('/') {
@@ -315,17 +363,49 @@ fn matches<'p>(pattern: &'static str, path: &'p str) -> Option<Captures<'p>> {
         match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
             None if part == segment => {}
             None => return None,
-            Some(name) if segment_fits(name, segment) => captures.0.push((name, segment)),
+            Some(name) if segment_fits(name, segment) => captures.push(name, segment)?,
             Some(_) => return None,
         }
     }
     segments.next().is_none().then_some(captures)
 }
 
+/// Changes after which no cached space can be trusted: they move content,
+/// and every page below it with it. Any method but `GET` and `HEAD` on
+/// these paths empties the lookup cache (SPEC §17: a change drops what it
+/// names; a move names a whole tree).
+pub static MOVES: &[&str] = &[
+    "/rest/api/content/{id}",
+    "/rest/api/content/{id}/move/**",
+    "/rest/api/content/{id}/pagehierarchy/**",
+    "/pages/movepage.action",
+    "/json/movepage.action",
+    "/pages/doremovepage.action",
+    "/rpc/json-rpc/confluenceservice-v2",
+    "/rpc/json-rpc/confluenceservice-v2/**",
+];
+
+/// Whether a change of `path` may move content ([`MOVES`]).
+pub fn moves_content(path: &str) -> bool {
+    let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+    MOVES.iter().any(|pattern| matches(pattern, path).is_some())
+}
+
+/// A content id in the one form Confluence reads it: without `att`, without
+/// leading zeros (`att0123` is content 123).
+pub fn canonical_id(id: &str) -> String {
+    let digits = id.strip_prefix("att").unwrap_or(id).trim_start_matches('0');
+    match digits {
+        "" => "0".to_owned(),
+        digits => digits.to_owned(),
+    }
+}
+
 fn segment_fits(name: &str, segment: &str) -> bool {
     match name {
         "id" | "pageId" | "n" => is_content_id(segment),
         "attachmentId" | "contentId" => is_any_content_id(segment),
+        "KEY" => !segment.is_empty() && segment.trim() == segment,
         _ => !segment.is_empty(),
     }
 }
@@ -446,7 +526,7 @@ mod tests {
 
     #[test]
     fn patterns_capture_their_segments() {
-        let (_, captures) = route("PUT", "/rest/api/content/12/child/attachment/att34/data").unwrap();
+        let (_, captures) = route("POST", "/rest/api/content/12/child/attachment/att34/data").unwrap();
         assert_eq!(captures.get("id"), Some("12"));
         assert_eq!(captures.get("attachmentId"), Some("att34"));
         let (_, captures) = route("GET", "/download/attachments/5/a/b.png").unwrap();
@@ -471,5 +551,34 @@ mod tests {
         assert_eq!(row("GET", "/rest/api/content/1/move"), None);
         assert_eq!(row("GET", "/rest/experimental/content/1/version/x"), None);
         assert_eq!(row("GET", "/rest/api/content/12345678901234567890"), None, "20 digits");
+        assert_eq!(
+            row("POST", "/rest/api/content/1/child/attachment/att2"),
+            None,
+            "no such endpoint"
+        );
+        assert_eq!(row("PUT", "/rest/api/content/1/child/attachment/att2/data"), None);
+    }
+
+    #[test]
+    fn moves_and_canonical_ids() {
+        for path in [
+            "/rest/api/content/5",
+            "/rest/api/content/5/move/append/6",
+            "/rest/api/content/5/pagehierarchy/copy",
+            "/pages/movepage.action",
+            "/rpc/json-rpc/confluenceservice-v2",
+        ] {
+            assert!(moves_content(path), "{path}");
+        }
+        for path in [
+            "/rest/api/content/5/label",
+            "/rest/api/content",
+            "/pages/viewpage.action",
+        ] {
+            assert!(!moves_content(path), "{path}");
+        }
+        assert_eq!(canonical_id("att0123"), "123");
+        assert_eq!(canonical_id("000"), "0");
+        assert_eq!(canonical_id("42"), "42");
     }
 }

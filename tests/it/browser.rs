@@ -71,6 +71,16 @@ async fn a_user_logs_in_creates_a_token_uses_it_and_deletes_it() {
     browser.text_of("try-result", |t| t.starts_with("ALLOW")).await;
 
     browser.fill("Spaces", "DOCS,KB:read").await;
+    // The dry run applies the spaces typed in, as the gateway will.
+    browser.fill("URL", "/rest/api/space?spaceKey=SECRET").await;
+    browser.click("Try").await;
+    let verdict = browser
+        .text_of("try-result", |t| t.contains("DENY") || t.contains("ALLOW"))
+        .await;
+    assert!(
+        verdict.starts_with("DENY") && verdict.contains("space_not_allowed"),
+        "{verdict}"
+    );
     browser.fill("Confluence password", password_of("alice")).await;
     browser.click("Create token").await;
     let new_token = browser.field("New token").await;

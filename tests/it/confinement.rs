@@ -507,6 +507,75 @@ async fn a_page_moved_elsewhere_cannot_be_changed_through_a_stale_answer() {
         refused(403, "space_not_allowed"),
         "the move through the gateway dropped the cached answer"
     );
+
+    // A page moved with its parent: the move names only the parent, and
+    // drops every cached answer, so the child is asked again.
+    gw.upstream.move_content("101", "DOCS");
+    gw.clock.advance_ms(61_000);
+    assert_eq!(outcome(&call(&gw, Method::GET, page, &auth, None).await), forwarded());
+    gw.upstream.move_content("101", "SECRET");
+    let reply = call(
+        &gw,
+        Method::POST,
+        "/pages/movepage.action?pageId=100&spaceKey=SECRET",
+        &password,
+        None,
+    )
+    .await;
+    assert_eq!(outcome(&reply), forwarded());
+    assert_eq!(
+        outcome(&call(&gw, Method::GET, page, &auth, None).await),
+        refused(403, "space_not_allowed"),
+        "a move of the tree above it dropped the child's cached answer"
+    );
+    // Ids in other spellings are one id: att0500 is attachment 500.
+    let lookups = gw.upstream.lookups_of("500");
+    for spelling in ["att500", "att0500", "0500", "500"] {
+        let target = format!("/rest/api/content/100/child/attachment/{spelling}/data");
+        assert_eq!(
+            outcome(&call(&gw, Method::GET, &target, &auth, None).await),
+            forwarded(),
+            "{spelling}"
+        );
+    }
+    assert_eq!(
+        gw.upstream.lookups_of("500"),
+        lookups + 1,
+        "one cache entry for every spelling"
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_asks_for_another_method_is_refused() {
+    let (gw, auth) = confined("DOCS,KB:read", "", true).await;
+    for header in ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"] {
+        let reply = send(
+            Method::POST,
+            &gw.url("/rest/api/space/DOCS/property"),
+            &[
+                ("authorization", auth.as_str()),
+                (header, "PUT"),
+                ("content-type", "application/json"),
+            ],
+            r#"{"key":"k","value":1}"#,
+        )
+        .await;
+        assert_eq!(outcome(&reply), refused(403, "space_unknown"), "{header}");
+    }
+    let reply = call(&gw, Method::GET, "/rest/api/content/900?_method=DELETE", &auth, None).await;
+    assert_eq!(outcome(&reply), refused(403, "space_unknown"));
+    // A JSON body sent as an upload where no upload goes cannot be read.
+    let reply = send(
+        Method::PUT,
+        &gw.url("/rest/api/content/100"),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "multipart/form-data; boundary=x"),
+        ],
+        r#"{"id":"100","space":{"key":"SECRET"}}"#,
+    )
+    .await;
+    assert_eq!(outcome(&reply), refused(403, "space_unknown"));
 }
 
 #[tokio::test]
@@ -558,9 +627,29 @@ async fn the_dry_run_applies_the_scope_as_the_gateway_does() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("outside the token scope") && text.contains("out_of_scope"),
+        text.contains("scope or path parameters") && text.contains("out_of_scope"),
         "{text}"
     );
+    let out = cli(
+        dir.path(),
+        &[
+            "rules",
+            "check",
+            "--rules",
+            "",
+            "--method",
+            "GET",
+            "--url",
+            "/rest/api/space/DOCS/content;x=1",
+            "--spaces",
+            "DOCS",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("bad_path"), "{text}");
+    let reply = call(&gw, Method::GET, "/rest/api/space/DOCS/content;x=1", &auth, None).await;
+    assert_eq!(outcome(&reply), refused(400, "bad_path"), "as the gateway does");
 }
 
 #[tokio::test]

@@ -436,6 +436,8 @@ async function tryRequest() {
   }
   const body = { limitTo: $("create-rules").value, method: $("try-method").value, url };
   if ($("try-body").value.trim()) body.body = $("try-body").value;
+  // The spaces typed in count too, as they will at the gateway.
+  if (state.session.features.spaces && $("create-spaces").value.trim()) body.spaces = $("create-spaces").value.trim();
   try {
     const answer = await call("POST", `${API}/check`, { body });
     const verdict = el("strong", { class: answer.allowed ? "allow" : "deny" }, answer.allowed ? "ALLOW" : "DENY");

@@ -459,13 +459,15 @@ impl FakeConfluence {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
         };
+        // Confluence reads `att123`, `0123` and `123` as the same content.
+        let number = |id: &str| id.strip_prefix("att").unwrap_or(id).parse::<u64>().ok();
         let found = self
             .content
             .lock()
             .unwrap()
             .iter()
             .find(|(known, _, _, visible_to)| {
-                known == id && visible_to.as_ref().is_none_or(|only| user.as_ref() == Some(only))
+                number(known) == number(id) && visible_to.as_ref().is_none_or(|only| user.as_ref() == Some(only))
             })
             .cloned();
         Some(match found {
