@@ -239,29 +239,53 @@ fn warm_token(c: &mut Criterion) {
             })
         });
     }
-    end_to_end(
-        c,
-        &runtime,
-        &app,
-        [
-            ("end_to_end/read_content", &unconfined),
-            ("end_to_end/read_content_spaces_cached", &confined),
-        ],
-    );
 }
 
 /// Whole requests through the running gateway on loopback, on one
 /// keep-alive connection, to the stand-in: what confinement adds to a read
 /// of a content id whose space is cached, beside the same read unconfined.
-fn end_to_end(c: &mut Criterion, runtime: &tokio::runtime::Runtime, app: &App, tokens: [(&str, &str); 2]) {
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let gateway = listener.local_addr().unwrap();
-    runtime.spawn(tokengate::serve(listener, app.clone(), std::future::pending()));
-    for (name, secret) in tokens {
-        let authorization = format!(
-            "Basic {}",
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("alice:{secret}"))
-        );
+/// Each bench gets a gateway and store of its own (the audit log a run
+/// leaves behind would slow the next one), and one thread runs client,
+/// gateway and stand-in in turn, so that the two differ by the work done.
+fn end_to_end(c: &mut Criterion) {
+    for (name, spaces) in [
+        ("end_to_end/read_content", None),
+        ("end_to_end/read_content_spaces_cached", Some("DOCS")),
+    ] {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway, authorization) = runtime.block_on(async {
+            let config = Config {
+                upstream: Upstream {
+                    https: false,
+                    authority: content_in_docs().await.to_string().parse().unwrap(),
+                },
+                database_url: format!("sqlite://{}/bench.db", dir.path().display()),
+                ..Config::default()
+            };
+            let store = Arc::new(SqliteStore::open(&config.database_url).await.unwrap());
+            let app = App::with_store(config, store, Arc::new(SystemClock)).await.unwrap();
+            let new = NewToken {
+                label: "bench".into(),
+                user: Some("alice".into()),
+                limit_to: Some("[get].*/rest/api/content/[0-9]+".into()),
+                spaces: spaces.map(str::to_owned),
+                author: "bench".into(),
+                ..NewToken::default()
+            };
+            let secret = app.tokens.create(new).await.unwrap().value;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let gateway = listener.local_addr().unwrap();
+            tokio::spawn(tokengate::serve(listener, app, std::future::pending()));
+            let authorization = format!(
+                "Basic {}",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("alice:{secret}"))
+            );
+            (gateway, authorization)
+        });
         let sender = runtime.block_on(async {
             let stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
             let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -271,7 +295,7 @@ fn end_to_end(c: &mut Criterion, runtime: &tokio::runtime::Runtime, app: &App, t
             Arc::new(tokio::sync::Mutex::new(sender))
         });
         c.bench_function(name, |b| {
-            b.to_async(runtime).iter(|| {
+            b.to_async(&runtime).iter(|| {
                 let (sender, authorization) = (sender.clone(), authorization.clone());
                 async move {
                     let mut sender = sender.lock().await;
@@ -290,5 +314,35 @@ fn end_to_end(c: &mut Criterion, runtime: &tokio::runtime::Runtime, app: &App, t
     }
 }
 
-criterion_group!(benches, decoding, canonicalising, warm_token);
+/// The two steps confinement adds to a read of a cached content id: the
+/// route table, and the cache.
+fn confinement_steps(c: &mut Criterion) {
+    c.bench_function("spaces/plan_content_read", |b| {
+        b.iter(|| tokengate::bench::plan_spaces(black_box("GET"), black_box("/rest/api/content/100"), None))
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = tokengate::bench::SpaceCache::new(
+        std::time::Duration::from_secs(60),
+        Arc::new(SystemClock),
+        tokengate::bench::Metrics::new(),
+    );
+    let warmed = runtime.block_on(cache.space_of("100", "alice", false, || async { Ok(Arc::from("DOCS")) }));
+    assert!(warmed.is_ok());
+    c.bench_function("spaces/cache_hit", |b| {
+        b.to_async(&runtime)
+            .iter(|| cache.space_of(black_box("100"), "alice", false, || async { Err(Arc::from("cached")) }))
+    });
+}
+
+criterion_group!(
+    benches,
+    decoding,
+    canonicalising,
+    warm_token,
+    end_to_end,
+    confinement_steps
+);
 criterion_main!(benches);

@@ -26,8 +26,10 @@
 //!    the verified cache, the `store` and argon2 (a client with too many
 //!    failures gets 429 first), then runs the token checks in SPEC order and
 //!    the token's `rules`, reading the body only for a JSON rule; `spaces`
-//!    confines a token with spaces (the spaces a request touches, content
-//!    ids' asked of Confluence and cached; a search's CQL rewritten).
+//!    confines a token with spaces by its route table (the spaces a request
+//!    touches, read as Confluence reads them; content ids' asked of
+//!    Confluence, cached for reads; a search's CQL rewritten), sharing the
+//!    one body read (`body::read_json`) with the rules.
 //! 6. `proxy` forwards to Confluence with the user's identity, or `error`
 //!    builds the refusal with its reason code.
 //! 7. `record` counts usage and the metrics, and queues the audit entry: off
@@ -98,5 +100,8 @@ pub mod bench {
     pub use crate::auth::{CheckContext, check_token};
     pub use crate::pipeline::{Connection, Next, Trail, decide};
     pub use crate::proxy::ConnInfo;
+    pub use crate::record::Metrics;
+    pub use crate::spaces::SpaceCache;
+    pub use crate::spaces::resolve::plan as plan_spaces;
     pub use crate::target::canonical_path;
 }

@@ -401,8 +401,9 @@ async fn confine<B: RequestBody>(
         label: &token.label,
         list,
     };
-    // Boxed: lookups make a large future, and only tokens with spaces need it.
-    let (req, verdict) = Box::pin(app.spaces.confine(confined, req, target, ask_as)).await?;
+    // Not boxed: the confinement boxes what makes its future large (a body
+    // read, a lookup), so a read of a cached id costs no allocation here.
+    let (req, verdict) = app.spaces.confine(confined, req, target, ask_as).await?;
     match verdict {
         Verdict::Allowed { query: Some(query) } if token.enforce => target.set_query(query),
         Verdict::Allowed { query: Some(query) } => {

@@ -40,7 +40,7 @@ use crate::record::Metrics;
 use crate::rules::{DryRun, JsonBody, RequestHead};
 use crate::target::Target;
 pub use list::{Access, SpaceList, entries, normalise};
-use lookup::SpaceCache;
+pub use lookup::SpaceCache;
 use resolve::{BodyRead, Plan, QueryChange, Refusal, is_change};
 
 /// Whom a lookup asks as: the forwarded request's identity, user and
@@ -164,7 +164,9 @@ impl Spaces {
             },
             true => {
                 let purpose = "the most the gateway reads to find the spaces a change touches";
-                let (req, parsed) = read_json(req, self.max_json_body, purpose).await?;
+                // Boxed, as the lookups below: only changes and misses need
+                // them, and a read of a cached id stays a small future.
+                let (req, parsed) = Box::pin(read_json(req, self.max_json_body, purpose)).await?;
                 let body = BodyRead::of(&parsed.json, parsed.empty, parsed.encoded, false);
                 if let Err(refusal) = resolve::names_in_body(&mut plan, &body) {
                     return Ok((req, refused(refusal)));
@@ -182,7 +184,7 @@ impl Spaces {
             for id in &named.content {
                 let space = self
                     .cache
-                    .space_of(id, ask_as.user, write, || self.ask(id, &ask_as, host.as_ref()))
+                    .space_of(id, ask_as.user, write, || Box::pin(self.ask(id, &ask_as, host.as_ref())))
                     .await
                     .map_err(|why| {
                         GatewayError::new(

@@ -349,13 +349,22 @@ pub fn route<'p>(method: &str, path: &'p str) -> Option<(&'static Route, Capture
 /// Whether `path` fits `pattern`, and its captures. The literal start of
 /// the pattern is compared first: most rows fail there, at once.
 fn matches<'p>(pattern: &'static str, path: &'p str) -> Option<Captures<'p>> {
-    let literal = pattern.find(['{', '*']).map_or(pattern, |at| &pattern[..at]);
-    if !path.starts_with(literal) || (literal.len() == pattern.len() && path.len() != pattern.len()) {
-        return None;
+    let (literal, given) = (pattern.as_bytes(), path.as_bytes());
+    let mut at = 0;
+    while at < literal.len() && literal[at] != b'{' && literal[at] != b'*' {
+        if given.get(at) != Some(&literal[at]) {
+            return None;
+        }
+        at += 1;
     }
+    if at == literal.len() {
+        return (at == given.len()).then(Captures::default);
+    }
+    // The literal start ends with '/' (a pattern's names are whole
+    // segments): the rest of each is compared segment by segment.
     let mut captures = Captures::default();
-    let mut segments = path.split('/');
-    for part in pattern.split('/') {
+    let mut segments = path[at..].split('/');
+    for part in pattern[at..].split('/') {
         if part == "**" {
             return Some(captures);
         }
