@@ -326,6 +326,9 @@ fn refusal_error(label: &str, refusal: Refusal, line: &str) -> GatewayError {
     }
 }
 
+/// The label a dry run's messages carry, replaced by "the token".
+const DRY_RUN: &str = "(dry run)";
+
 /// The spaces' part of a dry run (`rules check --spaces`, `POST /check`
 /// with `spaces`), without asking Confluence: `run` becomes a refusal when
 /// the spaces refuse the request, and its explanation says what they
@@ -335,8 +338,9 @@ pub fn dry_run(list: &SpaceList, head: &RequestHead<'_>, body: Option<(&[u8], Op
         Ok(lines) => run.explanation.extend(lines),
         Err(error) => {
             run.allowed = false;
+            let message = error.message.replace(&format!("token '{DRY_RUN}'"), "the token");
             run.explanation
-                .push(format!("spaces: {}: {}", error.reason.code(), error.message));
+                .push(format!("spaces: {}: {message}", error.reason.code()));
         }
     }
 }
@@ -346,10 +350,9 @@ fn explain(
     head: &RequestHead<'_>,
     body: Option<(&[u8], Option<&str>)>,
 ) -> Result<Vec<String>, GatewayError> {
-    const LABEL: &str = "(dry run)";
-    let token = Confined { label: LABEL, list };
+    let token = Confined { label: DRY_RUN, list };
     let line = format!("{} {}", head.method, head.path);
-    let mut plan = resolve::plan(head.method, head.path, head.query).map_err(|r| refusal_error(LABEL, r, &line))?;
+    let mut plan = resolve::plan(head.method, head.path, head.query).map_err(|r| refusal_error(DRY_RUN, r, &line))?;
     let mut lines = Vec::new();
     if plan.reads_body(head.method) {
         let upload = body.is_some_and(|(_, content_type)| content_type.is_some_and(is_upload_type));
@@ -368,7 +371,7 @@ fn explain(
                 BodyRead::Empty
             }
         };
-        resolve::names_in_body(&mut plan, &read).map_err(|r| refusal_error(LABEL, r, &line))?;
+        resolve::names_in_body(&mut plan, &read).map_err(|r| refusal_error(DRY_RUN, r, &line))?;
     }
     let write = is_change(head.method);
     lines.extend(plan.keys.iter().map(|key| match (list.access(key), write) {

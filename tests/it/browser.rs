@@ -81,6 +81,9 @@ async fn a_user_logs_in_creates_a_token_uses_it_and_deletes_it() {
         verdict.starts_with("DENY") && verdict.contains("space_not_allowed"),
         "{verdict}"
     );
+    if let Some(dir) = screenshot_dir() {
+        browser.screenshot(&dir.join("ui-create-spaces.png")).await;
+    }
     browser.fill("Confluence password", password_of("alice")).await;
     browser.click("Create token").await;
     let new_token = browser.field("New token").await;
@@ -274,9 +277,14 @@ async fn the_page_is_usable_at_360_pixels() {
         "Expires in days",
         "Rules",
         "IP addresses",
+        "Spaces",
         "Confluence password",
     ] {
         browser.field(label).await;
+    }
+    browser.fill("Spaces", "DOCS,KB:read").await;
+    if let Some(dir) = screenshot_dir() {
+        browser.screenshot(&dir.join("ui-360px-spaces.png")).await;
     }
     // Nothing wider than the screen: no sideways scrolling.
     let width = browser
