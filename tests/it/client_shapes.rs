@@ -2,13 +2,15 @@
 //! every request atlassian-python-api's `Confluence` class sends, read out
 //! of its source into `fixtures/atlassian_python_api.json`, sent by a token
 //! confined to DOCS twice: once inside DOCS (forwarded, unless the table
-//! refuses it by design) and once aimed at SECRET (refused, or confined).
+//! refuses it by design) and once aimed at SECRET (refused, or confined);
+//! and each through the dry run, which must say what the gateway did.
 
 use hyper::Method;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::common::send;
+use crate::common::fake_confluence::ADMIN_PASSWORD;
+use crate::common::{basic, send};
 use crate::spaces::{confined, outcome};
 
 /// One request of the library, with placeholders for ids and keys.
@@ -87,6 +89,7 @@ async fn every_call_of_atlassian_python_api_inside_its_space_and_aimed_outside()
         serde_json::from_str(include_str!("fixtures/atlassian_python_api.json")).expect("the fixture is JSON");
     assert!(shapes.len() > 150, "the fixture holds the library's calls");
     let (gw, auth) = confined("DOCS", "", true).await;
+    let admin = basic("admin", ADMIN_PASSWORD);
     let (mut inside_forwarded, mut inside_refused, mut outside_refused, mut outside_confined, mut no_space) =
         (0, 0, 0, 0, 0);
     let mut failures = Vec::new();
@@ -98,7 +101,7 @@ async fn every_call_of_atlassian_python_api_inside_its_space_and_aimed_outside()
             let mut headers: Vec<(&str, &str)> = vec![("authorization", auth.as_str())];
             headers.extend(extra.iter().map(|(n, v)| (*n, v.as_str())));
             let before = gw.upstream.count();
-            let reply = send(method.clone(), &gw.url(&target), &headers, body).await;
+            let reply = send(method.clone(), &gw.url(&target), &headers, body.clone()).await;
             let (status, reason) = outcome(&reply);
             let sent: Vec<String> = gw.upstream.requests()[before..]
                 .iter()
@@ -106,6 +109,37 @@ async fn every_call_of_atlassian_python_api_inside_its_space_and_aimed_outside()
                 .map(|r| r.target.clone())
                 .collect();
             let refused = !reason.is_empty();
+            // The dry run says what the gateway does: a refusal it names is
+            // the gateway's, and what the gateway forwards it allows.
+            let content_type = extra.iter().find(|(n, _)| *n == "content-type").map(|(_, v)| v.clone());
+            let mut check = serde_json::json!({"limitTo": "", "method": shape.method, "url": target, "spaces": "DOCS"});
+            if !body.is_empty() {
+                check["body"] = Value::String(body);
+                check["contentType"] = content_type.map_or(Value::Null, Value::String);
+            }
+            let dry = send(
+                Method::POST,
+                &gw.url("/rest/extender/1.0/tokenTools/check"),
+                &[("authorization", &admin), ("content-type", "application/json")],
+                check.to_string(),
+            )
+            .await
+            .json();
+            let dry_allows = dry["allowed"] == Value::Bool(true);
+            let dry_reason = dry["explanation"].to_string();
+            let agrees = match (dry_allows, refused) {
+                (true, false) => true,
+                // Allowed only if Confluence places its content ids in DOCS.
+                (true, true) => reason == "space_not_allowed" && dry_reason.contains("Confluence is asked"),
+                (false, true) => dry_reason.contains(&reason),
+                (false, false) => false,
+            };
+            if !agrees {
+                failures.push(format!(
+                    "dry run: {} {} {target}: gateway {status} {reason}, dry run {dry}",
+                    shape.call, shape.method
+                ));
+            }
             let label = format!("{} {} {target} ({})", shape.call, shape.method, shape.why);
             let expected = match (shape.expect.as_str(), inside) {
                 ("nospace", _) => {

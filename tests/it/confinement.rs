@@ -683,3 +683,21 @@ async fn rules_and_spaces_read_one_body_the_same_way() {
     .await;
     assert_eq!(outcome(&reply), refused(403, "space_unknown"), "{:?}", reply.body);
 }
+
+#[tokio::test]
+async fn a_report_only_token_reports_a_change_in_a_read_only_space() {
+    let (gw, auth) = confined("DOCS,KB:read", "", false).await;
+    let reply = call(&gw, Method::DELETE, "/rest/api/content/900", &auth, None).await;
+    assert_eq!(outcome(&reply), forwarded(), "reported, not refused");
+    assert!(reached(&gw, "DELETE", "/rest/api/content/900"));
+    let audit = gw.audit().await;
+    let entry = audit.iter().find(|e| e.method.as_deref() == Some("DELETE")).unwrap();
+    assert_eq!(
+        (entry.decision.as_str(), entry.reason.as_deref()),
+        ("report", Some("space_read_only"))
+    );
+    assert!(
+        entry.detail.as_deref().unwrap().contains("may only read space KB"),
+        "{entry:?}"
+    );
+}
