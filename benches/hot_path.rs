@@ -88,46 +88,32 @@ fn warm_token(c: &mut Criterion) {
         };
         let store = Arc::new(SqliteStore::open(&config.database_url).await.unwrap());
         let app = App::with_store(config, store, Arc::new(SystemClock)).await.unwrap();
-        let new = NewToken {
-            label: "bench".into(),
+        let token = |label: &str, limit_to: &str, rate_limit: Option<&str>, spaces: Option<&str>| NewToken {
+            label: label.into(),
             user: Some("alice".into()),
-            limit_to: Some("[get].*/rest/api/space.*[QueryParam::spaceKey==DOCS]".into()),
+            limit_to: Some(limit_to.into()),
             ip: Some("127.0.0.0/8".into()),
+            rate_limit: rate_limit.map(str::to_owned),
+            spaces: spaces.map(str::to_owned),
             author: "bench".into(),
             ..NewToken::default()
         };
-        let secret = app.tokens.create(new).await.unwrap().value;
+        const SPACE_RULE: &str = "[get].*/rest/api/space.*[QueryParam::spaceKey==DOCS]";
+        const CONTENT_RULE: &str = "[get|put].*/rest/api/content/[0-9]+";
+        let secret = app
+            .tokens
+            .create(token("bench", SPACE_RULE, None, None))
+            .await
+            .unwrap()
+            .value;
         // The same token with a rate limit it never reaches in a bench run.
-        let limited = NewToken {
-            label: "bench-limited".into(),
-            user: Some("alice".into()),
-            limit_to: Some("[get].*/rest/api/space.*[QueryParam::spaceKey==DOCS]".into()),
-            ip: Some("127.0.0.0/8".into()),
-            rate_limit: Some("1000000/s".into()),
-            author: "bench".into(),
-            ..NewToken::default()
-        };
+        let limited = token("bench-limited", SPACE_RULE, Some("1000000/s"), None);
         let limited = app.tokens.create(limited).await.unwrap().value;
-        // A token confined to space DOCS, with a rule for content by id.
-        let confined = NewToken {
-            label: "bench-spaces".into(),
-            user: Some("alice".into()),
-            limit_to: Some("[get|put].*/rest/api/content/[0-9]+".into()),
-            ip: Some("127.0.0.0/8".into()),
-            spaces: Some("DOCS".into()),
-            author: "bench".into(),
-            ..NewToken::default()
-        };
+        // A token confined to space DOCS, with a rule for content by id, and
+        // the same without spaces: what confinement costs on a cached id.
+        let confined = token("bench-spaces", CONTENT_RULE, None, Some("DOCS"));
         let confined = app.tokens.create(confined).await.unwrap().value;
-        // The same without spaces: what confinement costs on a cached id.
-        let unconfined = NewToken {
-            label: "bench-content".into(),
-            user: Some("alice".into()),
-            limit_to: Some("[get|put].*/rest/api/content/[0-9]+".into()),
-            ip: Some("127.0.0.0/8".into()),
-            author: "bench".into(),
-            ..NewToken::default()
-        };
+        let unconfined = token("bench-content", CONTENT_RULE, None, None);
         let unconfined = app.tokens.create(unconfined).await.unwrap().value;
         for secret in [&secret, &limited, &confined, &unconfined] {
             app.auth

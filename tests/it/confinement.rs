@@ -487,47 +487,35 @@ async fn a_page_moved_elsewhere_cannot_be_changed_through_a_stale_answer() {
         "and what it learnt is what reads see"
     );
 
-    // A change through the gateway by anyone (here alice's password) drops the id.
-    gw.upstream.move_content("101", "DOCS");
-    gw.clock.advance_ms(61_000);
-    assert_eq!(outcome(&call(&gw, Method::GET, page, &auth, None).await), forwarded());
-    gw.upstream.move_content("101", "SECRET");
+    // A change through the gateway by anyone (here alice's password) drops
+    // the id it names; a move of the tree above a page (the move names
+    // only the parent) drops every cached answer.
     let password = basic("alice", "alice-password");
-    let reply = call(
-        &gw,
-        Method::PUT,
-        page,
-        &password,
-        Some(json!({"id": "101", "space": {"key": "SECRET"}})),
-    )
-    .await;
-    assert_eq!(outcome(&reply), forwarded(), "a password passes through");
-    assert_eq!(
-        outcome(&call(&gw, Method::GET, page, &auth, None).await),
-        refused(403, "space_not_allowed"),
-        "the move through the gateway dropped the cached answer"
-    );
-
-    // A page moved with its parent: the move names only the parent, and
-    // drops every cached answer, so the child is asked again.
-    gw.upstream.move_content("101", "DOCS");
-    gw.clock.advance_ms(61_000);
-    assert_eq!(outcome(&call(&gw, Method::GET, page, &auth, None).await), forwarded());
-    gw.upstream.move_content("101", "SECRET");
-    let reply = call(
-        &gw,
-        Method::POST,
-        "/pages/movepage.action?pageId=100&spaceKey=SECRET",
-        &password,
-        None,
-    )
-    .await;
-    assert_eq!(outcome(&reply), forwarded());
-    assert_eq!(
-        outcome(&call(&gw, Method::GET, page, &auth, None).await),
-        refused(403, "space_not_allowed"),
-        "a move of the tree above it dropped the child's cached answer"
-    );
+    let moves: [(Method, &str, Option<Value>); 2] = [
+        (
+            Method::PUT,
+            page,
+            Some(json!({"id": "101", "space": {"key": "SECRET"}})),
+        ),
+        (Method::POST, "/pages/movepage.action?pageId=100&spaceKey=SECRET", None),
+    ];
+    for (method, target, body) in moves {
+        gw.upstream.move_content("101", "DOCS");
+        gw.clock.advance_ms(61_000);
+        assert_eq!(
+            outcome(&call(&gw, Method::GET, page, &auth, None).await),
+            forwarded(),
+            "cached as DOCS"
+        );
+        gw.upstream.move_content("101", "SECRET");
+        let reply = call(&gw, method.clone(), target, &password, body).await;
+        assert_eq!(outcome(&reply), forwarded(), "a password passes through");
+        assert_eq!(
+            outcome(&call(&gw, Method::GET, page, &auth, None).await),
+            refused(403, "space_not_allowed"),
+            "{method} {target} dropped the cached answer"
+        );
+    }
     // Ids in other spellings are one id: att0500 is attachment 500.
     let lookups = gw.upstream.lookups_of("500");
     for spelling in ["att500", "att0500", "0500", "500"] {
