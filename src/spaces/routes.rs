@@ -499,6 +499,9 @@ mod readme {
             if route.body_required {
                 finds.push("the body must name one".into());
             }
+            if route.uploads {
+                finds.push("an upload (`multipart/form-data`) names nothing more".into());
+            }
             out.push_str(&format!(
                 "| {} | {} | {} |\n",
                 route.methods.describe(),
