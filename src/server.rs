@@ -12,6 +12,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -415,7 +417,7 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| StartError::Tls(format!("cannot read {}: {e}", path.display())))
     };
-    let certs = rustls_pemfile::certs(&mut read(&files.cert)?.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&read(&files.cert)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StartError::Tls(format!("{}: {e}", files.cert.display())))?;
     if certs.is_empty() {
@@ -424,9 +426,10 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
             files.cert.display()
         )));
     }
-    let key = rustls_pemfile::private_key(&mut read(&files.key)?.as_slice())
-        .map_err(|e| StartError::Tls(format!("{}: {e}", files.key.display())))?
-        .ok_or_else(|| StartError::Tls(format!("{}: no private key found", files.key.display())))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?).map_err(|e| match e {
+        pem::Error::NoItemsFound => StartError::Tls(format!("{}: no private key found", files.key.display())),
+        e => StartError::Tls(format!("{}: {e}", files.key.display())),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -436,4 +439,44 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
         .map_err(|e| StartError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The TLS files as `tls_acceptor` reads them: what it says of each.
+    fn acceptor(cert: &str, key: &str) -> Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        };
+        std::fs::write(&files.cert, cert).unwrap();
+        std::fs::write(&files.key, key).unwrap();
+        tls_acceptor(&files).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tls_files_are_read_as_pem_and_their_faults_named() {
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key) = (pair.cert.pem(), pair.key_pair.serialize_pem());
+        assert_eq!(acceptor(&cert, &key), Ok(()));
+        let chain = format!("{cert}{cert}");
+        assert_eq!(acceptor(&chain, &key), Ok(()), "a chain of several");
+        for (cert_text, key_text, says) in [
+            ("", key.as_str(), "no certificate found"),
+            (key.as_str(), key.as_str(), "no certificate found"),
+            (cert.as_str(), "", "no private key found"),
+            (cert.as_str(), cert.as_str(), "no private key found"),
+            (
+                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+                key.as_str(),
+                "cert.pem",
+            ),
+        ] {
+            let error = acceptor(cert_text, key_text).unwrap_err();
+            assert!(error.contains(says), "{error}");
+        }
+    }
 }

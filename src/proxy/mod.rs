@@ -18,6 +18,8 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 pub use self::pool::{Lease, PooledBody};
 use self::pool::{Pool, PoolError};
@@ -572,7 +574,7 @@ pub fn tls_client_config(extra_ca: Option<&std::path::Path>) -> Result<rustls::C
             message,
         };
         let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ca_error(e.to_string()))?;
         if certs.is_empty() {
