@@ -40,6 +40,8 @@ pub struct Caller {
     pub role: Role,
     /// A limited token's bucket after this call, for the response's headers.
     pub rate: Option<RateState>,
+    /// Where the call came from: a guess it makes counts against this client.
+    pub client_ip: IpAddr,
 }
 
 impl Caller {
@@ -95,6 +97,7 @@ pub async fn authenticate<B: RequestBody>(
             principal,
             role,
             rate: None,
+            client_ip,
         };
         return Ok((req.map(Either::Left), caller));
     };
@@ -121,7 +124,15 @@ pub async fn authenticate<B: RequestBody>(
         (req.map(Either::Left), caller, None)
     };
     let role = role_of(&principal, &app.config.admin_users, app.config.self_service);
-    Ok((req, Caller { principal, role, rate }))
+    Ok((
+        req,
+        Caller {
+            principal,
+            role,
+            rate,
+            client_ip,
+        },
+    ))
 }
 
 /// What an authenticated principal may do here.

@@ -20,7 +20,7 @@ use crate::settings::SettingsChange;
 use crate::spaces;
 use crate::store::{AuditQuery, Settings, TokenQuery, TokenRecord};
 use crate::target::canonical_text_target;
-use crate::tokens::{DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, token_json};
+use crate::tokens::{DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, TokenError, token_json};
 
 const TEXT: &str = "a string";
 const SWITCH: &str = "true or false";
@@ -103,7 +103,19 @@ pub async fn set(app: &App, caller: &Caller, body: Map<String, Value>) -> Result
             if app.config.forward_as == ForwardAs::Pat && new.pat.is_none() {
                 new.pat = pat_to_mint(caller, new.user.as_deref())?;
             }
-            let created = app.tokens.create(*new).await?;
+            // A custom value that exists answers 409: a guess of another's
+            // token, counted against the client like a wrong token.
+            let custom = new.token.is_some();
+            if custom {
+                app.auth.check_throttle(caller.client_ip, "token")?;
+            }
+            let created = match app.tokens.create(*new).await {
+                Err(TokenError::Duplicate) if custom => {
+                    app.auth.record_failure(caller.client_ip);
+                    return Err(TokenError::Duplicate.into());
+                }
+                created => created?,
+            };
             record_action(app, &caller.principal, Action::Create(&created.record)).await;
             Ok(created.to_json())
         }

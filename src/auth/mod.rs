@@ -210,7 +210,7 @@ impl Authenticator {
     }
 
     /// 429 when `client_ip` has used up its failed attempts.
-    fn check_throttle(&self, client_ip: IpAddr, what: &str) -> Result<(), GatewayError> {
+    pub fn check_throttle(&self, client_ip: IpAddr, what: &str) -> Result<(), GatewayError> {
         match self.throttle.blocked(client_ip, self.clock.now_ms()) {
             None => Ok(()),
             Some(retry_after) => Err(GatewayError::new(

@@ -431,3 +431,42 @@ async fn user_names_that_could_confuse_an_identity_header_are_refused() {
     assert_eq!((reply.status.as_u16(), reply.reason()), (401, "user_mismatch".into()));
     assert_eq!(gw.upstream.requests().iter().filter(|r| r.target == SPACE).count(), 0);
 }
+
+#[tokio::test]
+async fn guessing_token_values_through_409_is_counted_and_throttled() {
+    let gw = Gateway::start_with(|c| c.failed_auth_per_minute = 3).await;
+    let set = gw.url("/rest/extender/1.0/tokenTools/set");
+    let admin = basic("admin", ADMIN_PASSWORD);
+    let create = |value: &str| {
+        let body = json!({"label": "guess", "token": value}).to_string();
+        let (set, admin) = (set.clone(), admin.clone());
+        async move {
+            send(
+                Method::POST,
+                &set,
+                &[("authorization", &admin), ("content-type", "application/json")],
+                body,
+            )
+            .await
+        }
+    };
+    let taken = "tgw_someone-elses-value-that-is-long-enough";
+    assert_eq!(create(taken).await.status, 200);
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(create(taken).await.reason());
+    }
+    assert_eq!(
+        answers,
+        [
+            "conflict",
+            "conflict",
+            "conflict",
+            "too_many_failures",
+            "too_many_failures"
+        ],
+        "a taken value counts as a failed attempt, even for a caller whose password is cached"
+    );
+    let fresh = create("tgw_a-value-nobody-has-taken-so-far-at-all").await;
+    assert_eq!(fresh.reason(), "too_many_failures", "no custom value while throttled");
+}
