@@ -105,6 +105,8 @@ struct Named {
     content: Vec<String>,
     /// The query to forward, when confinement changes it.
     query: Option<String>,
+    /// A search's CQL as confinement rewrote it (what the dry run shows).
+    cql: Option<String>,
 }
 
 pub struct Spaces {
@@ -260,6 +262,7 @@ fn check_named(
     for key in &plan.keys {
         check_space(token, key, write, || format!("{method} {path} touches space {key}"))?;
     }
+    let mut cql = None;
     let query = match &plan.query {
         QueryChange::Keep => None,
         QueryChange::AddSpaceKeys { only_one: true } if token.list.len() > 1 => {
@@ -276,12 +279,15 @@ fn check_named(
         QueryChange::ConfineCql(text) => {
             let confined =
                 cql::confine(text, &token.list.keys()).map_err(|e| GatewayError::new(Reason::BadCql, e.to_string()))?;
-            Some(resolve::replace_cql(query.unwrap_or_default(), &confined))
+            let query = resolve::replace_cql(query.unwrap_or_default(), &confined);
+            cql = Some(confined);
+            Some(query)
         }
     };
     Ok(Named {
         content: plan.content,
         query,
+        cql,
     })
 }
 
@@ -379,16 +385,9 @@ fn explain(
         _ => format!("spaces: space {key} is allowed"),
     }));
     let content = plan.content.clone();
-    let cql = match &plan.query {
-        QueryChange::ConfineCql(text) => Some(text.clone()),
-        _ => None,
-    };
     let named = check_named(token, head.method, plan, head.query, head.path)?;
-    match (cql, &named.query) {
-        (Some(text), _) => {
-            let confined = cql::confine(&text, &list.keys()).unwrap_or_default();
-            lines.push(format!("spaces: cql forwarded as {confined}"));
-        }
+    match (&named.cql, &named.query) {
+        (Some(cql), _) => lines.push(format!("spaces: cql forwarded as {cql}")),
         (None, Some(query)) => lines.push(format!("spaces: forwarded with the query {query}")),
         (None, None) => {}
     }

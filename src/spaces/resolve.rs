@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::routes::{self, Absent, Find, Route, canonical_id, is_any_content_id};
+use super::routes::{self, Absent, Find, Route, canonical_id, field_name, is_any_content_id};
 use crate::rules::JsonBody;
 
 /// What a request touches, as far as the request itself tells: space keys
@@ -165,8 +165,8 @@ pub fn names_in_body(plan: &mut Plan, body: &BodyRead<'_>) -> Result<(), Refusal
             .finds
             .iter()
             .filter_map(|find| match find {
-                Find::BodyKey(p) | Find::BodyContent(p) => Some(p.trim_start_matches('/').replace('/', ".")),
-                Find::BodyContentList(p) => Some(format!("{}[].id", p.trim_start_matches('/'))),
+                Find::BodyKey(p) | Find::BodyContent(p) => Some(field_name(p)),
+                Find::BodyContentList(p) => Some(format!("{}[].id", field_name(p))),
                 _ => None,
             })
             .collect();
@@ -276,10 +276,7 @@ fn is_space_key(key: &str) -> bool {
 }
 
 fn unreadable(pointer: &str, what: &str) -> Refusal {
-    Refusal::Unknown(Cow::Owned(format!(
-        "the body's {} is not {what}",
-        pointer.trim_start_matches('/').replace('/', ".")
-    )))
+    Refusal::Unknown(Cow::Owned(format!("the body's {} is not {what}", field_name(pointer))))
 }
 
 fn unknown(why: &'static str) -> Refusal {

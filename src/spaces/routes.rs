@@ -400,6 +400,12 @@ pub fn moves_content(path: &str) -> bool {
     MOVES.iter().any(|pattern| matches(pattern, path).is_some())
 }
 
+/// A body field's JSON pointer as people write the field: `/space/key` as
+/// `space.key`.
+pub fn field_name(pointer: &str) -> String {
+    pointer.trim_start_matches('/').replace('/', ".")
+}
+
 /// A content id in the one form Confluence reads it: without `att`, without
 /// leading zeros (`att0123` is content 123).
 pub fn canonical_id(id: &str) -> String {
@@ -462,9 +468,9 @@ mod readme {
                     format!("the `spaceKey` parameter ({})", absent.describe())
                 }
                 Find::ContentParam(name) => format!("the space of the content id in parameter `{name}` (required)"),
-                Find::BodyKey(pointer) => format!("body `{}`", field(pointer)),
-                Find::BodyContent(pointer) => format!("the space of body `{}`", field(pointer)),
-                Find::BodyContentList(pointer) => format!("the space of every body `{}[].id`", field(pointer)),
+                Find::BodyKey(pointer) => format!("body `{}`", field_name(pointer)),
+                Find::BodyContent(pointer) => format!("the space of body `{}`", field_name(pointer)),
+                Find::BodyContentList(pointer) => format!("the space of every body `{}[].id`", field_name(pointer)),
                 Find::BodySameId(name) => format!("a body `id` other than `{{{name}}}` is 400 `bad_request`"),
                 Find::Cql => "the `cql` is confined: `(<cql>) AND space in (...)`".into(),
                 Find::RefuseParam(name) => format!("an `{name}` parameter is `space_unknown`"),
@@ -480,11 +486,6 @@ mod readme {
                 Absent::AddIfOne => "none: the allowed space is added when there is one",
             }
         }
-    }
-
-    /// `/space/key` as `space.key`.
-    fn field(pointer: &str) -> String {
-        pointer.trim_start_matches('/').replace('/', ".")
     }
 
     /// The README's table of understood requests, as Markdown, from [`ROUTES`].
