@@ -1,7 +1,7 @@
 # Build: a release binary from the locked dependency set.
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock rustfmt.toml ./
+COPY Cargo.toml Cargo.lock rustfmt.toml build.rs ./
 COPY src src
 COPY migrations migrations
 COPY benches benches

@@ -11,9 +11,10 @@ use crate::auth::{Authenticator, PatMode, Verifier, token};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ForwardAs};
 use crate::notify::Notifier;
-use crate::proxy::UpstreamClient;
+use crate::pipeline::IdentityCheck;
 use crate::proxy::headers::ProtectedHeaders;
-use crate::record::{self, AuditLog, Metrics, UsageBook};
+use crate::proxy::{Tunnels, UpstreamClient};
+use crate::record::{self, AuditLog, Metrics, RefusalLog, ThrottleTally, UsageBook};
 use crate::settings::LiveSettings;
 use crate::spaces::Spaces;
 use crate::store::{self, StoreError, TokenStore};
@@ -36,7 +37,15 @@ pub struct App {
     pub settings: Arc<LiveSettings>,
     pub usage: Arc<UsageBook>,
     pub audit: AuditLog,
+    /// Requests refused 429 `too_many_failures`, counted per client and minute.
+    pub throttled: Arc<ThrottleTally>,
+    /// How many refusals of each client were logged this minute.
+    pub refusal_log: Arc<RefusalLog>,
     pub metrics: Arc<Metrics>,
+    /// Whom Confluence served each token request as (SPEC §19).
+    pub identity_check: Arc<IdentityCheck>,
+    /// Upgraded connections (WebSocket).
+    pub tunnels: Arc<Tunnels>,
 }
 
 /// Audit entries that may wait in memory before requests start waiting.
@@ -146,7 +155,16 @@ impl App {
         );
         let protected_headers = ProtectedHeaders::new(&[&config.identity_header, &config.upstream_secret_header]);
         let spaces = Arc::new(Spaces::new(&config, upstream.clone(), clock.clone(), metrics.clone()));
+        let mismatches = match config.forward_as {
+            ForwardAs::Header => &metrics.identity_mismatches[0],
+            ForwardAs::Pat => &metrics.identity_mismatches[1],
+        };
+        let identity_check = IdentityCheck::new(config.forward_as, config.identity_header.clone(), mismatches.clone());
         Ok(App {
+            identity_check: Arc::new(identity_check),
+            tunnels: Arc::new(Tunnels::new(metrics.tunnels_open.clone())),
+            throttled: Arc::default(),
+            refusal_log: Arc::default(),
             auth: Arc::new(auth),
             upstream,
             spaces,
@@ -163,9 +181,51 @@ impl App {
         })
     }
 
-    /// Writes out what is pending: usage counters and queued audit entries.
+    /// Writes out what is pending: usage counters, the counts of throttled
+    /// clients (the minute under way too), and queued audit entries.
     pub async fn flush_records(&self) {
+        self.record_throttled(true).await;
         record::flush(&self.usage, &self.audit, self.store.as_ref()).await;
+    }
+
+    /// Records the counts of throttled clients whose minute has ended (or
+    /// all of them): one audit entry and one `auth.throttled` event per
+    /// client and minute (SPEC §12).
+    pub async fn record_throttled(&self, all: bool) {
+        for minute in self.throttled.take(self.clock.now_ms(), all) {
+            // An IPv6 client is throttled, and counted, by its /64.
+            let address = minute.client_ip.map(|ip| match ip {
+                std::net::IpAddr::V6(_) => format!("{ip}/64"),
+                std::net::IpAddr::V4(_) => ip.to_string(),
+            });
+            let client = address
+                .clone()
+                .unwrap_or_else(|| "clients beyond the 1 000 counted".to_owned());
+            tracing::warn!(client.ip = %client, refused = minute.refused, "client refused for too many failed attempts");
+            self.audit
+                .record(crate::store::AuditEntry {
+                    at: minute.minute,
+                    kind: crate::store::AuditKind::Request,
+                    token_id: None,
+                    token_label: None,
+                    user: None,
+                    client_ip: address,
+                    method: None,
+                    path: None,
+                    status: Some(429),
+                    decision: record::Decision::Deny.label().to_owned(),
+                    reason: Some(crate::error::Reason::TooManyFailures.code().to_owned()),
+                    duration_ms: None,
+                    detail: Some(format!(
+                        "{} requests refused in this minute for too many failed attempts",
+                        minute.refused
+                    )),
+                })
+                .await;
+            if let Some(ip) = minute.client_ip {
+                self.events.client_throttled(ip, minute.minute, minute.refused).await;
+            }
+        }
     }
 
     /// Housekeeping: old audit entries, revocations, and sent events.

@@ -74,6 +74,9 @@ pub enum Reason {
     Internal,
     /// 502: Confluence could not be reached.
     UpstreamUnavailable,
+    /// 502: with `forward_as = "header"`, Confluence served a token request
+    /// as someone else: it does not honour the identity header (SPEC §19).
+    UpstreamIdentityIgnored,
     /// 503: the gateway cannot take the request (too many connections).
     Unavailable,
     /// 504: Confluence did not answer in `upstream_timeout_s`.
@@ -82,7 +85,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order: `reason as usize` indexes it.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 30] = [
         Reason::BadPath,
         Reason::BadCredentials,
         Reason::AmbiguousJson,
@@ -110,6 +113,7 @@ impl Reason {
         Reason::RateLimited,
         Reason::Internal,
         Reason::UpstreamUnavailable,
+        Reason::UpstreamIdentityIgnored,
         Reason::Unavailable,
         Reason::UpstreamTimeout,
     ];
@@ -144,6 +148,7 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::Internal => "internal_error",
             Reason::UpstreamUnavailable => "upstream_unavailable",
+            Reason::UpstreamIdentityIgnored => "upstream_identity_ignored",
             Reason::Unavailable => "unavailable",
             Reason::UpstreamTimeout => "upstream_timeout",
         }
@@ -174,7 +179,7 @@ impl Reason {
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::TooManyFailures | Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Reason::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Reason::UpstreamUnavailable | Reason::UpstreamIdentityIgnored => StatusCode::BAD_GATEWAY,
             Reason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -416,6 +421,7 @@ mod tests {
             (Reason::RateLimited, 429, "rate_limited"),
             (Reason::Internal, 500, "internal_error"),
             (Reason::UpstreamUnavailable, 502, "upstream_unavailable"),
+            (Reason::UpstreamIdentityIgnored, 502, "upstream_identity_ignored"),
             (Reason::Unavailable, 503, "unavailable"),
             (Reason::UpstreamTimeout, 504, "upstream_timeout"),
         ];

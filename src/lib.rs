@@ -31,11 +31,17 @@
 //!    Confluence, cached for reads; a search's CQL rewritten), sharing the
 //!    one body read (`body::read_json`) with the rules.
 //! 6. `proxy` forwards to Confluence with the user's identity, or `error`
-//!    builds the refusal with its reason code.
+//!    builds the refusal with its reason code. The pipeline withholds an
+//!    answer Confluence says it served as anyone but the token's user
+//!    (`X-AUSERNAME`, `pipeline::served_as`), and a WebSocket upgrade
+//!    becomes a tunnel (`proxy::tunnel`) that holds its connection's place
+//!    and closes with its token.
 //! 7. `record` counts usage and the metrics, and queues the audit entry: off
 //!    the request path while the audit writer keeps up, waiting for room
 //!    when its queue is full (an entry is never dropped). A failed attempt
-//!    counts towards the client's throttle.
+//!    counts towards the client's throttle; a throttled client's refusals
+//!    are counted per minute (`record::throttled`), and every entry and log
+//!    line is bounded.
 //!
 //! Every change to a token, expiry warnings and throttled clients raise
 //! events (`notify`): queued in the store, sent to the webhook by the

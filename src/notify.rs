@@ -13,7 +13,7 @@
 //! Signature: sha256=<HMAC-SHA256 of "<timestamp>.<body>">`, with the
 //! timestamp in `X-Tokengate-Timestamp`, so a receiver can refuse replays.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,10 +48,14 @@ const FIRST_RETRY_MS: EpochMs = 10_000;
 const LONGEST_WAIT_MS: EpochMs = 3_600_000;
 /// A claimed event is this sender's for this long: a sender that dies lets it go.
 const LEASE_MS: EpochMs = 60_000;
-/// Events claimed at once.
-const BATCH: i64 = 16;
+/// Events claimed at once: one, so that its lease ([`LEASE_MS`]) always
+/// outlasts its delivery ([`DELIVERY_TIMEOUT`]). A batch of several would
+/// outlive the lease while it is sent, and another replica would claim and
+/// send its last events again.
+const BATCH: i64 = 1;
 /// How long the webhook has to answer one event.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+const _: () = assert!(DELIVERY_TIMEOUT.as_millis() as EpochMs * BATCH * 2 < LEASE_MS);
 /// How often a sender looks for due events (it is also woken by a local raise).
 pub const SEND_POLL: Duration = Duration::from_secs(1);
 /// `expiringSoon` and the `expiring` gauge: within this many days.
@@ -77,8 +81,13 @@ pub enum Event<'a> {
         threshold: u32,
     },
     Expired(&'a TokenRecord),
-    /// A client was answered 429 `too_many_failures`.
-    Throttled(IpAddr),
+    /// A client was answered 429 `too_many_failures`, `refused` times in the
+    /// minute that starts at `minute`.
+    Throttled {
+        client_ip: IpAddr,
+        minute: EpochMs,
+        refused: u64,
+    },
 }
 
 impl Event<'_> {
@@ -90,7 +99,7 @@ impl Event<'_> {
             Event::Deleted(_) => "token.deleted",
             Event::Expiring { .. } => "token.expiring",
             Event::Expired(_) => "token.expired",
-            Event::Throttled(_) => "auth.throttled",
+            Event::Throttled { .. } => "auth.throttled",
         }
     }
 
@@ -100,13 +109,13 @@ impl Event<'_> {
                 Some(t)
             }
             Event::Expiring { token, .. } => Some(token),
-            Event::Throttled(_) => None,
+            Event::Throttled { .. } => None,
         }
     }
 
     /// The key that makes an event that may be raised again (every minute,
     /// by every replica) queue once.
-    fn once(&self, now: EpochMs) -> Option<String> {
+    fn once(&self) -> Option<String> {
         match self {
             Event::Expiring { token, threshold } => Some(format!(
                 "expiring:{}:{threshold}:{}",
@@ -118,7 +127,7 @@ impl Event<'_> {
                 token.id,
                 token.valid_until.unwrap_or_default()
             )),
-            Event::Throttled(ip) => Some(format!("throttled:{ip}:{}", now / 60_000)),
+            Event::Throttled { client_ip, minute, .. } => Some(format!("throttled:{client_ip}:{}", minute / 60_000)),
             _ => None,
         }
     }
@@ -131,7 +140,11 @@ impl Event<'_> {
                 "threshold": threshold,
                 "daysLeft": token.valid_until.map(|until| days_left(until, now)),
             }),
-            Event::Throttled(ip) => json!({ "clientIp": ip.to_string() }),
+            Event::Throttled {
+                client_ip,
+                minute,
+                refused,
+            } => json!({ "clientIp": client_ip.to_string(), "minute": minute, "refused": refused }),
             Event::Created(token) => json!({ "author": token.author }),
             Event::Deleted(_) | Event::Expired(_) => json!({}),
         }
@@ -163,9 +176,19 @@ impl Event<'_> {
                 }
             }
             Event::Expired(t) => format!("expired on {}", time(t.valid_until.unwrap_or_default())),
-            Event::Throttled(ip) => {
+            Event::Throttled {
+                client_ip,
+                minute,
+                refused,
+            } => {
+                let times = if *refused == 1 {
+                    "once".to_owned()
+                } else {
+                    format!("{refused} times")
+                };
                 return escape(&format!(
-                    "tokengate: client {ip} was refused for too many failed attempts"
+                    "tokengate: client {client_ip} was refused {times} for too many failed attempts in the minute from {}",
+                    time(*minute)
                 ));
             }
         };
@@ -189,11 +212,31 @@ fn date(at: EpochMs) -> String {
     time(at)[..10].to_owned()
 }
 
-/// `&`, `<` and `>` as Slack and Teams want them, so that a label cannot
-/// make a mention or a link.
+/// Plain text for every receiver (SPEC §12): `&`, `<` and `>` as entities,
+/// as Slack, Teams and Google Chat read them, so that a label cannot make a
+/// mention or a `<url|link>`; and each character that Slack, Teams or
+/// Google Chat read as markup (`[`, `]`, `(`, `)`, `*`, `_`, `~`, `` ` ``)
+/// followed by a zero-width space, which none of them escapes otherwise
+/// (Slack and Google Chat have no backslash escape): `[x](url)` is no
+/// longer a link, `*x*` no longer bold, and the text still reads the same.
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '[' | ']' | '(' | ')' | '*' | '_' | '~' | '`' => {
+                escaped.push(c);
+                escaped.push(ZERO_WIDTH_SPACE);
+            }
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
+
+const ZERO_WIDTH_SPACE: char = '\u{200B}';
 
 /// The token as events show it.
 fn token_json(token: &TokenRecord) -> Value {
@@ -212,8 +255,6 @@ pub struct Notifier {
     thresholds: Vec<u32>,
     store: Arc<dyn TokenStore>,
     clock: Arc<dyn Clock>,
-    /// The minute each throttled client was last raised for in this process.
-    throttled: Mutex<HashMap<IpAddr, EpochMs>>,
     /// Once-keys this process has queued (or found queued): the expiry check
     /// asks the store about each token once, not every minute.
     queued_once: Mutex<HashSet<String>>,
@@ -250,7 +291,6 @@ impl Notifier {
             thresholds: config.expiry_warning_days.clone(),
             store,
             clock,
-            throttled: Mutex::new(HashMap::new()),
             queued_once: Mutex::new(HashSet::new()),
             raised: Notify::new(),
         })
@@ -264,7 +304,7 @@ impl Notifier {
             return;
         }
         let now = self.clock.now_ms();
-        let once = event.once(now);
+        let once = event.once();
         if once.as_ref().is_some_and(|key| lock(&self.queued_once).contains(key)) {
             return;
         }
@@ -302,23 +342,18 @@ impl Notifier {
         }
     }
 
-    /// Raises `auth.throttled` for `client_ip`, at most once a minute.
-    pub async fn client_throttled(&self, client_ip: IpAddr) {
+    /// Raises `auth.throttled` for a client's refusals in one minute (once
+    /// per client and minute, whichever replica raises it first).
+    pub async fn client_throttled(&self, client_ip: IpAddr, minute: EpochMs, refused: u64) {
         if self.target.is_none() {
             return;
         }
-        let minute = self.clock.now_ms() / 60_000;
-        {
-            let mut seen = lock(&self.throttled);
-            if seen.get(&client_ip) == Some(&minute) {
-                return;
-            }
-            if seen.len() > 10_000 {
-                seen.retain(|_, last| *last == minute);
-            }
-            seen.insert(client_ip, minute);
-        }
-        self.raise(Event::Throttled(client_ip)).await;
+        self.raise(Event::Throttled {
+            client_ip,
+            minute,
+            refused,
+        })
+        .await;
     }
 
     /// Raises `token.expiring` (once per token and threshold: only the
@@ -376,7 +411,7 @@ impl Notifier {
         }
     }
 
-    /// Claims the events due now and tries each once; how many were claimed.
+    /// Claims the event due now (if any) and tries it once; how many were claimed.
     pub async fn send_due(&self) -> Result<usize, StoreError> {
         let Some(target) = &self.target else {
             return Ok(0);
@@ -490,11 +525,32 @@ mod tests {
                 .text(now)
                 .ends_with("'ci' of alice was deleted")
         );
-        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let throttled = |refused| Event::Throttled {
+            client_ip: "10.0.0.9".parse().unwrap(),
+            minute: 1_764_000_000_000,
+            refused,
+        };
         assert_eq!(
-            Event::Throttled(ip).text(now),
-            "tokengate: client 10.0.0.9 was refused for too many failed attempts"
+            throttled(1840).text(now),
+            "tokengate: client 10.0.0.9 was refused 1840 times for too many failed attempts in the minute from 2025-11-24T16:00:00Z"
         );
+        assert!(throttled(1).text(now).contains(" refused once "));
+    }
+
+    #[test]
+    fn markup_of_slack_teams_and_google_chat_is_broken_in_texts() {
+        let now = 1_764_000_000_000;
+        let label = "[click](https://evil.example) *bold* _it_ ~gone~ `code` x]( )";
+        let text = Event::Deleted(&token(label, None)).text(now);
+        for markup in ['[', ']', '(', ')', '*', '_', '~', '`'] {
+            for (i, _) in text.match_indices(markup) {
+                let next = text[i + 1..].chars().next();
+                assert_eq!(next, Some(ZERO_WIDTH_SPACE), "{markup} at {i} in {text:?}");
+            }
+        }
+        assert!(!text.contains("]("), "no markdown link can form: {text:?}");
+        let shown: String = text.chars().filter(|c| *c != ZERO_WIDTH_SPACE).collect();
+        assert!(shown.contains(label), "reads as the label: {shown}");
     }
 
     #[test]
@@ -505,14 +561,18 @@ mod tests {
                 token: &t,
                 threshold: 7
             }
-            .once(0)
+            .once()
             .as_deref(),
             Some("expiring:t1:7:432000000")
         );
-        let ip: IpAddr = "::1".parse().unwrap();
-        assert_eq!(Event::Throttled(ip).once(119_999), Event::Throttled(ip).once(60_000));
-        assert_ne!(Event::Throttled(ip).once(120_000), Event::Throttled(ip).once(60_000));
-        assert_eq!(Event::Created(&t).once(0), None);
+        let throttled = |minute| Event::Throttled {
+            client_ip: "::1".parse().unwrap(),
+            minute,
+            refused: 3,
+        };
+        assert_eq!(throttled(60_000).once().as_deref(), Some("throttled:::1:1"));
+        assert_ne!(throttled(120_000).once(), throttled(60_000).once());
+        assert_eq!(Event::Created(&t).once(), None);
     }
 
     #[test]

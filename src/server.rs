@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, StartError};
 use crate::body::ClientBody;
@@ -44,8 +45,11 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take (within [`HEADER_READ_TIMEOUT`]).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long in-flight requests may run on after shutdown begins.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long in-flight requests may run on after shutdown begins. With
+/// [`FLUSH_GRACE`] and [`CLOSE_GRACE`] the whole drain stays within 30 s,
+/// the grace a container runtime gives (Kubernetes' default) before it
+/// kills the process.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// How often each process looks for tokens deleted elsewhere (CLI, replicas).
 /// With PostgreSQL deletions are also pushed at once; this is the fallback.
 const REVOCATION_POLL: Duration = Duration::from_millis(500);
@@ -56,10 +60,11 @@ const SETTINGS_REFRESH: Duration = Duration::from_secs(1);
 const USAGE_FLUSH: Duration = Duration::from_secs(2);
 /// How often token expiry is checked for events and the token gauges (SPEC §18).
 const EXPIRY_CHECK: Duration = Duration::from_secs(60);
-/// How long the final flush of usage and audit entries may take at shutdown.
-const FLUSH_GRACE: Duration = Duration::from_secs(15);
+/// How long the background jobs' last runs and the final flush of usage
+/// and audit entries may take at shutdown, together.
+const FLUSH_GRACE: Duration = Duration::from_secs(6);
 /// How long closing the store's connections may take at shutdown.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How often old audit entries (and revocations) are purged.
 const AUDIT_PURGE: Duration = Duration::from_secs(3600);
 
@@ -147,7 +152,7 @@ async fn accept_until(
             conn: ConnInfo::new(peer, connections.tls.is_some()),
             builder: connections.builder.clone(),
             watcher: connections.graceful.watcher(),
-            _slot: slot,
+            slot,
             accepted: Instant::now(),
         };
         tokio::spawn(connection.serve(stream, connections.tls.clone()));
@@ -160,8 +165,9 @@ struct Connection {
     conn: ConnInfo,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
-    /// The connection's place under `max_connections`, freed when it ends.
-    _slot: OwnedSemaphorePermit,
+    /// The connection's place under `max_connections`, freed when it ends
+    /// and so does any tunnel it became.
+    slot: OwnedSemaphorePermit,
     accepted: Instant,
 }
 
@@ -201,11 +207,11 @@ impl Connection {
             conn,
             builder,
             watcher,
-            _slot,
+            slot,
             accepted,
         } = self;
         let peer = conn.peer;
-        let conn = pipeline::Connection::new(conn, &app);
+        let conn = pipeline::Connection::new(conn, &app).holding(slot);
         let shared = Arc::new(Shared {
             app,
             conn,
@@ -281,19 +287,18 @@ async fn http1_bytes(response: hyper::Response<http_body_util::Full<bytes::Bytes
 
 /// Stops accepting is done; lets in-flight requests finish (bounded), stops
 /// the background jobs, writes out what is pending, closes the store.
-async fn drain(app: &App, connections: Connections, background: Vec<JoinHandle<()>>) {
+async fn drain(app: &App, connections: Connections, background: Background) {
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
-    if tokio::time::timeout(SHUTDOWN_GRACE, connections.graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Tunnels would live as long as their clients like: they are told to
+    // close at once (and their tasks end within moments).
+    let finished = async { tokio::join!(connections.graceful.shutdown(), app.tunnels.close_all()) };
+    if tokio::time::timeout(SHUTDOWN_GRACE, finished).await.is_err() {
         tracing::warn!("in-flight requests did not finish in time");
     }
-    for task in background {
-        task.abort();
-    }
+    let flushed_by = Instant::now() + FLUSH_GRACE;
+    background.stop(flushed_by).await;
     // Bounded: with the store down, the audit writer would retry for ever.
-    if tokio::time::timeout(FLUSH_GRACE, app.flush_records()).await.is_err() {
+    if tokio::time::timeout_at(flushed_by, app.flush_records()).await.is_err() {
         tracing::error!(
             queued = app.audit.queue_depth(),
             "the store did not take the pending usage and audit entries in time; exiting without them"
@@ -313,61 +318,112 @@ fn scheduler_name() -> &'static str {
     }
 }
 
-/// The periodic jobs: revocations made elsewhere, usage flushes, purges,
-/// settings changed elsewhere. Aborted at shutdown.
-async fn start_background_jobs(app: &App) -> Vec<JoinHandle<()>> {
+/// The gateway's jobs besides serving.
+struct Background {
+    /// Tells the periodic jobs to stop once their current run is done.
+    stopping: CancellationToken,
+    /// Jobs that write (usage flushes, purges, the expiry check, the
+    /// settings): never cut short in the middle of a run, so that nothing
+    /// they have taken out of memory is lost at shutdown.
+    periodic: Vec<JoinHandle<()>>,
+    /// Jobs that only read or wait (revocations from elsewhere, the event
+    /// sender, whose leased events are sent again by whoever takes them
+    /// next): aborted.
+    followers: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Stops every job: the periodic ones after their current run (aborted
+    /// if it has not ended by `deadline`, so that none writes beside the
+    /// final flush), the others at once.
+    async fn stop(self, deadline: Instant) {
+        self.stopping.cancel();
+        for task in &self.followers {
+            task.abort();
+        }
+        let aborts: Vec<_> = self.periodic.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout_at(deadline, join_each(self.periodic))
+            .await
+            .is_err()
+        {
+            tracing::warn!("a background job did not finish its run in time; stopped");
+            for task in aborts {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Awaits every task (their panics are logged by the runtime).
+async fn join_each(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// The background jobs: revocations made elsewhere, usage flushes, purges,
+/// settings changed elsewhere, token events.
+async fn start_background_jobs(app: &App) -> Background {
     // Before the first request: every token verified here is then verified
     // after the cursor, so its later deletion is after it too.
     let cursor = revocation_cursor(app).await;
-    let mut jobs = vec![
-        tokio::spawn(poll_revocations(app.clone(), cursor)),
+    let stopping = CancellationToken::new();
+    let every = |first: Duration, period: Duration, job: fn(App) -> BoxFuture| {
+        tokio::spawn(every(first, period, app.clone(), stopping.clone(), job))
+    };
+    let periodic = vec![
         // Nothing to flush at start.
-        tokio::spawn(every(USAGE_FLUSH, USAGE_FLUSH, app.clone(), |app| async move {
-            record::flush_usage(&app.usage, app.store.as_ref()).await;
-        })),
-        tokio::spawn(every(Duration::ZERO, AUDIT_PURGE, app.clone(), |app| async move {
-            app.purge_expired().await;
-        })),
+        every(USAGE_FLUSH, USAGE_FLUSH, |app| {
+            Box::pin(async move {
+                record::flush_usage(&app.usage, app.store.as_ref()).await;
+                app.record_throttled(false).await;
+            })
+        }),
+        every(Duration::ZERO, AUDIT_PURGE, |app| {
+            Box::pin(async move { app.purge_expired().await })
+        }),
         // The settings were read at start (or are defaults until the store answers).
-        tokio::spawn(every(
-            SETTINGS_REFRESH,
-            SETTINGS_REFRESH,
-            app.clone(),
-            |app| async move {
-                app.settings.refresh().await;
-            },
-        )),
+        every(SETTINGS_REFRESH, SETTINGS_REFRESH, |app| {
+            Box::pin(async move { app.settings.refresh().await })
+        }),
+        // Token events (SPEC §18): the expiry check at start and every minute.
+        every(Duration::ZERO, EXPIRY_CHECK, |app| {
+            Box::pin(async move {
+                if let Err(e) = app.events.check_expiry(&app.metrics).await {
+                    tracing::warn!(error = %e, "cannot check token expiry; will try again");
+                }
+            })
+        }),
+    ];
+    let mut followers = vec![
+        tokio::spawn(poll_revocations(app.clone(), cursor)),
+        // This process's sender of the event outbox.
+        tokio::spawn(app.events.clone().run_sender()),
     ];
     if let Some(feed) = app.store.revocation_feed() {
-        jobs.push(tokio::spawn(follow_revocations(app.clone(), feed)));
+        followers.push(tokio::spawn(follow_revocations(app.clone(), feed)));
     }
-    // Token events (SPEC §18): the expiry check at start and every minute,
-    // and this process's sender of the outbox.
-    jobs.push(tokio::spawn(every(
-        Duration::ZERO,
-        EXPIRY_CHECK,
-        app.clone(),
-        |app| async move {
-            if let Err(e) = app.events.check_expiry(&app.metrics).await {
-                tracing::warn!(error = %e, "cannot check token expiry; will try again");
-            }
-        },
-    )));
-    jobs.push(tokio::spawn(app.events.clone().run_sender()));
-    jobs
+    Background {
+        stopping,
+        periodic,
+        followers,
+    }
 }
 
-/// Runs `job` after `first` (zero: now) and then every `period`, until aborted.
-async fn every<F, Fut>(first: Duration, period: Duration, app: App, job: F)
-where
-    F: Fn(App) -> Fut,
-    Fut: Future<Output = ()>,
-{
+/// One run of a periodic job.
+type BoxFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs `job` after `first` (zero: now) and then every `period`, until
+/// `stopping`: a run under way is finished first.
+async fn every(first: Duration, period: Duration, app: App, stopping: CancellationToken, job: fn(App) -> BoxFuture) {
     let mut interval = tokio::time::interval_at(Instant::now() + first, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
-        job(app.clone()).await;
+        tokio::select! {
+            biased;
+            () = stopping.cancelled() => return,
+            _ = interval.tick() => job(app.clone()).await,
+        }
     }
 }
 
@@ -444,6 +500,43 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A periodic job's run under way at shutdown is finished, not cut
+    /// short: the usage flush takes the counters out of memory before it
+    /// writes them, and an abort in between lost them.
+    #[tokio::test]
+    async fn stopping_lets_a_periodic_run_under_way_finish() {
+        use std::sync::atomic::AtomicUsize;
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        static FINISHED: AtomicUsize = AtomicUsize::new(0);
+        let (app, _, _dir) = crate::app::test_app(|_| {}).await;
+        tokio::time::pause();
+        let stopping = CancellationToken::new();
+        let job: fn(App) -> BoxFuture = |_| {
+            Box::pin(async {
+                STARTED.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                FINISHED.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        let periodic = vec![tokio::spawn(every(
+            Duration::ZERO,
+            Duration::from_secs(10),
+            app,
+            stopping.clone(),
+            job,
+        ))];
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(STARTED.load(Ordering::SeqCst), 1, "a run is under way");
+        let background = Background {
+            stopping,
+            periodic,
+            followers: Vec::new(),
+        };
+        background.stop(Instant::now() + FLUSH_GRACE).await;
+        assert_eq!(FINISHED.load(Ordering::SeqCst), 1, "the run was finished");
+        assert_eq!(STARTED.load(Ordering::SeqCst), 1, "and no other started");
+    }
 
     /// The TLS files as `tls_acceptor` reads them: what it says of each.
     fn acceptor(cert: &str, key: &str) -> Result<(), String> {

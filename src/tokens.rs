@@ -367,6 +367,12 @@ impl TokenManager {
         let refused = |message: String| TokenError::invalid("upstreamToken", message);
         match source {
             PatSource::Supplied(pat) => {
+                // A gateway token in the wrong field is never sent to Confluence (SPEC §12).
+                if pat.as_str().contains(crate::auth::TOKEN_PREFIX) {
+                    return Err(refused(
+                        "upstreamToken is a gateway token: give the user's Confluence personal access token".into(),
+                    ));
+                }
                 let authorization = bearer(&pat).ok_or_else(|| {
                     refused("upstreamToken is not a personal access token (it cannot be sent in a header)".into())
                 })?;

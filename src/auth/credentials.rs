@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hyper::HeaderMap;
-use hyper::header::AUTHORIZATION;
+use hyper::header::{AUTHORIZATION, HeaderValue};
 use memchr::memmem;
 
 use super::token::TOKEN_PREFIX;
@@ -152,18 +152,33 @@ pub fn refuse_tokens_elsewhere(headers: &HeaderMap, query: Option<&str>) -> Resu
             return Err(BadCredentials::TokenInHeader(name.as_str().to_owned()));
         }
     }
-    // Only a query that names a Seraph parameter is decoded.
-    let Some(query) = query.filter(|q| q.contains("os")) else {
+    // Only a query that could name a Seraph parameter is decoded: one with
+    // `os` in any case, or a percent-encoded byte (`%6Fs_password`).
+    let could_name = |q: &&str| q.contains('%') || q.as_bytes().windows(2).any(|w| w.eq_ignore_ascii_case(b"os"));
+    let Some(query) = query.filter(could_name) else {
         return Ok(());
     };
+    // Names are compared decoded, as Tomcat reads them, and in any case:
+    // a token must not reach Confluence's logs under any spelling.
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if let Some(parameter) = SERAPH_PARAMETERS.into_iter().find(|p| *p == key)
+        if let Some(parameter) = SERAPH_PARAMETERS.into_iter().find(|p| p.eq_ignore_ascii_case(&key))
             && value.contains(TOKEN_PREFIX)
         {
             return Err(BadCredentials::TokenInQuery(parameter));
         }
     }
     Ok(())
+}
+
+/// Whether Basic `authorization`'s password holds a gateway token (pasted
+/// with spaces around it, too).
+pub fn password_is_token(authorization: &HeaderValue) -> bool {
+    match authorization.to_str().map(parse) {
+        Ok(Ok(Credentials::Basic { secret, .. })) => secret.contains(TOKEN_PREFIX),
+        // A token anywhere but as the whole password (`alice: tgw_...`).
+        Ok(Err(BadCredentials::StrayToken)) => true,
+        _ => false,
+    }
 }
 
 /// Whether the token prefix starts a word of `value`: at its start, or
@@ -195,8 +210,8 @@ pub fn check_user_name(name: &str) -> Result<(), &'static str> {
     if name.contains(',') {
         return Err("the user name contains a comma");
     }
-    if name.starts_with(TOKEN_PREFIX) {
-        return Err("the user name looks like a token value");
+    if name.contains(TOKEN_PREFIX) {
+        return Err("the user name holds a token value");
     }
     Ok(())
 }
@@ -352,6 +367,10 @@ mod tests {
             ),
             (format!("os_username={token}"), "os_username"),
             (format!("os%5Fpassword=x{token}"), "os_password"),
+            (format!("%6Fs_password={token}"), "os_password"),
+            (format!("%6F%73%5F%75sername={token}"), "os_username"),
+            (format!("OS_Password={token}"), "os_password"),
+            (format!("x=1&o%53_password={token}"), "os_password"),
         ] {
             assert_eq!(
                 refuse_tokens_elsewhere(&HeaderMap::new(), Some(&query)),
@@ -382,6 +401,7 @@ mod tests {
             "bob\r\nX-Forwarded-User: admin",
             "alice, admin",
             "tgw_x",
+            "alice tgw_x",
         ] {
             assert!(check_user_name(bad).is_err(), "{bad:?}");
         }

@@ -36,7 +36,7 @@ use hyper::{HeaderMap, Request};
 pub use checks::{CheckContext, RulesCheck, check_rules, check_rules_on_json, check_rules_with_body, check_token};
 pub use passwords::PasswordVerdicts;
 pub use rate_limit::RateState;
-pub use throttle::FailureThrottle;
+pub use throttle::{FailureThrottle, throttle_key};
 pub use upstream::{PatVerdict, bearer};
 pub use verifier::{ActiveToken, PatMode, SecretRole, Verifier, VerifyError};
 
@@ -49,6 +49,7 @@ use crate::target::Target;
 use credentials::Scheme;
 use rate_limit::RateLimits;
 use sessions::{Session, Sessions};
+pub use token::TOKEN_PREFIX;
 
 /// Who a request acts as, how that was established, and from where.
 #[derive(Debug, Clone)]
@@ -391,6 +392,15 @@ impl Authenticator {
         let invalid = || GatewayError::new(Reason::InvalidToken, "invalid credentials");
         if user.is_empty() {
             return Err(invalid());
+        }
+        // A gateway token typed as a Confluence password (the page's login)
+        // is never sent to Confluence (SPEC §12).
+        if credentials::password_is_token(authorization) {
+            self.check_throttle(client_ip, "password")?;
+            return Err(GatewayError::new(
+                Reason::InvalidToken,
+                "invalid credentials: that is a gateway token, not your Confluence password",
+            ));
         }
         let name = match self.passwords.accepted(authorization).await {
             Some(name) => name,

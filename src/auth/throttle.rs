@@ -42,7 +42,7 @@ impl FailureThrottle {
     /// `Some(seconds until retry)` when `ip` has used up its failures.
     pub fn blocked(&self, ip: IpAddr, now: EpochMs) -> Option<u64> {
         let windows = self.windows.lock().expect("throttle poisoned");
-        let window = windows.get(&client_key(ip))?;
+        let window = windows.get(&throttle_key(ip))?;
         let ends = window.started + WINDOW_MS;
         (window.failures >= self.limit && now < ends).then(|| u64::try_from((ends - now + 999) / 1000).unwrap_or(60))
     }
@@ -50,7 +50,7 @@ impl FailureThrottle {
     /// Counts one failed token attempt.
     pub fn record_failure(&self, ip: IpAddr, now: EpochMs) {
         let mut windows = self.windows.lock().expect("throttle poisoned");
-        let key = client_key(ip);
+        let key = throttle_key(ip);
         if !windows.contains_key(&key) && windows.len() >= MAX_TRACKED {
             make_room(&mut windows, now);
         }
@@ -84,8 +84,9 @@ fn make_room(windows: &mut HashMap<IpAddr, Window>, now: EpochMs) {
     }
 }
 
-/// The address throttled: IPv4 as is, IPv6 by its /64.
-fn client_key(ip: IpAddr) -> IpAddr {
+/// The address throttled: IPv4 as is, IPv6 by its /64 (one host holds a
+/// whole /64, so counting its addresses one by one would count nothing).
+pub fn throttle_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);

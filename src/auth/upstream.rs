@@ -8,7 +8,7 @@
 //! it is dropped, and every forwarded request shares that buffer.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use hyper::header::HeaderValue;
@@ -48,6 +48,11 @@ pub struct UpstreamCredential {
     checked_at: AtomicI64,
     /// A re-check is under way.
     checking: AtomicBool,
+    /// Counts the rejections learnt from answers (SPEC §19), and the count
+    /// when the re-check under way began: a re-check that began before a
+    /// rejection may not overturn it.
+    rejections: AtomicU64,
+    checking_since: AtomicU64,
 }
 
 impl std::fmt::Debug for UpstreamCredential {
@@ -86,6 +91,8 @@ impl UpstreamCredential {
             other_user: Mutex::new(None),
             checked_at: AtomicI64::new(now),
             checking: AtomicBool::new(false),
+            rejections: AtomicU64::new(0),
+            checking_since: AtomicU64::new(0),
         };
         credential.record(verdict, now);
         credential
@@ -118,20 +125,36 @@ impl UpstreamCredential {
     /// Whether Confluence should be asked again, claiming the re-check when
     /// so (only one runs at a time).
     pub fn claim_recheck(&self, now: EpochMs) -> bool {
-        now - self.checked_at.load(Ordering::Relaxed) >= RECHECK_MS
+        let claimed = now - self.checked_at.load(Ordering::Relaxed) >= RECHECK_MS
             && self
                 .checking
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+                .is_ok();
+        if claimed {
+            self.checking_since
+                .store(self.rejections.load(Ordering::Acquire), Ordering::Release);
+        }
+        claimed
     }
 
     /// Takes Confluence's new verdict (`None`: Confluence could not be
     /// asked; the last verdict stands and it is asked again later).
     pub fn finish_recheck(&self, verdict: Option<PatVerdict>, now: EpochMs) {
-        if let Some(verdict) = verdict {
+        let overtaken = self.rejections.load(Ordering::Acquire) != self.checking_since.load(Ordering::Acquire);
+        if let Some(verdict) = verdict
+            && !overtaken
+        {
             self.record(verdict, now);
         }
         self.checking.store(false, Ordering::Release);
+    }
+
+    /// Counts the PAT as rejected at once: Confluence served a request sent
+    /// with it as nobody (`None`) or as someone else (SPEC §19). Its next
+    /// requests are refused until a check says it works again.
+    pub fn reject(&self, served_as: Option<String>, now: EpochMs) {
+        self.rejections.fetch_add(1, Ordering::AcqRel);
+        self.record(served_as.map_or(PatVerdict::Rejected, PatVerdict::OtherUser), now);
     }
 
     fn record(&self, verdict: PatVerdict, now: EpochMs) {
@@ -206,5 +229,23 @@ mod tests {
         assert!(credential.claim_recheck(70_000 + RECHECK_MS));
         credential.finish_recheck(Some(PatVerdict::Accepted), 130_000);
         assert!(credential.authorization("ci").is_ok(), "a verdict can come back");
+    }
+
+    #[test]
+    fn a_recheck_that_began_before_a_rejection_cannot_overturn_it() {
+        let credential = credential(PatVerdict::Accepted);
+        assert!(credential.claim_recheck(1_000 + RECHECK_MS));
+        // While Confluence is asked, an answer is served as anonymous.
+        credential.reject(None, 1_000 + RECHECK_MS + 5);
+        credential.finish_recheck(Some(PatVerdict::Accepted), 1_000 + RECHECK_MS + 10);
+        assert!(
+            credential.authorization("ci").is_err(),
+            "the older check's word does not count"
+        );
+        // The next check, begun after the rejection, does.
+        let later = 1_000 + 2 * RECHECK_MS + 5;
+        assert!(credential.claim_recheck(later));
+        credential.finish_recheck(Some(PatVerdict::Accepted), later);
+        assert!(credential.authorization("ci").is_ok());
     }
 }

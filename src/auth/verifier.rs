@@ -292,19 +292,31 @@ impl Verifier {
         Ok(Some(active))
     }
 
+    /// An updated token, from its record (see [`Verifier::reread_record`]),
+    /// cached again under the secret's digest.
+    async fn reread(&self, digest: SecretDigest, stale: &ActiveToken) -> Result<Option<Arc<ActiveToken>>, VerifyError> {
+        let Some(active) = self.reread_record(stale).await? else {
+            self.cache.invalidate(&digest).await;
+            return Ok(None);
+        };
+        self.cache.insert(digest, active.clone()).await;
+        tracing::debug!(token.id = %active.id, "updated token read again");
+        Ok(Some(active))
+    }
+
     /// An updated token, from its record: the secret matched a stored hash
     /// before, so no argon2, only whether that hash still stands (a rotation
     /// makes it the replaced one, in grace or not); the PAT stays unsealed.
-    async fn reread(&self, digest: SecretDigest, stale: &ActiveToken) -> Result<Option<Arc<ActiveToken>>, VerifyError> {
+    /// `None` when the token is gone or its secret no longer opens it.
+    async fn reread_record(&self, stale: &ActiveToken) -> Result<Option<Arc<ActiveToken>>, VerifyError> {
         let epoch = self.epoch();
         let Some(record) = self.store.token(&stale.id).await? else {
             self.revoke(&stale.id);
             return Ok(None);
         };
         let active = ActiveToken::from_record(&record, self.usage.usage_for(&record.id), &self.limits);
+        // Rotated away: this secret no longer opens the token (its new one does).
         let Some(mut active) = active.with_role(&record, &stale.verified_by, self.clock.now_ms()) else {
-            // Rotated away: this secret no longer opens the token (its new one does).
-            self.cache.invalidate(&digest).await;
             return Ok(None);
         };
         active.upstream = stale.upstream.clone();
@@ -313,9 +325,23 @@ impl Verifier {
         if active.is_revoked() {
             return Ok(None);
         }
-        self.cache.insert(digest, active.clone()).await;
-        tracing::debug!(token.id = %active.id, "updated token read again");
         Ok(Some(active))
+    }
+
+    /// Whether what `token` was verified with still opens it now: not
+    /// deleted, not expired, not rotated past its grace (read again from
+    /// the store when it was updated). For what outlives one request: a
+    /// tunnel (SPEC §12).
+    pub async fn still_holds(&self, token: &Arc<ActiveToken>) -> Result<Option<Arc<ActiveToken>>, VerifyError> {
+        let now = self.clock.now_ms();
+        let ended = |token: &ActiveToken| token.is_revoked() || token.is_expired(now) || token.grace_is_over(now);
+        if ended(token) {
+            return Ok(None);
+        }
+        if !token.is_stale() {
+            return Ok(Some(token.clone()));
+        }
+        Ok(self.reread_record(token).await?.filter(|fresh| !ended(fresh)))
     }
 
     /// The cold path: store lookup and argon2, shared by concurrent callers

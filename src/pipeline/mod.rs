@@ -12,10 +12,16 @@
 //! 7. confine a token with spaces to them ([`crate::spaces`]).
 //!
 //! [`handle`] forwards what `decide` lets through ([`crate::proxy`]),
+//! withholds an answer Confluence served as anyone but the token's user
+//! ([`served_as`], SPEC §19), opens the tunnel of a WebSocket upgrade,
 //! answers a refusal in the one shape of [`crate::error`], and records the
-//! outcome: metrics, failed attempts for the throttle, and the audit entry.
+//! outcome: metrics, failed attempts for the throttle (a throttled client's
+//! refusals counted, not recorded one by one), and the audit entry.
 
 pub mod client_ip;
+mod served_as;
+
+pub use served_as::IdentityCheck;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -38,11 +44,12 @@ use crate::clock::EpochMs;
 use crate::config::ForwardAs;
 use crate::error::{self, Audience, GatewayError, Reason};
 use crate::proxy::{ConnInfo, Identity, Lease, ResponseBody};
-use crate::record::Decision;
+use crate::record::{Decision, Logged, MAX_METHOD_BYTES, MAX_PATH_BYTES, MAX_USER_BYTES, bounded};
 use crate::routes::{self, OwnRoute};
 use crate::spaces::{AskAs, Changed, Confined, Verdict};
 use crate::store::{AuditEntry, AuditKind};
 use crate::target::{self, Target};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// A client connection, as each of its requests sees it: what the forwarder
 /// needs (who the client is, and the upstream connection its requests
@@ -53,6 +60,9 @@ pub struct Connection {
     pub memo: CredentialMemo,
     /// How long the memo keeps a token: as long as the verified cache would.
     memo_ttl_ms: EpochMs,
+    /// The connection's place under `max_connections`, which a tunnel it
+    /// becomes keeps for as long as it lives.
+    slot: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 impl Connection {
@@ -62,7 +72,14 @@ impl Connection {
             upstream: app.upstream.lease(),
             memo: CredentialMemo::default(),
             memo_ttl_ms: EpochMs::try_from(app.config.verify_cache_ttl.as_millis()).unwrap_or(EpochMs::MAX),
+            slot: None,
         }
+    }
+
+    /// The connection, holding its place under `max_connections`.
+    pub fn holding(mut self, slot: OwnedSemaphorePermit) -> Self {
+        self.slot = Some(Arc::new(slot));
+        self
     }
 }
 
@@ -157,7 +174,7 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
     let method = req.method().clone();
     let span = tracing::info_span!(
         "request",
-        http.method = %method,
+        http.method = %bounded(method.as_str(), MAX_METHOD_BYTES),
         url.path = Empty,
         client.ip = Empty,
         token.id = Empty,
@@ -175,9 +192,7 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
             }
             Next::Forward { req, target, identity } => {
                 changed = Changed::by(method.as_str(), &target.path);
-                app.upstream
-                    .forward(req, &target, identity, &conn.info, &conn.upstream)
-                    .await
+                forward(app, conn, req, &target, identity, &trail).await
             }
         }
     }
@@ -186,7 +201,7 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
     let (mut response, reason) = match result {
         Ok(response) => (response, None),
         Err(error) => {
-            span.in_scope(|| tracing::info!(reason = error.reason.code(), "refused: {}", error.message));
+            log_refusal(app, &span, &error, trail.client_ip);
             let reason = error.reason;
             let mut response = error.into_response(trail.audience(app));
             error::add_security_headers(response.headers_mut());
@@ -205,6 +220,91 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
     response
 }
 
+/// Logs a refusal at `info`, its message bounded; a client's refusals only
+/// up to a budget a minute, and a throttled client's not one by one
+/// (they are counted), so that no client fills the disk through the log.
+fn log_refusal(app: &App, span: &tracing::Span, error: &GatewayError, client_ip: Option<IpAddr>) {
+    if error.reason == Reason::TooManyFailures {
+        return;
+    }
+    let logged = match client_ip {
+        Some(ip) => app.refusal_log.log(crate::auth::throttle_key(ip), app.clock.now_ms()),
+        None => Logged::Yes,
+    };
+    let message = bounded(&error.message, MAX_PATH_BYTES);
+    let reason = error.reason.code();
+    span.in_scope(|| match logged {
+        Logged::Yes => tracing::info!(reason, "refused: {message}"),
+        Logged::Last => tracing::info!(
+            reason,
+            "refused: {message} (this client's further refusals are not logged until the minute ends)"
+        ),
+        Logged::No => {}
+    });
+}
+
+/// Forwards a checked request and checks whom Confluence served it as
+/// (SPEC §19): an answer to a token request served as anyone else is
+/// dropped unread. A protocol switch Confluence agreed to becomes a tunnel
+/// that keeps the connection's place and closes when its token ends.
+async fn forward(
+    app: &App,
+    conn: &Connection,
+    req: Request<crate::proxy::UpstreamBody>,
+    target: &Target,
+    identity: Identity,
+    trail: &Trail,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    // Whom Confluence must serve a token request as: the header's user, or
+    // the PAT's, whose token is always bound (fail closed if not).
+    let expected = match (&identity, &trail.token) {
+        (Identity::Passthrough, _) => None,
+        (Identity::User(user), Some(token)) => Some((user.clone(), token)),
+        (Identity::Pat(_), Some(token)) => match &token.user {
+            Some(user) => Some((user.clone(), token)),
+            None => return Err(GatewayError::internal(&"a PAT-mode token without a user")),
+        },
+        (_, None) => return Err(GatewayError::internal(&"a token request forwarded without its token")),
+    };
+    let answer = app
+        .upstream
+        .forward(req, target, identity, &conn.info, &conn.upstream)
+        .await?;
+    if let Some((user, token)) = &expected {
+        app.identity_check
+            .check(&answer.served_as, user, token, app.clock.now_ms())?;
+    }
+    if let Some(tunnel) = answer.tunnel {
+        // Switching now would leave the client a tunnel closed at once.
+        if app.tunnels.is_closing() {
+            return Err(GatewayError::new(Reason::Unavailable, "the gateway is shutting down").retry_after(1));
+        }
+        let ends = trail.token.clone().map(|token| token_ends(app.clone(), token));
+        app.tunnels.open(tunnel, conn.slot.clone(), ends);
+    }
+    Ok(answer.response)
+}
+
+/// Completes within [`TUNNEL_CHECK`] of `token` no longer holding: deleted,
+/// expired, or rotated past its grace.
+async fn token_ends(app: App, mut token: Arc<ActiveToken>) {
+    let mut every = tokio::time::interval(TUNNEL_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match app.auth.verifier().still_holds(&token).await {
+            Ok(Some(fresh)) => token = fresh,
+            Ok(None) => return,
+            // The store did not answer: a deletion made here has flagged
+            // the token already; one made elsewhere is seen once it answers.
+            Err(e) => tracing::debug!(error = %e, "cannot read the tunnel's token again; will try again"),
+        }
+    }
+}
+
+/// How often a tunnel's token is looked at: well within the 1 s SPEC §12 allows.
+const TUNNEL_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Every stage but forwarding, in SPEC order.
 pub async fn decide<B: RequestBody>(
     app: &App,
@@ -213,7 +313,7 @@ pub async fn decide<B: RequestBody>(
     trail: &mut Trail,
 ) -> Result<Next<B>, GatewayError> {
     let mut target = target::canonicalise(req.uri()).map_err(|e| GatewayError::new(Reason::BadPath, e.to_string()))?;
-    trail.span.record("url.path", target.path.as_str());
+    trail.span.record("url.path", &*bounded(&target.path, MAX_PATH_BYTES));
     if req.headers().get_all(HOST).iter().nth(1).is_some() {
         // RFC 9112 §3.2: a request with more than one Host is invalid.
         return Err(GatewayError::new(Reason::BadRequest, "more than one Host header"));
@@ -338,11 +438,11 @@ async fn authenticate<B: RequestBody>(
         tracing::info!(
             reason = waived.reason.code(),
             "report-only token: forwarded, though {}",
-            waived.message
+            bounded(&waived.message, MAX_PATH_BYTES)
         );
         trail.reported = Some(waived.reason);
     }
-    trail.span.record("user", principal.user.as_str());
+    trail.span.record("user", &*bounded(&principal.user, MAX_USER_BYTES));
     if trail.audit {
         trail.user = Some(principal.user.clone());
     }
@@ -407,7 +507,8 @@ async fn confine<B: RequestBody>(
     match verdict {
         Verdict::Allowed { query: Some(query) } if token.enforce => target.set_query(query),
         Verdict::Allowed { query: Some(query) } => {
-            tracing::info!("report-only token: forwarded as sent, though its spaces would forward the query {query}");
+            let shown = bounded(&query, MAX_PATH_BYTES);
+            tracing::info!("report-only token: forwarded as sent, though its spaces would forward the query {shown}");
             trail.report_detail = Some(format!("spaces would have forwarded the query {query}"));
         }
         Verdict::Allowed { query: None } => {}
@@ -415,7 +516,7 @@ async fn confine<B: RequestBody>(
             tracing::info!(
                 reason = error.reason.code(),
                 "report-only token: forwarded, though {}",
-                error.message
+                bounded(&error.message, MAX_PATH_BYTES)
             );
             trail.report_detail = Some(error.message);
             trail.reported.get_or_insert(error.reason);
@@ -442,9 +543,6 @@ async fn record(
     {
         app.auth.record_failure(ip);
     }
-    if let (Some(Reason::TooManyFailures), Some(ip)) = (reason, trail.client_ip) {
-        app.events.client_throttled(ip).await;
-    }
     // A refusal is a denial whatever was decided before (Confluence may have
     // been unreachable); a report-only request is counted with the reason
     // its rules would have refused it for.
@@ -455,6 +553,12 @@ async fn record(
     app.metrics.observe_request(decision, reason, elapsed);
     trail.span.record("http.status", response.status().as_u16());
     trail.span.record("duration_ms", elapsed.as_millis() as u64);
+    // A throttled client's refusals are one entry and one event per minute,
+    // with their count (SPEC §12), whatever they presented.
+    if let (Some(Reason::TooManyFailures), Some(ip)) = (reason, trail.client_ip) {
+        app.throttled.count(crate::auth::throttle_key(ip), app.clock.now_ms());
+        return;
+    }
     if !(trail.token_presented && trail.audit) {
         return;
     }

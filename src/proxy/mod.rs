@@ -6,6 +6,7 @@
 
 pub mod headers;
 pub mod pool;
+pub mod tunnel;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,13 +17,13 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::header::{HOST, HeaderName, HeaderValue, LOCATION};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 pub use self::pool::{Lease, PooledBody};
 use self::pool::{Pool, PoolError};
+pub use self::tunnel::{Tunnel, Tunnels};
 use crate::auth::seal::Pat;
 use crate::body::{ClientBody, ClientBodyError, Forwarded};
 use crate::config::{Config, Upstream};
@@ -34,6 +35,17 @@ pub type UpstreamBody = Forwarded<ClientBody>;
 
 /// A response body: Confluence's, streamed back, or one the gateway made.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
+
+/// Confluence's answer to a forwarded request.
+pub struct Answer {
+    pub response: Response<ResponseBody>,
+    /// Whom Confluence says it served the request as (`X-AUSERNAME`, SPEC
+    /// §19), read before any header of the answer is touched.
+    pub served_as: Vec<HeaderValue>,
+    /// Both ends of the protocol switch, when Confluence agreed to one: the
+    /// caller decides whether to open the tunnel, or drops it.
+    pub tunnel: Option<Tunnel>,
+}
 
 /// Who Confluence should see the request as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +175,7 @@ impl UpstreamClient {
         identity: Identity,
         conn: &ConnInfo,
         lease: &Arc<Lease>,
-    ) -> Result<Response<ResponseBody>, GatewayError> {
+    ) -> Result<Answer, GatewayError> {
         let websocket = headers::websocket_requested(req.headers()) && req.version() == Version::HTTP_11;
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let forwarded = target
@@ -181,13 +193,14 @@ impl UpstreamClient {
             Ok(Err(e)) => return Err(upstream_error(&e)),
             Ok(Ok(response)) => response,
         };
+        let served_as = response.headers().get_all(&SERVED_AS).iter().cloned().collect();
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        match (switching, client_upgrade) {
-            (false, _) => {}
-            (true, Some(client_upgrade)) => {
-                let upstream_upgrade = hyper::upgrade::on(&mut response);
-                tokio::spawn(splice_upgraded(client_upgrade, upstream_upgrade));
-            }
+        let tunnel = match (switching, client_upgrade) {
+            (false, _) => None,
+            (true, Some(client)) => Some(Tunnel {
+                client,
+                upstream: hyper::upgrade::on(&mut response),
+            }),
             (true, None) => {
                 tracing::warn!("Confluence switched protocols without being asked to");
                 return Err(GatewayError::new(
@@ -195,7 +208,7 @@ impl UpstreamClient {
                     "Confluence switched protocols without being asked to",
                 ));
             }
-        }
+        };
         headers::remove_hop_by_hop(response.headers_mut(), switching);
         if token {
             headers::strip_token_response(response.headers_mut());
@@ -203,7 +216,11 @@ impl UpstreamClient {
             headers::strip_session_set_cookie(response.headers_mut());
         }
         self.rewrite_location(&mut response);
-        Ok(response.map(Either::Left))
+        Ok(Answer {
+            response: response.map(Either::Left),
+            served_as,
+            tunnel,
+        })
     }
 
     /// The user Confluence says `authorization` authenticates, from
@@ -463,6 +480,9 @@ impl UpstreamClient {
     }
 }
 
+/// The header Confluence's authentication layer (Seraph) names the served user in.
+pub static SERVED_AS: HeaderName = HeaderName::from_static("x-ausername");
+
 /// Confluence's personal access token API.
 const PAT_TOKENS: &str = "/rest/pat/latest/tokens";
 
@@ -545,21 +565,6 @@ fn client_body_failed(error: &hyper::Error) -> Option<&ClientBodyError> {
         return None;
     }
     error.source()?.downcast_ref::<ClientBodyError>()
-}
-
-/// Copies bytes both ways between an upgraded client and upstream connection.
-async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "upgraded connection ended");
-    }
 }
 
 /// A TLS client trusting the system's roots, and `extra_ca`'s certificates

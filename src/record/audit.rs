@@ -70,8 +70,10 @@ impl AuditLog {
         AuditLog { queue, capacity, hurry }
     }
 
-    /// Queues an entry, waiting while the queue is full.
+    /// Queues an entry (its free text bounded, SPEC §12), waiting while the
+    /// queue is full.
     pub async fn record(&self, entry: AuditEntry) {
+        let entry = super::bounded_entry(entry);
         emit_event(&entry);
         if self.queue.send(Message::Entry(Box::new(entry))).await.is_err() {
             tracing::error!("the audit writer has stopped; entry not stored");

@@ -71,6 +71,11 @@ struct StateLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct LookupLabels {
     result: &'static str,
 }
@@ -116,6 +121,10 @@ pub struct Metrics {
     pub space_lookup_duration: AtomicHistogram,
     /// `tokengate_tokens{state}`: active, expiring, expired.
     tokens: [Gauge; 3],
+    /// `tokengate_identity_mismatches_total{mode}`: header, pat (SPEC §19).
+    pub identity_mismatches: [Counter; 2],
+    /// Upgraded connections (WebSocket) open now.
+    pub tunnels_open: Gauge,
 }
 
 impl Default for Metrics {
@@ -197,7 +206,22 @@ impl Default for Metrics {
         );
         let tokens =
             ["active", "expiring", "expired"].map(|state| token_states.get_or_create(&StateLabels { state }).clone());
+        let mismatches = Family::<ModeLabels, Counter>::default();
+        registry.register(
+            "identity_mismatches",
+            "Answers to token requests withheld because Confluence served them as someone else (SPEC §19), by forward_as mode",
+            mismatches.clone(),
+        );
+        let identity_mismatches = ["header", "pat"].map(|mode| mismatches.get_or_create(&ModeLabels { mode }).clone());
+        let tunnels_open = Gauge::default();
+        registry.register(
+            "tunnels_open",
+            "Upgraded connections (WebSocket) open now; each holds a place under max_connections",
+            tunnels_open.clone(),
+        );
         Metrics {
+            identity_mismatches,
+            tunnels_open,
             tokens,
             space_lookups,
             space_lookup_duration,

@@ -6,14 +6,59 @@
 
 mod audit;
 mod metrics;
+mod throttled;
 mod usage;
+
+use std::borrow::Cow;
 
 pub use audit::AuditLog;
 pub use metrics::{Decision, LookupResult, Metrics};
+pub use throttled::{Logged, RefusalLog, ThrottleTally};
 pub use usage::{TokenUsage, UsageBook};
 
 use crate::clock::{DAY_MS, EpochMs};
 use crate::store::{AuditEntry, AuditKind, TokenStore};
+
+/// Most bytes of path and query an audit entry or a log line keeps (SPEC §12).
+pub const MAX_PATH_BYTES: usize = 2048;
+/// Most bytes of a user name an audit entry or a log line keeps.
+pub const MAX_USER_BYTES: usize = 256;
+/// Most bytes of a method (an extension method can be long).
+pub const MAX_METHOD_BYTES: usize = 32;
+
+/// `text` cut to at most `max` bytes, on a character boundary, with `…` at
+/// the cut (within the `max`), so that nobody fills the disk through
+/// the records.
+pub fn bounded(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    const MARK: &str = "…";
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{MARK}", &text[..end]))
+}
+
+/// Cuts an owned field in place when it is too long.
+fn bound(field: &mut Option<String>, max: usize) {
+    if let Some(text) = field
+        && let Cow::Owned(cut) = bounded(text, max)
+    {
+        *text = cut;
+    }
+}
+
+/// An entry as it is stored and logged: every free-text field bounded.
+pub fn bounded_entry(mut entry: AuditEntry) -> AuditEntry {
+    bound(&mut entry.path, MAX_PATH_BYTES);
+    bound(&mut entry.detail, MAX_PATH_BYTES);
+    bound(&mut entry.user, MAX_USER_BYTES);
+    bound(&mut entry.token_label, MAX_USER_BYTES);
+    bound(&mut entry.method, MAX_METHOD_BYTES);
+    entry
+}
 
 /// An audit entry as the management API's `audit` and `tokengate audit --json` show it.
 pub fn audit_json(e: &AuditEntry) -> serde_json::Value {
@@ -68,4 +113,20 @@ pub async fn purge_expired(store: &dyn TokenStore, now: EpochMs, audit_retention
 pub async fn flush(usage: &UsageBook, audit: &AuditLog, store: &dyn TokenStore) {
     flush_usage(usage, store).await;
     audit.flush().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_is_cut_on_a_character_boundary_with_a_mark() {
+        assert_eq!(bounded("short", 8), "short");
+        assert_eq!(bounded("12345678", 8), "12345678");
+        assert_eq!(bounded("123456789", 8), "12345…");
+        // `é` is two bytes: the cut never splits it.
+        assert_eq!(bounded("aéééé", 7), "aé…");
+        let long = "/".repeat(100_000);
+        assert_eq!(bounded(&long, MAX_PATH_BYTES).len(), MAX_PATH_BYTES);
+    }
 }

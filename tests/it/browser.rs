@@ -30,11 +30,13 @@ async fn log_in(browser: &Browser, gw: &Gateway, user: &str) {
     browser.button("Log out").await;
 }
 
+#[cfg_attr(
+    not(have_browser),
+    ignore = "needs Chromium and chromedriver (Debian: chromium chromium-driver)"
+)]
 #[tokio::test]
 async fn a_user_logs_in_creates_a_token_uses_it_and_deletes_it() {
-    let Some(browser) = Browser::start(1280, 900).await else {
-        return;
-    };
+    let browser = Browser::start(1280, 900).await;
     let gw = Gateway::start().await;
     browser.open(&gw.url("/tokengate/ui/")).await;
 
@@ -168,11 +170,13 @@ async fn a_user_logs_in_creates_a_token_uses_it_and_deletes_it() {
     browser.close().await;
 }
 
+#[cfg_attr(
+    not(have_browser),
+    ignore = "needs Chromium and chromedriver (Debian: chromium chromium-driver)"
+)]
 #[tokio::test]
 async fn an_admin_sees_every_token_the_audit_log_and_the_settings() {
-    let Some(browser) = Browser::start(1280, 900).await else {
-        return;
-    };
+    let browser = Browser::start(1280, 900).await;
     let gw = Gateway::start().await;
     for (user, label) in [("alice", "alice's exporter"), ("bob", "bob's sync")] {
         let created = gw
@@ -227,11 +231,13 @@ async fn an_admin_sees_every_token_the_audit_log_and_the_settings() {
     browser.close().await;
 }
 
+#[cfg_attr(
+    not(have_browser),
+    ignore = "needs Chromium and chromedriver (Debian: chromium chromium-driver)"
+)]
 #[tokio::test]
 async fn the_keyboard_alone_logs_in_and_reaches_every_section() {
-    let Some(browser) = Browser::start(1280, 900).await else {
-        return;
-    };
+    let browser = Browser::start(1280, 900).await;
     let gw = Gateway::start().await;
     browser.open(&gw.url("/tokengate/ui/")).await;
     // The login form takes the focus; Tab and Enter do the rest.
@@ -263,11 +269,13 @@ async fn the_keyboard_alone_logs_in_and_reaches_every_section() {
     panic!("the keyboard never reached the audit log: {names:?}");
 }
 
+#[cfg_attr(
+    not(have_browser),
+    ignore = "needs Chromium and chromedriver (Debian: chromium chromium-driver)"
+)]
 #[tokio::test]
 async fn the_page_is_usable_at_360_pixels() {
-    let Some(browser) = Browser::start(360, 740).await else {
-        return;
-    };
+    let browser = Browser::start(360, 740).await;
     let gw = Gateway::start().await;
     log_in(&browser, &gw, "alice").await;
     browser.link("Create a token").await.click().await.unwrap();
@@ -328,11 +336,13 @@ async fn the_page_is_usable_at_360_pixels() {
     browser.close().await;
 }
 
+#[cfg_attr(
+    not(have_browser),
+    ignore = "needs Chromium and chromedriver (Debian: chromium chromium-driver)"
+)]
 #[tokio::test]
 async fn with_pat_mode_the_password_mints_the_pat_and_deleting_revokes_it() {
-    let Some(browser) = Browser::start(1280, 900).await else {
-        return;
-    };
+    let browser = Browser::start(1280, 900).await;
     let gw = Gateway::start_with(|c| c.forward_as = tokengate::ForwardAs::Pat).await;
     log_in(&browser, &gw, "bob").await;
     browser.link("Create a token").await.click().await.unwrap();
@@ -366,11 +376,13 @@ async fn with_pat_mode_the_password_mints_the_pat_and_deleting_revokes_it() {
     browser.close().await;
 }
 
+#[cfg_attr(
+    not(have_browser),
+    ignore = "needs Chromium and chromedriver (Debian: chromium chromium-driver)"
+)]
 #[tokio::test]
 async fn a_user_rolls_rules_out_report_only_then_enforces_the_suggested_ones() {
-    let Some(browser) = Browser::start(1280, 900).await else {
-        return;
-    };
+    let browser = Browser::start(1280, 900).await;
     let gw = Gateway::start().await;
     log_in(&browser, &gw, "alice").await;
     browser.link("Create a token").await.click().await.unwrap();
@@ -433,11 +445,13 @@ async fn a_user_rolls_rules_out_report_only_then_enforces_the_suggested_ones() {
     browser.close().await;
 }
 
+#[cfg_attr(
+    not(have_browser),
+    ignore = "needs Chromium and chromedriver (Debian: chromium chromium-driver)"
+)]
 #[tokio::test]
 async fn a_user_rotates_a_token_and_sees_the_new_value_once() {
-    let Some(browser) = Browser::start(1280, 900).await else {
-        return;
-    };
+    let browser = Browser::start(1280, 900).await;
     let gw = Gateway::start().await;
     let old = gw.token_for("alice").await;
     log_in(&browser, &gw, "alice").await;

@@ -470,3 +470,62 @@ async fn guessing_token_values_through_409_is_counted_and_throttled() {
     let fresh = create("tgw_a-value-nobody-has-taken-so-far-at-all").await;
     assert_eq!(fresh.reason(), "too_many_failures", "no custom value while throttled");
 }
+
+#[tokio::test]
+async fn a_token_typed_in_any_wrong_field_never_reaches_confluence() {
+    let gw = Gateway::start_with(|c| c.forward_as = tokengate::ForwardAs::Pat).await;
+    let alice = basic("alice", "alice-password");
+    let set_as = |auth: String, body: String| {
+        let url = gw.url(SET);
+        async move {
+            let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+            send(Method::POST, &url, &headers, body).await
+        }
+    };
+    let created = set_as(alice.clone(), r#"{"label":"ci"}"#.into()).await;
+    let token = created.json()["token"].as_str().unwrap().to_owned();
+    let reached = |gw: &Gateway| gw.upstream.requests().iter().filter(|r| r.contains(&token)).count();
+
+    // As the password of the page's login, pasted with spaces or not.
+    for password in [token.clone(), format!("  {token} ")] {
+        let body = serde_json::json!({"username": "alice", "password": password}).to_string();
+        let reply = send(
+            Method::POST,
+            &gw.url("/tokengate/ui/login"),
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await;
+        assert_eq!((reply.status.as_u16(), reply.reason()), (401, "invalid_token".into()));
+        assert!(
+            reply.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("not your Confluence password")
+        );
+    }
+    // As the password of a management call, after something else.
+    let reply = set_as(basic("alice", &format!("x{token}")), r#"{"label":"x"}"#.into()).await;
+    assert_eq!(reply.status, 400, "{:?}", reply.body);
+    // As upstreamToken.
+    let body = serde_json::json!({"label": "again", "upstreamToken": token}).to_string();
+    let reply = set_as(alice.clone(), body).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.json()["field"].clone()),
+        (400, "upstreamToken".into())
+    );
+    // In a Seraph parameter whose name is percent-encoded or in another case.
+    for query in [
+        format!("%6Fs_password={token}"),
+        format!("os_username=alice&o%73%5Fpassword={token}"),
+        format!("OS_PASSWORD={token}"),
+    ] {
+        let reply = get(&gw.url(&format!("/rest/api/space?{query}")), &[]).await;
+        assert_eq!(
+            (reply.status.as_u16(), reply.reason()),
+            (400, "bad_credentials".into()),
+            "{query}"
+        );
+    }
+    assert_eq!(reached(&gw), 0, "the token reached Confluence");
+}

@@ -62,11 +62,17 @@ async fn every_event_arrives_with_its_body_and_a_verifiable_signature() {
     let id = created["id"].as_str().unwrap().to_owned();
     api(&gw, "/update", json!({"id": id, "rateLimit": "10/min"})).await;
     api(&gw, "/rotate", json!({"id": id, "graceHours": 1})).await;
-    // A client that fails too often, three times over in one minute: one event.
+    let grace_until = gw.clock.now_ms() + 3_600_000;
+    let started = gw.clock.now_ms();
+    // A client that fails too often, refused three times over in one
+    // minute: one event with the count, once the minute is over.
     for _ in 0..5 {
         let wrong = basic("alice", "tgw_wrongwrongwrongwrongwrongwrongwrong");
         get(&gw.url("/rest/api/space"), &[("authorization", &wrong)]).await;
     }
+    assert_eq!(receiver.wait_for(3).await.len(), 3, "not yet: the minute is not over");
+    gw.clock.advance_ms(60_000);
+    receiver.wait_for(4).await;
     let admin = basic("admin", ADMIN_PASSWORD);
     let reply = send(
         Method::DELETE,
@@ -100,15 +106,22 @@ async fn every_event_arrives_with_its_body_and_a_verifiable_signature() {
         "{text}"
     );
     assert_eq!(taken[1]["detail"]["changes"], json!({"rateLimit": [null, "10/min"]}));
-    assert_eq!(taken[2]["detail"]["graceUntil"], json!(gw.clock.now_ms() + 3_600_000));
+    assert_eq!(taken[2]["detail"]["graceUntil"], json!(grace_until));
     assert_eq!(taken[3]["token"], Value::Null);
     assert_eq!(taken[3]["detail"]["clientIp"], "127.0.0.1");
+    assert_eq!(taken[3]["detail"]["refused"], 3);
+    let text = taken[3]["text"].as_str().unwrap();
+    assert!(text.contains("client 127.0.0.1 was refused 3 times"), "{text}");
     let ids: HashSet<&str> = taken.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 5, "each event its own id");
 
     for delivery in receiver.deliveries() {
         let timestamp = delivery.header("x-tokengate-timestamp").expect("signed");
-        assert_eq!(timestamp, (gw.clock.now_ms() / 1000).to_string());
+        let seconds: i64 = timestamp.parse().unwrap();
+        assert!(
+            (started / 1000..=gw.clock.now_ms() / 1000).contains(&seconds),
+            "{timestamp}"
+        );
         let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
         mac.update(format!("{timestamp}.{}", delivery.body).as_bytes());
         let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
@@ -268,11 +281,10 @@ async fn an_event_raised_while_the_receiver_is_down_arrives_after_a_restart() {
     assert_eq!(taken[0]["token"]["user"], "alice");
 }
 
+#[cfg_attr(not(have_postgres), ignore = "needs PostgreSQL: set POSTGRES_TEST_URL")]
 #[tokio::test]
 async fn two_replicas_on_postgres_send_each_event_once() {
-    let Some(schema) = PgSchema::create().await else {
-        return;
-    };
+    let schema = PgSchema::create().await;
     let receiver = Receiver::start().await;
     let a = Gateway::start_over_with(
         Arc::new(PgStore::open(&schema.url).await.unwrap()),
@@ -301,6 +313,49 @@ async fn two_replicas_on_postgres_send_each_event_once() {
         .map(|e| e["token"]["label"].as_str().unwrap())
         .collect();
     assert_eq!(labels.len(), 30);
+}
+
+#[tokio::test]
+async fn two_senders_and_a_slow_receiver_see_each_event_once() {
+    let receiver = Receiver::start().await;
+    let first = Gateway::start_with(notifying(&receiver)).await;
+    let store = first.app.store.clone();
+    let second = Gateway::start_over_with(store, notifying(&receiver)).await;
+    // Each delivery takes the receiver 15 s (of both gateways' clocks; and
+    // 200 ms of real time, so that both senders look for due events while a
+    // delivery is under way): a batch of events claimed at once would
+    // outlive its 60 s lease.
+    *receiver.delay.lock().unwrap() = Duration::from_millis(200);
+    let clocks = [first.clock.clone(), second.clock.clone()];
+    *receiver.on_request.lock().unwrap() = Some(Box::new(move || {
+        for clock in &clocks {
+            clock.advance_ms(15_000);
+        }
+    }));
+    // Sixteen events queued before either sender can claim them (the CLI
+    // stamps them with the system clock, ahead of the gateways' clocks).
+    let database = first.app.config.database_url.clone();
+    for n in 0..16 {
+        let label = format!("bot-{n}");
+        let out = cli_with(
+            first.dir.path(),
+            &["token", "create", "--label", &label, "--database", &database],
+            &[("TOKENGATE_NOTIFY_URL", &receiver.url())],
+            "",
+        )
+        .await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    first.clock.advance_ms(60_000);
+    second.clock.advance_ms(60_000);
+    receiver.wait_for(16).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let deliveries = receiver.deliveries();
+    let ids: HashSet<String> = deliveries
+        .iter()
+        .map(|d| d.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!((deliveries.len(), ids.len()), (16, 16), "each event once");
 }
 
 #[tokio::test]

@@ -4,8 +4,6 @@
 //! their checks, forwarding as the user, PATs Confluence stops accepting,
 //! revocation on deletion, the seal key, and where the PAT must never appear.
 
-use std::time::Duration;
-
 use hyper::Method;
 use serde_json::{Value, json};
 use tokengate::{AuditQuery, ForwardAs, TokenAuth, TokenQuery};
@@ -326,35 +324,6 @@ async fn a_pat_confluence_stops_accepting_is_refused_and_nothing_is_forwarded() 
     }
     let reply = get(&gw.url(SPACE), &[("authorization", &auth)]).await;
     assert_eq!(reply.reason(), "upstream_credential_rejected");
-}
-
-#[tokio::test]
-async fn a_warm_token_learns_within_a_minute_that_its_pat_was_revoked() {
-    let gw = Gateway::start_with(pat_mode).await;
-    let reply = set(&gw, &password("alice"), json!({"label": "ci"})).await;
-    let auth = basic("alice", reply.json()["token"].as_str().unwrap());
-    assert_eq!(get(&gw.url(SPACE), &[("authorization", &auth)]).await.status, 200);
-    let checks = gw.upstream.requests_to("/rest/api/user/current").len();
-    gw.upstream.revoke_pat(&last_pat(&gw).raw);
-    // Within the minute, the cached verdict stands and Confluence is not asked.
-    assert_eq!(get(&gw.url(SPACE), &[("authorization", &auth)]).await.status, 200);
-    assert_eq!(gw.upstream.requests_to("/rest/api/user/current").len(), checks);
-    gw.clock.advance_ms(61_000);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = get(&gw.url(SPACE), &[("authorization", &auth)]).await;
-        if reply.status == 401 {
-            assert_eq!(reply.reason(), "upstream_credential_rejected");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the revoked PAT kept working");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        gw.upstream.requests_to("/rest/api/user/current").len(),
-        checks + 1,
-        "one re-check"
-    );
 }
 
 #[tokio::test]

@@ -97,9 +97,10 @@ async fn wait_until(what: &str, deadline: Duration, mut done: impl AsyncFnMut() 
     started.elapsed()
 }
 
+#[cfg_attr(not(have_postgres), ignore = "needs PostgreSQL: set POSTGRES_TEST_URL")]
 #[tokio::test]
 async fn the_feed_announces_deletions_made_through_another_handle() {
-    let Some(schema) = PgSchema::create().await else { return };
+    let schema = PgSchema::create().await;
     let (a, b) = (
         tokengate::open_store(&schema.url).await.unwrap(),
         tokengate::open_store(&schema.url).await.unwrap(),
@@ -161,9 +162,10 @@ async fn the_feed_announces_deletions_made_through_another_handle() {
     b.close().await;
 }
 
+#[cfg_attr(not(have_postgres), ignore = "needs PostgreSQL: set POSTGRES_TEST_URL")]
 #[tokio::test]
 async fn the_feed_reconnects_after_losing_its_connection() {
-    let Some(schema) = PgSchema::create().await else { return };
+    let schema = PgSchema::create().await;
     let proxy = TcpProxy::start(schema.server_addr().await, true).await;
     let listening = tokengate::open_store(&schema.url_via(proxy.addr)).await.unwrap();
     let writer = tokengate::open_store(&schema.url).await.unwrap();
@@ -199,9 +201,10 @@ async fn an_unreachable_database_fails_the_cli_and_leaves_the_gateway_not_ready(
     serving.close().await;
 }
 
+#[cfg_attr(not(have_postgres), ignore = "needs PostgreSQL: set POSTGRES_TEST_URL")]
 #[tokio::test]
 async fn a_gateway_starts_without_its_database_and_becomes_ready_when_it_answers() {
-    let Some(schema) = PgSchema::create().await else { return };
+    let schema = PgSchema::create().await;
     // What another replica stored before this one starts.
     let other = PgStore::open(&schema.url).await.unwrap();
     let stored = Settings {
@@ -247,9 +250,10 @@ async fn a_gateway_starts_without_its_database_and_becomes_ready_when_it_answers
     other.close().await;
 }
 
+#[cfg_attr(not(have_postgres), ignore = "needs PostgreSQL: set POSTGRES_TEST_URL")]
 #[tokio::test]
 async fn during_an_outage_verified_tokens_keep_working_and_new_ones_fail_closed() {
-    let Some(schema) = PgSchema::create().await else { return };
+    let schema = PgSchema::create().await;
     let proxy = TcpProxy::start(schema.server_addr().await, true).await;
     let store = Arc::new(PgStore::open(&schema.url_via(proxy.addr)).await.unwrap());
     let gw = Gateway::start_over(store).await;
@@ -299,9 +303,10 @@ async fn during_an_outage_verified_tokens_keep_working_and_new_ones_fail_closed(
 /// A token created through one gateway and deleted through another (here
 /// two in-process gateways on one schema): refused within a second,
 /// warm cache included, through the pushed deletion.
+#[cfg_attr(not(have_postgres), ignore = "needs PostgreSQL: set POSTGRES_TEST_URL")]
 #[tokio::test]
 async fn a_token_deleted_through_one_gateway_is_refused_by_another_within_a_second() {
-    let Some(schema) = PgSchema::create().await else { return };
+    let schema = PgSchema::create().await;
     let a = Gateway::start_over(Arc::new(PgStore::open(&schema.url).await.unwrap())).await;
     let b = Gateway::start_over(Arc::new(PgStore::open(&schema.url).await.unwrap())).await;
     let created = a
@@ -324,9 +329,10 @@ async fn a_token_deleted_through_one_gateway_is_refused_by_another_within_a_seco
 }
 
 /// `sslmode` in the URL is honoured: the store speaks TLS (rustls) to the server.
+#[cfg_attr(not(have_postgres), ignore = "needs PostgreSQL: set POSTGRES_TEST_URL")]
 #[tokio::test]
 async fn the_store_connects_over_tls_when_the_url_requires_it() {
-    let Some(schema) = PgSchema::create().await else { return };
+    let schema = PgSchema::create().await;
     let mut check = sqlx::PgConnection::connect(&schema.url).await.unwrap();
     let server_has_tls: String = sqlx::query_scalar("SHOW ssl").fetch_one(&mut check).await.unwrap();
     check.close().await.unwrap();

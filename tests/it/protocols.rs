@@ -101,26 +101,7 @@ async fn tls_listener_negotiates_h2_and_http1() {
 
 /// Opens a WebSocket through the gateway and checks bytes echo back.
 async fn websocket_echo(gw: &Gateway, path: &str, authorization: Option<&str>) {
-    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let auth = authorization
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    let handshake = format!(
-        "GET {path} HTTP/1.1\r\nHost: wiki\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
-    );
-    stream.write_all(handshake.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        assert_eq!(
-            stream.read(&mut byte).await.unwrap(),
-            1,
-            "connection closed during handshake"
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let (head, mut stream) = crate::common::open_tunnel(gw, path, authorization).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.to_ascii_lowercase().contains("upgrade: websocket"));
     stream.write_all(b"ping through the gateway").await.unwrap();

@@ -5,8 +5,12 @@
 //! Like a stock Confluence Data Center, it authenticates Basic passwords of
 //! its users ([`USERS`]) and `Bearer` personal access tokens, which it
 //! mints and revokes through `/rest/pat/latest/tokens`; an unknown Bearer
-//! value is served as anonymous, and it ignores `X-Forwarded-User` (but for
-//! the content fixture below, see [`CONTENT`]).
+//! value is served as anonymous. It stands for a Confluence with a header
+//! authenticator: it serves a request with no credentials as the user
+//! `X-Forwarded-User` names, unless told to ignore it
+//! ([`FakeConfluence::ignores_identity_header`]), as a stock Confluence
+//! does. Like Seraph, it names the user it served every answer as in
+//! `X-AUSERNAME` (`anonymous` for nobody; percent-encoded outside ASCII).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -42,13 +46,24 @@ impl Recorded {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// Every header name and value and the body head, for "never reaches upstream" checks.
+    /// Every header name and value (Basic credentials decoded too) and the
+    /// body head, for "never reaches upstream" checks.
     pub fn contains(&self, needle: &str) -> bool {
+        use base64::Engine;
+        let decoded = |value: &str| {
+            let (scheme, param) = value.trim().split_once(' ')?;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(param.trim()).ok()?;
+            scheme
+                .eq_ignore_ascii_case("basic")
+                .then(|| String::from_utf8_lossy(&bytes).into_owned())
+        };
         self.target.contains(needle)
-            || self
-                .headers
-                .iter()
-                .any(|(n, v)| n.as_str().contains(needle) || String::from_utf8_lossy(v.as_bytes()).contains(needle))
+            || self.headers.iter().any(|(n, v)| {
+                let value = String::from_utf8_lossy(v.as_bytes());
+                n.as_str().contains(needle)
+                    || value.contains(needle)
+                    || decoded(&value).is_some_and(|d| d.contains(needle))
+            })
             || String::from_utf8_lossy(&self.body_head).contains(needle)
     }
 }
@@ -64,6 +79,12 @@ pub struct FakeConfluence {
     pub pats_disabled: Arc<AtomicBool>,
     /// Answer every call of the PAT API with 500.
     pub pat_api_fails: Arc<AtomicBool>,
+    /// Ignore `X-Forwarded-User`, as a stock Confluence without a header authenticator does.
+    pub ignores_identity_header: Arc<AtomicBool>,
+    /// Send no `X-AUSERNAME`, as when a proxy in between strips it.
+    pub hides_served_user: Arc<AtomicBool>,
+    /// Send these `X-AUSERNAME` values instead of the served user's name.
+    pub names_served_user_as: Arc<Mutex<Vec<&'static str>>>,
     /// The content it holds, [`CONTENT`] at the start; see [`FakeConfluence::move_content`].
     content: Arc<Mutex<Vec<ContentItem>>>,
     /// Connections accepted so far, and those still open.
@@ -128,6 +149,9 @@ impl FakeConfluence {
             pats: Arc::default(),
             pats_disabled: Arc::default(),
             pat_api_fails: Arc::default(),
+            ignores_identity_header: Arc::default(),
+            hides_served_user: Arc::default(),
+            names_served_user_as: Arc::default(),
             content: Arc::new(Mutex::new(
                 CONTENT
                     .iter()
@@ -214,6 +238,21 @@ impl FakeConfluence {
     }
 
     /// Revokes a personal access token by its raw value (as in Confluence's UI).
+    /// Makes a personal access token act as `user` from now on.
+    pub fn reassign_pat(&self, raw: &str, user: &str) {
+        for pat in self.pats.lock().unwrap().iter_mut().filter(|p| p.raw == raw) {
+            pat.user = user.to_owned();
+        }
+    }
+
+    /// Makes a revoked personal access token work again (as if it had been
+    /// revoked by mistake and the user's access restored).
+    pub fn restore_pat(&self, raw: &str) {
+        for pat in self.pats.lock().unwrap().iter_mut().filter(|p| p.raw == raw) {
+            pat.revoked = false;
+        }
+    }
+
     pub fn revoke_pat(&self, raw: &str) {
         for pat in self.pats.lock().unwrap().iter_mut().filter(|p| p.raw == raw) {
             pat.revoked = true;
@@ -310,7 +349,43 @@ impl FakeConfluence {
         json(StatusCode::NOT_FOUND, r#"{"message":"Not found"}"#)
     }
 
-    async fn answer(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Whom a request is served as: the user its password or PAT
+    /// authenticates, else the user `X-Forwarded-User` names (unless told
+    /// to ignore it), else nobody.
+    fn served_user(&self, headers: &HeaderMap) -> Option<String> {
+        match self.authenticate(headers) {
+            Ok(Some(user)) => Some(user),
+            Err(()) => None,
+            Ok(None) if self.ignores_identity_header.load(Ordering::SeqCst) => None,
+            Ok(None) => headers
+                .get("x-forwarded-user")
+                .and_then(|v| String::from_utf8(v.as_bytes().to_vec()).ok()),
+        }
+    }
+
+    /// Answers like Confluence, naming the served user as Seraph does.
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let served = self.served_user(req.headers());
+        let mut response = self.answer_as(req, served.as_deref()).await;
+        let forced = self.names_served_user_as.lock().unwrap().clone();
+        if !forced.is_empty() {
+            for name in forced {
+                response
+                    .headers_mut()
+                    .append("x-ausername", HeaderValue::from_static(name));
+            }
+        } else if !self.hides_served_user.load(Ordering::SeqCst) {
+            // URL-encoded as Java's URLEncoder writes it.
+            let name = served.as_deref().unwrap_or("anonymous");
+            let name: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
+            response
+                .headers_mut()
+                .insert("x-ausername", HeaderValue::from_str(&name).unwrap());
+        }
+        response
+    }
+
+    async fn answer_as(&self, mut req: Request<Incoming>, served: Option<&str>) -> Response<Full<Bytes>> {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let (parts, mut body) = req.into_parts();
         let mut hasher = Sha256::new();
@@ -342,7 +417,7 @@ impl FakeConfluence {
         if path.starts_with("/rest/pat/") {
             return self.pat_api(&parts.method, path, &parts.headers, &body_head);
         }
-        if let Some(answer) = self.content(&parts, path).await {
+        if let Some(answer) = self.content(&parts, path, served).await {
             return answer;
         }
         match path {
@@ -416,9 +491,7 @@ impl FakeConfluence {
                 r#"{"statusCode":401,"message":"from confluence"}"#,
             ),
             _ => {
-                // Who Confluence serves the request as: never X-Forwarded-User, it has no authenticator for it.
-                let user = self.authenticate(&parts.headers).ok().flatten();
-                let answer = serde_json::json!({"ok": true, "path": path, "as": user});
+                let answer = serde_json::json!({"ok": true, "path": path, "as": served});
                 let mut response = json(StatusCode::OK, &answer.to_string());
                 response
                     .headers_mut()
@@ -432,7 +505,12 @@ impl FakeConfluence {
 impl FakeConfluence {
     /// `GET /rest/api/content/{id}?expand=space...` from [`CONTENT`]: 404
     /// for an unknown id or one the asking user may not see, 500 for `999`.
-    async fn content(&self, parts: &hyper::http::request::Parts, path: &str) -> Option<Response<Full<Bytes>>> {
+    async fn content(
+        &self,
+        parts: &hyper::http::request::Parts,
+        path: &str,
+        user: Option<&str>,
+    ) -> Option<Response<Full<Bytes>>> {
         let id = path.strip_prefix("/rest/api/content/")?;
         let expands_space = parts.uri.query().is_some_and(|q| {
             form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "expand" && v.split(',').any(|e| e == "space"))
@@ -451,14 +529,6 @@ impl FakeConfluence {
         if id == "800" {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        let user = match self.authenticate(&parts.headers) {
-            Ok(Some(user)) => Some(user),
-            _ => parts
-                .headers
-                .get("x-forwarded-user")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        };
         // Confluence reads `att123`, `0123` and `123` as the same content.
         let number = |id: &str| id.strip_prefix("att").unwrap_or(id).parse::<u64>().ok();
         let found = self
@@ -467,7 +537,7 @@ impl FakeConfluence {
             .unwrap()
             .iter()
             .find(|(known, _, _, visible_to)| {
-                number(known) == number(id) && visible_to.as_ref().is_none_or(|only| user.as_ref() == Some(only))
+                number(known) == number(id) && visible_to.as_deref().is_none_or(|only| user == Some(only))
             })
             .cloned();
         Some(match found {

@@ -290,3 +290,27 @@ pub async fn get_on(
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     send(Method::GET, url, headers, Bytes::new()).await
 }
+
+/// Opens a WebSocket-style upgrade through the gateway on a connection of
+/// its own: the response head, and the stream (a tunnel when the head says 101).
+pub async fn open_tunnel(gw: &Gateway, path: &str, authorization: Option<&str>) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let handshake = format!(
+        "GET {path} HTTP/1.1\r\nHost: wiki\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
+    );
+    stream.write_all(handshake.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    (String::from_utf8(head).unwrap(), stream)
+}

@@ -34,6 +34,9 @@ impl Delivery {
     }
 }
 
+/// What the receiver does on each request before answering it.
+pub type Hook = Box<dyn Fn() + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Receiver {
     pub addr: SocketAddr,
@@ -42,6 +45,10 @@ pub struct Receiver {
     pub fail_next: Arc<AtomicUsize>,
     /// Answer 503 to everything while set.
     pub down: Arc<AtomicBool>,
+    /// Called on every request before it is answered: a slow receiver.
+    pub on_request: Arc<Mutex<Option<Hook>>>,
+    /// How long each answer takes (real time).
+    pub delay: Arc<Mutex<Duration>>,
 }
 
 impl Receiver {
@@ -52,6 +59,8 @@ impl Receiver {
             got: Arc::default(),
             fail_next: Arc::default(),
             down: Arc::default(),
+            on_request: Arc::default(),
+            delay: Arc::default(),
         };
         let server = receiver.clone();
         tokio::spawn(async move {
@@ -63,6 +72,11 @@ impl Receiver {
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            if let Some(slow) = server.on_request.lock().unwrap().as_ref() {
+                                slow();
+                            }
+                            let delay = *server.delay.lock().unwrap();
+                            tokio::time::sleep(delay).await;
                             let failing = server.down.load(Ordering::SeqCst)
                                 || server
                                     .fail_next
