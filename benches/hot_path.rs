@@ -33,7 +33,12 @@ async fn content_in_docs() -> std::net::SocketAddr {
                 let body = Full::new(Bytes::from_static(
                     br#"{"id":"100","status":"current","space":{"key":"DOCS"}}"#,
                 ));
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                // Confluence names the user it served (SPEC §19), as Seraph does.
+                let mut response = hyper::Response::new(body);
+                response
+                    .headers_mut()
+                    .insert("x-ausername", HeaderValue::from_static("alice"));
+                Ok::<_, std::convert::Infallible>(response)
             });
             tokio::spawn(
                 hyper::server::conn::http1::Builder::new()
