@@ -16,175 +16,102 @@ use serde_json::{Value, json};
 
 use crate::config::TokenAuth;
 
-/// Why the gateway answered a request itself. The variant fixes the status code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// 400: the path cannot be canonicalised safely (SPEC §2.2).
-    BadPath,
-    /// 400: malformed `Authorization`, more than one, or a token where none may be.
-    BadCredentials,
-    /// 400: a JSON body with a duplicate key, which a JSON rule must read.
-    AmbiguousJson,
-    /// 400: a request the gateway cannot accept (a management input, a broken body, two `Host`s).
-    BadRequest,
-    /// 401: a `tgw_` secret that is not a valid token, or a non-token credential with passthrough off.
-    InvalidToken,
-    /// 401: no credentials and `anonymous = "deny"`.
-    CredentialsRequired,
-    /// 401: the token came in a scheme `token_auth` does not accept.
-    SchemeNotAllowed,
-    /// 401: Basic user name differs from the bound user, or is empty for an unbound token.
-    UserMismatch,
-    /// 401: an unbound token sent as Bearer (it has no user to act as).
-    UnboundBearer,
-    /// 401: the token's `valid_until` has passed.
-    TokenExpired,
-    /// 401: with `forward_as = "pat"`, Confluence no longer accepts the
+/// Declares [`Reason`] from one row per reason: its variant, the status it
+/// answers with, and its code, so that each is written once.
+macro_rules! reasons {
+    ($($(#[doc = $doc:literal])* $name:ident = $status:ident, $code:literal;)*) => {
+        /// Why the gateway answered a request itself. The variant fixes the status code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Reason {
+            $($(#[doc = $doc])* $name,)*
+        }
+
+        impl Reason {
+            /// Every reason, in declaration order: `reason as usize` indexes it.
+            pub const ALL: [Reason; [$($code),*].len()] = [$(Reason::$name),*];
+
+            /// The reason code, as in `X-Tokengate-Reason` and the body's `reason`.
+            pub fn code(self) -> &'static str {
+                match self {
+                    $(Reason::$name => $code,)*
+                }
+            }
+
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(Reason::$name => StatusCode::$status,)*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// The path cannot be canonicalised safely (SPEC §2.2).
+    BadPath = BAD_REQUEST, "bad_path";
+    /// Malformed `Authorization`, more than one, or a token where none may be.
+    BadCredentials = BAD_REQUEST, "bad_credentials";
+    /// A JSON body with a duplicate key, which a JSON rule must read.
+    AmbiguousJson = BAD_REQUEST, "ambiguous_json";
+    /// A request the gateway cannot accept (a management input, a broken body, two `Host`s).
+    BadRequest = BAD_REQUEST, "bad_request";
+    /// A `tgw_` secret that is not a valid token, or a non-token credential with passthrough off.
+    InvalidToken = UNAUTHORIZED, "invalid_token";
+    /// No credentials and `anonymous = "deny"`.
+    CredentialsRequired = UNAUTHORIZED, "credentials_required";
+    /// The token came in a scheme `token_auth` does not accept.
+    SchemeNotAllowed = UNAUTHORIZED, "scheme_not_allowed";
+    /// Basic user name differs from the bound user, or is empty for an unbound token.
+    UserMismatch = UNAUTHORIZED, "user_mismatch";
+    /// An unbound token sent as Bearer (it has no user to act as).
+    UnboundBearer = UNAUTHORIZED, "unbound_bearer";
+    /// The token's `valid_until` has passed.
+    TokenExpired = UNAUTHORIZED, "token_expired";
+    /// With `forward_as = "pat"`, Confluence no longer accepts the
     /// token's personal access token, or it acts as someone else, or there is none.
-    UpstreamCredentialRejected,
-    /// 403: the path is outside the token scope.
-    OutOfScope,
-    /// 403: the client IP is outside the token's allowlist.
-    IpNotAllowed,
-    /// 403: no restriction rule allows the request.
-    RuleMismatch,
-    /// 403: the request touches a space the token is not confined to (SPEC §17).
-    SpaceNotAllowed,
-    /// 403: the gateway cannot tell which spaces the request touches (SPEC §17).
-    SpaceUnknown,
-    /// 403: a change in a space the token may only read (SPEC §17).
-    SpaceReadOnly,
-    /// 400: a `cql` the gateway cannot confine to the token's spaces (SPEC §17).
-    BadCql,
-    /// 403: a caller who may not use the management API, or a cross-site call to it.
-    Forbidden,
-    /// 404: a gateway route that does not exist.
-    NotFound,
-    /// 405: a gateway route called with the wrong method.
-    MethodNotAllowed,
-    /// 409: a management request that conflicts with stored state.
-    Conflict,
-    /// 413: a body the gateway must read is larger than it reads.
-    BodyTooLarge,
-    /// 429: too many failed attempts (tokens or passwords) from this client IP.
-    TooManyFailures,
-    /// 429: the token's rate limit is used up (SPEC §16).
-    RateLimited,
-    /// 500: an internal failure; the request was not forwarded (fail closed).
-    Internal,
-    /// 502: Confluence could not be reached.
-    UpstreamUnavailable,
-    /// 502: with `forward_as = "header"`, Confluence served a token request
+    UpstreamCredentialRejected = UNAUTHORIZED, "upstream_credential_rejected";
+    /// The path is outside the token scope.
+    OutOfScope = FORBIDDEN, "out_of_scope";
+    /// The client IP is outside the token's allowlist.
+    IpNotAllowed = FORBIDDEN, "ip_not_allowed";
+    /// No restriction rule allows the request.
+    RuleMismatch = FORBIDDEN, "rule_mismatch";
+    /// The request touches a space the token is not confined to (SPEC §17).
+    SpaceNotAllowed = FORBIDDEN, "space_not_allowed";
+    /// The gateway cannot tell which spaces the request touches (SPEC §17).
+    SpaceUnknown = FORBIDDEN, "space_unknown";
+    /// A change in a space the token may only read (SPEC §17).
+    SpaceReadOnly = FORBIDDEN, "space_read_only";
+    /// A `cql` the gateway cannot confine to the token's spaces (SPEC §17).
+    BadCql = BAD_REQUEST, "bad_cql";
+    /// A caller who may not use the management API, or a cross-site call to it.
+    Forbidden = FORBIDDEN, "forbidden";
+    /// A gateway route that does not exist.
+    NotFound = NOT_FOUND, "not_found";
+    /// A gateway route called with the wrong method.
+    MethodNotAllowed = METHOD_NOT_ALLOWED, "method_not_allowed";
+    /// A management request that conflicts with stored state.
+    Conflict = CONFLICT, "conflict";
+    /// A body the gateway must read is larger than it reads.
+    BodyTooLarge = PAYLOAD_TOO_LARGE, "body_too_large";
+    /// Too many failed attempts (tokens or passwords) from this client IP.
+    TooManyFailures = TOO_MANY_REQUESTS, "too_many_failures";
+    /// The token's rate limit is used up (SPEC §16).
+    RateLimited = TOO_MANY_REQUESTS, "rate_limited";
+    /// An internal failure; the request was not forwarded (fail closed).
+    Internal = INTERNAL_SERVER_ERROR, "internal_error";
+    /// Confluence could not be reached.
+    UpstreamUnavailable = BAD_GATEWAY, "upstream_unavailable";
+    /// With `forward_as = "header"`, Confluence served a token request
     /// as someone else: it does not honour the identity header (SPEC §19).
-    UpstreamIdentityIgnored,
-    /// 503: the gateway cannot take the request (too many connections).
-    Unavailable,
-    /// 504: Confluence did not answer in `upstream_timeout_s`.
-    UpstreamTimeout,
+    UpstreamIdentityIgnored = BAD_GATEWAY, "upstream_identity_ignored";
+    /// The gateway cannot take the request (too many connections).
+    Unavailable = SERVICE_UNAVAILABLE, "unavailable";
+    /// Confluence did not answer in `upstream_timeout_s`.
+    UpstreamTimeout = GATEWAY_TIMEOUT, "upstream_timeout";
 }
 
 impl Reason {
-    /// Every reason, in declaration order: `reason as usize` indexes it.
-    pub const ALL: [Reason; 30] = [
-        Reason::BadPath,
-        Reason::BadCredentials,
-        Reason::AmbiguousJson,
-        Reason::BadRequest,
-        Reason::InvalidToken,
-        Reason::CredentialsRequired,
-        Reason::SchemeNotAllowed,
-        Reason::UserMismatch,
-        Reason::UnboundBearer,
-        Reason::TokenExpired,
-        Reason::UpstreamCredentialRejected,
-        Reason::OutOfScope,
-        Reason::IpNotAllowed,
-        Reason::RuleMismatch,
-        Reason::SpaceNotAllowed,
-        Reason::SpaceUnknown,
-        Reason::SpaceReadOnly,
-        Reason::BadCql,
-        Reason::Forbidden,
-        Reason::NotFound,
-        Reason::MethodNotAllowed,
-        Reason::Conflict,
-        Reason::BodyTooLarge,
-        Reason::TooManyFailures,
-        Reason::RateLimited,
-        Reason::Internal,
-        Reason::UpstreamUnavailable,
-        Reason::UpstreamIdentityIgnored,
-        Reason::Unavailable,
-        Reason::UpstreamTimeout,
-    ];
-
-    /// The reason code, as in `X-Tokengate-Reason` and the body's `reason`.
-    pub fn code(self) -> &'static str {
-        match self {
-            Reason::BadPath => "bad_path",
-            Reason::BadCredentials => "bad_credentials",
-            Reason::AmbiguousJson => "ambiguous_json",
-            Reason::BadRequest => "bad_request",
-            Reason::InvalidToken => "invalid_token",
-            Reason::CredentialsRequired => "credentials_required",
-            Reason::SchemeNotAllowed => "scheme_not_allowed",
-            Reason::UserMismatch => "user_mismatch",
-            Reason::UnboundBearer => "unbound_bearer",
-            Reason::TokenExpired => "token_expired",
-            Reason::UpstreamCredentialRejected => "upstream_credential_rejected",
-            Reason::OutOfScope => "out_of_scope",
-            Reason::IpNotAllowed => "ip_not_allowed",
-            Reason::RuleMismatch => "rule_mismatch",
-            Reason::SpaceNotAllowed => "space_not_allowed",
-            Reason::SpaceUnknown => "space_unknown",
-            Reason::SpaceReadOnly => "space_read_only",
-            Reason::BadCql => "bad_cql",
-            Reason::Forbidden => "forbidden",
-            Reason::NotFound => "not_found",
-            Reason::MethodNotAllowed => "method_not_allowed",
-            Reason::Conflict => "conflict",
-            Reason::BodyTooLarge => "body_too_large",
-            Reason::TooManyFailures => "too_many_failures",
-            Reason::RateLimited => "rate_limited",
-            Reason::Internal => "internal_error",
-            Reason::UpstreamUnavailable => "upstream_unavailable",
-            Reason::UpstreamIdentityIgnored => "upstream_identity_ignored",
-            Reason::Unavailable => "unavailable",
-            Reason::UpstreamTimeout => "upstream_timeout",
-        }
-    }
-
-    pub fn status(self) -> StatusCode {
-        match self {
-            Reason::BadPath | Reason::BadCredentials | Reason::AmbiguousJson | Reason::BadRequest | Reason::BadCql => {
-                StatusCode::BAD_REQUEST
-            }
-            Reason::InvalidToken
-            | Reason::CredentialsRequired
-            | Reason::SchemeNotAllowed
-            | Reason::UserMismatch
-            | Reason::UnboundBearer
-            | Reason::TokenExpired
-            | Reason::UpstreamCredentialRejected => StatusCode::UNAUTHORIZED,
-            Reason::OutOfScope
-            | Reason::IpNotAllowed
-            | Reason::RuleMismatch
-            | Reason::SpaceNotAllowed
-            | Reason::SpaceUnknown
-            | Reason::SpaceReadOnly
-            | Reason::Forbidden => StatusCode::FORBIDDEN,
-            Reason::NotFound => StatusCode::NOT_FOUND,
-            Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Reason::Conflict => StatusCode::CONFLICT,
-            Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Reason::TooManyFailures | Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Reason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Reason::UpstreamUnavailable | Reason::UpstreamIdentityIgnored => StatusCode::BAD_GATEWAY,
-            Reason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-        }
-    }
-
     /// Whether this is a failed attempt to authenticate (a token or a
     /// password), counted towards `failed_auth_per_minute` (SPEC §12, §14).
     /// A valid token whose personal access token Confluence refuses is not
@@ -433,6 +360,27 @@ mod tests {
         for (i, reason) in Reason::ALL.into_iter().enumerate() {
             assert_eq!(reason as usize, i, "{reason:?}");
         }
+    }
+
+    /// The README's table of refusals names every reason with its status,
+    /// and no other: what scripts rely on stays written down.
+    #[test]
+    fn the_readme_lists_every_reason_with_its_status() {
+        let readme = include_str!("../README.md");
+        let listed: Vec<(u16, &str)> = readme
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.strip_prefix("| ")?.split(" | ");
+                let status = cells.next()?.parse().ok()?;
+                let code = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+                Some((status, code))
+            })
+            .collect();
+        let mut expected: Vec<(u16, &str)> = Reason::ALL.iter().map(|r| (r.status().as_u16(), r.code())).collect();
+        let mut listed_sorted = listed.clone();
+        listed_sorted.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(listed_sorted, expected, "README.md's table of statuses and reasons");
     }
 
     #[test]
