@@ -17,12 +17,14 @@
 //! Confluence had closed it (hyper hands it back unsent) is sent once more,
 //! on a new connection; a request of which any byte was sent never is.
 //! WebSocket handshakes get a connection of their own, over HTTP/1.1.
+//!
+//! Idle times are measured on tokio's clock, so that tests can move it.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -35,6 +37,7 @@ use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::{ClientSetupError, UpstreamBody};
@@ -537,4 +540,186 @@ where
     });
     sender.ready().await.map_err(|e| PoolError::Connect(e.to_string()))?;
     Ok(Sender::Http2(sender))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Either, Full};
+
+    use super::*;
+    use crate::config::Config;
+
+    /// A stand-in Confluence: how many connections it accepted, and whether
+    /// it closes each connection after its first answer, without saying so.
+    struct Upstream {
+        addr: std::net::SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        close_after_one: Arc<AtomicBool>,
+    }
+
+    async fn upstream() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let close_after_one = Arc::new(AtomicBool::new(false));
+        let (count, close) = (accepted.clone(), close_after_one.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"answer"))))
+                });
+                if close.load(Ordering::SeqCst) {
+                    // Answers as if to keep the connection, then closes it.
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut stream = stream;
+                        let mut head = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1 {
+                            head.push(byte[0]);
+                        }
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nanswer")
+                            .await;
+                    });
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let connection =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    let _ = connection.await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            accepted,
+            close_after_one,
+        }
+    }
+
+    fn pool(upstream: &Upstream, max_idle: usize) -> (Pool, Counter) {
+        let config = Config {
+            upstream: crate::config::Upstream {
+                https: false,
+                authority: upstream.addr.to_string().parse().unwrap(),
+            },
+            upstream_max_idle: max_idle,
+            upstream_idle_timeout: Duration::from_secs(60),
+            ..Config::default()
+        };
+        let connects = Counter::default();
+        let tls = crate::proxy::tls_client_config(None).unwrap();
+        (Pool::new(&config, tls, connects.clone()).unwrap(), connects)
+    }
+
+    fn request() -> Request<UpstreamBody> {
+        Request::get("/rest/api/space")
+            .body(Either::Right(Full::new(Bytes::new())))
+            .unwrap()
+    }
+
+    /// One exchange on `lease`, its answer read to the end.
+    async fn exchange(pool: &Pool, lease: &Arc<Lease>) {
+        let response = pool.send(lease, request(), false).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "answer");
+    }
+
+    #[tokio::test]
+    async fn a_lease_keeps_its_connection_and_the_pool_takes_it_back_when_dropped() {
+        let upstream = upstream().await;
+        let (pool, connects) = pool(&upstream, 8);
+        let lease = pool.lease();
+        for _ in 0..3 {
+            exchange(&pool, &lease).await;
+        }
+        assert_eq!((connects.get(), upstream.accepted.load(Ordering::SeqCst)), (1, 1));
+        assert_eq!(pool.idle_count(), 0, "held by the lease, not the pool");
+        drop(lease);
+        assert_eq!(pool.idle_count(), 1);
+        // Another client connection's first request takes the pooled one.
+        exchange(&pool, &pool.lease()).await;
+        assert_eq!(connects.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_past_the_timeout_is_never_used_again() {
+        let upstream = upstream().await;
+        let (pool, connects) = pool(&upstream, 8);
+        let lease = pool.lease();
+        exchange(&pool, &lease).await;
+        let pooled = pool.lease();
+        exchange(&pool, &pooled).await;
+        drop(pooled);
+        assert_eq!((connects.get(), pool.idle_count()), (2, 1));
+        // Nothing is in flight: only the clock moves.
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // The reaper has closed the pooled one (its next round comes within 5 s)...
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(pool.idle_count(), 0, "reaped");
+        tokio::time::resume();
+        // ...and the lease's own is not used again.
+        exchange(&pool, &lease).await;
+        assert_eq!(connects.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_answer_was_abandoned_is_closed() {
+        let upstream = upstream().await;
+        let (pool, connects) = pool(&upstream, 8);
+        let lease = pool.lease();
+        let unread = pool.send(&lease, request(), false).await.unwrap();
+        drop(unread);
+        exchange(&pool, &lease).await;
+        assert_eq!(
+            connects.get(),
+            2,
+            "hyper cannot reuse a connection whose body was left unread"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_confluence_closed_behind_its_back_is_replaced() {
+        let upstream = upstream().await;
+        upstream.close_after_one.store(true, Ordering::SeqCst);
+        let (pool, connects) = pool(&upstream, 8);
+        let lease = pool.lease();
+        for _ in 0..3 {
+            exchange(&pool, &lease).await;
+        }
+        // Found closed when taken, or handed back unsent by hyper and sent
+        // once more on a new connection: either way, every request is answered.
+        assert_eq!(connects.get(), 3, "each request on a new connection");
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_at_most_max_idle_connections() {
+        let upstream = upstream().await;
+        let (pool, connects) = pool(&upstream, 2);
+        let leases: Vec<_> = (0..4).map(|_| pool.lease()).collect();
+        // Four client connections at once: each needs a connection of its own.
+        let responses = answers_on_each(&pool, &leases).await;
+        assert_eq!(connects.get(), 4);
+        drop(responses);
+        drop(leases);
+        assert_eq!(pool.idle_count(), 2, "the oldest were closed");
+    }
+
+    /// One request on each lease, all answered before any is read.
+    async fn answers_on_each(pool: &Pool, leases: &[Arc<Lease>]) -> Vec<Vec<u8>> {
+        let mut pending = Vec::new();
+        for lease in leases {
+            pending.push(pool.send(lease, request(), false).await.unwrap());
+        }
+        let mut bodies = Vec::new();
+        for response in pending {
+            bodies.push(response.into_body().collect().await.unwrap().to_bytes().to_vec());
+        }
+        bodies
+    }
 }
