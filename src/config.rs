@@ -3,63 +3,31 @@
 //! validated once into a typed [`Config`]. Every error names the key (and where
 //! its value came from), so an operator can fix a bad start-up at a glance.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use hyper::Uri;
 use hyper::header::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-/// Every configuration key, as documented in `config/tokengate.example.toml`.
-pub const KEYS: &[&str] = &[
-    "listen",
-    "upstream",
-    "public_url",
-    "database_url",
-    "tls_cert",
-    "tls_key",
-    "upstream_ca",
-    "connect_timeout_s",
-    "upstream_timeout_s",
-    "upstream_max_idle",
-    "upstream_idle_timeout_s",
-    "token_auth",
-    "scope",
-    "identity_header",
-    "upstream_secret",
-    "upstream_secret_header",
-    "preserve_host",
-    "passthrough",
-    "anonymous",
-    "admin_users",
-    "max_json_body",
-    "max_days_until_expiry",
-    "verify_cache_ttl_s",
-    "argon2_memory_kib",
-    "argon2_iterations",
-    "argon2_parallelism",
-    "failed_auth_per_minute",
-    "trusted_proxies",
-    "audit_retention_days",
-    "log_format",
-    "max_connections",
-    "workers",
-    "forward_as",
-    "self_service",
-    "max_tokens_per_user",
-    "seal_key_file",
-    "ui",
-    "ui_session_minutes",
-    "ui_idle_minutes",
-    "rate_limit_redis",
-    "space_cache_ttl_s",
-    "notify_url",
-    "notify_secret",
-    "expiry_warning_days",
-];
+/// Every configuration key: those [`Config::from_sources`] reads, where
+/// each is named once, with its default and how its value is checked
+/// (`config/tokengate.example.toml` documents each, checked by a test).
+/// Environment variables are `TOKENGATE_` and the key in capitals.
+pub fn keys() -> &'static [&'static str] {
+    static KEYS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+        let raw = RawConfig::default();
+        let reader = Reader::new(&raw);
+        Config::read(&reader).expect("built-in defaults are valid");
+        reader.read.into_inner()
+    });
+    &KEYS
+}
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "config/tokengate.toml";
@@ -214,8 +182,9 @@ pub struct TlsFiles {
 pub struct Config {
     pub listen: SocketAddr,
     pub upstream: Upstream,
-    /// The gateway's public origin (no trailing slash), for `Location` rewriting.
-    pub public_url: Option<String>,
+    /// Where clients reach the gateway, for `Location` rewriting, the
+    /// cross-site check and `Secure` cookies.
+    pub public_url: Option<PublicUrl>,
     pub database_url: String,
     pub tls: Option<TlsFiles>,
     pub upstream_ca: Option<PathBuf>,
@@ -380,7 +349,7 @@ impl RawConfig {
 
     /// Sets one key, refusing keys that do not exist.
     pub fn set(&mut self, key: String, value: toml::Value, origin: Origin) -> Result<(), ConfigError> {
-        if !KEYS.contains(&key.as_str()) {
+        if !keys().contains(&key.as_str()) {
             return Err(ConfigError::UnknownKey { key, origin });
         }
         self.values.insert(key, (value, origin));
@@ -409,7 +378,11 @@ pub fn load(
 impl Config {
     /// Validates raw values into a typed configuration, filling in defaults.
     pub fn from_sources(raw: RawConfig) -> Result<Self, ConfigError> {
-        let r = Reader { raw: &raw };
+        Config::read(&Reader::new(&raw))
+    }
+
+    /// Every key, read once: its default and how it is checked.
+    fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
         let tls_cert = r.opt_string("tls_cert")?.map(PathBuf::from);
         let tls_key = r.opt_string("tls_key")?.map(PathBuf::from);
         let tls = match (tls_cert, tls_key) {
@@ -424,7 +397,7 @@ impl Config {
                     .map_err(|_| "expected ADDRESS:PORT, e.g. 127.0.0.1:8080".to_owned())
             })?,
             upstream: r.parse("upstream", "http://127.0.0.1:8090", parse_upstream)?,
-            public_url: r.opt_parse("public_url", parse_public_url)?,
+            public_url: r.opt_parse("public_url", str::parse)?,
             database_url: r.parse("database_url", "sqlite://data/tokengate.db", parse_database_url)?,
             tls,
             upstream_ca: r.opt_string("upstream_ca")?.map(PathBuf::from),
@@ -492,7 +465,7 @@ impl Config {
             notify_secret: r.opt_string("notify_secret")?.filter(|s| !s.is_empty()),
             expiry_warning_days: r.day_list("expiry_warning_days", &[30, 7, 1])?,
         };
-        config.check_argon2(&r)?;
+        config.check_argon2(r)?;
         Ok(config)
     }
 
@@ -504,12 +477,30 @@ impl Config {
     }
 }
 
-/// Typed access to raw values; every error it makes names the key and origin.
+/// Typed access to raw values; every error it makes names the key and
+/// origin. It notes each key read: that is the list of keys.
 struct Reader<'a> {
     raw: &'a RawConfig,
+    read: RefCell<Vec<&'static str>>,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(raw: &'a RawConfig) -> Self {
+        Reader {
+            raw,
+            read: RefCell::default(),
+        }
+    }
+
+    /// The raw value of `key`, noting that the key exists.
+    fn value(&self, key: &'static str) -> Option<&'a (toml::Value, Origin)> {
+        let mut read = self.read.borrow_mut();
+        if !read.contains(&key) {
+            read.push(key);
+        }
+        self.raw.values.get(key)
+    }
+
     fn origin(&self, key: &str) -> Origin {
         self.raw.values.get(key).map_or(Origin::Default, |(_, o)| o.clone())
     }
@@ -524,7 +515,7 @@ impl Reader<'_> {
 
     /// The value as text: strings as they are, numbers and booleans as written.
     fn opt_string(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
-        match self.raw.values.get(key) {
+        match self.value(key) {
             None => Ok(None),
             Some((toml::Value::String(s), _)) => Ok(Some(s.clone())),
             Some((v @ (toml::Value::Integer(_) | toml::Value::Boolean(_)), _)) => Ok(Some(v.to_string())),
@@ -593,7 +584,7 @@ impl Reader<'_> {
     /// Days: a TOML array of whole numbers, or comma-separated text; each 1
     /// to 3650, returned largest first without repeats.
     fn day_list(&self, key: &'static str, default: &[u32]) -> Result<Vec<u32>, ConfigError> {
-        let texts: Vec<String> = match self.raw.values.get(key) {
+        let texts: Vec<String> = match self.value(key) {
             None => return Ok(default.to_vec()),
             Some((toml::Value::Array(items), _)) => items
                 .iter()
@@ -619,7 +610,7 @@ impl Reader<'_> {
 
     /// A list: a TOML array of strings, or (from the environment) comma-separated text.
     fn list(&self, key: &'static str, default: &[&str]) -> Result<Vec<String>, ConfigError> {
-        let items = match self.raw.values.get(key) {
+        let items = match self.value(key) {
             None => return Ok(default.iter().map(|s| (*s).to_owned()).collect()),
             Some((toml::Value::Array(items), _)) => items
                 .iter()
@@ -658,12 +649,36 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
     Ok(Upstream { https, authority })
 }
 
-fn parse_public_url(s: &str) -> Result<String, String> {
-    let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
-        return Err(format!("`{s}` must be an absolute http:// or https:// URL"));
+/// `public_url`, parsed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    /// The URL without a trailing slash: what an upstream origin in a
+    /// `Location` becomes.
+    pub url: String,
+    /// Its host and port, as a browser's `Origin` names this gateway.
+    pub authority: String,
+    pub https: bool,
+}
+
+impl std::str::FromStr for PublicUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("`{s}` must be an absolute http:// or https:// URL")),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("`{s}` must be an absolute http:// or https:// URL"))?;
+        Ok(PublicUrl {
+            url: s.trim_end_matches('/').to_owned(),
+            authority: authority.as_str().to_owned(),
+            https,
+        })
     }
-    Ok(s.trim_end_matches('/').to_owned())
 }
 
 fn parse_database_url(s: &str) -> Result<String, String> {
@@ -857,14 +872,56 @@ mod tests {
     fn the_example_file_sets_every_key_and_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokengate.example.toml");
         let text = std::fs::read_to_string(&path).unwrap();
-        for key in KEYS {
-            assert!(
-                text.lines()
-                    .any(|l| l.trim_start_matches(['#', ' ']).starts_with(&format!("{key} ="))),
-                "example does not document {key}"
-            );
-        }
+        let mut documented: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim_start_matches(['#', ' ']).split_once(" = "))
+            .map(|(key, _)| key)
+            .filter(|key| {
+                key.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            })
+            .collect();
+        documented.sort_unstable();
+        documented.dedup();
+        let mut known = keys().to_vec();
+        known.sort_unstable();
+        assert_eq!(documented, known, "the example file documents every key, and only keys");
         RawConfig::from_file(&path).and_then(Config::from_sources).unwrap();
+    }
+
+    #[test]
+    fn public_url_is_read_once_into_what_its_users_need() {
+        let c = from_toml("public_url = 'https://Wiki.example.com:8443/'").unwrap();
+        let url = c.public_url.unwrap();
+        assert_eq!(url.url, "https://Wiki.example.com:8443");
+        assert_eq!(url.authority, "Wiki.example.com:8443");
+        assert!(url.https);
+        let plain: PublicUrl = "http://gw.internal/confluence".parse().unwrap();
+        assert_eq!(
+            (plain.url.as_str(), plain.authority.as_str(), plain.https),
+            ("http://gw.internal/confluence", "gw.internal", false)
+        );
+        assert!("ftp://gw".parse::<PublicUrl>().is_err());
+        assert!("/relative".parse::<PublicUrl>().is_err());
+    }
+
+    #[test]
+    fn every_key_is_read_and_named_once() {
+        let all = keys();
+        assert!(all.len() >= 44, "{all:?}");
+        let mut unique = all.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), all.len());
+        for key in [
+            "listen",
+            "public_url",
+            "expiry_warning_days",
+            "tls_key",
+            "trusted_proxies",
+        ] {
+            assert!(all.contains(&key), "{key}");
+        }
     }
 
     #[test]

@@ -37,15 +37,9 @@ pub async fn refuse<B>(app: &App, req: &Request<B>, target: &Target, client_ip: 
         .get(HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    let public_authority = app
-        .config
-        .public_url
-        .as_deref()
-        .and_then(|url| url.parse::<Uri>().ok())
-        .and_then(|uri| uri.authority().map(|a| a.as_str().to_owned()));
     let site = Site {
         host,
-        public_authority: public_authority.as_deref(),
+        public_authority: app.config.public_url.as_ref().map(|url| url.authority.as_str()),
     };
     let Some(why) = cross_site_reason(req.method(), req.headers(), &site) else {
         return Ok(());

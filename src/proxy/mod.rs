@@ -120,7 +120,7 @@ pub struct UpstreamClient {
     /// `Host` of a forwarded request (but with `preserve_host`).
     host: HeaderValue,
     timeout: Duration,
-    public_url: Option<String>,
+    public_url: Option<crate::config::PublicUrl>,
     identity_header: hyper::header::HeaderName,
     secret: Option<(hyper::header::HeaderName, HeaderValue)>,
     preserve_host: bool,
@@ -474,7 +474,7 @@ impl UpstreamClient {
         if !(rest.is_empty() || rest.starts_with(['/', '?', '#'])) {
             return; // http://upstream:80 must not match http://upstream:8090
         }
-        if let Ok(value) = HeaderValue::from_str(&format!("{public_url}{rest}")) {
+        if let Ok(value) = HeaderValue::from_str(&format!("{}{rest}", public_url.url)) {
             response.headers_mut().insert(LOCATION, value);
         }
     }
@@ -607,7 +607,7 @@ mod tests {
                 https: false,
                 authority: "confluence.internal:8090".parse().unwrap(),
             },
-            public_url: public_url.map(Into::into),
+            public_url: public_url.map(|url| url.parse().unwrap()),
             ..Config::default()
         };
         UpstreamClient::new(&config, Counter::default()).unwrap()

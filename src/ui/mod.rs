@@ -242,11 +242,7 @@ async fn logout<B>(
 
 /// `; Secure` when the page is served over TLS, here or in front (`public_url`).
 fn secure(app: &App, conn: &ConnInfo) -> &'static str {
-    let public_https = app
-        .config
-        .public_url
-        .as_deref()
-        .is_some_and(|url| url.starts_with("https://"));
+    let public_https = app.config.public_url.as_ref().is_some_and(|url| url.https);
     if conn.tls || public_https { "; Secure" } else { "" }
 }
 

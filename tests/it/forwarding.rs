@@ -55,7 +55,7 @@ async fn host_is_replaced_when_not_preserved() {
 
 #[tokio::test]
 async fn redirects_to_the_upstream_origin_point_at_the_gateway() {
-    let gw = Gateway::start_with(|c| c.public_url = Some("https://wiki.example.com".into())).await;
+    let gw = Gateway::start_with(|c| c.public_url = Some("https://wiki.example.com".parse().unwrap())).await;
     let reply = get(&gw.url("/redirect"), &[]).await;
     assert_eq!(reply.status, 302);
     assert_eq!(

@@ -171,7 +171,7 @@ async fn logging_in_sets_a_strict_session_cookie_and_wrong_passwords_are_throttl
         "one Confluence accepted a minute ago still works, like a verified token"
     );
 
-    let https = Gateway::start_with(|c| c.public_url = Some("https://wiki.example.com".into())).await;
+    let https = Gateway::start_with(|c| c.public_url = Some("https://wiki.example.com".parse().unwrap())).await;
     let reply = login_as(&https, "alice", "alice-password").await;
     assert!(reply.headers["set-cookie"].to_str().unwrap().contains("; Secure"));
 }
