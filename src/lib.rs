@@ -33,7 +33,7 @@
 //! 6. `proxy` forwards to Confluence with the user's identity, or `error`
 //!    builds the refusal with its reason code. The pipeline withholds an
 //!    answer Confluence says it served as anyone but the token's user
-//!    (`X-AUSERNAME`, `pipeline::served_as`), and a WebSocket upgrade
+//!    (`X-AUSERNAME`, `auth::served_as`), and a WebSocket upgrade
 //!    becomes a tunnel (`proxy::tunnel`) that holds its connection's place
 //!    and closes with its token.
 //! 7. `record` counts usage and the metrics, and queues the audit entry: off

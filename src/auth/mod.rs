@@ -8,7 +8,10 @@
 //! - [`checks`] runs the token checks of SPEC §2.7 and the rules (§3);
 //! - [`FailureThrottle`] answers 429 to a client that failed too often;
 //! - [`PasswordVerdicts`] keeps Confluence's answers about passwords;
-//! - [`sessions`] keeps the web page's sessions.
+//! - [`sessions`] keeps the web page's sessions;
+//! - [`IdentityCheck`] holds each answer to a token request to the user
+//!   Confluence says it served (SPEC §19), and counts a PAT it served as
+//!   someone else as rejected.
 //!
 //! [`Authenticator`] strings them together: [`Authenticator::authenticate_token`]
 //! is resolve → throttle → checks → rules, and
@@ -21,6 +24,7 @@ pub mod memo;
 mod passwords;
 pub mod rate_limit;
 pub mod seal;
+mod served_as;
 pub mod sessions;
 pub mod throttle;
 pub mod token;
@@ -36,6 +40,7 @@ use hyper::{HeaderMap, Request};
 pub use checks::{CheckContext, RulesCheck, check_rules, check_rules_on_json, check_rules_with_body, check_token};
 pub use passwords::PasswordVerdicts;
 pub use rate_limit::RateState;
+pub use served_as::IdentityCheck;
 pub use throttle::{FailureThrottle, throttle_key};
 pub use upstream::{PatVerdict, bearer};
 pub use verifier::{ActiveToken, PatMode, SecretRole, Verifier, VerifyError};

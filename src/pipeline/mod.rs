@@ -13,15 +13,12 @@
 //!
 //! [`handle`] forwards what `decide` lets through ([`crate::proxy`]),
 //! withholds an answer Confluence served as anyone but the token's user
-//! ([`served_as`], SPEC §19), opens the tunnel of a WebSocket upgrade,
+//! ([`crate::auth::IdentityCheck`], SPEC §19), opens the tunnel of a WebSocket upgrade,
 //! answers a refusal in the one shape of [`crate::error`], and records the
 //! outcome: metrics, failed attempts for the throttle (a throttled client's
 //! refusals counted, not recorded one by one), and the audit entry.
 
 pub mod client_ip;
-mod served_as;
-
-pub use served_as::IdentityCheck;
 
 use std::net::IpAddr;
 use std::sync::Arc;

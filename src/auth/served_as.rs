@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use hyper::header::{HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 
-use crate::auth::ActiveToken;
+use super::ActiveToken;
 use crate::clock::EpochMs;
 use crate::config::ForwardAs;
 use crate::error::{GatewayError, Reason};
@@ -123,8 +123,8 @@ fn names(served: &HeaderValue, user: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::rate_limit::RateLimits;
     use super::*;
-    use crate::auth::rate_limit::RateLimits;
     use crate::clock::ManualClock;
 
     fn token() -> ActiveToken {
