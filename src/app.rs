@@ -10,6 +10,7 @@ use crate::auth::sessions::Sessions;
 use crate::auth::{Authenticator, IdentityCheck, PatMode, Verifier, token};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ForwardAs};
+use crate::confluence::Confluence;
 use crate::notify::Notifier;
 use crate::proxy::headers::ProtectedHeaders;
 use crate::proxy::{Tunnels, UpstreamClient};
@@ -111,9 +112,11 @@ impl App {
         let metrics = Metrics::new();
         let usage = Arc::new(UsageBook::default());
         let upstream = Arc::new(UpstreamClient::new(&config, metrics.upstream_connects.clone())?);
+        // The gateway's own calls to Confluence, over the same connections.
+        let confluence = Arc::new(Confluence::new(upstream.clone()));
         let seal_key = config.seal_key_file.as_deref().map(read_seal_key).transpose()?;
         let pat_mode = (config.forward_as == ForwardAs::Pat).then(|| PatMode {
-            upstream: upstream.clone(),
+            upstream: confluence.clone(),
             seal_key: seal_key.clone(),
             clock: clock.clone(),
         });
@@ -135,7 +138,7 @@ impl App {
             store: store.clone(),
             verifier: verifier.clone(),
             clock: clock.clone(),
-            upstream: upstream.clone(),
+            upstream: confluence.clone(),
             policy: TokenPolicy {
                 max_days_until_expiry: config.max_days_until_expiry,
                 max_tokens_per_user: config.max_tokens_per_user,
@@ -149,11 +152,11 @@ impl App {
             verifier,
             limits,
             sessions,
-            upstream.clone(),
+            confluence.clone(),
             clock.clone(),
         );
         let protected_headers = ProtectedHeaders::new(&[&config.identity_header, &config.upstream_secret_header]);
-        let spaces = Arc::new(Spaces::new(&config, upstream.clone(), clock.clone(), metrics.clone()));
+        let spaces = Arc::new(Spaces::new(&config, confluence, clock.clone(), metrics.clone()));
         let mismatches = match config.forward_as {
             ForwardAs::Header => &metrics.identity_mismatches[0],
             ForwardAs::Pat => &metrics.identity_mismatches[1],

@@ -55,6 +55,11 @@
 //! deletions made elsewhere (pushed by PostgreSQL, and polled) and follow
 //! the stored settings.
 //!
+//! `confluence` makes the gateway's own calls to Confluence (whom a
+//! credential authenticates, personal access tokens, a content id's space)
+//! over `proxy`'s connections; `cookies` knows the page's session cookie as
+//! headers carry it, for `auth` and `proxy` alike.
+//!
 //! The modules are private; what the binary, the benchmarks and the
 //! integration tests use is re-exported here.
 
@@ -66,6 +71,8 @@ mod body;
 mod cli;
 mod clock;
 mod config;
+mod confluence;
+mod cookies;
 mod cross_site;
 mod error;
 #[cfg(any(fuzzing, test))]

@@ -19,9 +19,9 @@ use crate::auth::seal::{self, Pat, SealKey};
 use crate::auth::{Verifier, VerifyError, bearer, token};
 use crate::clock::{Clock, DAY_MS, EpochMs};
 use crate::config::{ForwardAs, parse_ip_list};
+use crate::confluence::{Confluence, MintError};
 use crate::error::{GatewayError, Reason};
 use crate::notify::{Event, Notifier};
-use crate::proxy::{MintError, UpstreamClient};
 use crate::rules::RuleSet;
 use crate::rules::suggest::{self, Call, SuggestError, Suggestion};
 use crate::spaces;
@@ -206,7 +206,7 @@ pub struct TokenManager {
     pub events: Arc<Notifier>,
     pub verifier: Arc<Verifier>,
     pub clock: Arc<dyn Clock>,
-    pub upstream: Arc<UpstreamClient>,
+    pub upstream: Arc<Confluence>,
     pub policy: TokenPolicy,
 }
 
@@ -393,8 +393,9 @@ impl TokenManager {
                 let name = format!("tokengate: {label} ({id})");
                 let lifetime = days.unwrap_or(MINTED_PAT_DAYS_WITHOUT_EXPIRY);
                 match self.upstream.mint_pat(&authorization, &name, lifetime).await {
-                    Ok(minted) => Ok(UpstreamPat {
-                        pat: minted.token,
+                    Ok(mut minted) => Ok(UpstreamPat {
+                        // Moved out of the zeroizing buffer, never copied.
+                        pat: Pat::new(std::mem::take(&mut *minted.raw)),
                         minted: Some(Minted {
                             id: minted.id,
                             authorization,

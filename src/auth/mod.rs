@@ -48,8 +48,8 @@ pub use verifier::{ActiveToken, PatMode, SecretRole, Verifier, VerifyError};
 use crate::body::{Forwarded, RequestBody};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::confluence::Confluence;
 use crate::error::{GatewayError, Reason};
-use crate::proxy::UpstreamClient;
 use crate::target::Target;
 use credentials::Scheme;
 use rate_limit::RateLimits;
@@ -143,7 +143,7 @@ pub struct Authenticator {
     throttle: FailureThrottle,
     passwords: PasswordVerdicts,
     sessions: Sessions,
-    upstream: Arc<UpstreamClient>,
+    upstream: Arc<Confluence>,
     clock: Arc<dyn Clock>,
     config: Arc<Config>,
 }
@@ -154,7 +154,7 @@ impl Authenticator {
         verifier: Arc<Verifier>,
         limits: Arc<RateLimits>,
         sessions: Sessions,
-        upstream: Arc<UpstreamClient>,
+        upstream: Arc<Confluence>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Authenticator {
@@ -428,7 +428,7 @@ impl Authenticator {
 }
 
 /// Asks Confluence again whether `token`'s PAT still acts as its user.
-async fn recheck(upstream: Arc<UpstreamClient>, clock: Arc<dyn Clock>, token: Arc<ActiveToken>) {
+async fn recheck(upstream: Arc<Confluence>, clock: Arc<dyn Clock>, token: Arc<ActiveToken>) {
     let Some(credential) = &token.upstream else {
         return;
     };

@@ -9,8 +9,8 @@ use hyper::header::HeaderValue;
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
+use crate::confluence::Confluence;
 use crate::error::GatewayError;
-use crate::proxy::UpstreamClient;
 
 /// How long Confluence's verdict on a password is kept (SPEC §5).
 pub const PASSWORD_VERDICT_TTL: Duration = Duration::from_secs(60);
@@ -56,7 +56,7 @@ impl PasswordVerdicts {
     /// Concurrent first asks share one call.
     pub async fn check(
         &self,
-        upstream: &UpstreamClient,
+        upstream: &Confluence,
         authorization: &HeaderValue,
         user: &str,
     ) -> Result<Option<String>, GatewayError> {

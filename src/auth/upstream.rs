@@ -16,8 +16,8 @@ use zeroize::Zeroizing;
 
 use super::seal::Pat;
 use crate::clock::EpochMs;
+use crate::confluence::Confluence;
 use crate::error::{GatewayError, Reason};
-use crate::proxy::UpstreamClient;
 
 /// How often Confluence is asked again about a PAT in use (SPEC §13: at least every 60 s).
 pub const RECHECK_MS: EpochMs = 60_000;
@@ -174,11 +174,7 @@ impl UpstreamCredential {
 /// Asks Confluence whom `authorization` (a `Bearer <PAT>`) acts as, and
 /// whether that is `user`. Unreachable or failing is `Err` (502, 504), never
 /// a verdict.
-pub async fn ask(
-    upstream: &UpstreamClient,
-    authorization: &HeaderValue,
-    user: &str,
-) -> Result<PatVerdict, GatewayError> {
+pub async fn ask(upstream: &Confluence, authorization: &HeaderValue, user: &str) -> Result<PatVerdict, GatewayError> {
     Ok(match upstream.current_user(authorization).await? {
         Some(name) if name.eq_ignore_ascii_case(user) => PatVerdict::Accepted,
         Some(name) => PatVerdict::OtherUser(name),

@@ -27,8 +27,8 @@ use super::token::{self, SecretDigest};
 use super::upstream::{self, UpstreamCredential};
 use crate::clock::{Clock, EpochMs};
 use crate::config::parse_ip_list;
+use crate::confluence::Confluence;
 use crate::error::GatewayError;
-use crate::proxy::UpstreamClient;
 use crate::record::{Metrics, TokenUsage, UsageBook};
 use crate::rules::RuleSet;
 use crate::store::{ChangeKind, StoreError, TokenRecord, TokenStore};
@@ -191,7 +191,7 @@ pub enum VerifyError {
 /// What a verification in `forward_as = "pat"` mode needs besides the store:
 /// the seal key, and Confluence to ask about each unsealed PAT.
 pub struct PatMode {
-    pub upstream: Arc<UpstreamClient>,
+    pub upstream: Arc<Confluence>,
     pub seal_key: Option<SealKey>,
     pub clock: Arc<dyn Clock>,
 }

@@ -8,7 +8,7 @@ use hyper::header::{
     TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
-use crate::auth::sessions::{self, SESSION_COOKIE};
+use crate::cookies::{self, SESSION_COOKIE};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded as received.
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -74,7 +74,7 @@ pub fn strip_session_cookie(headers: &mut HeaderMap) {
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .filter_map(sessions::without_session_cookie)
+        .filter_map(cookies::without_session_cookie)
         .collect();
     headers.remove(COOKIE);
     for value in kept {
@@ -89,14 +89,14 @@ pub fn strip_session_set_cookie(headers: &mut HeaderMap) {
     if !headers
         .get_all(SET_COOKIE)
         .iter()
-        .any(|v| sessions::sets_session_cookie(v.as_bytes()))
+        .any(|v| cookies::sets_session_cookie(v.as_bytes()))
     {
         return;
     }
     let kept: Vec<HeaderValue> = headers
         .get_all(SET_COOKIE)
         .iter()
-        .filter(|v| !sessions::sets_session_cookie(v.as_bytes()))
+        .filter(|v| !cookies::sets_session_cookie(v.as_bytes()))
         .cloned()
         .collect();
     headers.remove(SET_COOKIE);

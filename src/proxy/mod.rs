@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::header::{HOST, HeaderName, HeaderValue, LOCATION};
 use hyper::http::uri::PathAndQuery;
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{Request, Response, StatusCode, Uri, Version};
 use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -24,7 +24,6 @@ use rustls::pki_types::pem::PemObject;
 pub use self::pool::{Lease, PooledBody};
 use self::pool::{Pool, PoolError};
 pub use self::tunnel::{Tunnel, Tunnels};
-use crate::auth::seal::Pat;
 use crate::body::{ClientBody, ClientBodyError, Forwarded};
 use crate::config::{Config, Upstream};
 use crate::error::{GatewayError, Reason};
@@ -67,23 +66,6 @@ impl Identity {
     }
 }
 
-/// A personal access token Confluence created for a user (SPEC §13).
-pub struct MintedPat {
-    /// Confluence's id for it, to revoke it by.
-    pub id: String,
-    pub token: Pat,
-}
-
-/// Why Confluence did not create a personal access token.
-#[derive(Debug)]
-pub enum MintError {
-    /// Confluence answered, and refused (PATs disabled, the user's limit
-    /// reached, ...): its own message.
-    Refused(String),
-    /// Confluence could not be asked (502, 504).
-    Unavailable(GatewayError),
-}
-
 /// What the forwarder needs to know about the client connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -113,7 +95,8 @@ impl ConnInfo {
     }
 }
 
-/// The client to Confluence.
+/// Forwards requests to Confluence, and carries the gateway's own calls
+/// ([`crate::confluence`]) over the same connections.
 pub struct UpstreamClient {
     pool: Pool,
     upstream: Upstream,
@@ -223,156 +206,15 @@ impl UpstreamClient {
         })
     }
 
-    /// The user Confluence says `authorization` authenticates, from
-    /// `GET /rest/api/user/current` sent with exactly that header and nothing
-    /// the gateway would add (no identity, no upstream secret).
-    ///
-    /// `Ok(None)` when Confluence does not accept them: a status other than
-    /// 200 and 5xx, or a 200 without a `username` (an anonymous user, which
-    /// is how Confluence answers an unknown Bearer value). Unreachable,
-    /// timed out or failing with a 5xx is `Err` (502, 504), so that a caller
-    /// never takes an outage for a verdict.
-    pub async fn current_user(&self, authorization: &HeaderValue) -> Result<Option<String>, GatewayError> {
-        let (status, body) = self
-            .ask(
-                Method::GET,
-                PathAndQuery::from_static("/rest/api/user/current"),
-                authorization,
-                None,
-            )
-            .await?;
-        if status != StatusCode::OK {
-            return Ok(None);
-        }
-        Ok(json_field(&body, "username").and_then(|user| user.as_str().map(str::to_owned)))
+    /// The `Host` a request of the gateway's own carries.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
     }
 
-    /// Asks Confluence to create a personal access token for the user whose
-    /// Basic `authorization` this is (`POST /rest/pat/latest/tokens`).
-    pub async fn mint_pat(
-        &self,
-        authorization: &HeaderValue,
-        name: &str,
-        expiration_days: i64,
-    ) -> Result<MintedPat, MintError> {
-        let body = serde_json::json!({"name": name, "expirationDuration": expiration_days});
-        let (status, answer) = self
-            .ask(
-                Method::POST,
-                PathAndQuery::from_static(PAT_TOKENS),
-                authorization,
-                Some(body),
-            )
-            .await
-            .map_err(MintError::Unavailable)?;
-        if !status.is_success() {
-            return Err(MintError::Refused(confluence_message(status, &answer)));
-        }
-        let id = json_field(&answer, "id").and_then(|id| match id {
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            serde_json::Value::String(s) => Some(s),
-            _ => None,
-        });
-        let raw = json_field(&answer, "rawToken").and_then(|raw| raw.as_str().map(str::to_owned));
-        match (id, raw) {
-            (Some(id), Some(raw)) if !raw.is_empty() => Ok(MintedPat {
-                id,
-                token: Pat::new(raw),
-            }),
-            _ => {
-                tracing::warn!(
-                    http.status = status.as_u16(),
-                    "Confluence's answer to a PAT creation has no id or rawToken"
-                );
-                Err(MintError::Unavailable(GatewayError::new(
-                    Reason::UpstreamUnavailable,
-                    "Confluence's answer to the personal access token creation could not be read",
-                )))
-            }
-        }
-    }
-
-    /// Asks Confluence to revoke the personal access token `id`, with the
-    /// owner's Basic `authorization`. Whether Confluence confirmed it.
-    pub async fn revoke_pat(&self, authorization: &HeaderValue, id: &str) -> bool {
-        let path = form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>();
-        let Ok(path) = PathAndQuery::try_from(format!("{PAT_TOKENS}/{path}")) else {
-            return false;
-        };
-        match self.ask(Method::DELETE, path, authorization, None).await {
-            Ok((status, _)) if status.is_success() => true,
-            Ok((status, answer)) => {
-                let message = confluence_message(status, &answer);
-                tracing::warn!(upstream_token.id = %id, %message, "Confluence did not revoke the personal access token");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(upstream_token.id = %id, error = %e.message, "cannot revoke the personal access token");
-                false
-            }
-        }
-    }
-
-    /// One call the gateway makes to Confluence on its own behalf, with the
-    /// caller's `authorization` and nothing the gateway would add to a
-    /// forwarded request. A 5xx, no answer or no answer in time is `Err`.
-    async fn ask(
-        &self,
-        method: Method,
-        path: PathAndQuery,
-        authorization: &HeaderValue,
-        json: Option<serde_json::Value>,
-    ) -> Result<(StatusCode, Bytes), GatewayError> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(Uri::from(path))
-            .header(HOST, self.host.clone())
-            .header(hyper::header::AUTHORIZATION, authorization.clone())
-            .header(hyper::header::ACCEPT, "application/json");
-        let body = match json {
-            Some(json) => {
-                req = req
-                    .header(hyper::header::CONTENT_TYPE, "application/json")
-                    // Confluence's XSRF check for REST calls that change state.
-                    .header("x-atlassian-token", "no-check");
-                Bytes::from(json.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let req = req
-            .body(Either::Right(Full::new(body)))
-            .map_err(|e| GatewayError::internal(&e))?;
-        self.exchange(req).await
-    }
-
-    /// A `GET` of `path` as a forwarded request with `identity` would be
-    /// sent (the identity header or the user's PAT, the upstream secret,
-    /// `X-Forwarded-*`), with the client's `host`: how the gateway asks
-    /// Confluence what the token's user may see. A 5xx, no answer or no
+    /// Sends one request of the gateway's own ([`crate::confluence`]) and
+    /// reads the answer whole (at most 64 KiB). A 5xx, no answer or no
     /// answer in time is `Err`.
-    pub async fn get_as(
-        &self,
-        path: PathAndQuery,
-        identity: &Identity,
-        conn: &ConnInfo,
-        host: Option<&HeaderValue>,
-    ) -> Result<(StatusCode, Bytes), GatewayError> {
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .header(hyper::header::ACCEPT, "application/json");
-        if let Some(host) = host {
-            req = req.header(HOST, host.clone());
-        }
-        let mut req = req
-            .body(Either::Right(Full::new(Bytes::new())))
-            .map_err(|e| GatewayError::internal(&e))?;
-        self.rewrite_request(&mut req, path, identity.clone(), conn)?;
-        self.exchange(req).await
-    }
-
-    /// Sends one request of the gateway's own and reads the answer whole
-    /// (at most 64 KiB).
-    async fn exchange(&self, req: Request<UpstreamBody>) -> Result<(StatusCode, Bytes), GatewayError> {
+    pub async fn exchange(&self, req: Request<UpstreamBody>) -> Result<(StatusCode, Bytes), GatewayError> {
         const MAX_ANSWER: usize = 64 << 10;
         let exchange = async {
             let response = self
@@ -408,6 +250,19 @@ impl UpstreamClient {
                 "Confluence did not answer in time",
             )),
         }
+    }
+
+    /// Addresses a request of the gateway's own as a forwarded one with
+    /// `identity` would be (the identity header or the user's PAT, the
+    /// upstream secret, `X-Forwarded-*`).
+    pub fn address_as<B>(
+        &self,
+        req: &mut Request<B>,
+        path: PathAndQuery,
+        identity: Identity,
+        conn: &ConnInfo,
+    ) -> Result<(), GatewayError> {
+        self.rewrite_request(req, path, identity, conn)
     }
 
     fn rewrite_request<B>(
@@ -482,36 +337,6 @@ impl UpstreamClient {
 
 /// The header Confluence's authentication layer (Seraph) names the served user in.
 pub static SERVED_AS: HeaderName = HeaderName::from_static("x-ausername");
-
-/// Confluence's personal access token API.
-const PAT_TOKENS: &str = "/rest/pat/latest/tokens";
-
-/// A field of a JSON object answer, if it is one.
-fn json_field(body: &[u8], name: &str) -> Option<serde_json::Value> {
-    let mut json: serde_json::Value = serde_json::from_slice(body).ok()?;
-    Some(json.get_mut(name)?.take())
-}
-
-/// What Confluence said when it refused: the `message` of its error body
-/// (or of its first error), else the status.
-fn confluence_message(status: StatusCode, body: &[u8]) -> String {
-    let message = json_field(body, "message")
-        .and_then(|m| m.as_str().map(str::to_owned))
-        .or_else(|| {
-            let errors = json_field(body, "errors")?;
-            let first = errors.as_array()?.first()?;
-            Some(first.get("message")?.as_str()?.to_owned())
-        })
-        .filter(|m| !m.trim().is_empty());
-    let status = status.as_u16();
-    match message {
-        Some(message) => format!(
-            "Confluence answered {status}: {}",
-            message.chars().take(300).collect::<String>()
-        ),
-        None => format!("Confluence answered {status}"),
-    }
-}
 
 fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let head = text.get(..prefix.len())?;
@@ -640,22 +465,6 @@ mod tests {
             location_after(&client(None), "http://confluence.internal:8090/x"),
             "http://confluence.internal:8090/x"
         );
-    }
-
-    #[test]
-    fn confluences_refusals_are_quoted_from_either_error_shape() {
-        let message = |body: &str| confluence_message(StatusCode::BAD_REQUEST, body.as_bytes());
-        assert_eq!(
-            message(r#"{"message":"PATs are disabled"}"#),
-            "Confluence answered 400: PATs are disabled"
-        );
-        assert_eq!(
-            message(r#"{"errors":[{"message":"limit reached"},{"message":"other"}]}"#),
-            "Confluence answered 400: limit reached"
-        );
-        assert_eq!(message("<html>oops</html>"), "Confluence answered 400");
-        assert_eq!(message(r#"{"message":"  "}"#), "Confluence answered 400");
-        assert!(message(&format!(r#"{{"message":"{}"}}"#, "x".repeat(1000))).len() < 350);
     }
 
     #[test]

@@ -34,8 +34,9 @@ use serde_json::Value;
 use crate::body::{Forwarded, RequestBody, is_upload, is_upload_type, read_json};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::confluence::Confluence;
 use crate::error::{GatewayError, Reason};
-use crate::proxy::{ConnInfo, Identity, UpstreamClient};
+use crate::proxy::{ConnInfo, Identity};
 use crate::record::Metrics;
 use crate::rules::{DryRun, JsonBody, RequestHead};
 use crate::target::Target;
@@ -111,12 +112,12 @@ struct Named {
 
 pub struct Spaces {
     cache: SpaceCache,
-    upstream: Arc<UpstreamClient>,
+    upstream: Arc<Confluence>,
     max_json_body: usize,
 }
 
 impl Spaces {
-    pub fn new(config: &Config, upstream: Arc<UpstreamClient>, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: &Config, upstream: Arc<Confluence>, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
         Spaces {
             cache: SpaceCache::new(config.space_cache_ttl, clock, metrics),
             upstream,
