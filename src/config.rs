@@ -633,7 +633,9 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
-fn parse_upstream(s: &str) -> Result<Upstream, String> {
+/// `s` as an absolute http:// or https:// URL: the URI, whether it is
+/// https, and its host and port.
+fn http_url(s: &str) -> Result<(Uri, bool, hyper::http::uri::Authority), String> {
     let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
     let https = match uri.scheme_str() {
         Some("http") => false,
@@ -641,6 +643,11 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
         _ => return Err(format!("`{s}` must start with http:// or https://")),
     };
     let authority = uri.authority().cloned().ok_or_else(|| format!("`{s}` has no host"))?;
+    Ok((uri, https, authority))
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    let (uri, https, authority) = http_url(s)?;
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!(
             "`{s}` must be an origin without a path (requests keep their own path, so serve the gateway at Confluence's context path)"
@@ -664,15 +671,7 @@ impl std::str::FromStr for PublicUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(format!("`{s}` must be an absolute http:// or https:// URL")),
-        };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("`{s}` must be an absolute http:// or https:// URL"))?;
+        let (_, https, authority) = http_url(s)?;
         Ok(PublicUrl {
             url: s.trim_end_matches('/').to_owned(),
             authority: authority.as_str().to_owned(),
