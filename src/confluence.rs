@@ -165,18 +165,21 @@ impl Confluence {
         let req = req
             .body(Either::Right(Full::new(body)))
             .map_err(|e| GatewayError::internal(&e))?;
-        self.upstream.exchange(req).await
+        let answer = self.upstream.exchange(req).await?;
+        Ok((answer.status, answer.body))
     }
 
     /// A `GET` of `path` as a forwarded request with `identity` would be
     /// sent (the identity header or the user's PAT, the upstream secret,
     /// `X-Forwarded-*`), with the client's `host`: how the gateway asks
-    /// Confluence what the token's user may see. A 5xx, no answer or no
-    /// answer in time is `Err`.
+    /// Confluence what the token's user (`user`) may see. A 5xx, no answer
+    /// or no answer in time is `Err`; so is an answer Confluence says it
+    /// served as anyone but `user` (SPEC §19), whose word would be another's.
     pub async fn get_as(
         &self,
         path: PathAndQuery,
         identity: &Identity,
+        user: &str,
         conn: &ConnInfo,
         host: Option<&HeaderValue>,
     ) -> Result<(StatusCode, Bytes), GatewayError> {
@@ -190,8 +193,45 @@ impl Confluence {
             .body(Either::Right(Full::new(Bytes::new())))
             .map_err(|e| GatewayError::internal(&e))?;
         self.upstream.address_as(&mut req, path, identity.clone(), conn)?;
-        self.upstream.exchange(req).await
+        let answer = self.upstream.exchange(req).await?;
+        if let Some(served) = answer.served_as.iter().find(|served| !names(served, user)) {
+            let served = String::from_utf8_lossy(served.as_bytes());
+            let served = crate::record::bounded(&served, crate::record::MAX_USER_BYTES);
+            let (reason, why) = match identity {
+                Identity::Pat(_) => (
+                    Reason::UpstreamCredentialRejected,
+                    "Confluence no longer accepts the token's personal access token",
+                ),
+                _ => (
+                    Reason::UpstreamIdentityIgnored,
+                    "Confluence does not honour the identity header",
+                ),
+            };
+            return Err(GatewayError::new(
+                reason,
+                format!("Confluence answered a lookup as {served}, not as {user}: {why}"),
+            ));
+        }
+        Ok((answer.status, answer.body))
     }
+}
+
+/// Whether `served` names `user`, ASCII case ignored. A value with `%` or
+/// `+` in it is URL-encoded (as Java's `URLEncoder` writes a name outside
+/// `[A-Za-z0-9.*_-]`) and compared decoded only, so that no name can stand
+/// for another spelt differently; any other value is compared as sent.
+/// Bytes that are not UTF-8 name nobody.
+pub fn names(served: &HeaderValue, user: &str) -> bool {
+    let served = served.as_bytes();
+    if !served.iter().any(|b| matches!(b, b'%' | b'+')) {
+        return served.eq_ignore_ascii_case(user.as_bytes());
+    }
+    let mut pair = Vec::with_capacity(served.len() + 2);
+    pair.extend_from_slice(b"n=");
+    pair.extend_from_slice(served);
+    form_urlencoded::parse(&pair)
+        .next()
+        .is_some_and(|(_, decoded)| decoded.eq_ignore_ascii_case(user))
 }
 
 /// Confluence's personal access token API.
@@ -227,6 +267,28 @@ fn confluence_message(status: StatusCode, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_served_user_is_matched_by_name_in_any_ascii_case_or_url_encoded() {
+        let names = |served: &'static str, user: &str| names(&HeaderValue::from_static(served), user);
+        assert!(names("alice", "alice"));
+        assert!(names("Alice", "aLICE"));
+        assert!(names("alice@example.com", "alice@example.com"));
+        assert!(names("alice%40example.com", "alice@example.com"));
+        assert!(names("j%2Bci%40corp", "j+ci@corp"));
+        assert!(names("j%C3%BCrgen", "jürgen"));
+        assert!(names("J%C3%BCRGEN", "jürgen"));
+        assert!(names("Jean+Dupont", "jean dupont"));
+        assert!(!names("anonymous", "alice"));
+        assert!(!names("alice2", "alice"));
+        assert!(!names("", "alice"));
+        // An encoded value is read decoded only: it cannot stand for the
+        // name spelt as it is sent.
+        assert!(!names("a%40b", "a%40b"));
+        assert!(names("a%2540b", "a%40b"));
+        assert!(!names("j+ci", "j+ci"));
+        assert!(!super::names(&HeaderValue::from_bytes(b"\xff").unwrap(), "\u{ff}"));
+    }
 
     #[test]
     fn confluences_refusals_are_quoted_from_either_error_shape() {

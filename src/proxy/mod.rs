@@ -46,6 +46,14 @@ pub struct Answer {
     pub tunnel: Option<Tunnel>,
 }
 
+/// Confluence's answer to a call of the gateway's own, read whole.
+pub struct OwnAnswer {
+    pub status: StatusCode,
+    /// Whom Confluence says it served the call as (`X-AUSERNAME`).
+    pub served_as: Vec<HeaderValue>,
+    pub body: Bytes,
+}
+
 /// Who Confluence should see the request as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
@@ -214,7 +222,7 @@ impl UpstreamClient {
     /// Sends one request of the gateway's own ([`crate::confluence`]) and
     /// reads the answer whole (at most 64 KiB). A 5xx, no answer or no
     /// answer in time is `Err`.
-    pub async fn exchange(&self, req: Request<UpstreamBody>) -> Result<(StatusCode, Bytes), GatewayError> {
+    pub async fn exchange(&self, req: Request<UpstreamBody>) -> Result<OwnAnswer, GatewayError> {
         const MAX_ANSWER: usize = 64 << 10;
         let exchange = async {
             let response = self
@@ -223,6 +231,7 @@ impl UpstreamClient {
                 .await
                 .map_err(|e| upstream_error(&e))?;
             let status = response.status();
+            let served_as = response.headers().get_all(&SERVED_AS).iter().cloned().collect();
             if status.is_server_error() {
                 tracing::warn!(
                     http.status = status.as_u16(),
@@ -241,7 +250,11 @@ impl UpstreamClient {
                     GatewayError::new(Reason::UpstreamUnavailable, "Confluence's answer could not be read")
                 })?
                 .to_bytes();
-            Ok((status, body))
+            Ok(OwnAnswer {
+                status,
+                served_as,
+                body,
+            })
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(answer) => answer,

@@ -223,7 +223,7 @@ impl Spaces {
             .map_err(|_| Arc::<str>::from("not a content id"))?;
         let (status, body) = self
             .upstream
-            .get_as(path, ask_as.identity, ask_as.conn, host)
+            .get_as(path, ask_as.identity, ask_as.user, ask_as.conn, host)
             .await
             .map_err(|e| Arc::<str>::from(e.message))?;
         space_in_answer(status, &body).map_err(Arc::from)

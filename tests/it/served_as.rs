@@ -339,3 +339,38 @@ async fn wait_until(done: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn a_space_lookup_served_as_someone_else_decides_nothing() {
+    let gw = Gateway::start().await;
+    let secret = gw
+        .create_token(NewToken {
+            label: "docs".into(),
+            user: Some("alice".into()),
+            spaces: Some("DOCS".into()),
+            ..NewToken::default()
+        })
+        .await
+        .value;
+    let auth = basic("alice", &secret);
+    gw.upstream
+        .ignores_identity_header
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Content 100 is in DOCS, and anonymous may see it: a lookup answered as
+    // anonymous would place it, for a user Confluence never asked about.
+    let reply = get(&gw.url("/rest/api/content/100"), &[("authorization", &auth)]).await;
+    assert_eq!((reply.status.as_u16(), reply.reason()), (403, "space_unknown".into()));
+    let message = reply.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message
+            .contains("answered a lookup as anonymous, not as alice: Confluence does not honour the identity header"),
+        "{message}"
+    );
+    assert!(
+        gw.upstream
+            .requests_to("/rest/api/content/100")
+            .iter()
+            .all(|r| r.target.contains("expand=space")),
+        "only the lookup reached Confluence"
+    );
+}
