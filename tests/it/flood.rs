@@ -9,17 +9,20 @@ use hyper::Request;
 use crate::common::process::GatewayProcess;
 use crate::common::{FakeConfluence, basic};
 
-/// The store's size in bytes, measured closed: a CLI command opens it
-/// and closes it first, which writes its log into the database file.
-fn store_bytes(dir: &std::path::Path) -> u64 {
-    let out = crate::common::process::cli(dir, &["token", "list", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let wal = dir.join("data/tokengate.db-wal");
-    assert!(
-        std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
-        "the log was not written back"
-    );
-    std::fs::metadata(dir.join("data/tokengate.db")).unwrap().len()
+/// The store's size in bytes, its write-ahead log first written back
+/// into the database file (so that the log's old pages do not count).
+async fn store_bytes(dir: &std::path::Path) -> u64 {
+    use sqlx::Connection;
+    let path = dir.join("data/tokengate.db");
+    let mut store = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut store)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    std::fs::metadata(path).unwrap().len()
 }
 
 /// `n` requests with made-up tokens, 16 at a time on kept-alive connections.
@@ -78,7 +81,7 @@ struct Flooded {
 }
 
 async fn flood_once(dir: &std::path::Path, origin: &str, path: &str, user: &str) -> Flooded {
-    let before = store_bytes(dir);
+    let before = store_bytes(dir).await;
     let mut gateway = GatewayProcess::spawn(dir, &["--upstream", origin], &[]).await;
     let logged_before = gateway.logs().len();
     let statuses = flood(gateway.addr, 3_000, path, user).await;
@@ -87,7 +90,7 @@ async fn flood_once(dir: &std::path::Path, origin: &str, path: &str, user: &str)
     Flooded {
         refused: statuses.iter().filter(|s| **s == 401).count(),
         throttled: statuses.iter().filter(|s| **s == 429).count(),
-        stored: store_bytes(dir).saturating_sub(before),
+        stored: store_bytes(dir).await.saturating_sub(before),
         logged: logs.len() - logged_before,
         logs,
     }
