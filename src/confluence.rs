@@ -192,11 +192,9 @@ impl Confluence {
         let mut req = req
             .body(Either::Right(Full::new(Bytes::new())))
             .map_err(|e| GatewayError::internal(&e))?;
-        self.upstream.address_as(&mut req, path, identity.clone(), conn)?;
+        self.upstream.rewrite_request(&mut req, path, identity.clone(), conn)?;
         let answer = self.upstream.exchange(req).await?;
-        if let Some(served) = answer.served_as.iter().find(|served| !names(served, user)) {
-            let served = String::from_utf8_lossy(served.as_bytes());
-            let served = crate::record::bounded(&served, crate::record::MAX_USER_BYTES);
+        if let Some(served) = served_as_other(&answer.served_as, user) {
             let (reason, why) = match identity {
                 Identity::Pat(_) => (
                     Reason::UpstreamCredentialRejected,
@@ -216,12 +214,22 @@ impl Confluence {
     }
 }
 
+/// Whom `X-AUSERNAME` names when any of its values (`served`) names
+/// anyone but `user` (SPEC §19), as text fit for a message (cut to 256
+/// bytes); `None` when each names `user`, or there is none. Were there two
+/// values, either could be the truth: each must name the user.
+pub fn served_as_other(served: &[HeaderValue], user: &str) -> Option<String> {
+    let other = served.iter().find(|served| !names(served, user))?;
+    let other = String::from_utf8_lossy(other.as_bytes());
+    Some(crate::record::bounded(&other, crate::record::MAX_USER_BYTES).into_owned())
+}
+
 /// Whether `served` names `user`, ASCII case ignored. A value with `%` or
 /// `+` in it is URL-encoded (as Java's `URLEncoder` writes a name outside
 /// `[A-Za-z0-9.*_-]`) and compared decoded only, so that no name can stand
 /// for another spelt differently; any other value is compared as sent.
 /// Bytes that are not UTF-8 name nobody.
-pub fn names(served: &HeaderValue, user: &str) -> bool {
+fn names(served: &HeaderValue, user: &str) -> bool {
     let served = served.as_bytes();
     if !served.iter().any(|b| matches!(b, b'%' | b'+')) {
         return served.eq_ignore_ascii_case(user.as_bytes());

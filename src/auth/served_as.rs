@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use super::ActiveToken;
 use crate::clock::EpochMs;
 use crate::config::ForwardAs;
-use crate::confluence::names;
+use crate::confluence::served_as_other;
 use crate::error::{GatewayError, Reason};
 
 /// How often a Confluence that ignores the identity header is logged at error.
@@ -55,15 +55,11 @@ impl IdentityCheck {
         token: &ActiveToken,
         now: EpochMs,
     ) -> Result<(), GatewayError> {
-        // Every value must name the user: were there two, either could be the truth.
-        let Some(served) = served.iter().find(|served| !names(served, user)) else {
+        let Some(served) = served_as_other(served, user) else {
             return Ok(());
         };
         self.mismatches.inc();
-        let served = String::from_utf8_lossy(served.as_bytes());
-        let served = crate::record::bounded(&served, crate::record::MAX_USER_BYTES).into_owned();
         let nobody = served.eq_ignore_ascii_case("anonymous");
-        let as_whom = if nobody { "anonymous" } else { served.as_str() };
         match self.mode {
             ForwardAs::Pat => {
                 tracing::warn!(token.id = %token.id, served_as = %served, "Confluence served a request of the token as someone else; its personal access token counts as rejected");
@@ -73,7 +69,7 @@ impl IdentityCheck {
                 Err(GatewayError::new(
                     Reason::UpstreamCredentialRejected,
                     format!(
-                        "Confluence served this request as {as_whom}, not as {user}: it no longer accepts the personal access token of token '{}'; create a new token",
+                        "Confluence served this request as {served}, not as {user}: it no longer accepts the personal access token of token '{}'; create a new token",
                         token.label
                     ),
                 ))
@@ -95,7 +91,7 @@ impl IdentityCheck {
                 Err(GatewayError::new(
                     Reason::UpstreamIdentityIgnored,
                     format!(
-                        "Confluence served this request as {as_whom}, not as {user}: it does not honour the identity header {}; the admin must install or configure its header authenticator, or set forward_as = \"pat\"",
+                        "Confluence served this request as {served}, not as {user}: it does not honour the identity header {}; the admin must install or configure its header authenticator, or set forward_as = \"pat\"",
                         self.identity_header
                     ),
                 ))

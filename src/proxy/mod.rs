@@ -265,20 +265,11 @@ impl UpstreamClient {
         }
     }
 
-    /// Addresses a request of the gateway's own as a forwarded one with
-    /// `identity` would be (the identity header or the user's PAT, the
-    /// upstream secret, `X-Forwarded-*`).
-    pub fn address_as<B>(
-        &self,
-        req: &mut Request<B>,
-        path: PathAndQuery,
-        identity: Identity,
-        conn: &ConnInfo,
-    ) -> Result<(), GatewayError> {
-        self.rewrite_request(req, path, identity, conn)
-    }
-
-    fn rewrite_request<B>(
+    /// Addresses a request to Confluence at `forwarded` as `identity` (the
+    /// identity header or the user's PAT), with the upstream secret,
+    /// `X-Forwarded-*` and `Host`: a forwarded request, or one of the
+    /// gateway's own made as a token's user ([`crate::confluence`]).
+    pub fn rewrite_request<B>(
         &self,
         req: &mut Request<B>,
         forwarded: PathAndQuery,

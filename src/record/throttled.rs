@@ -11,6 +11,11 @@ use std::sync::Mutex;
 use crate::clock::EpochMs;
 
 const MINUTE_MS: EpochMs = 60_000;
+
+/// The start of the minute `now` is in.
+fn minute_of(now: EpochMs) -> EpochMs {
+    now - now.rem_euclid(MINUTE_MS)
+}
 /// Most clients counted one by one in a minute; the refusals of any beyond
 /// are counted together, under no address, so that neither memory nor the
 /// audit entries and events of one minute can grow without bound.
@@ -37,7 +42,7 @@ impl ThrottleTally {
     /// earlier minute is still counted starts a new count once that one is
     /// taken; until then its refusals add to it.
     pub fn count(&self, client_ip: IpAddr, now: EpochMs) {
-        let minute = now - now.rem_euclid(MINUTE_MS);
+        let minute = minute_of(now);
         let mut counts = self.counts.lock().expect("throttle tally poisoned");
         let key = if counts.len() < MAX_CLIENTS || counts.contains_key(&Some(client_ip)) {
             Some(client_ip)
@@ -91,7 +96,7 @@ pub struct RefusalLog {
 impl RefusalLog {
     /// Whether a refusal of `client_ip` (as the throttle keys it) at `now` is logged.
     pub fn log(&self, client_ip: IpAddr, now: EpochMs) -> Logged {
-        let minute = now - now.rem_euclid(MINUTE_MS);
+        let minute = minute_of(now);
         let mut guard = self.minute.lock().expect("refusal log poisoned");
         let (current, counts) = &mut *guard;
         if *current != minute {
