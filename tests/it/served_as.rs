@@ -85,8 +85,9 @@ async fn a_stock_confluence_that_ignores_the_identity_header_gets_502_and_the_ad
     gw.upstream
         .ignores_identity_header
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    for _ in 0..3 {
-        let reply = get(&gw.url(SPACE), &[("authorization", &auth)]).await;
+    // Whatever the method: a change's answer is withheld as a read's is.
+    for method in [Method::GET, Method::POST, Method::DELETE] {
+        let reply = send(method, &gw.url(SPACE), &[("authorization", &auth)], "").await;
         assert_withheld(&reply, 502, "upstream_identity_ignored");
         let message = reply.json()["message"].as_str().unwrap().to_owned();
         for says in [
@@ -97,7 +98,11 @@ async fn a_stock_confluence_that_ignores_the_identity_header_gets_502_and_the_ad
             assert!(message.contains(says), "{message}");
         }
     }
-    assert_eq!(mismatches(&metrics(&gw).await, "header"), 3);
+    // A HEAD's answer has no body to withhold, but its headers are not passed on either.
+    let head = send(Method::HEAD, &gw.url(SPACE), &[("authorization", &auth)], "").await;
+    assert_eq!(head.status, 502);
+    assert!(head.headers.get("x-upstream").is_none(), "Confluence's headers leaked");
+    assert_eq!(mismatches(&metrics(&gw).await, "header"), 4);
     assert_eq!(mismatches(&metrics(&gw).await, "pat"), 0);
     let reasons = audited_reasons(&gw).await;
     assert_eq!(
@@ -105,7 +110,7 @@ async fn a_stock_confluence_that_ignores_the_identity_header_gets_502_and_the_ad
             .iter()
             .filter(|r| r.as_deref() == Some("upstream_identity_ignored"))
             .count(),
-        3
+        4
     );
     // Requests that are not token requests are not checked: a password
     // request Confluence serves as anonymous is passed on as it is.
