@@ -4,10 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::auth::rate_limit::RateLimits;
-use crate::auth::seal::SealKey;
-use crate::auth::sessions::Sessions;
-use crate::auth::{Authenticator, IdentityCheck, PatMode, Verifier, token};
+use crate::auth::{Authenticator, IdentityCheck, PatMode, RateLimits, Sessions, Verifier};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ForwardAs};
 use crate::confluence::Confluence;
@@ -15,6 +12,7 @@ use crate::notify::Notifier;
 use crate::proxy::headers::ProtectedHeaders;
 use crate::proxy::{Tunnels, UpstreamClient};
 use crate::record::{self, AuditLog, Metrics, RefusalLog, ThrottleTally, UsageBook};
+use crate::secrets::SealKey;
 use crate::settings::LiveSettings;
 use crate::spaces::Spaces;
 use crate::store::{self, StoreError, TokenStore};
@@ -124,7 +122,7 @@ impl App {
             Arc::new(RateLimits::start(clock.clone(), config.rate_limit_redis.as_deref(), metrics.clone()).await);
         let verifier = Arc::new(Verifier::new(
             store.clone(),
-            token::hasher(config.argon2),
+            crate::secrets::token::hasher(config.argon2),
             config.verify_cache_ttl,
             metrics.clone(),
             usage.clone(),

@@ -20,7 +20,7 @@ use hyper::{HeaderMap, Request};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{GatewayError, Reason};
-use crate::rules::JsonBody;
+use crate::rules::{JsonBody, is_json_media_type};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -43,12 +43,7 @@ pub async fn read_limited<B: RequestBody>(
     limit: usize,
     purpose: &str,
 ) -> Result<Bytes, GatewayError> {
-    let too_large = || {
-        GatewayError::new(
-            Reason::BodyTooLarge,
-            format!("the request body is larger than {limit} bytes, {purpose}"),
-        )
-    };
+    let too_large = || too_large(limit, purpose);
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -66,6 +61,13 @@ pub async fn read_limited<B: RequestBody>(
     }
 }
 
+fn too_large(limit: usize, purpose: &str) -> GatewayError {
+    GatewayError::new(
+        Reason::BodyTooLarge,
+        format!("the request body is larger than {limit} bytes, {purpose}"),
+    )
+}
+
 /// A request body read whole and parsed once: kept in the request's
 /// extensions, so that every stage that reads the body (JSON rules, spaces)
 /// sees the same bytes and the same parse.
@@ -75,36 +77,78 @@ pub struct ParsedBody {
     pub empty: bool,
     /// The body has a content coding: its bytes are not JSON text.
     pub encoded: bool,
+    /// Whether `json` was parsed as JSON (its type declared it, or it was
+    /// read [`Reading::Always`]), rather than taken as not JSON unparsed.
+    parsed: bool,
+    bytes: Bytes,
+}
+
+impl ParsedBody {
+    /// Whether the body is empty or only white space.
+    pub fn is_blank(&self) -> bool {
+        self.bytes.iter().all(u8::is_ascii_whitespace)
+    }
+}
+
+/// How a body is read as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// As its `Content-Type` declares, as Confluence reads it (rules, spaces).
+    Declared,
+    /// As JSON whatever it declares (the gateway's own API, which scripts
+    /// may call with `X-Atlassian-Token: no-check` and any type).
+    Always,
 }
 
 /// The request's body read whole (at most `limit` bytes, `purpose` ends the
-/// 413 message) and parsed as JSON, once per request: a second call returns
-/// the first's parse. The request goes on with the bytes read. `Err` for a
-/// body that cannot be read, or has a key twice (400 `ambiguous_json`).
+/// 413 message) and parsed as JSON, once per request: a later call returns
+/// the first's parse (it parses only a body the first took as not JSON by
+/// its type, when it reads [`Reading::Always`]). The request goes on with
+/// the bytes read. `Err` for a body that cannot be read, or has a key
+/// twice (400 `ambiguous_json`).
 pub async fn read_json<B: RequestBody>(
     req: Request<Forwarded<B>>,
     limit: usize,
     purpose: &str,
+    reading: Reading,
 ) -> Result<(Request<Forwarded<B>>, ParsedBody), GatewayError> {
-    if let Some(parsed) = req.extensions().get::<ParsedBody>() {
-        let parsed = parsed.clone();
-        return Ok((req, parsed));
-    }
     let (mut parts, body) = req.into_parts();
-    let bytes = match body {
-        Either::Left(body) => read_limited(&parts.headers, body, limit, purpose).await?,
-        Either::Right(read) => read.collect().await.map(|c| c.to_bytes()).unwrap_or_default(),
-    };
-    let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let json =
-        JsonBody::parse(content_type, &bytes).map_err(|e| GatewayError::new(Reason::AmbiguousJson, e.to_string()))?;
-    let parsed = ParsedBody {
-        json: Arc::new(json),
-        empty: bytes.is_empty(),
-        encoded: is_encoded(&parts.headers),
+    let earlier = parts.extensions.get::<ParsedBody>().cloned();
+    // A stage that reads less than an earlier one still holds the body to its own limit.
+    if earlier.as_ref().is_some_and(|parsed| parsed.bytes.len() > limit) {
+        return Err(too_large(limit, purpose));
+    }
+    let parsed = match earlier {
+        Some(parsed) if parsed.parsed || reading == Reading::Declared => parsed,
+        Some(unparsed) => parse(&parts.headers, unparsed.bytes, reading)?,
+        None => {
+            let bytes = match body {
+                Either::Left(body) => read_limited(&parts.headers, body, limit, purpose).await?,
+                Either::Right(read) => read.collect().await.map(|c| c.to_bytes()).unwrap_or_default(),
+            };
+            parse(&parts.headers, bytes, reading)?
+        }
     };
     parts.extensions.insert(parsed.clone());
-    Ok((Request::from_parts(parts, Either::Right(Full::new(bytes))), parsed))
+    let body = Either::Right(Full::new(parsed.bytes.clone()));
+    Ok((Request::from_parts(parts, body), parsed))
+}
+
+/// `bytes` parsed as JSON as `reading` says.
+fn parse(headers: &HeaderMap, bytes: Bytes, reading: Reading) -> Result<ParsedBody, GatewayError> {
+    let content_type = match reading {
+        Reading::Declared => headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+        Reading::Always => Some("application/json"),
+    };
+    let json =
+        JsonBody::parse(content_type, &bytes).map_err(|e| GatewayError::new(Reason::AmbiguousJson, e.to_string()))?;
+    Ok(ParsedBody {
+        parsed: content_type.is_some_and(is_json_media_type),
+        json: Arc::new(json),
+        empty: bytes.is_empty(),
+        encoded: is_encoded(headers),
+        bytes,
+    })
 }
 
 /// Whether a body has a content coding other than none (`identity`).
@@ -259,6 +303,50 @@ mod tests {
             error.message,
             "the request body is larger than 7 bytes, the most it reads"
         );
+    }
+
+    fn json_request(content_type: &str, body: &'static str) -> Request<Forwarded<Full<Bytes>>> {
+        Request::builder()
+            .header(CONTENT_TYPE, content_type)
+            .body(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_and_parsed_once_and_every_stage_gets_the_same_parse() {
+        let req = json_request("application/json", r#"{"type":"page"}"#);
+        let (req, first) = read_json(req, 100, "x", Reading::Declared).await.unwrap();
+        let (req, again) = read_json(req, 100, "x", Reading::Always).await.unwrap();
+        assert!(Arc::ptr_eq(&first.json, &again.json), "parsed once");
+        assert!(matches!(req.body(), Either::Right(_)));
+        let forwarded = req.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(forwarded, r#"{"type":"page"}"#, "forwarded byte for byte");
+    }
+
+    #[tokio::test]
+    async fn a_body_its_type_says_is_not_json_is_parsed_only_by_a_stage_that_reads_it_as_json() {
+        let req = json_request("text/plain", r#"{"label":"x"}"#);
+        let (req, declared) = read_json(req, 100, "x", Reading::Declared).await.unwrap();
+        assert_eq!(*declared.json, JsonBody::NotJson, "as Confluence reads it");
+        let (_, always) = read_json(req, 100, "x", Reading::Always).await.unwrap();
+        assert!(matches!(&*always.json, JsonBody::Json(v) if v["label"] == "x"));
+        let twice = json_request("text/plain", r#"{"a":1,"a":2}"#);
+        let (twice, _) = read_json(twice, 100, "x", Reading::Declared).await.unwrap();
+        let error = read_json(twice, 100, "x", Reading::Always).await.unwrap_err();
+        assert_eq!(error.reason, Reason::AmbiguousJson);
+    }
+
+    #[tokio::test]
+    async fn a_later_stage_holds_a_body_read_earlier_to_its_own_limit() {
+        let req = json_request("application/json", r#"{"label":"0123456789"}"#);
+        let (req, _) = read_json(req, 100, "the most a rule reads", Reading::Declared)
+            .await
+            .unwrap();
+        let error = read_json(req, 10, "the most the API reads", Reading::Always)
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason, Reason::BodyTooLarge);
+        assert!(error.message.contains("the most the API reads"), "{}", error.message);
     }
 
     #[tokio::test]

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{App, StartError};
-use crate::auth::seal::Pat;
 use crate::config::{self, Config, ForwardAs, LogFormat, Overrides};
 use crate::record::audit_json;
 use crate::rules::{RequestHead, RuleSet, suggest};
+use crate::secrets::Pat;
 use crate::spaces;
 use crate::store::{AuditEntry, AuditKind, AuditQuery, TokenQuery};
 use crate::target::canonical_text_target;

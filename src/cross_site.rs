@@ -16,22 +16,19 @@
 //! `Sec-Fetch-Site`, and send JSON: they are not affected. Every refusal is
 //! audited, before any credential is checked.
 
-use std::net::IpAddr;
-
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, TRANSFER_ENCODING};
 use hyper::{HeaderMap, Method, Request, Uri};
 
 use crate::app::App;
-use crate::auth::credentials;
+use crate::auth::RequestContext;
 use crate::error::{GatewayError, Reason};
 use crate::store::AuditEntry;
-use crate::target::Target;
 
 /// Most characters of a client's header value kept in the audit entry.
 const MAX_QUOTED: usize = 120;
 
 /// Refuses (403 `forbidden`, audited) a request that comes from another site.
-pub async fn refuse<B>(app: &App, req: &Request<B>, target: &Target, client_ip: IpAddr) -> Result<(), GatewayError> {
+pub async fn refuse<B>(app: &App, req: &Request<B>, cx: &RequestContext<'_>) -> Result<(), GatewayError> {
     let host = req
         .headers()
         .get(HOST)
@@ -44,19 +41,15 @@ pub async fn refuse<B>(app: &App, req: &Request<B>, target: &Target, client_ip: 
     let Some(why) = cross_site_reason(req.method(), req.headers(), &site) else {
         return Ok(());
     };
-    let claimed = credentials::from_headers(req.headers())
-        .ok()
-        .flatten()
-        .and_then(|c| {
-            c.basic_user()
-                .map(|user| format!("; credentials for user {}", quote(user)))
-        })
+    let claimed = cx
+        .basic_user()
+        .map(|user| format!("; credentials for user {}", quote(user)))
         .unwrap_or_default();
     let mut entry = AuditEntry::management(app.clock.now_ms(), "", "refused_cross_site");
     entry.user = None;
-    entry.client_ip = Some(client_ip.to_string());
+    entry.client_ip = Some(cx.client_ip.to_string());
     entry.method = Some(req.method().to_string());
-    entry.path = Some(target.path.clone());
+    entry.path = Some(cx.target.path.clone());
     entry.status = Some(403);
     entry.reason = Some(Reason::Forbidden.code().to_owned());
     entry.detail = Some(format!("{why}{claimed} (not checked)"));

@@ -13,7 +13,8 @@ use hyper::header::{AUTHORIZATION, HeaderValue};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use crate::auth::credentials::{self, Credentials, Scheme};
+use crate::auth::decode as credentials;
+use crate::auth::{BadCredentials, Credentials, Scheme};
 use crate::rules::{JsonBody, RequestHead, RuleSet, Verdict};
 use crate::spaces::cql;
 use crate::target::{self as canonical, BadPath};
@@ -50,12 +51,12 @@ pub fn credentials(data: &[u8]) {
             credentials::parse(text).map(Some),
             "from_headers and parse disagree"
         ),
-        Err(_) => assert_eq!(from_headers, Err(credentials::BadCredentials::NotAscii)),
+        Err(_) => assert_eq!(from_headers, Err(BadCredentials::NotAscii)),
     }
     headers.append(AUTHORIZATION, value);
     assert_eq!(
         credentials::from_headers(&headers),
-        Err(credentials::BadCredentials::Repeated),
+        Err(BadCredentials::Repeated),
         "two Authorization headers must be refused"
     );
 }

@@ -15,21 +15,24 @@
 //! 3. `proxy::headers` strips the identity and secret headers no client may
 //!    set; `pipeline::client_ip` finds the client IP (the socket peer, or
 //!    `X-Forwarded-For` behind a trusted proxy).
-//! 4. `routes` serves the gateway's own routes: the probes, the management
-//!    API in `admin` (which authenticates through `auth` too), and the web
-//!    page in `ui`; `cross_site` refuses calls another site's page made a
-//!    browser send to them.
-//! 5. `auth::credentials` decodes `Authorization` and refuses tokens sent
-//!    anywhere else (a keep-alive connection that repeats its last
-//!    `Authorization` recalls the token from `auth::memo` instead, every
-//!    check still to come); `auth::Authenticator` resolves a `tgw_` secret through
-//!    the verified cache, the `store` and argon2 (a client with too many
-//!    failures gets 429 first), then runs the token checks in SPEC order and
-//!    the token's `rules`, reading the body only for a JSON rule; `spaces`
-//!    confines a token with spaces by its route table (the spaces a request
-//!    touches, read as Confluence reads them; content ids' asked of
-//!    Confluence, cached for reads; a search's CQL rewritten), sharing the
-//!    one body read (`body::read_json`) with the rules.
+//! 4. `pipeline` builds the request's `auth::RequestContext`: its target,
+//!    client IP and connection, and its `Authorization` decoded once.
+//!    `routes` serves the gateway's own routes: the probes, the management
+//!    API in `admin`, and the web page in `ui`; `cross_site` refuses calls
+//!    another site's page made a browser send to them.
+//! 5. Every door authenticates through `auth::Authenticator::authenticate`,
+//!    saying what it accepts (`auth::Door`): a forwarded request a token
+//!    (or anything else, passed through); the management API a token, a
+//!    password or the page's session; the page's login a password. A `tgw_`
+//!    secret is resolved through the connection's memo (a keep-alive
+//!    connection repeating its last `Authorization`), else the verified
+//!    cache, the `store` and argon2 (a client with too many failures gets
+//!    429 first); then the token checks run in SPEC order and the token's
+//!    `rules`, reading the body only for a JSON rule; `spaces` confines a
+//!    token with spaces by its route table (the spaces a request touches,
+//!    read as Confluence reads them; content ids' asked of Confluence,
+//!    cached for reads; a search's CQL rewritten). Every stage that reads
+//!    the body shares its one read and parse (`body::read_json`).
 //! 6. `proxy` forwards to Confluence with the user's identity, or `error`
 //!    builds the refusal with its reason code. The pipeline withholds an
 //!    answer Confluence says it served as anyone but the token's user
@@ -58,7 +61,8 @@
 //! `confluence` makes the gateway's own calls to Confluence (whom a
 //! credential authenticates, personal access tokens, a content id's space)
 //! over `proxy`'s connections; `cookies` knows the page's session cookie as
-//! headers carry it, for `auth` and `proxy` alike.
+//! headers carry it, for `auth` and `proxy` alike; `secrets` makes, hashes
+//! and seals the secret material that `auth` verifies and `tokens` issues.
 //!
 //! The modules are private; what the binary, the benchmarks and the
 //! integration tests use is re-exported here.
@@ -83,6 +87,7 @@ mod proxy;
 mod record;
 mod routes;
 mod rules;
+mod secrets;
 mod server;
 mod settings;
 mod spaces;
@@ -109,7 +114,8 @@ pub use tokens::{CreatedToken, NewToken, RestrictionsChange, TokenError, Updated
 /// The pieces of the warm token path, for the benchmarks (`benches/`).
 #[doc(hidden)]
 pub mod bench {
-    pub use crate::auth::credentials::{Scheme, from_headers as credentials_from_headers};
+    pub use crate::auth::Scheme;
+    pub use crate::auth::decode::from_headers as credentials_from_headers;
     pub use crate::auth::{CheckContext, check_token};
     pub use crate::pipeline::{Connection, Next, Trail, decide};
     pub use crate::proxy::ConnInfo;

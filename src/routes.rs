@@ -4,8 +4,6 @@
 //! A refusal is returned as the [`GatewayError`] it is, for the pipeline to
 //! answer and record.
 
-use std::net::IpAddr;
-
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
@@ -13,10 +11,9 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::admin::{self, TOKEN_TOOLS};
 use crate::app::App;
+use crate::auth::RequestContext;
 use crate::body::RequestBody;
 use crate::error::{GatewayError, Reason, json_response};
-use crate::proxy::ConnInfo;
-use crate::target::Target;
 use crate::ui::{self, UI};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,13 +52,11 @@ pub async fn serve<B: RequestBody>(
     app: &App,
     route: OwnRoute,
     req: Request<B>,
-    target: &Target,
-    conn: &ConnInfo,
-    client_ip: IpAddr,
+    cx: &RequestContext<'_>,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     match route {
-        OwnRoute::TokenTools => admin::serve(app, req, target, client_ip).await,
-        OwnRoute::Ui => ui::serve(app, req, target, conn, client_ip).await,
+        OwnRoute::TokenTools => admin::serve(app, req, cx).await,
+        OwnRoute::Ui => ui::serve(app, req, cx).await,
         OwnRoute::Probe(probe) => answer_probe(app, probe, req.method()).await,
     }
 }

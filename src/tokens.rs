@@ -13,10 +13,7 @@ use rand::rngs::OsRng;
 
 use hyper::header::HeaderValue;
 
-use crate::auth::credentials::check_user_name;
-use crate::auth::rate_limit::RateLimit;
-use crate::auth::seal::{self, Pat, SealKey};
-use crate::auth::{Verifier, VerifyError, bearer, token};
+use crate::auth::{RateLimit, Verifier, VerifyError, bearer, check_user_name};
 use crate::clock::{Clock, DAY_MS, EpochMs};
 use crate::config::{ForwardAs, parse_ip_list};
 use crate::confluence::{Confluence, MintError};
@@ -24,6 +21,8 @@ use crate::error::{GatewayError, Reason};
 use crate::notify::{Event, Notifier};
 use crate::rules::RuleSet;
 use crate::rules::suggest::{self, Call, SuggestError, Suggestion};
+use crate::secrets::seal::{self, Pat, SealKey};
+use crate::secrets::token;
 use crate::spaces;
 use crate::store::{Page, Restrictions, Rotation, StoreError, TokenQuery, TokenRecord, TokenStore};
 
@@ -368,7 +367,7 @@ impl TokenManager {
         match source {
             PatSource::Supplied(pat) => {
                 // A gateway token in the wrong field is never sent to Confluence (SPEC §12).
-                if pat.as_str().contains(crate::auth::TOKEN_PREFIX) {
+                if pat.as_str().contains(crate::secrets::TOKEN_PREFIX) {
                     return Err(refused(
                         "upstreamToken is a gateway token: give the user's Confluence personal access token".into(),
                     ));

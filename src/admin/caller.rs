@@ -11,16 +11,12 @@
 
 use std::net::IpAddr;
 
-use http_body_util::Either;
-use hyper::header::AUTHORIZATION;
-use hyper::{Method, Request};
+use hyper::Request;
 
 use crate::app::App;
-use crate::auth::credentials::{self, Credentials};
-use crate::auth::{PresentedToken, Principal, RateState, ReportOnly, RuleCheck, Via};
+use crate::auth::{Authenticated, Door, Principal, RateState, RequestContext, RuleCheck, Via};
 use crate::body::{Forwarded, RequestBody};
 use crate::error::{GatewayError, Reason};
-use crate::target::Target;
 
 /// Who may do what on the management API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,76 +59,38 @@ impl Caller {
     }
 }
 
-/// Establishes the caller behind a request, or refuses it: 400 for
-/// malformed credentials, 401 for none or invalid ones, 403 for a token of a
-/// non-admin or whose checks or rules refuse the call (and for every
-/// non-admin with `self_service = false`), 429 for a client that failed too
-/// often. Returns the request with a body that can still be read (the
-/// token's JSON rules may have buffered it).
+/// Establishes the caller behind a request at the management API's door,
+/// or refuses it: 400 for malformed credentials, 401 for none or invalid
+/// ones, 403 for a token whose checks or rules refuse the call, 429 for a
+/// client that failed too often. Who may do what is the caller's [`Role`].
+/// Returns the request with a body that can still be read (the token's JSON
+/// rules may have read it).
 pub async fn authenticate<B: RequestBody>(
     app: &App,
     req: Request<B>,
-    target: &Target,
-    client_ip: IpAddr,
+    cx: &RequestContext<'_>,
     rule_check: RuleCheck,
 ) -> Result<(Request<Forwarded<B>>, Caller), GatewayError> {
-    let invalid = || GatewayError::new(Reason::InvalidToken, "invalid credentials");
-    let Some(credentials) = credentials::from_headers(req.headers())
-        .map_err(|e| GatewayError::new(Reason::BadCredentials, e.to_string()))?
-    else {
-        // No Authorization: the web page's session, if any.
-        let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD);
-        let (principal, _) = app
-            .auth
-            .authenticate_session(req.headers(), changes_state, client_ip)
-            .await?
-            .ok_or_else(|| {
-                GatewayError::new(
-                    Reason::CredentialsRequired,
-                    "credentials are required: your Confluence user name and password, or a token bound to an admin",
-                )
-            })?;
-        let role = role_of(&principal, &app.config.admin_users, app.config.self_service);
-        let caller = Caller {
-            principal,
-            role,
-            rate: None,
-            client_ip,
-        };
-        return Ok((req.map(Either::Left), caller));
-    };
-    let (req, principal, rate) = if let Some((secret, scheme)) = credentials.gateway_token() {
-        let presented = PresentedToken {
-            secret,
-            scheme,
-            basic_user: credentials.basic_user(),
-        };
-        // Report-only never applies here: the rules of a token that manages
-        // tokens always refuse (SPEC §16).
-        let (req, principal, passage) = app
-            .auth
-            .authenticate_token(req, target, presented, client_ip, ReportOnly::Never, rule_check)
-            .await
-            .map_err(|refused| refused.error)?;
-        (req, principal, passage.rate)
-    } else {
-        let Credentials::Basic { user, .. } = &credentials else {
-            return Err(invalid());
-        };
-        let authorization = req.headers().get(AUTHORIZATION).ok_or_else(invalid)?;
-        let caller = app.auth.authenticate_password(authorization, user, client_ip).await?;
-        (req.map(Either::Left), caller, None)
-    };
-    let role = role_of(&principal, &app.config.admin_users, app.config.self_service);
-    Ok((
+    let door = Door::Management(rule_check);
+    let Authenticated {
         req,
-        Caller {
-            principal,
-            role,
-            rate,
-            client_ip,
-        },
-    ))
+        principal,
+        passage,
+    } = app
+        .auth
+        .authenticate(cx, req, door)
+        .await
+        .map_err(|refused| refused.error)?;
+    let principal = principal
+        .ok_or_else(|| GatewayError::internal(&"the management API's door let a request in unauthenticated"))?;
+    let role = role_of(&principal, &app.config.admin_users, app.config.self_service);
+    let caller = Caller {
+        principal,
+        role,
+        rate: passage.rate,
+        client_ip: cx.client_ip,
+    };
+    Ok((req, caller))
 }
 
 /// What an authenticated principal may do here.
@@ -148,9 +106,9 @@ fn role_of(principal: &Principal, admin_users: &[String], self_service: bool) ->
             "token '{}' may not manage tokens: only an admin's token may; manage your tokens with your password",
             token.label
         )),
-        Via::Password { .. } | Via::Session if admin => Role::Admin,
-        Via::Password { .. } | Via::Session if self_service => Role::User,
-        Via::Password { .. } | Via::Session => Role::CheckOnly(format!(
+        Via::Password { .. } | Via::Session(_) if admin => Role::Admin,
+        Via::Password { .. } | Via::Session(_) if self_service => Role::User,
+        Via::Password { .. } | Via::Session(_) => Role::CheckOnly(format!(
             "user '{}' may not manage tokens (self-service is off: ask an admin)",
             principal.user
         )),

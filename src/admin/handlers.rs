@@ -10,12 +10,12 @@ use serde_json::{Map, Value, json};
 use super::caller::{Caller, Role};
 use super::{Action, record_action};
 use crate::app::App;
-use crate::auth::seal::Pat;
 use crate::auth::{SecretRole, Via};
 use crate::config::{ForwardAs, Scope};
 use crate::error::{GatewayError, Reason};
 use crate::record::audit_json;
 use crate::rules::{RequestHead, RuleSet};
+use crate::secrets::Pat;
 use crate::settings::SettingsChange;
 use crate::spaces;
 use crate::store::{AuditQuery, Settings, TokenQuery, TokenRecord};
@@ -160,7 +160,7 @@ fn pat_to_mint(caller: &Caller, user: Option<&str>) -> Result<Option<PatSource>,
                  personal access tokens in upstreamToken"
             ),
         )),
-        Via::Token(_) | Via::Session => Err(GatewayError::invalid(
+        Via::Token(_) | Via::Session(_) => Err(GatewayError::invalid(
             "upstreamToken",
             "a call made with a token cannot have Confluence create a personal access token: call with your \
              Confluence password instead, or give a personal access token in upstreamToken",
@@ -183,7 +183,7 @@ fn admin_only(caller: &Caller, what: &str) -> Result<(), GatewayError> {
 /// Confluence page shares the page's origin and could drive the session.
 fn password_again(caller: &Caller, what: &str) -> Result<(), GatewayError> {
     match caller.principal.via {
-        Via::Session => Err(GatewayError::new(
+        Via::Session(_) => Err(GatewayError::new(
             Reason::Forbidden,
             format!("{what} needs your Confluence password again (send it as Basic credentials)"),
         )),
@@ -240,7 +240,7 @@ pub async fn rotate(
             crate::auth::check_rules_on_json(token, head, &Value::Object(body.clone()))?;
             None
         }
-        Via::Password { .. } | Via::Session => {
+        Via::Password { .. } | Via::Session(_) => {
             caller.may_manage()?;
             password_again(caller, "rotating a token")?;
             own_token(app, caller, &id).await?;
@@ -434,7 +434,7 @@ pub async fn delete(
             .collect();
         let revoked = match &caller.principal.via {
             Via::Password { authorization } => app.tokens.revoke_minted(&own, authorization).await,
-            Via::Token(_) | Via::Session => None,
+            Via::Token(_) | Via::Session(_) => None,
         };
         answer["upstreamRevoked"] = Value::from(revoked.unwrap_or(false));
     }

@@ -30,21 +30,17 @@ pub use caller::is_admin;
 
 use caller::Caller;
 
-use std::net::IpAddr;
-
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::app::App;
-use crate::auth::RuleCheck;
-use crate::auth::{Principal, Via};
-use crate::body::{Forwarded, RequestBody, read_limited};
+use crate::auth::{Principal, RequestContext, RuleCheck, Via};
+use crate::body::{Forwarded, Reading, RequestBody, read_json};
 use crate::error::{GatewayError, Reason, json_response};
 use crate::rules::{JsonBody, RequestHead};
 use crate::store::{AuditEntry, Settings, TokenRecord};
-use crate::target::Target;
 use crate::tokens::Updated;
 
 /// Base path of the Extender-compatible management API.
@@ -101,19 +97,18 @@ impl Endpoint {
 pub async fn serve<B: RequestBody>(
     app: &App,
     req: Request<B>,
-    target: &Target,
-    client_ip: IpAddr,
+    cx: &RequestContext<'_>,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
-    let endpoint = Endpoint::route(req.method(), &target.path)?;
-    crate::cross_site::refuse(app, &req, target, client_ip).await?;
+    let endpoint = Endpoint::route(req.method(), &cx.target.path)?;
+    crate::cross_site::refuse(app, &req, cx).await?;
     // A token rotating itself passes every check but its rules (SPEC §18);
     // rotating another token, its rules are checked once the body is read.
     let rule_check = match endpoint {
         Endpoint::Rotate => RuleCheck::Skip,
         _ => RuleCheck::Apply,
     };
-    let (req, caller) = caller::authenticate(app, req, target, client_ip, rule_check).await?;
-    let answer = answer(app, endpoint, req, target, &caller).await;
+    let (req, caller) = caller::authenticate(app, req, cx, rule_check).await?;
+    let answer = answer(app, endpoint, req, cx, &caller).await;
     // A limited token's every answer carries its rate-limit headers (SPEC §16).
     match (answer, caller.rate) {
         (Ok(mut response), Some(rate)) => {
@@ -130,59 +125,57 @@ async fn answer<B: RequestBody>(
     app: &App,
     endpoint: Endpoint,
     req: Request<Forwarded<B>>,
-    target: &Target,
+    cx: &RequestContext<'_>,
     caller: &Caller,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     if !matches!(endpoint, Endpoint::Check | Endpoint::Rotate) {
         caller.may_manage()?;
     }
-    let query = target.query.as_deref();
+    let query = cx.target.query.as_deref();
     let json = match endpoint {
-        Endpoint::Check => handlers::check(read_json_object(req).await?, app.config.scope)?,
+        Endpoint::Check => handlers::check(read_json_object(req, MAX_BODY).await?.1, app.config.scope)?,
         Endpoint::List => handlers::list_tokens(app, caller, query).await?,
         Endpoint::Settings => handlers::settings(app, caller)?,
         Endpoint::Audit => handlers::list_audit(app, caller, query).await?,
-        Endpoint::Set => handlers::set(app, caller, read_json_object(req).await?).await?,
-        Endpoint::Delete => handlers::delete(app, caller, query, read_json_object(req).await?).await?,
-        Endpoint::Update => handlers::update(app, caller, read_json_object(req).await?).await?,
+        Endpoint::Set => handlers::set(app, caller, read_json_object(req, MAX_BODY).await?.1).await?,
+        Endpoint::Delete => handlers::delete(app, caller, query, read_json_object(req, MAX_BODY).await?.1).await?,
+        Endpoint::Update => handlers::update(app, caller, read_json_object(req, MAX_BODY).await?.1).await?,
         Endpoint::Suggest => handlers::suggest(app, caller, query).await?,
         Endpoint::Rotate => {
-            let presented = crate::auth::credentials::from_headers(req.headers())
-                .ok()
-                .flatten()
-                .and_then(|c| c.gateway_token().map(|(secret, _)| secret.to_owned()));
             let method = req.method().clone();
-            let body = read_json_object(req).await?;
+            let body = read_json_object(req, MAX_BODY).await?.1;
             let head = RequestHead {
                 method: method.as_str(),
-                path: &target.path,
+                path: &cx.target.path,
                 query,
             };
-            handlers::rotate(app, caller, &head, presented.as_deref(), body).await?
+            handlers::rotate(app, caller, &head, cx.token_secret(), body).await?
         }
     };
     Ok(json_response(StatusCode::OK, json.to_string()))
 }
 
-/// Reads a request body of at most [`MAX_BODY`] bytes as a JSON object; an
-/// empty body is an empty object.
-async fn read_json_object<B: RequestBody>(req: Request<B>) -> Result<Map<String, Value>, GatewayError> {
-    let (parts, body) = req.into_parts();
-    let bytes = read_limited(&parts.headers, body, MAX_BODY, "the most the management API reads").await?;
-    parse_json_object(&bytes)
+/// Reads a request body of at most [`MAX_BODY`] bytes as a JSON object,
+/// whatever type it declares (the one read and parse a JSON rule may have
+/// made already); an empty body is an empty object.
+pub async fn read_json_object<B: RequestBody>(
+    req: Request<Forwarded<B>>,
+    limit: usize,
+) -> Result<(Request<Forwarded<B>>, Map<String, Value>), GatewayError> {
+    let purpose = "the most the gateway's own API reads";
+    let (req, parsed) = read_json(req, limit, purpose, Reading::Always).await?;
+    Ok((req, json_object(&parsed.json, parsed.is_blank())?))
 }
 
-/// A JSON object without duplicate keys at any depth.
-fn parse_json_object(bytes: &[u8]) -> Result<Map<String, Value>, GatewayError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
+/// A parsed body as a JSON object (without duplicate keys at any depth,
+/// which the parse refused); an empty or blank body is an empty object.
+fn json_object(json: &JsonBody, blank: bool) -> Result<Map<String, Value>, GatewayError> {
     let bad = |message: &str| GatewayError::new(Reason::BadRequest, message);
-    match JsonBody::parse(Some("application/json"), bytes) {
-        Err(duplicate) => Err(GatewayError::new(Reason::AmbiguousJson, duplicate.to_string())),
-        Ok(JsonBody::Json(Value::Object(object))) => Ok(object),
-        Ok(JsonBody::Json(_)) => Err(bad("the request body must be a JSON object")),
-        Ok(JsonBody::NotJson) => Err(bad("the request body is not valid JSON")),
+    match json {
+        JsonBody::Json(Value::Object(object)) => Ok(object.clone()),
+        JsonBody::Json(_) => Err(bad("the request body must be a JSON object")),
+        JsonBody::NotJson if blank => Ok(Map::new()),
+        JsonBody::NotJson => Err(bad("the request body is not valid JSON")),
     }
 }
 
@@ -228,7 +221,7 @@ pub async fn record_action(app: &App, admin: &Principal, action: Action<'_>) {
     let via = match &admin.via {
         Via::Token(token) => format!("via token {}", token.id),
         Via::Password { .. } => "via password".to_owned(),
-        Via::Session => "via the web page".to_owned(),
+        Via::Session(_) => "via the web page".to_owned(),
     };
     let mut entry = AuditEntry::management(app.clock.now_ms(), &admin.user, action.name());
     entry.client_ip = Some(admin.client_ip.to_string());
@@ -303,16 +296,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bodies_must_be_json_objects_without_duplicate_keys() {
-        assert_eq!(parse_json_object(b"").unwrap(), Map::new());
-        assert_eq!(parse_json_object(b" \n").unwrap(), Map::new());
-        assert_eq!(parse_json_object(br#"{"label":"x"}"#).unwrap()["label"], "x");
-        let reason = |body: &[u8]| parse_json_object(body).unwrap_err().reason.code();
-        assert_eq!(reason(br#"{"label":"a","label":"b"}"#), "ambiguous_json");
-        assert_eq!(reason(br#"{"a":{"b":1,"b":2}}"#), "ambiguous_json");
-        assert_eq!(reason(b"{\"label\":"), "bad_request");
-        assert_eq!(reason(b"[1]"), "bad_request");
-        assert_eq!(reason(b"label=x"), "bad_request");
+    async fn object(body: &[u8], content_type: &str) -> Result<Map<String, Value>, GatewayError> {
+        let req = Request::builder()
+            .header("content-type", content_type)
+            .body(http_body_util::Either::Left(Full::new(Bytes::copy_from_slice(body))))
+            .unwrap();
+        read_json_object(req, MAX_BODY).await.map(|(_, object)| object)
+    }
+
+    #[tokio::test]
+    async fn bodies_must_be_json_objects_without_duplicate_keys_whatever_they_declare() {
+        for content_type in ["application/json", "text/plain"] {
+            assert_eq!(object(b"", content_type).await.unwrap(), Map::new());
+            assert_eq!(object(b" \n", content_type).await.unwrap(), Map::new());
+            assert_eq!(object(br#"{"label":"x"}"#, content_type).await.unwrap()["label"], "x");
+            let reason = async |body: &'static [u8]| object(body, content_type).await.unwrap_err().reason.code();
+            assert_eq!(reason(br#"{"label":"a","label":"b"}"#).await, "ambiguous_json");
+            assert_eq!(reason(br#"{"a":{"b":1,"b":2}}"#).await, "ambiguous_json");
+            assert_eq!(reason(b"{\"label\":").await, "bad_request");
+            assert_eq!(reason(b"[1]").await, "bad_request");
+            assert_eq!(reason(b"label=x").await, "bad_request");
+        }
+        let error = object(&[b' '; MAX_BODY + 1], "application/json").await.unwrap_err();
+        assert_eq!(error.reason.code(), "body_too_large");
     }
 }

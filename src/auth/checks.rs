@@ -9,7 +9,7 @@ use hyper::{Method, Request};
 
 use super::ActiveToken;
 use super::credentials::{Scheme, check_user_name};
-use crate::body::{Forwarded, RequestBody, is_encoded, read_json};
+use crate::body::{Forwarded, Reading, RequestBody, is_encoded, read_json};
 use crate::clock::EpochMs;
 use crate::config::{Scope, TokenAuth};
 use crate::error::{GatewayError, Reason};
@@ -141,7 +141,13 @@ pub async fn check_rules_with_body<B: RequestBody>(
     max_json_body: usize,
 ) -> Result<RulesAnswer<B>, GatewayError> {
     let rules = compiled_rules(token)?;
-    let (req, parsed) = read_json(req.map(Either::Left), max_json_body, "the most a JSON rule reads").await?;
+    let (req, parsed) = read_json(
+        req.map(Either::Left),
+        max_json_body,
+        "the most a JSON rule reads",
+        Reading::Declared,
+    )
+    .await?;
     let head = RequestHead {
         method: req.method().as_str(),
         path,

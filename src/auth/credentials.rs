@@ -11,7 +11,7 @@ use hyper::HeaderMap;
 use hyper::header::{AUTHORIZATION, HeaderValue};
 use memchr::memmem;
 
-use super::token::TOKEN_PREFIX;
+use crate::secrets::TOKEN_PREFIX;
 
 /// The scheme a credential arrived in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

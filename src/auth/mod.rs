@@ -1,10 +1,16 @@
 //! Authentication: what a client presented, turned into a [`Principal`] (or
-//! refused), in one place for forwarded requests and the management API.
+//! refused), in one place for every door of the gateway: forwarded
+//! requests, the management API and the web page all call
+//! [`Authenticator::authenticate`] with the request's [`RequestContext`]
+//! and the [`Door`] they are, which says what is acceptable there.
 //!
-//! - [`credentials`] decodes `Authorization` (pure) and finds tokens where
-//!   no credential may be;
+//! - [`RequestContext`] holds the request's target, client IP and
+//!   connection, its credentials decoded once ([`credentials`]) and its
+//!   session id;
 //! - [`Verifier`] turns a `tgw_` secret into an [`ActiveToken`] through the
-//!   verified cache, the store and argon2 ([`token`] holds values and hashes);
+//!   verified cache, the store and argon2 ([`crate::secrets`] holds values
+//!   and hashes); the connection's [`CredentialMemo`] skips that for a repeated
+//!   header;
 //! - [`checks`] runs the token checks of SPEC §2.7 and the rules (§3);
 //! - [`FailureThrottle`] answers 429 to a client that failed too often;
 //! - [`PasswordVerdicts`] keeps Confluence's answers about passwords;
@@ -12,22 +18,16 @@
 //! - [`IdentityCheck`] holds each answer to a token request to the user
 //!   Confluence says it served (SPEC §19), and counts a PAT it served as
 //!   someone else as rejected.
-//!
-//! [`Authenticator`] strings them together: [`Authenticator::authenticate_token`]
-//! is resolve → throttle → checks → rules, and
-//! [`Authenticator::authenticate_password`] asks Confluence, and
-//! [`Authenticator::authenticate_session`] reads the page's session.
 
 mod checks;
-pub mod credentials;
-pub mod memo;
+mod context;
+mod credentials;
+mod memo;
 mod passwords;
-pub mod rate_limit;
-pub mod seal;
+mod rate_limit;
 mod served_as;
-pub mod sessions;
-pub mod throttle;
-pub mod token;
+mod sessions;
+mod throttle;
 mod upstream;
 mod verifier;
 
@@ -38,12 +38,26 @@ use hyper::header::HeaderValue;
 use hyper::{HeaderMap, Request};
 
 pub use checks::{CheckContext, RulesCheck, check_rules, check_rules_on_json, check_rules_with_body, check_token};
+pub use context::RequestContext;
+pub use credentials::{BadCredentials, Credentials, Scheme, check_user_name};
+pub use memo::CredentialMemo;
 pub use passwords::PasswordVerdicts;
-pub use rate_limit::RateState;
+pub use rate_limit::{RateLimit, RateLimits, RateState};
 pub use served_as::IdentityCheck;
+pub use sessions::{SESSION_COOKIE, Session, Sessions};
 pub use throttle::{FailureThrottle, throttle_key};
 pub use upstream::{PatVerdict, bearer};
 pub use verifier::{ActiveToken, PatMode, SecretRole, Verifier, VerifyError};
+
+/// The `Authorization` decoder itself, for the fuzz targets and the
+/// benchmarks only: every stage reads a request's credentials from its
+/// [`RequestContext`], decoded once.
+#[doc(hidden)]
+pub mod decode {
+    pub use super::credentials::from_headers;
+    #[cfg(any(fuzzing, test))]
+    pub use super::credentials::parse;
+}
 
 use crate::body::{Forwarded, RequestBody};
 use crate::clock::Clock;
@@ -51,10 +65,6 @@ use crate::config::Config;
 use crate::confluence::Confluence;
 use crate::error::{GatewayError, Reason};
 use crate::target::Target;
-use credentials::Scheme;
-use rate_limit::RateLimits;
-use sessions::{Session, Sessions};
-pub use token::TOKEN_PREFIX;
 
 /// Who a request acts as, how that was established, and from where.
 #[derive(Debug, Clone)]
@@ -75,7 +85,7 @@ pub enum Via {
     /// behalf during this request: minting or revoking their PAT.
     Password { authorization: HeaderValue },
     /// A web page session (whose CSRF token a state-changing call carried).
-    Session,
+    Session(Arc<Session>),
 }
 
 impl Via {
@@ -83,18 +93,9 @@ impl Via {
         match self {
             Via::Token(_) => "token",
             Via::Password { .. } => "password",
-            Via::Session => "session",
+            Via::Session(_) => "session",
         }
     }
-}
-
-/// A gateway token as it was presented.
-#[derive(Debug, Clone, Copy)]
-pub struct PresentedToken<'a> {
-    pub secret: &'a str,
-    pub scheme: Scheme,
-    /// The Basic user name typed next to it, if it came as Basic.
-    pub basic_user: Option<&'a str>,
 }
 
 /// What else a token request that passed carries on its way.
@@ -121,6 +122,16 @@ impl From<GatewayError> for Refused {
     }
 }
 
+/// How a resolved token was presented, and what its door waives.
+#[derive(Debug, Clone, Copy)]
+struct Presenting<'a> {
+    scheme: Scheme,
+    /// The Basic user name typed next to it, if it came as Basic.
+    basic_user: Option<&'a str>,
+    report_only: ReportOnly,
+    rule_check: RuleCheck,
+}
+
 /// Whether report-only tokens pass what their rules refuse: on forwarded
 /// requests; never on the management API (SPEC §16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +146,52 @@ pub enum ReportOnly {
 pub enum RuleCheck {
     Apply,
     Skip,
+}
+
+/// A door of the gateway, and what is acceptable there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// A request on its way to Confluence (SPEC §2.5-2.7): a gateway token,
+    /// a report-only token's rules waived. Anything else is passed on as
+    /// sent, unless `passthrough` (other credentials) or `allow_anonymous`
+    /// (none) is off; a token anywhere but `Authorization` is refused.
+    Proxy,
+    /// The management API (SPEC §5, §15): a gateway token (report-only
+    /// never applies; its rules skipped only for a token rotating itself),
+    /// a password Confluence accepts, or the page's session.
+    Management(RuleCheck),
+    /// The page's login form: a password Confluence accepts.
+    Login,
+    /// The page's own session; a state-changing call must carry its CSRF token.
+    Session { changes_state: bool },
+}
+
+/// A request its door let in.
+pub struct Authenticated<B> {
+    /// The request, its body still to read (a JSON rule may have read it).
+    pub req: Request<Forwarded<B>>,
+    /// Whom it acts as; `None` for a request passed on as it was sent (no
+    /// credentials, or credentials that are not a gateway token).
+    pub principal: Option<Principal>,
+    pub passage: Passage,
+}
+
+impl<B> Authenticated<B> {
+    fn passed_on(req: Request<B>) -> Self {
+        Authenticated {
+            req: req.map(http_body_util::Either::Left),
+            principal: None,
+            passage: Passage::default(),
+        }
+    }
+
+    fn as_(req: Request<B>, principal: Principal) -> Self {
+        Authenticated {
+            req: req.map(http_body_util::Either::Left),
+            principal: Some(principal),
+            passage: Passage::default(),
+        }
+    }
 }
 
 pub struct Authenticator {
@@ -177,18 +234,108 @@ impl Authenticator {
         &self.sessions
     }
 
-    /// The web page's session, for the management API (SPEC §15): `None`
-    /// without the session cookie; 401 for a session that has ended; 403 for
-    /// a state-changing call without the session's CSRF token.
-    pub async fn authenticate_session(
+    /// The one way in: what `cx` presented, authenticated as `door`
+    /// accepts it. 400 for malformed credentials (or a token outside
+    /// `Authorization` at the proxy door), 401 for none or invalid ones,
+    /// 403 when a token's checks or rules refuse the request, 429 for a
+    /// client that failed too often. A refused token is named in the
+    /// refusal, for the audit log.
+    pub async fn authenticate<B: RequestBody>(
         &self,
+        cx: &RequestContext<'_>,
+        req: Request<B>,
+        door: Door,
+    ) -> Result<Authenticated<B>, Refused> {
+        let malformed = |e: &BadCredentials| GatewayError::new(Reason::BadCredentials, e.to_string());
+        let rule_check = match door {
+            Door::Session { changes_state } => {
+                let principal = self.authenticate_session(cx, req.headers(), changes_state).await?;
+                return Ok(Authenticated::as_(req, principal));
+            }
+            Door::Proxy => {
+                credentials::refuse_tokens_elsewhere(req.headers(), cx.target.query.as_deref())
+                    .map_err(|e| malformed(&e))?;
+                RuleCheck::Apply
+            }
+            Door::Management(rule_check) => rule_check,
+            Door::Login => RuleCheck::Apply,
+        };
+        let Some(presented) = cx.presented().map_err(malformed)? else {
+            return match door {
+                Door::Proxy if self.config.allow_anonymous => Ok(Authenticated::passed_on(req)),
+                Door::Management(_) if cx.session_id().is_some() => {
+                    let changes_state = !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
+                    let principal = self.authenticate_session(cx, req.headers(), changes_state).await?;
+                    Ok(Authenticated::as_(req, principal))
+                }
+                Door::Management(_) => Err(GatewayError::new(
+                    Reason::CredentialsRequired,
+                    "credentials are required: your Confluence user name and password, or a token bound to an admin",
+                )
+                .into()),
+                _ => Err(GatewayError::new(Reason::CredentialsRequired, "credentials are required").into()),
+            };
+        };
+        match (presented.credentials.gateway_token(), door) {
+            // A gateway token typed as a password is refused as a password.
+            (Some((secret, scheme)), Door::Proxy | Door::Management(_)) => {
+                let basic_user = presented.credentials.basic_user();
+                let report_only = match door {
+                    Door::Proxy => ReportOnly::Applies,
+                    // The rules of a token that manages tokens always refuse (SPEC §16).
+                    _ => ReportOnly::Never,
+                };
+                let memo = cx.memo.filter(|_| door == Door::Proxy);
+                let now = self.clock.now_ms();
+                let token = match memo.and_then(|memo| memo.recall(&presented.authorization, now)) {
+                    Some(token) => token,
+                    None => {
+                        let token = self.resolve_token(secret, cx.client_ip).await?;
+                        // The connection's next request with the same header
+                        // skips resolving it (never the checks).
+                        if let Some(memo) = memo {
+                            memo.remember(&presented.authorization, &token, now);
+                        }
+                        token
+                    }
+                };
+                let presented = Presenting {
+                    scheme,
+                    basic_user,
+                    report_only,
+                    rule_check,
+                };
+                self.authenticate_token(token, req, &cx.target, presented, cx.client_ip)
+                    .await
+            }
+            (None, Door::Proxy) if self.config.passthrough => Ok(Authenticated::passed_on(req)),
+            (None, Door::Proxy) => {
+                Err(GatewayError::new(Reason::InvalidToken, "only gateway tokens are accepted here").into())
+            }
+            (_, _) => {
+                let Credentials::Basic { user, .. } = &presented.credentials else {
+                    return Err(GatewayError::new(Reason::InvalidToken, "invalid credentials").into());
+                };
+                let principal = self
+                    .authenticate_password(&presented.authorization, user, cx.client_ip)
+                    .await?;
+                Ok(Authenticated::as_(req, principal))
+            }
+        }
+    }
+
+    /// The web page's session (SPEC §15): 401 without one or for one that
+    /// has ended; 403 for a state-changing call without the session's CSRF
+    /// token.
+    async fn authenticate_session(
+        &self,
+        cx: &RequestContext<'_>,
         headers: &HeaderMap,
         changes_state: bool,
-        client_ip: IpAddr,
-    ) -> Result<Option<(Principal, Session)>, GatewayError> {
-        let Some(id) = sessions::session_cookie(headers) else {
-            return Ok(None);
-        };
+    ) -> Result<Principal, GatewayError> {
+        let id = cx
+            .session_id()
+            .ok_or_else(|| GatewayError::new(Reason::CredentialsRequired, "not logged in"))?;
         let session = self
             .sessions
             .resolve(id)
@@ -202,12 +349,11 @@ impl Authenticator {
                 "the page's CSRF token is missing or wrong: reload the page",
             ));
         }
-        let principal = Principal {
+        Ok(Principal {
             user: session.user.clone(),
-            via: Via::Session,
-            client_ip,
-        };
-        Ok(Some((principal, session)))
+            via: Via::Session(Arc::new(session)),
+            client_ip: cx.client_ip,
+        })
     }
 
     /// Counts a failed attempt (a bad token or password) from `client_ip`.
@@ -229,7 +375,7 @@ impl Authenticator {
 
     /// The token a `tgw_` secret belongs to: from the verified cache, else
     /// (unless this client is throttled) through the store and argon2.
-    pub async fn resolve_token(&self, secret: &str, client_ip: IpAddr) -> Result<Arc<ActiveToken>, GatewayError> {
+    async fn resolve_token(&self, secret: &str, client_ip: IpAddr) -> Result<Arc<ActiveToken>, GatewayError> {
         match self.verifier.cached(secret).await {
             Ok(Some(token)) => return Ok(token),
             Ok(None) => {}
@@ -245,50 +391,24 @@ impl Authenticator {
     }
 
     /// A token request, for a forwarded request and the management API
-    /// alike: token resolution (SPEC §2.6), the checks of §2.7 in their
-    /// order, the rate limit, then the token's rules (§3), which may read
-    /// the body; a report-only token's rules refuse nothing where
-    /// `report_only` applies.
-    pub async fn authenticate_token<B: RequestBody>(
-        &self,
-        req: Request<B>,
-        target: &Target,
-        presented: PresentedToken<'_>,
-        client_ip: IpAddr,
-        report_only: ReportOnly,
-        rule_check: RuleCheck,
-    ) -> Result<(Request<Forwarded<B>>, Principal, Passage), Refused> {
-        let token = self.resolve_token(presented.secret, client_ip).await?;
-        let (scheme, basic_user) = (presented.scheme, presented.basic_user);
-        self.authenticate_resolved(
-            token,
-            req,
-            target,
-            scheme,
-            basic_user,
-            client_ip,
-            report_only,
-            rule_check,
-        )
-        .await
-    }
-
-    /// [`authenticate_token`](Self::authenticate_token) for a token already
-    /// resolved (the connection's memo recalled it): every check, from the
-    /// scheme on.
-    // The arguments are what a presented token carries, one by one.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn authenticate_resolved<B: RequestBody>(
+    /// alike, once the token is resolved (SPEC §2.6): the checks of §2.7 in
+    /// their order, the rate limit, then the token's rules (§3), which may
+    /// read the body; a report-only token's rules refuse nothing where
+    /// report-only applies.
+    async fn authenticate_token<B: RequestBody>(
         &self,
         token: Arc<ActiveToken>,
         req: Request<B>,
         target: &Target,
-        scheme: Scheme,
-        basic_user: Option<&str>,
+        presented: Presenting<'_>,
         client_ip: IpAddr,
-        report_only: ReportOnly,
-        rule_check: RuleCheck,
-    ) -> Result<(Request<Forwarded<B>>, Principal, Passage), Refused> {
+    ) -> Result<Authenticated<B>, Refused> {
+        let Presenting {
+            scheme,
+            basic_user,
+            report_only,
+            rule_check,
+        } = presented;
         let mut passage = Passage::default();
         let refused = |error: GatewayError, rate: Option<RateState>| Refused {
             error: match rate {
@@ -336,7 +456,11 @@ impl Authenticator {
                 via: Via::Token(token),
                 client_ip,
             };
-            return Ok((req.map(http_body_util::Either::Left), principal, passage));
+            return Ok(Authenticated {
+                req: req.map(http_body_util::Either::Left),
+                principal: Some(principal),
+                passage,
+            });
         }
         let (req, denied) = match check_rules(&token, req, &target.path).map_err(|e| refused(e, rate))? {
             RulesCheck::Decided(answer) => answer,
@@ -361,7 +485,11 @@ impl Authenticator {
             via: Via::Token(token),
             client_ip,
         };
-        Ok((req, principal, passage))
+        Ok(Authenticated {
+            req,
+            principal: Some(principal),
+            passage,
+        })
     }
 
     /// With `forward_as = "pat"`, the `Authorization` value (`Bearer <PAT>`)
@@ -386,9 +514,9 @@ impl Authenticator {
     }
 
     /// Basic `user:password` that Confluence accepts (SPEC §5), for the
-    /// management API. A verdict is kept 60 s; a client that failed too
+    /// management API and the page's login. A verdict is kept 60 s; a client that failed too
     /// often gets 429 before Confluence is asked again.
-    pub async fn authenticate_password(
+    async fn authenticate_password(
         &self,
         authorization: &HeaderValue,
         user: &str,

@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 use crate::clock::{Clock, EpochMs};
 use crate::store::{SessionRecord, StoreError, TokenStore};
 
-pub use crate::cookies::{SESSION_COOKIE, has_session_cookie, session_cookie};
+pub use crate::cookies::SESSION_COOKIE;
 /// The header the page sends its CSRF token in.
 pub const CSRF_HEADER: &str = "x-tokengate-csrf";
 /// How stale `last_seen_at` may get before a use writes it again: the

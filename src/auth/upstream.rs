@@ -14,10 +14,10 @@ use bytes::Bytes;
 use hyper::header::HeaderValue;
 use zeroize::Zeroizing;
 
-use super::seal::Pat;
 use crate::clock::EpochMs;
 use crate::confluence::Confluence;
 use crate::error::{GatewayError, Reason};
+use crate::secrets::Pat;
 
 /// How often Confluence is asked again about a PAT in use (SPEC §13: at least every 60 s).
 pub const RECHECK_MS: EpochMs = 60_000;

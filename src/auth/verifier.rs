@@ -22,8 +22,6 @@ use moka::future::Cache;
 use tokio::sync::Semaphore;
 
 use super::rate_limit::{Bucket, RateLimit, RateLimits};
-use super::seal::{self, SealError, SealKey};
-use super::token::{self, SecretDigest};
 use super::upstream::{self, UpstreamCredential};
 use crate::clock::{Clock, EpochMs};
 use crate::config::parse_ip_list;
@@ -31,6 +29,8 @@ use crate::confluence::Confluence;
 use crate::error::GatewayError;
 use crate::record::{Metrics, TokenUsage, UsageBook};
 use crate::rules::RuleSet;
+use crate::secrets::seal::{self, SealError, SealKey};
+use crate::secrets::token::{self, SecretDigest};
 use crate::store::{ChangeKind, StoreError, TokenRecord, TokenStore};
 
 /// Most verified secrets kept in memory at once.

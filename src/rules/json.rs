@@ -72,7 +72,7 @@ impl AmbiguousJson {
 }
 
 /// `application/json` or any `type/subtype+json`, ignoring parameters and case.
-fn is_json_media_type(content_type: &str) -> bool {
+pub fn is_json_media_type(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     let Some((kind, subtype)) = essence.split_once('/') else {
         return false;

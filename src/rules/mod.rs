@@ -23,7 +23,7 @@ mod json;
 mod parse;
 pub mod suggest;
 
-pub use json::JsonBody;
+pub use json::{JsonBody, is_json_media_type};
 
 use eval::Matcher;
 

@@ -31,7 +31,7 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Request, StatusCode};
 use serde_json::Value;
 
-use crate::body::{Forwarded, RequestBody, is_upload, is_upload_type, read_json};
+use crate::body::{Forwarded, Reading, RequestBody, is_upload, is_upload_type, read_json};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::confluence::Confluence;
@@ -169,7 +169,7 @@ impl Spaces {
                 let purpose = "the most the gateway reads to find the spaces a change touches";
                 // Boxed, as the lookups below: only changes and misses need
                 // them, and a read of a cached id stays a small future.
-                let (req, parsed) = Box::pin(read_json(req, self.max_json_body, purpose)).await?;
+                let (req, parsed) = Box::pin(read_json(req, self.max_json_body, purpose, Reading::Declared)).await?;
                 let body = BodyRead::of(&parsed.json, parsed.empty, parsed.encoded, false);
                 if let Err(refusal) = resolve::names_in_body(&mut plan, &body) {
                     return Ok((req, refused(refusal)));

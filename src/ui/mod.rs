@@ -10,25 +10,19 @@
 //! | GET | `/tokengate/ui/session` | who is logged in, their CSRF token, what the gateway offers |
 //! | POST | `/tokengate/ui/logout` | ends the session, in every replica |
 
-use std::net::IpAddr;
-
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
+use http_body_util::Either;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
+use crate::admin::read_json_object;
 use crate::app::App;
-use crate::auth::credentials::check_user_name;
-use crate::auth::sessions::{self, SESSION_COOKIE, Session};
-use crate::body::{RequestBody, read_limited};
+use crate::auth::{Authenticated, Door, Principal, RequestContext, SESSION_COOKIE, Via, check_user_name};
+use crate::body::RequestBody;
 use crate::error::{GatewayError, Reason, json_response};
-use crate::proxy::ConnInfo;
-use crate::rules::JsonBody;
 use crate::store::AuditEntry;
-use crate::target::Target;
 
 /// Where the page lives.
 pub const UI: &str = "/tokengate/ui";
@@ -44,9 +38,7 @@ static ICON: &str = include_str!("assets/icon.svg");
 pub async fn serve<B: RequestBody>(
     app: &App,
     req: Request<B>,
-    target: &Target,
-    conn: &ConnInfo,
-    client_ip: IpAddr,
+    cx: &RequestContext<'_>,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     if !app.config.ui {
         return Err(GatewayError::new(
@@ -54,7 +46,7 @@ pub async fn serve<B: RequestBody>(
             "the web page is switched off here (ui = false)",
         ));
     }
-    let sub = target.path.strip_prefix(UI).unwrap_or_default();
+    let sub = cx.target.path.strip_prefix(UI).unwrap_or_default();
     let method = req.method().clone();
     let asset = match sub {
         "" => return Ok(redirect(&format!("{UI}/"))),
@@ -71,23 +63,26 @@ pub async fn serve<B: RequestBody>(
     match sub {
         "/session" => {
             only(&method, &[Method::GET], "GET")?;
-            let session = current_session(app, &req).await?;
+            let (principal, session) = session(app, cx, req, false).await?;
             Ok(json_response(
                 StatusCode::OK,
-                session_json(app, &session.user, &session.csrf).to_string(),
+                session_json(app, &principal.user, &session.csrf).to_string(),
             ))
         }
         "/login" => {
             only(&method, &[Method::POST], "POST")?;
-            crate::cross_site::refuse(app, &req, target, client_ip).await?;
-            login(app, req, conn, client_ip).await
+            crate::cross_site::refuse(app, &req, cx).await?;
+            login(app, req, cx).await
         }
         "/logout" => {
             only(&method, &[Method::POST], "POST")?;
-            crate::cross_site::refuse(app, &req, target, client_ip).await?;
-            logout(app, &req, conn, client_ip).await
+            crate::cross_site::refuse(app, &req, cx).await?;
+            logout(app, req, cx).await
         }
-        _ => Err(GatewayError::new(Reason::NotFound, format!("no page {}", target.path))),
+        _ => Err(GatewayError::new(
+            Reason::NotFound,
+            format!("no page {}", cx.target.path),
+        )),
     }
 }
 
@@ -139,15 +134,23 @@ fn session_json(app: &App, user: &str, csrf: &str) -> Value {
     })
 }
 
-async fn current_session<B>(app: &App, req: &Request<B>) -> Result<Session, GatewayError> {
-    let no_session = || GatewayError::new(Reason::CredentialsRequired, "not logged in");
-    let id = sessions::session_cookie(req.headers()).ok_or_else(no_session)?;
-    app.auth
-        .sessions()
-        .resolve(id)
-        .await
-        .map_err(|e| GatewayError::internal(&e))?
-        .ok_or_else(no_session)
+/// The page's session at the session door: 401 without one, 403 for a
+/// state-changing call without its CSRF token.
+async fn session<B: RequestBody>(
+    app: &App,
+    cx: &RequestContext<'_>,
+    req: Request<B>,
+    changes_state: bool,
+) -> Result<(Principal, std::sync::Arc<crate::auth::Session>), GatewayError> {
+    let door = Door::Session { changes_state };
+    let Authenticated { principal, .. } = app.auth.authenticate(cx, req, door).await.map_err(|r| r.error)?;
+    let unexpected = || GatewayError::internal(&"the session door let a request in without a session");
+    let principal = principal.ok_or_else(unexpected)?;
+    let Via::Session(session) = &principal.via else {
+        return Err(unexpected());
+    };
+    let session = session.clone();
+    Ok((principal, session))
 }
 
 /// `POST /login`: the password is checked with Confluence as for the
@@ -156,21 +159,9 @@ async fn current_session<B>(app: &App, req: &Request<B>) -> Result<Session, Gate
 async fn login<B: RequestBody>(
     app: &App,
     req: Request<B>,
-    conn: &ConnInfo,
-    client_ip: IpAddr,
+    cx: &RequestContext<'_>,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
-    let (parts, body) = req.into_parts();
-    let bytes = read_limited(&parts.headers, body, MAX_BODY, "the most the login reads").await?;
-    let form = match JsonBody::parse(Some("application/json"), &bytes) {
-        Ok(JsonBody::Json(Value::Object(form))) => form,
-        Ok(_) => {
-            return Err(GatewayError::new(
-                Reason::BadRequest,
-                "send {\"username\", \"password\"} as JSON",
-            ));
-        }
-        Err(e) => return Err(GatewayError::new(Reason::AmbiguousJson, e.to_string())),
-    };
+    let (req, form) = read_json_object(req.map(Either::Left), MAX_BODY).await?;
     let text = |name: &'static str| {
         form.get(name)
             .and_then(Value::as_str)
@@ -179,14 +170,15 @@ async fn login<B: RequestBody>(
     };
     let (username, password) = (text("username")?, text("password")?);
     check_user_name(username).map_err(|why| GatewayError::invalid("username", why))?;
-    let mut authorization =
-        HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(format!("{username}:{password}"))))
-            .map_err(|_| GatewayError::new(Reason::InvalidToken, "invalid credentials"))?;
-    authorization.set_sensitive(true);
-    let principal = app
+    let typed = cx
+        .with_password(username, password)
+        .map_err(|_| GatewayError::new(Reason::InvalidToken, "invalid credentials"))?;
+    let Authenticated { principal, .. } = app
         .auth
-        .authenticate_password(&authorization, username, client_ip)
-        .await?;
+        .authenticate(&typed, req, Door::Login)
+        .await
+        .map_err(|refused| refused.error)?;
+    let principal = principal.ok_or_else(|| GatewayError::internal(&"the login let a request in unauthenticated"))?;
     let admin = crate::admin::is_admin(&app.config.admin_users, &principal.user);
     if !admin && !app.config.self_service {
         return Err(GatewayError::new(
@@ -200,7 +192,7 @@ async fn login<B: RequestBody>(
         .start(&principal.user)
         .await
         .map_err(|e| GatewayError::internal(&e))?;
-    record(app, &principal.user, "login", client_ip).await;
+    record(app, &principal.user, "login", cx).await;
     let mut response = json_response(
         StatusCode::OK,
         session_json(app, &principal.user, &session.csrf).to_string(),
@@ -209,7 +201,7 @@ async fn login<B: RequestBody>(
         "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
         session.id,
         app.auth.sessions().cookie_max_age(),
-        secure(app, conn)
+        secure(app, cx.conn)
     );
     set_cookie(&mut response, &cookie);
     Ok(response)
@@ -217,31 +209,32 @@ async fn login<B: RequestBody>(
 
 /// `POST /logout`: ends the session server-side (a replayed cookie then
 /// fails) and clears the cookie. Needs the session's CSRF token.
-async fn logout<B>(
+async fn logout<B: RequestBody>(
     app: &App,
-    req: &Request<B>,
-    conn: &ConnInfo,
-    client_ip: IpAddr,
+    req: Request<B>,
+    cx: &RequestContext<'_>,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
-    if let Some((principal, session)) = app.auth.authenticate_session(req.headers(), true, client_ip).await? {
+    // Without a session there is nothing to end but the cookie.
+    if cx.session_id().is_some() {
+        let (principal, session) = session(app, cx, req, true).await?;
         app.auth
             .sessions()
             .end(&session)
             .await
             .map_err(|e| GatewayError::internal(&e))?;
-        record(app, &principal.user, "logout", client_ip).await;
+        record(app, &principal.user, "logout", cx).await;
     }
     let mut response = json_response(StatusCode::OK, r#"{"status":"ok"}"#);
     let cookie = format!(
         "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
-        secure(app, conn)
+        secure(app, cx.conn)
     );
     set_cookie(&mut response, &cookie);
     Ok(response)
 }
 
 /// `; Secure` when the page is served over TLS, here or in front (`public_url`).
-fn secure(app: &App, conn: &ConnInfo) -> &'static str {
+fn secure(app: &App, conn: &crate::proxy::ConnInfo) -> &'static str {
     let public_https = app.config.public_url.as_ref().is_some_and(|url| url.https);
     if conn.tls || public_https { "; Secure" } else { "" }
 }
@@ -252,9 +245,9 @@ fn set_cookie(response: &mut Response<Full<Bytes>>, cookie: &str) {
 }
 
 /// Logins and logouts go to the audit log like management actions.
-async fn record(app: &App, user: &str, action: &str, client_ip: IpAddr) {
+async fn record(app: &App, user: &str, action: &str, cx: &RequestContext<'_>) {
     let mut entry = AuditEntry::management(app.clock.now_ms(), user, action);
-    entry.client_ip = Some(client_ip.to_string());
+    entry.client_ip = Some(cx.client_ip.to_string());
     entry.detail = Some("via the web page".to_owned());
     app.audit.record(entry).await;
 }
