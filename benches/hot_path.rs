@@ -20,7 +20,7 @@ use tokengate::bench::{
     CheckContext, ConnInfo, Connection, Next, Scheme, Trail, canonical_path, check_token, credentials_from_headers,
     decide,
 };
-use tokengate::{App, Argon2Cost, Config, NewToken, Scope, SqliteStore, SystemClock, TokenAuth, Upstream};
+use tokengate::{Actor, App, Argon2Cost, Config, NewToken, Scope, SqliteStore, SystemClock, TokenAuth, Upstream};
 
 /// A stand-in Confluence that places every content id in space DOCS: the
 /// spaces bench's one lookup asks it, every later request hits the cache.
@@ -100,26 +100,25 @@ fn warm_token(c: &mut Criterion) {
             ip: Some("127.0.0.0/8".into()),
             rate_limit: rate_limit.map(str::to_owned),
             spaces: spaces.map(str::to_owned),
-            author: "bench".into(),
             ..NewToken::default()
         };
         const SPACE_RULE: &str = "[get].*/rest/api/space.*[QueryParam::spaceKey==DOCS]";
         const CONTENT_RULE: &str = "[get|put].*/rest/api/content/[0-9]+";
         let secret = app
             .tokens
-            .create(token("bench", SPACE_RULE, None, None))
+            .create(token("bench", SPACE_RULE, None, None), &Actor::cli())
             .await
             .unwrap()
             .value;
         // The same token with a rate limit it never reaches in a bench run.
         let limited = token("bench-limited", SPACE_RULE, Some("1000000/s"), None);
-        let limited = app.tokens.create(limited).await.unwrap().value;
+        let limited = app.tokens.create(limited, &Actor::cli()).await.unwrap().value;
         // A token confined to space DOCS, with a rule for content by id, and
         // the same without spaces: what confinement costs on a cached id.
         let confined = token("bench-spaces", CONTENT_RULE, None, Some("DOCS"));
-        let confined = app.tokens.create(confined).await.unwrap().value;
+        let confined = app.tokens.create(confined, &Actor::cli()).await.unwrap().value;
         let unconfined = token("bench-content", CONTENT_RULE, None, None);
-        let unconfined = app.tokens.create(unconfined).await.unwrap().value;
+        let unconfined = app.tokens.create(unconfined, &Actor::cli()).await.unwrap().value;
         for secret in [&secret, &limited, &confined, &unconfined] {
             app.auth
                 .verifier()
@@ -264,10 +263,9 @@ fn end_to_end(c: &mut Criterion) {
                 user: Some("alice".into()),
                 limit_to: Some("[get].*/rest/api/content/[0-9]+".into()),
                 spaces: spaces.map(str::to_owned),
-                author: "bench".into(),
                 ..NewToken::default()
             };
-            let secret = app.tokens.create(new).await.unwrap().value;
+            let secret = app.tokens.create(new, &Actor::cli()).await.unwrap().value;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let gateway = listener.local_addr().unwrap();
             tokio::spawn(tokengate::serve(listener, app, std::future::pending()));

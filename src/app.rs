@@ -131,8 +131,10 @@ impl App {
             clock.clone(),
         ));
         let events = Arc::new(Notifier::new(&config, store.clone(), clock.clone())?);
+        let audit = AuditLog::start(store.clone(), AUDIT_QUEUE);
         let tokens = TokenManager {
             events: events.clone(),
+            audit: audit.clone(),
             store: store.clone(),
             verifier: verifier.clone(),
             clock: clock.clone(),
@@ -174,7 +176,7 @@ impl App {
             protected_headers: Arc::new(protected_headers),
             settings,
             usage,
-            audit: AuditLog::start(store.clone(), AUDIT_QUEUE),
+            audit,
             metrics,
             store,
             config,

@@ -13,8 +13,9 @@ use crate::record::audit_json;
 use crate::rules::{RequestHead, RuleSet, suggest};
 use crate::secrets::Pat;
 use crate::spaces;
-use crate::store::{AuditEntry, AuditKind, AuditQuery, TokenQuery};
+use crate::store::{AuditKind, AuditQuery, TokenQuery};
 use crate::target::canonical_text_target;
+use crate::tokens::Actor;
 use crate::tokens::{DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, TokenError, token_json};
 
 #[derive(Debug, Parser)]
@@ -468,21 +469,14 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
         limit_to,
         ip: args.ip,
         token: args.token,
-        author: "cli".to_owned(),
         pat: pat.map(PatSource::Supplied),
         rate_limit: args.rate_limit,
         enforce: Some(!args.report_only),
         spaces: args.spaces,
     };
-    let created = app.tokens.create(new).await.map_err(|e| describe(&e))?;
-    let record = &created.record;
-    let user = record.user.as_deref().unwrap_or("(unbound)");
-    let mut entry = cli_action(&app, "create", format!("token user {user}"));
-    entry.token_id = Some(record.id.clone());
-    entry.token_label = Some(record.label.clone());
-    app.audit.record(entry).await;
-    app.audit.flush().await;
+    let created = app.tokens.create(new, &Actor::cli()).await;
     app.store.close().await;
+    let created = created.map_err(|e| describe(&e))?;
     if args.json {
         println!("{}", created.to_json());
     } else {
@@ -570,14 +564,7 @@ async fn update(args: UpdateArgs) -> Result<(), Failure> {
         ));
     }
     let app = open(&args.store, Overrides::default()).await?;
-    let updated = app.tokens.update(&args.id, change).await;
-    if let Ok(updated) = &updated {
-        let mut entry = cli_action(&app, "update", updated.changes().to_string());
-        entry.token_id = Some(updated.after.id.clone());
-        entry.token_label = Some(updated.after.label.clone());
-        app.audit.record(entry).await;
-        app.audit.flush().await;
-    }
+    let updated = app.tokens.update(&args.id, change, &Actor::cli()).await;
     app.store.close().await;
     let updated = updated.map_err(|e| describe(&e))?;
     if args.json {
@@ -598,18 +585,10 @@ async fn update(args: UpdateArgs) -> Result<(), Failure> {
 /// with: with `forward_as = "pat"` tokens rotate themselves (SPEC §18).
 async fn rotate(args: RotateArgs) -> Result<(), Failure> {
     let app = open(&args.store, Overrides::default()).await?;
-    let rotated = app.tokens.rotate(&args.id, Some(args.grace_hours), None).await;
-    if let Ok(rotated) = &rotated {
-        let detail = match rotated.record.grace_until {
-            Some(until) => format!("the previous secret works until {until}"),
-            None => "the previous secret stopped at once".to_owned(),
-        };
-        let mut entry = cli_action(&app, "rotate", detail);
-        entry.token_id = Some(rotated.record.id.clone());
-        entry.token_label = Some(rotated.record.label.clone());
-        app.audit.record(entry).await;
-        app.audit.flush().await;
-    }
+    let rotated = app
+        .tokens
+        .rotate(&args.id, Some(args.grace_hours), None, &Actor::cli())
+        .await;
     app.store.close().await;
     let rotated = rotated.map_err(|e| describe(&e))?;
     if args.json {
@@ -633,26 +612,12 @@ async fn rotate(args: RotateArgs) -> Result<(), Failure> {
 
 async fn delete(args: DeleteArgs) -> Result<(), Failure> {
     let app = open(&args.store, Overrides::default()).await?;
+    let actor = Actor::cli();
     let deleted = match (&args.id, &args.user) {
-        (Some(id), _) => app.tokens.delete(id).await.map(|_| 1),
-        (None, Some(user)) => app.tokens.delete_user(user).await.map(|deleted| deleted.len()),
+        (Some(id), _) => app.tokens.delete(id, &actor).await.map(|_| 1),
+        (None, Some(user)) => app.tokens.delete_user(user, &actor).await.map(|deleted| deleted.len()),
         (None, None) => unreachable!("clap requires an id or --user"),
     };
-    if let Ok(count) = &deleted {
-        let entry = match (&args.id, &args.user) {
-            (Some(id), _) => AuditEntry {
-                token_id: Some(id.clone()),
-                ..cli_action(&app, "delete", String::new())
-            },
-            (None, user) => cli_action(
-                &app,
-                "delete_user",
-                format!("{count} tokens of user {}", user.as_deref().unwrap_or_default()),
-            ),
-        };
-        app.audit.record(entry).await;
-        app.audit.flush().await;
-    }
     app.store.close().await;
     let deleted = deleted.map_err(|e| describe(&e))?;
     println!("deleted {deleted} token{}", if deleted == 1 { "" } else { "s" });
@@ -778,18 +743,6 @@ async fn rules_suggest(args: RulesSuggestArgs) -> Result<(), Failure> {
         writeln!(out, "{}", rule.rule)?;
     }
     Ok(())
-}
-
-/// A management action done from the command line, for the audit log:
-/// the actor is `cli`, the operating-system user is in the detail.
-fn cli_action(app: &App, action: &str, detail: String) -> AuditEntry {
-    let os_user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
-    let mut entry = AuditEntry::management(app.clock.now_ms(), "cli", action);
-    entry.detail = Some(match detail.as_str() {
-        "" => format!("via cli (os user {os_user})"),
-        _ => format!("via cli (os user {os_user}); {detail}"),
-    });
-    entry
 }
 
 /// A token error as a CLI message; invalid input is a usage error.

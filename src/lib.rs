@@ -109,7 +109,7 @@ pub use store::{
     Restrictions, Rotation, SessionRecord, Settings, SqliteStore, StoreError, TokenChange, TokenQuery, TokenRecord,
     TokenStates, TokenStore, UsageDelta, open as open_store, open_for_serving as open_store_for_serving,
 };
-pub use tokens::{CreatedToken, NewToken, RestrictionsChange, TokenError, Updated};
+pub use tokens::{Actor, Came, CreatedToken, NewToken, RestrictionsChange, TokenError, Updated};
 
 /// The pieces of the warm token path, for the benchmarks (`benches/`).
 #[doc(hidden)]

@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::auth::{Authenticated, Door, Principal, RateState, RequestContext, RuleCheck, Via};
 use crate::body::{Forwarded, RequestBody};
 use crate::error::{GatewayError, Reason};
+use crate::tokens::{Actor, Came};
 
 /// Who may do what on the management API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,20 @@ impl Caller {
         match &self.role {
             Role::CheckOnly(why) => Err(GatewayError::new(Reason::Forbidden, why.clone())),
             Role::Admin | Role::User => Ok(()),
+        }
+    }
+
+    /// The caller as the token service records their changes.
+    pub fn actor(&self) -> Actor {
+        let came = match &self.principal.via {
+            Via::Token(token) => Came::Token(token.id.clone()),
+            Via::Password { .. } => Came::Password,
+            Via::Session(_) => Came::Page,
+        };
+        Actor {
+            name: self.principal.user.clone(),
+            came,
+            client_ip: Some(self.client_ip),
         }
     }
 

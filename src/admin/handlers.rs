@@ -1,14 +1,14 @@
 //! One function per endpoint. Each turns the query or JSON body into typed,
 //! validated input at the edge (a bad field is a 400 naming it), calls
-//! [`crate::tokens`] or the store, records what it changed, and returns the
-//! JSON to answer with.
+//! [`crate::tokens`] (which records each change, naming the caller) or the
+//! store, and returns the JSON to answer with.
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::caller::{Caller, Role};
-use super::{Action, record_action};
+use super::record_settings;
 use crate::app::App;
 use crate::auth::{SecretRole, Via};
 use crate::config::{ForwardAs, Scope};
@@ -94,7 +94,7 @@ fn within_own(caller: &Caller, asked: Option<String>) -> Option<String> {
 /// `POST /set`: creates a token when the body has a `label`, else switches
 /// the settings it names (admins only).
 pub async fn set(app: &App, caller: &Caller, body: Map<String, Value>) -> Result<Value, GatewayError> {
-    match SetRequest::from_body(&body, caller.user())? {
+    match SetRequest::from_body(&body)? {
         SetRequest::Create(mut new) => {
             password_again(caller, "creating a token")?;
             if caller.role != Role::Admin {
@@ -109,14 +109,13 @@ pub async fn set(app: &App, caller: &Caller, body: Map<String, Value>) -> Result
             if custom {
                 app.auth.check_throttle(caller.client_ip, "token")?;
             }
-            let created = match app.tokens.create(*new).await {
+            let created = match app.tokens.create(*new, &caller.actor()).await {
                 Err(TokenError::Duplicate) if custom => {
                     app.auth.record_failure(caller.client_ip);
                     return Err(TokenError::Duplicate.into());
                 }
                 created => created?,
             };
-            record_action(app, &caller.principal, Action::Create(&created.record)).await;
             Ok(created.to_json())
         }
         SetRequest::Settings(change) => {
@@ -199,8 +198,7 @@ pub async fn update(app: &App, caller: &Caller, body: Map<String, Value>) -> Res
     let (id, change) = update_request(&body)?;
     password_again(caller, "changing a token's restrictions")?;
     own_token(app, caller, &id).await?;
-    let updated = app.tokens.update(&id, change).await?;
-    record_action(app, &caller.principal, Action::Update(&updated)).await;
+    let updated = app.tokens.update(&id, change, &caller.actor()).await?;
     let mut answer = token_json(&updated.after, app.clock.now_ms());
     answer["status"] = Value::from("ok");
     Ok(answer)
@@ -247,8 +245,7 @@ pub async fn rotate(
             None
         }
     };
-    let rotated = app.tokens.rotate(&id, grace_hours, presented).await?;
-    record_action(app, &caller.principal, Action::Rotate(&rotated.record)).await;
+    let rotated = app.tokens.rotate(&id, grace_hours, presented, &caller.actor()).await?;
     let mut answer = rotated.to_json();
     answer["graceUntil"] = Value::from(rotated.record.grace_until);
     Ok(answer)
@@ -393,9 +390,7 @@ pub async fn delete(
                     return Err(GatewayError::new(Reason::NotFound, format!("no token with id {id}")));
                 }
             }
-            let deleted = app.tokens.delete(&id).await?;
-            record_action(app, &caller.principal, Action::Delete { token_id: &id }).await;
-            vec![deleted]
+            vec![app.tokens.delete(&id, &caller.actor()).await?]
         }
         (None, Some(user)) => {
             if caller.role != Role::Admin && !caller.is(&user) {
@@ -404,18 +399,7 @@ pub async fn delete(
                     format!("{} may delete their own tokens only, not {user}'s", caller.user()),
                 ));
             }
-            let deleted = app.tokens.delete_user(&user).await?;
-            let count = deleted.len();
-            record_action(
-                app,
-                &caller.principal,
-                Action::DeleteUser {
-                    user: &user,
-                    deleted: count,
-                },
-            )
-            .await;
-            deleted
+            app.tokens.delete_user(&user, &caller.actor()).await?
         }
         (Some(_), Some(_)) => return Err(GatewayError::invalid("id", "give either id or userName, not both")),
         (None, None) => {
@@ -451,7 +435,7 @@ enum SetRequest {
 
 impl SetRequest {
     /// Unknown fields are ignored, as Extender ignores them; `null` is absent.
-    fn from_body(body: &Map<String, Value>, author: &str) -> Result<SetRequest, GatewayError> {
+    fn from_body(body: &Map<String, Value>) -> Result<SetRequest, GatewayError> {
         if let Some(label) = field::<String>(body, "label", TEXT)? {
             return Ok(SetRequest::Create(Box::new(NewToken {
                 label,
@@ -460,7 +444,6 @@ impl SetRequest {
                 limit_to: field(body, "limitTo", TEXT)?,
                 ip: field(body, "ip", TEXT)?,
                 token: field(body, "token", TEXT)?,
-                author: author.to_owned(),
                 pat: field::<String>(body, "upstreamToken", TEXT)?
                     .map(|pat| pat.trim().to_owned())
                     .filter(|pat| !pat.is_empty())
@@ -490,7 +473,7 @@ async fn change_settings(app: &App, caller: &Caller, change: SettingsChange) -> 
         .change(change)
         .await
         .map_err(|e| GatewayError::internal(&e))?;
-    record_action(app, &caller.principal, Action::Settings(settings)).await;
+    record_settings(app, caller, settings).await;
     Ok(settings_json(settings))
 }
 
@@ -644,13 +627,10 @@ mod tests {
 
     #[test]
     fn a_label_means_create_and_unknown_fields_are_ignored() {
-        let request = SetRequest::from_body(
-            &body(
-                json!({"label":"ci","userName":"alice","daysUntilExpiry":"30","limitTo":".*",
+        let request = SetRequest::from_body(&body(
+            json!({"label":"ci","userName":"alice","daysUntilExpiry":"30","limitTo":".*",
                 "ip":"10.0.0.1","token":null,"usageDetails":false,"color":"blue"}),
-            ),
-            "admin",
-        )
+        ))
         .unwrap();
         let SetRequest::Create(new) = request else {
             panic!("{request:?}")
@@ -661,12 +641,11 @@ mod tests {
             (new.limit_to.as_deref(), new.ip.as_deref()),
             (Some(".*"), Some("10.0.0.1"))
         );
-        assert_eq!(new.author, "admin");
     }
 
     #[test]
     fn without_a_label_the_switches_change_settings() {
-        let request = SetRequest::from_body(&body(json!({"auditLog": false})), "admin").unwrap();
+        let request = SetRequest::from_body(&body(json!({"auditLog": false}))).unwrap();
         let SetRequest::Settings(change) = request else {
             panic!("{request:?}")
         };
@@ -677,7 +656,7 @@ mod tests {
                 audit_log: Some(false)
             }
         );
-        let error = SetRequest::from_body(&body(json!({"userName": "alice"})), "admin").unwrap_err();
+        let error = SetRequest::from_body(&body(json!({"userName": "alice"}))).unwrap_err();
         assert_eq!(field_of(error), Some("label"));
     }
 
@@ -691,7 +670,7 @@ mod tests {
             (json!({"label": "x", "daysUntilExpiry": 1.5}), "daysUntilExpiry"),
             (json!({"label": "x", "daysUntilExpiry": "soon"}), "daysUntilExpiry"),
         ] {
-            let error = SetRequest::from_body(&body(json.clone()), "admin").unwrap_err();
+            let error = SetRequest::from_body(&body(json.clone())).unwrap_err();
             assert!(!error.message.contains("secret") && !error.message.contains("12345678"));
             assert_eq!(field_of(error), Some(name), "{json}");
         }

@@ -9,7 +9,8 @@
 //! their own (self-service, SPEC §14). Then one function of [`handlers`]
 //! does the work, within the caller's role. Every failure is a
 //! [`GatewayError`], answered by the pipeline in Extender's error shape.
-//! Every change is recorded through [`record_action`].
+//! Every change to a token is recorded by the token service
+//! ([`crate::tokens`]), naming the caller as its [`Actor`](crate::tokens::Actor).
 //!
 //! | method | path | does |
 //! |---|---|---|
@@ -36,18 +37,19 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::app::App;
-use crate::auth::{Principal, RequestContext, RuleCheck, Via};
+use crate::auth::{RequestContext, RuleCheck};
 use crate::body::{Forwarded, Reading, RequestBody, read_json};
 use crate::error::{GatewayError, Reason, json_response};
 use crate::rules::{JsonBody, RequestHead};
-use crate::store::{AuditEntry, Settings, TokenRecord};
-use crate::tokens::Updated;
+use crate::store::{AuditEntry, Settings};
 
 /// Base path of the Extender-compatible management API.
 pub const TOKEN_TOOLS: &str = "/rest/extender/1.0/tokenTools";
 
-/// The largest request body the management API reads.
+/// The largest request body the management API reads...
 pub const MAX_BODY: usize = 64 << 10;
+/// ... as its 413 says.
+const READS: &str = "the most the management API reads";
 
 /// The endpoints, each answering one method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,17 +135,19 @@ async fn answer<B: RequestBody>(
     }
     let query = cx.target.query.as_deref();
     let json = match endpoint {
-        Endpoint::Check => handlers::check(read_json_object(req, MAX_BODY).await?.1, app.config.scope)?,
+        Endpoint::Check => handlers::check(read_json_object(req, MAX_BODY, READS).await?.1, app.config.scope)?,
         Endpoint::List => handlers::list_tokens(app, caller, query).await?,
         Endpoint::Settings => handlers::settings(app, caller)?,
         Endpoint::Audit => handlers::list_audit(app, caller, query).await?,
-        Endpoint::Set => handlers::set(app, caller, read_json_object(req, MAX_BODY).await?.1).await?,
-        Endpoint::Delete => handlers::delete(app, caller, query, read_json_object(req, MAX_BODY).await?.1).await?,
-        Endpoint::Update => handlers::update(app, caller, read_json_object(req, MAX_BODY).await?.1).await?,
+        Endpoint::Set => handlers::set(app, caller, read_json_object(req, MAX_BODY, READS).await?.1).await?,
+        Endpoint::Delete => {
+            handlers::delete(app, caller, query, read_json_object(req, MAX_BODY, READS).await?.1).await?
+        }
+        Endpoint::Update => handlers::update(app, caller, read_json_object(req, MAX_BODY, READS).await?.1).await?,
         Endpoint::Suggest => handlers::suggest(app, caller, query).await?,
         Endpoint::Rotate => {
             let method = req.method().clone();
-            let body = read_json_object(req, MAX_BODY).await?.1;
+            let body = read_json_object(req, MAX_BODY, READS).await?.1;
             let head = RequestHead {
                 method: method.as_str(),
                 path: &cx.target.path,
@@ -161,8 +165,8 @@ async fn answer<B: RequestBody>(
 pub async fn read_json_object<B: RequestBody>(
     req: Request<Forwarded<B>>,
     limit: usize,
+    purpose: &str,
 ) -> Result<(Request<Forwarded<B>>, Map<String, Value>), GatewayError> {
-    let purpose = "the most the gateway's own API reads";
     let (req, parsed) = read_json(req, limit, purpose, Reading::Always).await?;
     Ok((req, json_object(&parsed.json, parsed.is_blank())?))
 }
@@ -179,86 +183,20 @@ fn json_object(json: &JsonBody, blank: bool) -> Result<Map<String, Value>, Gatew
     }
 }
 
-/// A management action, as it is recorded.
-#[derive(Debug, Clone, Copy)]
-pub enum Action<'a> {
-    /// A token was created (the record holds no value).
-    Create(&'a TokenRecord),
-    /// A token's restrictions changed.
-    Update(&'a Updated),
-    /// A token got a new secret (the record holds no value).
-    Rotate(&'a TokenRecord),
-    Delete {
-        token_id: &'a str,
-    },
-    DeleteUser {
-        user: &'a str,
-        deleted: usize,
-    },
-    Settings(Settings),
-}
-
-impl Action<'_> {
-    /// The action as the audit log names it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Action::Create(_) => "create",
-            Action::Update(_) => "update",
-            Action::Rotate(_) => "rotate",
-            Action::Delete { .. } => "delete",
-            Action::DeleteUser { .. } => "delete_user",
-            Action::Settings(_) => "settings",
-        }
-    }
-}
-
-/// Records who did what: the one place every management action goes
-/// through. An audit entry (also a `tracing` event with target
+/// Records a change of the settings (token changes are recorded by the
+/// token service). An audit entry (also a `tracing` event with target
 /// `tokengate::audit`), written whatever the `auditLog` setting says: it
-/// switches the logging of token requests, not of changes to tokens.
-/// Never a token value.
-pub async fn record_action(app: &App, admin: &Principal, action: Action<'_>) {
-    let via = match &admin.via {
-        Via::Token(token) => format!("via token {}", token.id),
-        Via::Password { .. } => "via password".to_owned(),
-        Via::Session(_) => "via the web page".to_owned(),
-    };
-    let mut entry = AuditEntry::management(app.clock.now_ms(), &admin.user, action.name());
-    entry.client_ip = Some(admin.client_ip.to_string());
-    match action {
-        Action::Create(token) => {
-            entry.token_id = Some(token.id.clone());
-            entry.token_label = Some(token.label.clone());
-            let user = token.user.as_deref().unwrap_or("(unbound)");
-            entry.detail = Some(format!("{via}; token user {user}"));
-        }
-        Action::Update(updated) => {
-            entry.token_id = Some(updated.after.id.clone());
-            entry.token_label = Some(updated.after.label.clone());
-            entry.detail = Some(format!("{via}; {}", updated.changes()));
-        }
-        Action::Rotate(token) => {
-            entry.token_id = Some(token.id.clone());
-            entry.token_label = Some(token.label.clone());
-            entry.detail = Some(match token.grace_until {
-                Some(until) => format!("{via}; the previous secret works until {until}"),
-                None => format!("{via}; the previous secret stopped at once"),
-            });
-        }
-        Action::Delete { token_id } => {
-            entry.token_id = Some(token_id.to_owned());
-            entry.detail = Some(via);
-        }
-        Action::DeleteUser { user, deleted } => {
-            entry.detail = Some(format!("{via}; {deleted} tokens of user {user}"));
-        }
-        Action::Settings(settings) => {
-            entry.detail = Some(format!(
-                "{via}; usageDetails={} auditLog={}",
-                settings.usage_details, settings.audit_log
-            ));
-        }
-    }
+/// switches the logging of token requests, not of the gateway's own changes.
+async fn record_settings(app: &App, caller: &Caller, settings: Settings) {
+    let actor = caller.actor();
+    let mut entry = AuditEntry::management(app.clock.now_ms(), &actor.name, "settings");
+    entry.client_ip = actor.client_ip.map(|ip| ip.to_string());
+    entry.detail = Some(format!(
+        "{}; usageDetails={} auditLog={}",
+        actor.via(),
+        settings.usage_details,
+        settings.audit_log
+    ));
     app.audit.record(entry).await;
 }
 
@@ -301,7 +239,7 @@ mod tests {
             .header("content-type", content_type)
             .body(http_body_util::Either::Left(Full::new(Bytes::copy_from_slice(body))))
             .unwrap();
-        read_json_object(req, MAX_BODY).await.map(|(_, object)| object)
+        read_json_object(req, MAX_BODY, READS).await.map(|(_, object)| object)
     }
 
     #[tokio::test]

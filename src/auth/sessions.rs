@@ -35,12 +35,20 @@ pub struct NewSession {
     pub expires_at: EpochMs,
 }
 
-/// A live session.
-#[derive(Debug, Clone)]
+/// A live session. Its `Debug` shows the user only.
+#[derive(Clone)]
 pub struct Session {
     pub user: String,
     pub csrf: String,
     id_hash: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 pub struct Sessions {

@@ -175,7 +175,12 @@ pub async fn decide<B: RequestBody>(
         return Ok(Next::Answer(response));
     }
     let cx = cx.remembering(&conn.memo);
-    if cx.token_secret().is_some() {
+    let authenticated = app.auth.authenticate(&cx, req, Door::Proxy).await;
+    // A token request is audited, but for one refused as malformed (a token
+    // outside Authorization too): that 400 never throttles the client, so
+    // its entries could fill the store (SPEC §12).
+    let malformed = matches!(&authenticated, Err(refused) if refused.error.reason == Reason::BadCredentials);
+    if cx.token_secret().is_some() && !malformed {
         trail.token_presented = true;
         if trail.audit {
             trail.path = Some(cx.target.path.clone());
@@ -186,7 +191,7 @@ pub async fn decide<B: RequestBody>(
         req,
         principal,
         passage,
-    } = match app.auth.authenticate(&cx, req, Door::Proxy).await {
+    } = match authenticated {
         Ok(authenticated) => authenticated,
         Err(refused) => {
             trail.note_token(refused.token);

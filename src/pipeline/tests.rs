@@ -3,7 +3,7 @@
 use super::*;
 use crate::app::test_app;
 use crate::auth::{Door, RequestContext};
-use crate::tokens::NewToken;
+use crate::tokens::{Actor, NewToken};
 use base64::Engine;
 use http_body_util::BodyExt;
 use hyper::Method;
@@ -22,10 +22,9 @@ async fn token(app: &App, limit_to: &str) -> String {
         label: "ci-bot".into(),
         user: Some("alice".into()),
         limit_to: Some(limit_to.into()),
-        author: "admin".into(),
         ..NewToken::default()
     };
-    app.tokens.create(new).await.unwrap().value
+    app.tokens.create(new, &Actor::cli()).await.unwrap().value
 }
 
 fn request(method: Method, target: &str, headers: &[(&str, &str)], body: &'static str) -> Request<Full<Bytes>> {
@@ -248,10 +247,9 @@ async fn each_door_accepts_only_what_it_should() {
         user: Some("alice".into()),
         limit_to: Some("[get].*/rest/api/space".into()),
         enforce: Some(false),
-        author: "admin".into(),
         ..NewToken::default()
     };
-    let reporting = app.tokens.create(reporting).await.unwrap().value;
+    let reporting = app.tokens.create(reporting, &Actor::cli()).await.unwrap().value;
     let get = |target: &str, headers: &[(&str, &str)]| request(Method::GET, target, headers, "");
     let management = Door::Management(crate::auth::RuleCheck::Apply);
     let token = basic("alice", &secret);
@@ -344,4 +342,36 @@ async fn a_session_is_accepted_at_the_page_and_the_management_api_with_its_csrf_
         at_door(&app, door, without).await.unwrap_err().reason,
         Reason::Forbidden
     );
+}
+
+#[tokio::test]
+async fn a_token_request_refused_as_malformed_is_not_audited_one_by_one() {
+    // Its 400 never throttles the client: audited, a flood of them would
+    // fill the store (SPEC §12). A 401 is audited, and throttled.
+    let (app, _, _dir) = test_app(|_| {}).await;
+    let secret = token(&app, "").await;
+    let auth = basic("alice", &secret);
+    let cookie = format!("t={secret}");
+    let query = format!("/rest/api/space?os_password={secret}");
+    let malformed = [
+        request(
+            Method::GET,
+            "/rest/api/space",
+            &[("authorization", &auth), ("cookie", &cookie)],
+            "",
+        ),
+        request(Method::GET, &query, &[("authorization", &auth)], ""),
+    ];
+    for req in malformed {
+        let mut trail = Trail::new(tracing::Span::none(), true);
+        let error = decide(&app, &conn(&app), req, &mut trail).await.err().unwrap();
+        assert_eq!(error.reason, Reason::BadCredentials);
+        assert!(!trail.token_presented, "{}", error.message);
+    }
+    let unknown = basic("alice", "tgw_unknownunknownunknownunknownunknown");
+    let mut trail = Trail::new(tracing::Span::none(), true);
+    let req = request(Method::GET, "/rest/api/space", &[("authorization", &unknown)], "");
+    let error = decide(&app, &conn(&app), req, &mut trail).await.err().unwrap();
+    assert_eq!(error.reason, Reason::InvalidToken);
+    assert!(trail.token_presented);
 }

@@ -161,7 +161,7 @@ async fn login<B: RequestBody>(
     req: Request<B>,
     cx: &RequestContext<'_>,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
-    let (req, form) = read_json_object(req.map(Either::Left), MAX_BODY).await?;
+    let (req, form) = read_json_object(req.map(Either::Left), MAX_BODY, "the most the login reads").await?;
     let text = |name: &'static str| {
         form.get(name)
             .and_then(Value::as_str)

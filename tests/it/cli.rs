@@ -66,6 +66,21 @@ fn token_create_list_delete_round_trip() {
     assert_eq!(out.status.code(), Some(1), "unknown id is a failure");
     let out = cli(dir.path(), &["token", "delete", "--user", "alice"]);
     assert_eq!(stdout(&out).trim(), "deleted 1 token");
+
+    // Each change is recorded once, by the token service, naming the CLI.
+    let out = cli(dir.path(), &["audit", "--json"]);
+    let audit: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let entries = audit.as_array().unwrap();
+    let actions: Vec<&str> = entries.iter().map(|e| e["decision"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["delete_user", "delete", "create", "create"], "{audit}");
+    for entry in entries {
+        assert_eq!(entry["user"], "cli");
+        assert!(entry["detail"].as_str().unwrap().starts_with("via cli (os user "), "{entry}");
+        assert!(!entry.to_string().contains(&value[4..]), "a token value in the audit log");
+    }
+    assert_eq!(entries[1]["tokenId"], json_id.as_str());
+    assert_eq!(entries[1]["tokenLabel"], "json", "a deletion names the token's label too");
+    assert!(entries[0]["detail"].as_str().unwrap().ends_with("1 tokens of user alice"));
 }
 
 #[test]

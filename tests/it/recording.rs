@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use hyper::Method;
-use tokengate::NewToken;
+use tokengate::{Actor, NewToken};
 use tokengate::{AuditEntry, AuditKind, AuditQuery, SqliteStore, TokenStore};
 use tokengate::{AuditLog, SettingsChange};
 use tokengate::{Clock, DAY_MS};
@@ -67,7 +67,7 @@ async fn counters_and_audit_entries_after_known_calls() {
     );
     assert_eq!(get(&gw.url("/rest/api/space"), &[]).await.status, 200);
 
-    let entries = gw.audit().await;
+    let entries = gw.request_audit().await;
     let stored = gw.app.store.token(&id).await.unwrap().unwrap();
     assert_eq!(stored.counter, 3, "only allowed calls count");
     assert_eq!(stored.last_ip.as_deref(), Some("127.0.0.1"));
@@ -121,7 +121,7 @@ async fn settings_switch_usage_and_audit_off() {
             .status,
         200
     );
-    assert!(gw.audit().await.is_empty());
+    assert!(gw.request_audit().await.is_empty());
     assert_eq!(gw.app.store.token(&id).await.unwrap().unwrap().counter, 0);
     let on = SettingsChange {
         usage_details: Some(true),
@@ -134,7 +134,7 @@ async fn settings_switch_usage_and_audit_off() {
             .status,
         200
     );
-    assert_eq!(gw.audit().await.len(), 1);
+    assert_eq!(gw.request_audit().await.len(), 1);
     assert_eq!(gw.app.store.token(&id).await.unwrap().unwrap().counter, 1);
 }
 
@@ -209,7 +209,7 @@ async fn an_unavailable_store_delays_audit_entries_but_keeps_them() {
     assert_eq!(get(&gw.url("/tokengate/readyz"), &[]).await.status, 503);
     faulty.down.store(false, Ordering::SeqCst);
     assert_eq!(get(&gw.url("/tokengate/readyz"), &[]).await.status, 200);
-    assert_eq!(gw.audit().await.len(), 2);
+    assert_eq!(gw.request_audit().await.len(), 2);
 }
 
 #[tokio::test]
@@ -224,11 +224,11 @@ async fn old_audit_entries_are_purged() {
     for user in ["x", "y", "z"] {
         let token = gw.token_for(user).await;
         let id = gw.app.store.tokens_by_lookup(&token[..12]).await.unwrap()[0].id.clone();
-        gw.app.tokens.delete(&id).await.unwrap();
+        gw.app.tokens.delete(&id, &Actor::cli()).await.unwrap();
     }
     gw.clock.advance_ms(2 * DAY_MS);
     gw.app.purge_expired().await;
-    let left = gw.audit().await;
+    let left = gw.request_audit().await;
     assert_eq!(left.len(), 1, "the 91-day-old entry is gone, the 2-day-old one stays");
     let revocations = gw.app.store.revocations_after(cursor).await.unwrap();
     assert_eq!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use hyper::Method;
 use serde_json::{Value, json};
-use tokengate::{AuditKind, NewToken, Restrictions};
+use tokengate::{Actor, AuditKind, NewToken, Restrictions};
 
 use crate::common::fake_confluence::ADMIN_PASSWORD;
 use crate::common::{Gateway, Reply, basic, get, send};
@@ -526,7 +526,7 @@ async fn an_update_racing_requests_in_flight_is_seen_by_every_request_that_start
     let deleting = {
         let gw = gw.clone();
         let id = id.clone();
-        tokio::spawn(async move { gw.app.tokens.delete(&id).await })
+        tokio::spawn(async move { gw.app.tokens.delete(&id, &Actor::cli()).await })
     };
     let raced = update(&gw, json!({"id": id, "label": "late"})).await;
     deleting.await.unwrap().unwrap();

@@ -4,7 +4,7 @@
 
 use hyper::Method;
 use tokengate::TokenRecord;
-use tokengate::{NewToken, TokenError};
+use tokengate::{Actor, NewToken, TokenError};
 
 use crate::common::{Gateway, basic, send};
 
@@ -320,10 +320,9 @@ async fn invalid_rules_are_refused_at_creation_with_line_and_column() {
     let new = NewToken {
         label: "bad".into(),
         limit_to: Some("[get]/rest/api/space.*\n[get]/rest/api/content[QueryParam::spaceKey=PM]".into()),
-        author: "admin".into(),
         ..NewToken::default()
     };
-    match gw.app.tokens.create(new).await {
+    match gw.app.tokens.create(new, &Actor::cli()).await {
         Err(TokenError::Invalid {
             field: "limitTo",
             line: Some(2),

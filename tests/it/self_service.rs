@@ -4,7 +4,7 @@
 
 use hyper::Method;
 use serde_json::{Value, json};
-use tokengate::{AuditKind, AuditQuery, NewToken};
+use tokengate::{Actor, AuditKind, AuditQuery, NewToken};
 
 use crate::common::fake_confluence::USERS;
 use crate::common::{Gateway, Reply, basic, get, send};
@@ -213,12 +213,14 @@ async fn max_tokens_per_user_binds_users_and_admins_alike() {
     let error = gw
         .app
         .tokens
-        .create(NewToken {
-            label: "cli".into(),
-            user: Some("alice".into()),
-            author: "cli".into(),
-            ..NewToken::default()
-        })
+        .create(
+            NewToken {
+                label: "cli".into(),
+                user: Some("alice".into()),
+                ..NewToken::default()
+            },
+            &Actor::cli(),
+        )
         .await
         .err()
         .expect("over the limit");

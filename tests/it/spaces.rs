@@ -502,7 +502,7 @@ async fn report_only_tokens_report_space_refusals_and_are_never_rewritten() {
     // A lookup that names no space is never waived.
     let reply = call(&gw, Method::GET, "/rest/api/content/12345", &auth, None).await;
     assert_eq!(outcome(&reply), refused(403, "space_unknown"));
-    let audit = gw.audit().await;
+    let audit = gw.request_audit().await;
     let decisions: Vec<(&str, Option<&str>, Option<&str>)> = audit
         .iter()
         .rev()

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use tokengate::DAY_MS;
-use tokengate::{NewToken, TokenError};
+use tokengate::{Actor, NewToken, TokenError};
 use tokengate::{SqliteStore, TokenStore};
 
 use crate::common::{Gateway, basic, get};
@@ -83,12 +83,12 @@ async fn a_deleted_token_is_refused_at_once_even_right_after_use() {
         .await;
     let auth = basic("alice", &created.value);
     assert_eq!(get(&gw.url(SPACE), &[("authorization", &auth)]).await.status, 200);
-    gw.app.tokens.delete(&created.record.id).await.unwrap();
+    gw.app.tokens.delete(&created.record.id, &Actor::cli()).await.unwrap();
     let reply = get(&gw.url(SPACE), &[("authorization", &auth)]).await;
     assert_eq!((reply.status.as_u16(), reply.reason()), (401, "invalid_token".into()));
     assert_eq!(gw.upstream.count(), 1);
     assert!(matches!(
-        gw.app.tokens.delete(&created.record.id).await,
+        gw.app.tokens.delete(&created.record.id, &Actor::cli()).await,
         Err(TokenError::NotFound(_))
     ));
 }
@@ -133,7 +133,10 @@ async fn deleting_a_users_tokens_revokes_them_all() {
             200
         );
     }
-    assert_eq!(gw.app.tokens.delete_user("CAROL").await.unwrap().len(), 2);
+    assert_eq!(
+        gw.app.tokens.delete_user("CAROL", &Actor::cli()).await.unwrap().len(),
+        2
+    );
     for token in [&a, &b] {
         assert_eq!(
             get(&gw.url(SPACE), &[("authorization", &basic("carol", token))])
@@ -156,14 +159,13 @@ async fn custom_values_are_validated_and_unique() {
     let custom = |value: &str| NewToken {
         label: "custom".into(),
         token: Some(value.into()),
-        author: "admin".into(),
         ..NewToken::default()
     };
     let value = "tgw_my-own-value-that-is-long-enough";
-    let created = gw.app.tokens.create(custom(value)).await.unwrap();
+    let created = gw.app.tokens.create(custom(value), &Actor::cli()).await.unwrap();
     assert_eq!(created.value, value);
     assert!(matches!(
-        gw.app.tokens.create(custom(value)).await,
+        gw.app.tokens.create(custom(value), &Actor::cli()).await,
         Err(TokenError::Duplicate)
     ));
     for bad in [
@@ -171,7 +173,7 @@ async fn custom_values_are_validated_and_unique() {
         "abc_my-own-value-that-is-long-enough",
         "tgw_my own value that is long enough",
     ] {
-        let err = gw.app.tokens.create(custom(bad)).await.err().unwrap();
+        let err = gw.app.tokens.create(custom(bad), &Actor::cli()).await.err().unwrap();
         assert!(
             matches!(err, TokenError::Invalid { field: "token", .. }),
             "{bad}: {err:?}"
@@ -192,16 +194,15 @@ async fn expiry_respects_the_configured_maximum() {
     let new = |days| NewToken {
         label: "x".into(),
         days_until_expiry: days,
-        author: "admin".into(),
         ..NewToken::default()
     };
-    let record = gw.app.tokens.create(new(None)).await.unwrap().record;
+    let record = gw.app.tokens.create(new(None), &Actor::cli()).await.unwrap().record;
     assert_eq!(record.valid_until, Some(record.created_at + 30 * DAY_MS));
-    let record = gw.app.tokens.create(new(Some(0))).await.unwrap().record;
+    let record = gw.app.tokens.create(new(Some(0)), &Actor::cli()).await.unwrap().record;
     assert_eq!(record.valid_until, Some(record.created_at + 30 * DAY_MS));
-    assert!(gw.app.tokens.create(new(Some(31))).await.is_err());
-    assert!(gw.app.tokens.create(new(Some(-1))).await.is_err());
-    let record = gw.app.tokens.create(new(Some(7))).await.unwrap().record;
+    assert!(gw.app.tokens.create(new(Some(31)), &Actor::cli()).await.is_err());
+    assert!(gw.app.tokens.create(new(Some(-1)), &Actor::cli()).await.is_err());
+    let record = gw.app.tokens.create(new(Some(7)), &Actor::cli()).await.unwrap().record;
     assert_eq!(record.valid_until, Some(record.created_at + 7 * DAY_MS));
 }
 

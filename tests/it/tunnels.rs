@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokengate::NewToken;
+use tokengate::{Actor, NewToken};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -105,7 +105,7 @@ async fn a_tunnel_closes_within_a_second_of_its_token_being_deleted() {
     let mut stream = tunnel(&gw, Some(&basic("alice", &created.value))).await;
     let other = gw.token_for("bob").await;
     let mut untouched = tunnel(&gw, Some(&basic("bob", &other))).await;
-    gw.app.tokens.delete(&created.record.id).await.unwrap();
+    gw.app.tokens.delete(&created.record.id, &Actor::cli()).await.unwrap();
     closed_within(&mut stream, Duration::from_secs(1)).await;
     // Another token's tunnel lives on.
     echoes(&mut untouched, b"still").await;
@@ -128,7 +128,12 @@ async fn a_tunnel_closes_within_a_second_of_its_secret_s_grace_ending() {
     let gw = Gateway::start().await;
     let created = alice_s(&gw, None).await;
     let mut old = tunnel(&gw, Some(&basic("alice", &created.value))).await;
-    let rotated = gw.app.tokens.rotate(&created.record.id, Some(1), None).await.unwrap();
+    let rotated = gw
+        .app
+        .tokens
+        .rotate(&created.record.id, Some(1), None, &Actor::cli())
+        .await
+        .unwrap();
     let mut new = tunnel(&gw, Some(&basic("alice", &rotated.value))).await;
     // In grace, the old secret's tunnel lives on.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -22,8 +22,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokengate::App;
 use tokengate::ManualClock;
+use tokengate::{Actor, CreatedToken, NewToken};
 use tokengate::{Argon2Cost, Config, Upstream};
-use tokengate::{CreatedToken, NewToken};
 use tokengate::{SqliteStore, TokenStore};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -149,11 +149,8 @@ impl Gateway {
     }
 
     pub async fn create_token(&self, new: NewToken) -> CreatedToken {
-        let new = NewToken {
-            author: "admin".into(),
-            ..new
-        };
-        self.app.tokens.create(new).await.unwrap()
+        let new = NewToken { ..new };
+        self.app.tokens.create(new, &Actor::cli()).await.unwrap()
     }
 
     /// A token bound to `user` with no restrictions; returns its value.
@@ -174,6 +171,13 @@ impl Gateway {
             ..Default::default()
         };
         self.app.store.list_audit(&query).await.unwrap().items
+    }
+
+    /// The audit entries of requests, newest first: not those of changes
+    /// to tokens (a token the test made leaves one).
+    pub async fn request_audit(&self) -> Vec<tokengate::AuditEntry> {
+        let entries = self.audit().await.into_iter();
+        entries.filter(|e| e.kind == tokengate::AuditKind::Request).collect()
     }
 
     /// Stops the server (graceful shutdown) and waits for it.

@@ -1,32 +1,39 @@
-//! Token management shared by the CLI and the management API: validating a
-//! creation request into a stored record, listing, updating restrictions
-//! (SPEC §16), deleting (SPEC §4). With
-//! `forward_as = "pat"`, a new token gets its user's Confluence personal
-//! access token, minted or supplied and checked, sealed under its value
-//! (SPEC §13). Validation errors name the API field they concern.
+//! The token service: every change to a token goes through it, whoever
+//! makes it (the management API, the page through it, the CLI). Each change
+//! is validated ([`spec`]), stored, takes effect in the verifier at once,
+//! raises its event (SPEC §18) and leaves its audit entry naming the
+//! [`Actor`] ([`actor`]); the API, the CLI and the page only show the
+//! outcome ([`wire`]). With `forward_as = "pat"`, a new token gets its
+//! user's Confluence personal access token, minted or supplied and checked,
+//! sealed under its value (SPEC §13).
+
+mod actor;
+mod spec;
+mod wire;
+
+pub use actor::{Actor, Came};
+pub use wire::token_json;
 
 use std::sync::Arc;
 
-use rand::TryRngCore;
-use rand::distr::{Alphanumeric, SampleString};
-use rand::rngs::OsRng;
-
 use hyper::header::HeaderValue;
 
-use crate::auth::{RateLimit, Verifier, VerifyError, bearer, check_user_name};
+use crate::auth::{Verifier, VerifyError, bearer};
 use crate::clock::{Clock, DAY_MS, EpochMs};
-use crate::config::{ForwardAs, parse_ip_list};
+use crate::config::ForwardAs;
 use crate::confluence::{Confluence, MintError};
-use crate::error::{GatewayError, Reason};
+use crate::error::GatewayError;
 use crate::notify::{Event, Notifier};
+use crate::record::AuditLog;
 use crate::rules::RuleSet;
 use crate::rules::suggest::{self, Call, SuggestError, Suggestion};
 use crate::secrets::seal::{self, Pat, SealKey};
 use crate::secrets::token;
-use crate::spaces;
 use crate::store::{Page, Restrictions, Rotation, StoreError, TokenQuery, TokenRecord, TokenStore};
-
-const MAX_LABEL_CHARS: usize = 255;
+use actor::Change;
+use spec::{
+    new_id, normalise_ip_list, validate_label, validate_rate_limit, validate_rules, validate_spaces, validate_user,
+};
 /// Suggested rules read this many days of calls unless told otherwise.
 pub const DEFAULT_SUGGEST_DAYS: u32 = 30;
 /// ... and at most this many.
@@ -50,8 +57,6 @@ pub struct NewToken {
     pub ip: Option<String>,
     /// A custom value; generated when absent.
     pub token: Option<String>,
-    /// Who creates it.
-    pub author: String,
     /// With `forward_as = "pat"`: where the user's personal access token comes from.
     pub pat: Option<PatSource>,
     /// `N/s`, `N/min`, `N/hour` or `N/day`; absent or empty: no limit.
@@ -94,27 +99,6 @@ impl RestrictionsChange {
 pub struct Updated {
     pub before: TokenRecord,
     pub after: TokenRecord,
-}
-
-impl Updated {
-    /// What changed, for the audit log: `{"field":[old,new],...}` with the
-    /// API's field names, only the fields that changed.
-    pub fn changes(&self) -> serde_json::Value {
-        let (a, b) = (&self.before, &self.after);
-        let mut changes = serde_json::Map::new();
-        let mut compare = |name: &str, old: serde_json::Value, new: serde_json::Value| {
-            if old != new {
-                changes.insert(name.to_owned(), serde_json::json!([old, new]));
-            }
-        };
-        compare("label", a.label.clone().into(), b.label.clone().into());
-        compare("limitTo", a.limit_to.clone().into(), b.limit_to.clone().into());
-        compare("ip", a.ip.clone().into(), b.ip.clone().into());
-        compare("rateLimit", a.rate_limit.clone().into(), b.rate_limit.clone().into());
-        compare("enforce", a.enforce.into(), b.enforce.into());
-        compare("spaces", space_list(&a.spaces).into(), space_list(&b.spaces).into());
-        serde_json::Value::Object(changes)
-    }
 }
 
 /// Where a new token's Confluence personal access token comes from (SPEC §13).
@@ -203,6 +187,8 @@ pub struct TokenManager {
     pub store: Arc<dyn TokenStore>,
     /// Every change raises its event (SPEC §18), whoever made it.
     pub events: Arc<Notifier>,
+    /// ... and leaves its audit entry.
+    pub audit: AuditLog,
     pub verifier: Arc<Verifier>,
     pub clock: Arc<dyn Clock>,
     pub upstream: Arc<Confluence>,
@@ -223,7 +209,7 @@ impl TokenManager {
     /// within the user's token limit, with its personal access token in pat
     /// mode. Nothing is stored when any step fails, and a PAT minted for it
     /// is revoked again.
-    pub async fn create(&self, new: NewToken) -> Result<CreatedToken, TokenError> {
+    pub async fn create(&self, new: NewToken, actor: &Actor) -> Result<CreatedToken, TokenError> {
         let label = validate_label(&new.label)?;
         let user = validate_user(new.user.as_deref())?;
         let days = self.validate_days(new.days_until_expiry)?;
@@ -249,7 +235,7 @@ impl TokenManager {
             id,
             label,
             user,
-            author: new.author,
+            author: actor.name.clone(),
             limit_to: rules.lines().join("\n"),
             ip,
             created_at,
@@ -292,6 +278,7 @@ impl TokenManager {
         if !stored? {
             return Err(self.limit_reached(record.user.as_deref().unwrap_or_default()));
         }
+        self.recorded(Change::Create(&record), actor).await;
         self.events.raise(Event::Created(&record)).await;
         Ok(CreatedToken { value, record, rules })
     }
@@ -428,7 +415,7 @@ impl TokenManager {
     /// in every other within a second (through the store's change feed, as
     /// deletions do). `NotFound` when the token does not exist, or was
     /// deleted meanwhile.
-    pub async fn update(&self, id: &str, change: RestrictionsChange) -> Result<Updated, TokenError> {
+    pub async fn update(&self, id: &str, change: RestrictionsChange, actor: &Actor) -> Result<Updated, TokenError> {
         if change.is_empty() {
             return Err(TokenError::NothingToChange);
         }
@@ -462,6 +449,7 @@ impl TokenManager {
             .ok_or_else(|| TokenError::NotFound(id.to_owned()))?;
         self.verifier.updated(id);
         let updated = Updated { before, after };
+        self.recorded(Change::Update(&updated), actor).await;
         self.events
             .raise(Event::Updated(&updated.after, updated.changes()))
             .await;
@@ -480,6 +468,7 @@ impl TokenManager {
         id: &str,
         grace_hours: Option<i64>,
         presented: Option<&str>,
+        actor: &Actor,
     ) -> Result<CreatedToken, TokenError> {
         let grace_hours = grace_hours.unwrap_or(DEFAULT_GRACE_HOURS);
         if !(0..=MAX_GRACE_HOURS).contains(&grace_hours) {
@@ -515,6 +504,7 @@ impl TokenManager {
             None => return Err(TokenError::NotFound(id.to_owned())),
         };
         self.verifier.updated(id);
+        self.recorded(Change::Rotate(&record), actor).await;
         self.events.raise(Event::Rotated(&record)).await;
         let rules = RuleSet::parse(&record.limit_to).map_err(|e| TokenError::invalid("limitTo", e.to_string()))?;
         Ok(CreatedToken { value, record, rules })
@@ -566,13 +556,14 @@ impl TokenManager {
 
     /// Deletes one token; it stops working in this process at once. Returns
     /// what was deleted.
-    pub async fn delete(&self, id: &str) -> Result<TokenRecord, TokenError> {
+    pub async fn delete(&self, id: &str, actor: &Actor) -> Result<TokenRecord, TokenError> {
         let deleted = self
             .store
             .delete_token(id, self.clock.now_ms())
             .await?
             .ok_or_else(|| TokenError::NotFound(id.to_owned()))?;
         self.verifier.revoke(id);
+        self.recorded(Change::Delete(&deleted), actor).await;
         self.events.raise(Event::Deleted(&deleted)).await;
         Ok(deleted)
     }
@@ -590,14 +581,30 @@ impl TokenManager {
     }
 
     /// Deletes every token bound to `user`; returns them.
-    pub async fn delete_user(&self, user: &str) -> Result<Vec<TokenRecord>, TokenError> {
+    pub async fn delete_user(&self, user: &str, actor: &Actor) -> Result<Vec<TokenRecord>, TokenError> {
         let user = validate_user(Some(user))?.ok_or_else(|| TokenError::invalid("userName", "userName is empty"))?;
         let deleted = self.store.delete_user_tokens(&user, self.clock.now_ms()).await?;
         for token in &deleted {
             self.verifier.revoke(&token.id);
+        }
+        let change = Change::DeleteUser {
+            user: &user,
+            deleted: deleted.len(),
+        };
+        self.recorded(change, actor).await;
+        for token in &deleted {
             self.events.raise(Event::Deleted(token)).await;
         }
         Ok(deleted)
+    }
+
+    /// Writes a change's audit entry: whatever the `auditLog` setting says,
+    /// which switches the logging of token requests, not of changes to
+    /// tokens. Flushed before the change returns, so a one-shot CLI
+    /// command's entry is stored when it exits.
+    async fn recorded(&self, change: Change<'_>, actor: &Actor) {
+        self.audit.record(change.entry(actor, self.clock.now_ms())).await;
+        self.audit.flush().await;
     }
 
     /// Absent or 0 is no expiry, or the configured maximum when there is one.
@@ -627,273 +634,10 @@ impl TokenManager {
     }
 }
 
-fn validate_label(label: &str) -> Result<String, TokenError> {
-    let label = label.trim();
-    let chars = label.chars().count();
-    if chars == 0 {
-        return Err(TokenError::invalid("label", "label is required"));
-    }
-    if chars > MAX_LABEL_CHARS {
-        return Err(TokenError::invalid(
-            "label",
-            format!("label must be at most {MAX_LABEL_CHARS} characters"),
-        ));
-    }
-    if label.chars().any(char::is_control) {
-        return Err(TokenError::invalid(
-            "label",
-            "label must not contain control characters",
-        ));
-    }
-    Ok(label.to_owned())
-}
-
-/// Absent or empty means unbound; anything else must be a user name that
-/// can travel upstream in a header as it is (no surrounding whitespace,
-/// control characters or commas: see [`check_user_name`]).
-fn validate_user(user: Option<&str>) -> Result<Option<String>, TokenError> {
-    match user {
-        None | Some("") => Ok(None),
-        Some(user) => check_user_name(user)
-            .map(|()| Some(user.to_owned()))
-            .map_err(|why| TokenError::invalid("userName", format!("userName is not valid: {why}"))),
-    }
-}
-
-fn validate_rules(text: &str) -> Result<RuleSet, TokenError> {
-    RuleSet::parse(text).map_err(|e| TokenError::Invalid {
-        field: "limitTo",
-        message: e.to_string(),
-        line: Some(e.line),
-        column: Some(e.column),
-    })
-}
-
-/// A rate limit in its canonical form (`60/min`); absent or empty: none.
-fn validate_rate_limit(text: Option<&str>) -> Result<Option<String>, TokenError> {
-    match text.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(text) => text
-            .parse::<RateLimit>()
-            .map(|limit| Some(limit.to_string()))
-            .map_err(|m| TokenError::invalid("rateLimit", m)),
-    }
-}
-
-/// A space list in its stored form (`DOCS,PM`); absent or empty: none.
-fn validate_spaces(text: Option<&str>) -> Result<Option<String>, TokenError> {
-    spaces::normalise(text.unwrap_or_default()).map_err(|m| TokenError::invalid("spaces", m))
-}
-
-/// A stored space list as the API shows it: an array, empty for none.
-fn space_list(stored: &Option<String>) -> Vec<&str> {
-    stored.as_deref().map(spaces::entries).unwrap_or_default()
-}
-
-fn normalise_ip_list(text: &str) -> Result<String, TokenError> {
-    let nets = parse_ip_list(text).map_err(|m| TokenError::invalid("ip", m))?;
-    Ok(nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
-}
-
-/// A random token id: 22 base62 characters (131 bits), URL-safe and never
-/// starting with `-`, so `tokengate token delete ID` cannot take it for a flag.
-fn new_id() -> String {
-    Alphanumeric.sample_string(&mut OsRng.unwrap_err(), 22)
-}
-
-/// The token object of the management API's `get` and of `token list --json`
-/// (SPEC §5): epoch-millisecond times, `limitTo` joined with `<br>` as
-/// Extender does, and the same lines as `rules`. Never the value.
-pub fn token_json(record: &TokenRecord, now: EpochMs) -> serde_json::Value {
-    let rules: Vec<&str> = rule_lines(&record.limit_to);
-    serde_json::json!({
-        "id": record.id,
-        "label": record.label,
-        "user": record.user,
-        "authorKey": record.author,
-        "limitTo": rules.join("<br>"),
-        "rules": rules,
-        "ip": record.ip,
-        "validUntil": record.valid_until,
-        "dateCreated": record.created_at,
-        "counter": record.counter,
-        "lastUsed": record.last_used_at,
-        "lastIp": record.last_ip,
-        "expired": record.valid_until.is_some_and(|until| until <= now),
-        "expiringSoon": record
-            .valid_until
-            .is_some_and(|until| until > now && until <= now + crate::notify::SOON_DAYS * DAY_MS),
-        "forwardAs": forward_as(record).name(),
-        "upstreamTokenId": record.upstream_token_id,
-        "rateLimit": record.rate_limit,
-        "enforce": record.enforce,
-        "spaces": space_list(&record.spaces),
-    })
-}
-
-impl CreatedToken {
-    /// The create response (SPEC §5): the one time the value is shown.
-    pub fn to_json(&self) -> serde_json::Value {
-        let record = &self.record;
-        serde_json::json!({
-            "status": "ok",
-            "id": record.id,
-            "label": record.label,
-            "token": self.value,
-            "user": record.user,
-            "validUntil": record.valid_until,
-            "dateCreated": record.created_at,
-            "limitTo": self.rules.lines().join("<br>"),
-            "rules": self.rules.lines(),
-            "ip": record.ip,
-            "forwardAs": forward_as(record).name(),
-            "upstreamTokenId": record.upstream_token_id,
-            "rateLimit": record.rate_limit,
-            "enforce": record.enforce,
-            "spaces": space_list(&record.spaces),
-        })
-    }
-}
-
 /// Rules suggested for a token.
 #[derive(Debug)]
 pub struct Suggested {
     pub token_id: String,
     pub days: u32,
     pub suggestion: Suggestion,
-}
-
-impl Suggested {
-    /// The answer of `GET /suggest` and `rules suggest --json` (SPEC §16).
-    pub fn to_json(&self) -> serde_json::Value {
-        let rules: Vec<serde_json::Value> = self
-            .suggestion
-            .rules
-            .iter()
-            .map(|rule| serde_json::json!({"rule": rule.rule, "calls": rule.calls}))
-            .collect();
-        serde_json::json!({
-            "status": "ok",
-            "tokenId": self.token_id,
-            "days": self.days,
-            "observed": self.suggestion.observed,
-            "limitTo": self.suggestion.limit_to(),
-            "rules": rules,
-            "note": suggest::NOTE,
-        })
-    }
-}
-
-impl From<TokenError> for GatewayError {
-    fn from(error: TokenError) -> Self {
-        match error {
-            TokenError::Invalid {
-                field,
-                message,
-                line,
-                column,
-            } => {
-                let error = GatewayError::invalid(field, message);
-                match (line, column) {
-                    (Some(line), Some(column)) => error.at(line, column),
-                    _ => error,
-                }
-            }
-            TokenError::Duplicate => GatewayError::new(Reason::Conflict, error.to_string()).in_field("token"),
-            TokenError::NotFound(id) => GatewayError::new(Reason::NotFound, format!("no token with id {id}")),
-            TokenError::RotatedMeanwhile(_) => GatewayError::new(Reason::Conflict, error.to_string()).in_field("id"),
-            TokenError::NothingToChange => GatewayError::new(Reason::BadRequest, error.to_string()),
-            TokenError::NothingObserved { .. } => GatewayError::new(Reason::NotFound, error.to_string()),
-            TokenError::Suggest(e) => GatewayError::internal(&e),
-            TokenError::Store(e) => GatewayError::internal(&e),
-            TokenError::Verify(e) => GatewayError::internal(&e),
-            TokenError::Upstream(e) => e,
-        }
-    }
-}
-
-/// How a token acts as its user: with a PAT if it carries one.
-fn forward_as(record: &TokenRecord) -> ForwardAs {
-    if record.sealed_pat.is_some() {
-        ForwardAs::Pat
-    } else {
-        ForwardAs::Header
-    }
-}
-
-fn rule_lines(limit_to: &str) -> Vec<&str> {
-    limit_to.lines().filter(|l| !l.trim().is_empty()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ip_lists_accept_addresses_and_networks_of_both_families() {
-        let nets = parse_ip_list(" 10.0.0.1, 192.168.0.0/16,2001:db8::/32 ,::1").unwrap();
-        assert_eq!(nets.len(), 4);
-        assert!(nets[0].contains(&"10.0.0.1".parse::<std::net::IpAddr>().unwrap()));
-        assert_eq!(parse_ip_list("").unwrap(), vec![]);
-        assert!(parse_ip_list("10.0.0.300").unwrap_err().contains("10.0.0.300"));
-        assert_eq!(normalise_ip_list("10.1.2.3/8").unwrap(), "10.0.0.0/8");
-    }
-
-    #[test]
-    fn labels_and_users_are_checked() {
-        assert!(validate_label("  ").is_err());
-        assert!(validate_label(&"é".repeat(255)).is_ok());
-        assert!(validate_label(&"é".repeat(256)).is_err());
-        assert_eq!(validate_user(None).unwrap(), None);
-        assert_eq!(
-            validate_user(Some("")).unwrap(),
-            None,
-            "empty is unbound, as Extender sends it"
-        );
-        assert_eq!(
-            validate_user(Some("alice@example.com")).unwrap().as_deref(),
-            Some("alice@example.com")
-        );
-        for bad in [
-            "  ",
-            " alice",
-            "alice ",
-            "bob\r\nX-Forwarded-User: admin",
-            "alice,admin",
-            "tgw_abc",
-        ] {
-            let error = validate_user(Some(bad)).unwrap_err();
-            assert!(
-                matches!(error, TokenError::Invalid { field: "userName", .. }),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn token_errors_keep_their_field_and_position_and_hide_internals() {
-        let invalid = TokenError::Invalid {
-            field: "limitTo",
-            message: "bad rule".into(),
-            line: Some(1),
-            column: Some(3),
-        };
-        let error = GatewayError::from(invalid);
-        assert_eq!(error, GatewayError::invalid("limitTo", "bad rule").at(1, 3));
-        let duplicate = GatewayError::from(TokenError::Duplicate);
-        assert_eq!((duplicate.status().as_u16(), duplicate.field()), (409, Some("token")));
-        assert_eq!(GatewayError::from(TokenError::NotFound("x".into())).status(), 404);
-        let store = TokenError::Store(crate::store::StoreError::Url("secret-host".into()));
-        let error = GatewayError::from(store);
-        assert_eq!(error.reason, Reason::Internal);
-        assert!(!error.message.contains("secret-host"));
-    }
-
-    #[test]
-    fn ids_are_url_safe_and_unique() {
-        let (a, b) = (new_id(), new_id());
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 22);
-        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
-    }
 }
