@@ -18,8 +18,9 @@
 //! 4. `pipeline` builds the request's `auth::RequestContext`: its target,
 //!    client IP and connection, and its `Authorization` decoded once.
 //!    `routes` serves the gateway's own routes: the probes, the management
-//!    API in `admin`, and the web page in `ui`; `cross_site` refuses calls
-//!    another site's page made a browser send to them.
+//!    API in `routes::admin`, and the web page in `routes::ui`;
+//!    `routes::cross_site` refuses calls another site's page made a browser
+//!    send to them.
 //! 5. Every door authenticates through `auth::Authenticator::authenticate`,
 //!    saying what it accepts (`auth::Door`): a forwarded request a token
 //!    (or anything else, passed through); the management API a token, a
@@ -50,8 +51,9 @@
 //! events (`notify`): queued in the store, sent to the webhook by the
 //! server's sender.
 //!
-//! Tokens are created, changed, rotated and deleted through `tokens`, from the command line
-//! (`cli`) or the management API (`admin`). `config` validates the
+//! Tokens are created, changed, rotated and deleted through `tokens`, which
+//! records each change and who made it, from the command line (`cli`) or
+//! the management API (`routes::admin`). `config` validates the
 //! configuration once at start-up; `settings` holds the switches the
 //! management API changes. The `store` is SQLite for one process or
 //! PostgreSQL for several replicas; `server`'s background jobs apply
@@ -67,7 +69,6 @@
 //! The modules are private; what the binary, the benchmarks and the
 //! integration tests use is re-exported here.
 
-mod admin;
 mod app;
 mod auth;
 mod backoff;
@@ -77,7 +78,6 @@ mod clock;
 mod config;
 mod confluence;
 mod cookies;
-mod cross_site;
 mod error;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
@@ -94,7 +94,6 @@ mod spaces;
 mod store;
 mod target;
 mod tokens;
-mod ui;
 
 pub use app::{App, StartError};
 pub use cli::{Cli, main};

@@ -75,12 +75,26 @@ fn token_create_list_delete_round_trip() {
     assert_eq!(actions, ["delete_user", "delete", "create", "create"], "{audit}");
     for entry in entries {
         assert_eq!(entry["user"], "cli");
-        assert!(entry["detail"].as_str().unwrap().starts_with("via cli (os user "), "{entry}");
-        assert!(!entry.to_string().contains(&value[4..]), "a token value in the audit log");
+        assert!(
+            entry["detail"].as_str().unwrap().starts_with("via cli (os user "),
+            "{entry}"
+        );
+        assert!(
+            !entry.to_string().contains(&value[4..]),
+            "a token value in the audit log"
+        );
     }
     assert_eq!(entries[1]["tokenId"], json_id.as_str());
-    assert_eq!(entries[1]["tokenLabel"], "json", "a deletion names the token's label too");
-    assert!(entries[0]["detail"].as_str().unwrap().ends_with("1 tokens of user alice"));
+    assert_eq!(
+        entries[1]["tokenLabel"], "json",
+        "a deletion names the token's label too"
+    );
+    assert!(
+        entries[0]["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("1 tokens of user alice")
+    );
 }
 
 #[test]

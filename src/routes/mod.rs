@@ -1,20 +1,25 @@
 //! The gateway's own routes (SPEC §2.4), served here and never forwarded:
-//! health and readiness probes, metrics, the management API ([`admin`]) and
-//! the web page ([`ui`]).
-//! A refusal is returned as the [`GatewayError`] it is, for the pipeline to
-//! answer and record.
+//! health and readiness probes and metrics ([`probes`]), the management API
+//! ([`admin`]) and the web page ([`ui`]), the latter two behind the
+//! cross-site guard ([`cross_site`]). Each authenticates through
+//! [`crate::auth`] at its own door. A refusal is returned as the
+//! [`GatewayError`] it is, for the pipeline to answer and record.
+
+mod admin;
+mod cross_site;
+mod probes;
+mod ui;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response};
 
-use crate::admin::{self, TOKEN_TOOLS};
 use crate::app::App;
 use crate::auth::RequestContext;
 use crate::body::RequestBody;
-use crate::error::{GatewayError, Reason, json_response};
-use crate::ui::{self, UI};
+use crate::error::GatewayError;
+use admin::TOKEN_TOOLS;
+use ui::UI;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnRoute {
@@ -57,43 +62,8 @@ pub async fn serve<B: RequestBody>(
     match route {
         OwnRoute::TokenTools => admin::serve(app, req, cx).await,
         OwnRoute::Ui => ui::serve(app, req, cx).await,
-        OwnRoute::Probe(probe) => answer_probe(app, probe, req.method()).await,
+        OwnRoute::Probe(probe) => probes::answer(app, probe, req.method()).await,
     }
-}
-
-async fn answer_probe(app: &App, probe: Probe, method: &Method) -> Result<Response<Full<Bytes>>, GatewayError> {
-    if !matches!(*method, Method::GET | Method::HEAD) {
-        return Err(
-            GatewayError::new(Reason::MethodNotAllowed, "probes answer GET and HEAD only").allowing("GET, HEAD"),
-        );
-    }
-    Ok(match probe {
-        Probe::Health => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
-        Probe::Ready => match app.store.ping().await {
-            Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
-            Err(e) => {
-                tracing::warn!(error = %e, "store unreachable: not ready");
-                json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"status":"unavailable","reason":"store"}"#,
-                )
-            }
-        },
-        Probe::Metrics => {
-            app.metrics
-                .audit_queue_depth
-                .set(i64::try_from(app.audit.queue_depth()).unwrap_or(i64::MAX));
-            app.metrics
-                .upstream_idle
-                .set(i64::try_from(app.upstream.idle_connections()).unwrap_or(i64::MAX));
-            let mut response = json_response(StatusCode::OK, app.metrics.render());
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            );
-            response
-        }
-    })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! forwards it (SPEC §2.4).
 //!
 //! A request goes: [`route`](Endpoint::route) by method and path (404, 405),
-//! then [`crate::cross_site`] refuses what a browser was made to send from
+//! then [`super::cross_site`] refuses what a browser was made to send from
 //! another site (403), then [`caller`] establishes the caller and their role (401,
 //! 403): an admin manages every token, any other user Confluence accepts
 //! their own (self-service, SPEC §14). Then one function of [`handlers`]
@@ -102,7 +102,7 @@ pub async fn serve<B: RequestBody>(
     cx: &RequestContext<'_>,
 ) -> Result<Response<Full<Bytes>>, GatewayError> {
     let endpoint = Endpoint::route(req.method(), &cx.target.path)?;
-    crate::cross_site::refuse(app, &req, cx).await?;
+    super::cross_site::refuse(app, &req, cx).await?;
     // A token rotating itself passes every check but its rules (SPEC §18);
     // rotating another token, its rules are checked once the body is read.
     let rule_check = match endpoint {

@@ -1,7 +1,7 @@
 //! The web page (SPEC §15) at `/tokengate/ui/`: a single page in plain
 //! JavaScript whose every asset is compiled into the binary, and the three
 //! endpoints that give it a session. Everything else it does goes through
-//! the management API ([`crate::admin`]) with that session.
+//! the management API ([`super::admin`]) with that session.
 //!
 //! | method | path | does |
 //! |---|---|---|
@@ -17,7 +17,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue, LOCATION, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::admin::read_json_object;
+use super::admin::read_json_object;
 use crate::app::App;
 use crate::auth::{Authenticated, Door, Principal, RequestContext, SESSION_COOKIE, Via, check_user_name};
 use crate::body::RequestBody;
@@ -71,12 +71,12 @@ pub async fn serve<B: RequestBody>(
         }
         "/login" => {
             only(&method, &[Method::POST], "POST")?;
-            crate::cross_site::refuse(app, &req, cx).await?;
+            super::cross_site::refuse(app, &req, cx).await?;
             login(app, req, cx).await
         }
         "/logout" => {
             only(&method, &[Method::POST], "POST")?;
-            crate::cross_site::refuse(app, &req, cx).await?;
+            super::cross_site::refuse(app, &req, cx).await?;
             logout(app, req, cx).await
         }
         _ => Err(GatewayError::new(
@@ -117,7 +117,7 @@ fn session_json(app: &App, user: &str, csrf: &str) -> Value {
     json!({
         "status": "ok",
         "user": user,
-        "admin": crate::admin::is_admin(&app.config.admin_users, user),
+        "admin": super::admin::is_admin(&app.config.admin_users, user),
         "csrf": csrf,
         "forwardAs": app.config.forward_as.name(),
         "selfService": app.config.self_service,
@@ -179,7 +179,7 @@ async fn login<B: RequestBody>(
         .await
         .map_err(|refused| refused.error)?;
     let principal = principal.ok_or_else(|| GatewayError::internal(&"the login let a request in unauthenticated"))?;
-    let admin = crate::admin::is_admin(&app.config.admin_users, &principal.user);
+    let admin = super::admin::is_admin(&app.config.admin_users, &principal.user);
     if !admin && !app.config.self_service {
         return Err(GatewayError::new(
             Reason::Forbidden,
