@@ -10,6 +10,7 @@
 //! [`TokenStore::revocation_feed`] as well; polling stays the fallback.
 
 mod postgres;
+mod shared;
 mod sqlite;
 
 use std::sync::Arc;
@@ -238,13 +239,6 @@ pub struct ObservedCall {
     pub calls: i64,
 }
 
-/// The query of [`TokenStore::observed_calls`], the same in both backends
-/// (SQLite reads `$1` as PostgreSQL does).
-const OBSERVED_CALLS: &str = "SELECT method, path, COUNT(*) AS calls FROM audit \
-     WHERE token_id = $1 AND at >= $2 AND kind = 'request' AND decision IN ('allow', 'report') \
-     AND method IS NOT NULL AND path IS NOT NULL \
-     GROUP BY method, path ORDER BY method, path";
-
 /// Filters and paging for reading the audit log (newest first).
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
@@ -424,15 +418,13 @@ pub async fn open_for_serving(database_url: &str) -> Result<Arc<dyn TokenStore>,
 
 /// A filtered, ordered listing, paged: both filters are bound as the first
 /// two parameters, and a NULL filter matches everything, so one statement
-/// serves every combination of filters. The backends differ only in their
-/// SQL: the filter's functions and the placeholders of `limit`.
+/// serves every combination of filters. The backends differ only in the
+/// filter's functions ([`shared`]'s dialect).
 struct Listing {
     table: &'static str,
     columns: &'static str,
     filter: &'static str,
     order: &'static str,
-    /// `LIMIT` and `OFFSET` bound as the third and fourth parameters.
-    limit: &'static str,
 }
 
 impl Listing {
@@ -458,7 +450,6 @@ impl Listing {
             columns,
             filter,
             order,
-            limit,
         } = self;
         let count = format!("SELECT count(*) FROM {table} WHERE {filter}");
         let (total,): (i64,) = sqlx::query_as(&count)
@@ -466,7 +457,8 @@ impl Listing {
             .bind(filters[1].clone())
             .fetch_one(pool)
             .await?;
-        let select = format!("SELECT {columns} FROM {table} WHERE {filter} ORDER BY {order} {limit}");
+        // LIMIT and OFFSET are bound as the third and fourth parameters.
+        let select = format!("SELECT {columns} FROM {table} WHERE {filter} ORDER BY {order} LIMIT $3 OFFSET $4");
         let items = sqlx::query_as(&select)
             .bind(filters[0].clone())
             .bind(filters[1].clone())
