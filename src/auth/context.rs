@@ -7,12 +7,14 @@
 //! the request, read and parsed at most once by [`crate::body::read_json`].
 
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use hyper::HeaderMap;
-use hyper::header::{AUTHORIZATION, HeaderValue};
+use hyper::header::HeaderValue;
 
-use super::credentials::{self, BadCredentials, Credentials};
-use super::memo::CredentialMemo;
+use super::credentials::{self, BadCredentials, Credentials, Scheme};
+use super::memo::{CredentialMemo, Recalled};
+use crate::clock::EpochMs;
 use crate::cookies;
 use crate::proxy::ConnInfo;
 use crate::target::Target;
@@ -23,8 +25,14 @@ pub struct RequestContext<'a> {
     pub client_ip: IpAddr,
     pub conn: &'a ConnInfo,
     /// The connection's memo of its last token request (forwarded requests).
-    pub(super) memo: Option<&'a CredentialMemo>,
-    presented: Result<Option<Presented>, BadCredentials>,
+    memo: Option<&'a CredentialMemo>,
+    /// The one `Authorization` value, as it came; `Err` when there are several.
+    authorization: Result<Option<HeaderValue>, BadCredentials>,
+    /// Its credentials, decoded when first asked for, at most once.
+    decoded: OnceLock<Result<Option<Presented>, BadCredentials>>,
+    /// What the connection's memo recognised the header as, if it did: then
+    /// it is never decoded.
+    recalled: OnceLock<Recalled>,
     session: Option<Box<str>>,
     session_cookie: bool,
 }
@@ -37,24 +45,16 @@ pub struct Presented {
 }
 
 impl<'a> RequestContext<'a> {
-    /// The context of a request with `headers`, its `Authorization` decoded.
+    /// The context of a request with `headers`.
     pub fn new(target: Target, client_ip: IpAddr, conn: &'a ConnInfo, headers: &HeaderMap) -> Self {
-        let presented = credentials::from_headers(headers).map(|decoded| {
-            decoded.and_then(|credentials| {
-                let mut authorization = headers.get(AUTHORIZATION)?.clone();
-                authorization.set_sensitive(true);
-                Some(Presented {
-                    credentials,
-                    authorization,
-                })
-            })
-        });
         RequestContext {
             target,
             client_ip,
             conn,
             memo: None,
-            presented,
+            authorization: credentials::authorization(headers).map(Option::<&HeaderValue>::cloned),
+            decoded: OnceLock::new(),
+            recalled: OnceLock::new(),
             session: None,
             session_cookie: false,
         }
@@ -75,14 +75,26 @@ impl<'a> RequestContext<'a> {
     }
 
     /// The decoded credentials: `Ok(None)` without `Authorization`, `Err`
-    /// for a malformed one.
+    /// for a malformed one. Decoded here, once, for every stage.
     pub fn presented(&self) -> Result<Option<&Presented>, &BadCredentials> {
-        self.presented.as_ref().map(Option::as_ref)
+        let decoded = self.decoded.get_or_init(|| {
+            let Some(value) = self.authorization.clone()? else {
+                return Ok(None);
+            };
+            let credentials = credentials::decode(&value)?;
+            let mut authorization = value;
+            authorization.set_sensitive(true);
+            Ok(Some(Presented {
+                credentials,
+                authorization,
+            }))
+        });
+        decoded.as_ref().map(Option::as_ref)
     }
 
     /// The credentials, when they were well-formed.
     pub fn credentials(&self) -> Option<&Credentials> {
-        self.presented.as_ref().ok()?.as_ref().map(|p| &p.credentials)
+        self.presented().ok()?.map(|p| &p.credentials)
     }
 
     /// The gateway token presented, if the credentials are one.
@@ -93,6 +105,35 @@ impl<'a> RequestContext<'a> {
     /// The Basic user name presented, if any.
     pub fn basic_user(&self) -> Option<&str> {
         self.credentials()?.basic_user()
+    }
+
+    /// How a gateway token was presented, if one was (its scheme, and the
+    /// Basic user name typed next to it): from the memo when it recognised
+    /// the header, else from the decoded credentials.
+    pub fn token_claim(&self) -> Option<(Scheme, Option<&str>)> {
+        if let Some(recalled) = self.recalled.get() {
+            return Some((recalled.scheme, recalled.basic_user()));
+        }
+        let (_, scheme) = self.credentials()?.gateway_token()?;
+        Some((scheme, self.basic_user()))
+    }
+
+    /// The token the connection's memo remembers for exactly this
+    /// `Authorization` value, if it does (SPEC §11): the header then needs
+    /// no decoding, its secret no hashing.
+    pub(super) fn recall(&self, now: EpochMs) -> Option<&Recalled> {
+        let value = self.authorization.as_ref().ok()?.as_ref()?;
+        let recalled = self.memo?.recall(value, now)?;
+        Some(self.recalled.get_or_init(|| recalled))
+    }
+
+    /// Remembers the token the presented credentials resolved to, for the
+    /// connection's next request with the same header.
+    pub(super) fn remember(&self, token: &std::sync::Arc<super::ActiveToken>, scheme: Scheme, now: EpochMs) {
+        if let (Some(memo), Ok(Some(presented))) = (self.memo, self.presented()) {
+            let basic_user = presented.credentials.basic_user();
+            memo.remember(&presented.authorization, token, scheme, basic_user, now);
+        }
     }
 
     /// The page's session id (from the one session cookie), if read.
@@ -118,15 +159,18 @@ impl<'a> RequestContext<'a> {
             user: user.to_owned(),
             secret: password.to_owned(),
         };
+        let presented = Presented {
+            credentials,
+            authorization: authorization.clone(),
+        };
         Ok(RequestContext {
             target: self.target.clone(),
             client_ip: self.client_ip,
             conn: self.conn,
             memo: None,
-            presented: Ok(Some(Presented {
-                credentials,
-                authorization,
-            })),
+            authorization: Ok(Some(authorization)),
+            decoded: OnceLock::from(Ok(Some(presented))),
+            recalled: OnceLock::new(),
             session: None,
             session_cookie: self.session_cookie,
         })
@@ -185,5 +229,36 @@ mod tests {
         let cx = cx.reading_session(&headers);
         assert_eq!(cx.session_id(), None, "two session cookies: neither");
         assert!(cx.came_from_page());
+    }
+
+    #[test]
+    fn a_header_the_connections_memo_recognises_is_never_decoded() {
+        use crate::auth::rate_limit::RateLimits;
+        let conn = ConnInfo::new("10.0.0.1:1".parse().unwrap(), false);
+        let memo = CredentialMemo::new(1_000);
+        let record = crate::store::test_record("t", None, 0);
+        let limits = RateLimits::local(crate::clock::ManualClock::starting_now());
+        let token = std::sync::Arc::new(super::super::ActiveToken::from_record(
+            &record,
+            Default::default(),
+            &limits,
+        ));
+        // bob:tgw_x
+        let headers = [("authorization", "Basic Ym9iOnRnd194")];
+        let (first, _) = context(&conn, &headers);
+        let first = first.remembering(&memo);
+        assert!(first.recall(0).is_none(), "nothing remembered yet");
+        assert_eq!(first.token_claim(), Some((Scheme::Basic, Some("bob"))), "decoded");
+        first.remember(&token, Scheme::Basic, 0);
+        let (second, _) = context(&conn, &headers);
+        let second = second.remembering(&memo);
+        let recalled = second.recall(10).expect("the same header");
+        assert!(std::sync::Arc::ptr_eq(&recalled.token, &token));
+        assert_eq!(second.token_claim(), Some((Scheme::Basic, Some("bob"))));
+        assert!(second.decoded.get().is_none(), "not decoded");
+        let (other, _) = context(&conn, &[("authorization", "Basic Ym9iOnRnd195")]);
+        assert!(other.remembering(&memo).recall(10).is_none(), "another header");
+        let (alone, _) = context(&conn, &headers);
+        assert!(alone.recall(10).is_none(), "no memo: the management API's requests");
     }
 }

@@ -94,6 +94,12 @@ pub enum BadCredentials {
 
 /// Reads the credentials of a request: `Ok(None)` when there is no `Authorization`.
 pub fn from_headers(headers: &HeaderMap) -> Result<Option<Credentials>, BadCredentials> {
+    authorization(headers)?.map(decode).transpose()
+}
+
+/// The request's one `Authorization` value: `Ok(None)` without one, `Err`
+/// when there are several.
+pub fn authorization(headers: &HeaderMap) -> Result<Option<&HeaderValue>, BadCredentials> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -101,8 +107,12 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Option<Credentials>, BadCrede
     if values.next().is_some() {
         return Err(BadCredentials::Repeated);
     }
-    let value = value.to_str().map_err(|_| BadCredentials::NotAscii)?;
-    parse(value).map(Some)
+    Ok(Some(value))
+}
+
+/// Decodes one `Authorization` value.
+pub fn decode(value: &HeaderValue) -> Result<Credentials, BadCredentials> {
+    parse(value.to_str().map_err(|_| BadCredentials::NotAscii)?)
 }
 
 /// Parses one `Authorization` value. Scheme names are case-insensitive.

@@ -1,6 +1,6 @@
 //! The per-connection credentials memo (SPEC §11): a keep-alive connection
-//! that sends the same `Authorization` value again skips the SHA-256 of its
-//! secret and the verified-cache lookup, and reuses the token
+//! that sends the same `Authorization` value again skips decoding it, the
+//! SHA-256 of its secret and the verified-cache lookup, and reuses the token
 //! the last request of the connection verified. Never the checks: the
 //! token's revocation, update and grace flags are read on every use (a
 //! deletion or an update takes effect on the very next request), and
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use hyper::header::HeaderValue;
 
+use super::credentials::Scheme;
 use super::verifier::ActiveToken;
 use crate::clock::EpochMs;
 
@@ -17,9 +18,26 @@ use crate::clock::EpochMs;
 struct Remembered {
     authorization: HeaderValue,
     token: Arc<ActiveToken>,
+    scheme: Scheme,
+    basic_user: Option<Box<str>>,
     /// After this the token is looked up again, as the verified cache's
     /// entries expire (`verify_cache_ttl_s`).
     until: EpochMs,
+}
+
+/// A memo hit: the token, and how the header that matched presented it.
+#[derive(Debug)]
+pub struct Recalled {
+    pub token: Arc<ActiveToken>,
+    pub scheme: Scheme,
+    basic_user: Option<Box<str>>,
+}
+
+impl Recalled {
+    /// The Basic user name typed next to the token, if it came as Basic.
+    pub fn basic_user(&self) -> Option<&str> {
+        self.basic_user.as_deref()
+    }
 }
 
 /// One connection's memo. The lock is the connection's own (HTTP/2 streams
@@ -42,7 +60,7 @@ impl CredentialMemo {
     /// `authorization` is exactly the same value and the token is neither
     /// revoked, updated since, past its grace period, nor remembered for
     /// longer than the verified cache would keep it.
-    pub fn recall(&self, authorization: &HeaderValue, now: EpochMs) -> Option<Arc<ActiveToken>> {
+    pub fn recall(&self, authorization: &HeaderValue, now: EpochMs) -> Option<Recalled> {
         let memo = self.lock();
         let remembered = memo.as_ref()?;
         let usable = remembered.authorization.as_bytes() == authorization.as_bytes()
@@ -50,11 +68,23 @@ impl CredentialMemo {
             && !remembered.token.is_revoked()
             && !remembered.token.is_stale()
             && !remembered.token.grace_is_over(now);
-        usable.then(|| remembered.token.clone())
+        usable.then(|| Recalled {
+            token: remembered.token.clone(),
+            scheme: remembered.scheme,
+            basic_user: remembered.basic_user.clone(),
+        })
     }
 
-    /// Remembers the token a request verified with `authorization` at `now`.
-    pub fn remember(&self, authorization: &HeaderValue, token: &Arc<ActiveToken>, now: EpochMs) {
+    /// Remembers the token a request verified with `authorization` at
+    /// `now`, and how it presented it.
+    pub fn remember(
+        &self,
+        authorization: &HeaderValue,
+        token: &Arc<ActiveToken>,
+        scheme: Scheme,
+        basic_user: Option<&str>,
+        now: EpochMs,
+    ) {
         let mut memo = self.lock();
         if memo
             .as_ref()
@@ -65,6 +95,8 @@ impl CredentialMemo {
         *memo = Some(Remembered {
             authorization: authorization.clone(),
             token: token.clone(),
+            scheme,
+            basic_user: basic_user.map(Box::from),
             until: now.saturating_add(self.ttl_ms),
         });
     }
@@ -93,9 +125,10 @@ mod tests {
         let basic = HeaderValue::from_static("Basic YWxpY2U6dGd3X3g=");
         assert!(memo.recall(&basic, 0).is_none(), "empty");
         let remembered = token();
-        memo.remember(&basic, &remembered, 0);
+        memo.remember(&basic, &remembered, Scheme::Basic, Some("alice"), 0);
         let hit = memo.recall(&basic, 999).expect("the same header");
-        assert!(Arc::ptr_eq(&hit, &remembered));
+        assert!(Arc::ptr_eq(&hit.token, &remembered));
+        assert_eq!((hit.scheme, hit.basic_user()), (Scheme::Basic, Some("alice")));
         for other in [
             "Basic YWxpY2U6dGd3X3k=",
             "basic YWxpY2U6dGd3X3g=",
@@ -117,7 +150,7 @@ mod tests {
         copy.secret = SecretRole::Previous { until: 500 };
         let bearer = HeaderValue::from_static("Bearer tgw_x");
         let copy = Arc::new(copy);
-        memo.remember(&bearer, &copy, 0);
+        memo.remember(&bearer, &copy, Scheme::Bearer, None, 0);
         assert!(memo.recall(&bearer, 499).is_some());
         assert!(memo.recall(&bearer, 500).is_none());
     }

@@ -249,12 +249,26 @@ impl Authenticator {
         let malformed = |e: &BadCredentials| GatewayError::new(Reason::BadCredentials, e.to_string());
         let rule_check = match door {
             Door::Session { changes_state } => {
-                let principal = self.authenticate_session(cx, req.headers(), changes_state).await?;
+                let principal = Box::pin(self.authenticate_session(cx, req.headers(), changes_state)).await?;
                 return Ok(Authenticated::as_(req, principal));
             }
             Door::Proxy => {
                 credentials::refuse_tokens_elsewhere(req.headers(), cx.target.query.as_deref())
                     .map_err(|e| malformed(&e))?;
+                // The connection's last token request had the same header:
+                // its token, never decoded or hashed again (every check still runs).
+                if let Some(recalled) = cx.recall(self.clock.now_ms()) {
+                    let presented = Presenting {
+                        scheme: recalled.scheme,
+                        basic_user: recalled.basic_user(),
+                        report_only: ReportOnly::Applies,
+                        rule_check: RuleCheck::Apply,
+                    };
+                    let token = recalled.token.clone();
+                    return self
+                        .authenticate_token(token, req, &cx.target, presented, cx.client_ip)
+                        .await;
+                }
                 RuleCheck::Apply
             }
             Door::Management(rule_check) => rule_check,
@@ -265,7 +279,7 @@ impl Authenticator {
                 Door::Proxy if self.config.allow_anonymous => Ok(Authenticated::passed_on(req)),
                 Door::Management(_) if cx.session_id().is_some() => {
                     let changes_state = !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
-                    let principal = self.authenticate_session(cx, req.headers(), changes_state).await?;
+                    let principal = Box::pin(self.authenticate_session(cx, req.headers(), changes_state)).await?;
                     Ok(Authenticated::as_(req, principal))
                 }
                 Door::Management(_) => Err(GatewayError::new(
@@ -285,20 +299,12 @@ impl Authenticator {
                     // The rules of a token that manages tokens always refuse (SPEC §16).
                     _ => ReportOnly::Never,
                 };
-                let memo = cx.memo.filter(|_| door == Door::Proxy);
-                let now = self.clock.now_ms();
-                let token = match memo.and_then(|memo| memo.recall(&presented.authorization, now)) {
-                    Some(token) => token,
-                    None => {
-                        let token = self.resolve_token(secret, cx.client_ip).await?;
-                        // The connection's next request with the same header
-                        // skips resolving it (never the checks).
-                        if let Some(memo) = memo {
-                            memo.remember(&presented.authorization, &token, now);
-                        }
-                        token
-                    }
-                };
+                let token = self.resolve_token(secret, cx.client_ip).await?;
+                if door == Door::Proxy {
+                    // The connection's next request with the same header
+                    // skips decoding and resolving it (never the checks).
+                    cx.remember(&token, scheme, self.clock.now_ms());
+                }
                 let presented = Presenting {
                     scheme,
                     basic_user,
@@ -316,9 +322,11 @@ impl Authenticator {
                 let Credentials::Basic { user, .. } = &presented.credentials else {
                     return Err(GatewayError::new(Reason::InvalidToken, "invalid credentials").into());
                 };
-                let principal = self
-                    .authenticate_password(&presented.authorization, user, cx.client_ip)
-                    .await?;
+                // Boxed, as the session above: asking Confluence makes a large
+                // future, and every forwarded request's future would carry
+                // it (moved, not run: 25 000 instructions a request of memcpy).
+                let password = self.authenticate_password(&presented.authorization, user, cx.client_ip);
+                let principal = Box::pin(password).await?;
                 Ok(Authenticated::as_(req, principal))
             }
         }

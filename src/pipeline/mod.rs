@@ -180,11 +180,11 @@ pub async fn decide<B: RequestBody>(
     // outside Authorization too): that 400 never throttles the client, so
     // its entries could fill the store (SPEC §12).
     let malformed = matches!(&authenticated, Err(refused) if refused.error.reason == Reason::BadCredentials);
-    if cx.token_secret().is_some() && !malformed {
+    if let Some((_, basic_user)) = cx.token_claim().filter(|_| !malformed) {
         trail.token_presented = true;
         if trail.audit {
             trail.path = Some(cx.target.path.clone());
-            trail.user = cx.basic_user().map(str::to_owned);
+            trail.user = basic_user.map(str::to_owned);
         }
     }
     let Authenticated {
