@@ -12,7 +12,7 @@ use crate::notify::Notifier;
 use crate::proxy::headers::ProtectedHeaders;
 use crate::proxy::{Tunnels, UpstreamClient};
 use crate::record::{self, AuditLog, Metrics, RefusalLog, ThrottleTally, UsageBook};
-use crate::secrets::SealKey;
+use crate::secrets::{Hasher, SealKey};
 use crate::settings::LiveSettings;
 use crate::spaces::Spaces;
 use crate::store::{self, StoreError, TokenStore};
@@ -82,14 +82,46 @@ fn read_seal_key(path: &std::path::Path) -> Result<SealKey, StartError> {
     Ok(SealKey::new(bytes))
 }
 
-impl App {
-    /// Opens the configured store (applying migrations) and builds the state;
-    /// fails when the store does not answer. For one-shot commands.
-    pub async fn open(config: Config) -> Result<App, StartError> {
-        let store = store::open(&config.database_url).await?;
-        App::with_store(config, store, Arc::new(SystemClock)).await
-    }
+/// The token service alone over the configured store (migrations
+/// applied): what a one-shot command needs. None of the gateway's serving
+/// state is built: no verified cache, rate limits (nor their Redis),
+/// sessions or spaces; a change reaches running gateways through the
+/// store's change feed.
+pub async fn open_token_service(config: &Config) -> Result<TokenManager, StartError> {
+    let store = store::open(&config.database_url).await?;
+    let metrics = Metrics::new();
+    let upstream = Arc::new(UpstreamClient::new(config, metrics.upstream_connects.clone())?);
+    let confluence = Arc::new(Confluence::new(upstream));
+    token_service(config, store, Arc::new(SystemClock), confluence, &metrics)
+}
 
+/// The token service as configured, with its own events, audit writer and
+/// argon2 pool, and no verified cache yet.
+fn token_service(
+    config: &Config,
+    store: Arc<dyn TokenStore>,
+    clock: Arc<dyn Clock>,
+    confluence: Arc<Confluence>,
+    metrics: &Arc<Metrics>,
+) -> Result<TokenManager, StartError> {
+    Ok(TokenManager {
+        events: Arc::new(Notifier::new(config, store.clone(), clock.clone())?),
+        audit: AuditLog::start(store.clone(), AUDIT_QUEUE),
+        hasher: Arc::new(Hasher::new(config.argon2, metrics.clone())),
+        cache: None,
+        store,
+        clock,
+        upstream: confluence,
+        policy: TokenPolicy {
+            max_days_until_expiry: config.max_days_until_expiry,
+            max_tokens_per_user: config.max_tokens_per_user,
+            forward_as: config.forward_as,
+            seal_key: config.seal_key_file.as_deref().map(read_seal_key).transpose()?,
+        },
+    })
+}
+
+impl App {
     /// Opens the configured store for the gateway, which starts even while
     /// PostgreSQL is unavailable (see [`store::open_for_serving`]).
     pub async fn open_for_serving(config: Config) -> Result<App, StartError> {
@@ -112,17 +144,17 @@ impl App {
         let upstream = Arc::new(UpstreamClient::new(&config, metrics.upstream_connects.clone())?);
         // The gateway's own calls to Confluence, over the same connections.
         let confluence = Arc::new(Confluence::new(upstream.clone()));
-        let seal_key = config.seal_key_file.as_deref().map(read_seal_key).transpose()?;
+        let mut tokens = token_service(&config, store.clone(), clock.clone(), confluence.clone(), &metrics)?;
         let pat_mode = (config.forward_as == ForwardAs::Pat).then(|| PatMode {
             upstream: confluence.clone(),
-            seal_key: seal_key.clone(),
+            seal_key: tokens.policy.seal_key.clone(),
             clock: clock.clone(),
         });
         let limits =
             Arc::new(RateLimits::start(clock.clone(), config.rate_limit_redis.as_deref(), metrics.clone()).await);
         let verifier = Arc::new(Verifier::new(
             store.clone(),
-            crate::secrets::token::hasher(config.argon2),
+            tokens.hasher.clone(),
             config.verify_cache_ttl,
             metrics.clone(),
             usage.clone(),
@@ -130,22 +162,8 @@ impl App {
             pat_mode,
             clock.clone(),
         ));
-        let events = Arc::new(Notifier::new(&config, store.clone(), clock.clone())?);
-        let audit = AuditLog::start(store.clone(), AUDIT_QUEUE);
-        let tokens = TokenManager {
-            events: events.clone(),
-            audit: audit.clone(),
-            store: store.clone(),
-            verifier: verifier.clone(),
-            clock: clock.clone(),
-            upstream: confluence.clone(),
-            policy: TokenPolicy {
-                max_days_until_expiry: config.max_days_until_expiry,
-                max_tokens_per_user: config.max_tokens_per_user,
-                forward_as: config.forward_as,
-                seal_key,
-            },
-        };
+        tokens.cache = Some(verifier.clone());
+        let (events, audit) = (tokens.events.clone(), tokens.audit.clone());
         let sessions = Sessions::new(store.clone(), clock.clone(), config.ui_session, config.ui_idle);
         let auth = Authenticator::new(
             config.clone(),

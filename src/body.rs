@@ -3,7 +3,8 @@
 //! delivers ([`ClientBody`], which ends a body that stops arriving), and
 //! the one way the gateway reads a body whole
 //! ([`read_limited`], bounded), and the one way it reads a JSON body
-//! ([`read_json`]: read once, parsed once, shared by rules and spaces).
+//! ([`read_json`]: read once, parsed once, shared by rules and spaces),
+//! with [`field`] to take a typed field out of a JSON object.
 
 use std::error::Error as StdError;
 use std::future::Future as _;
@@ -17,6 +18,8 @@ use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{HeaderMap, Request};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{GatewayError, Reason};
@@ -278,6 +281,26 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// What a JSON field must be, for the message that names it.
+pub const TEXT: &str = "a string";
+pub const SWITCH: &str = "true or false";
+
+/// A field of a JSON object body as `T`; absent or `null` is `None`. The
+/// error names the field and what it must be (`expected`), never the value
+/// sent (it could be a secret).
+pub fn field<T: DeserializeOwned>(
+    body: &Map<String, Value>,
+    name: &'static str,
+    expected: &str,
+) -> Result<Option<T>, GatewayError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => T::deserialize(value)
+            .map(Some)
+            .map_err(|_| GatewayError::invalid(name, format!("{name} must be {expected}"))),
     }
 }
 

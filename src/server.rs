@@ -30,6 +30,7 @@ use crate::pipeline;
 use crate::proxy::ConnInfo;
 use crate::record;
 use crate::store::ChangeKind;
+use crate::tokens::TokenCache as _;
 
 /// How long a client may take to send a complete request head: counted
 /// from accept for the first request (TLS handshake included), and by

@@ -8,12 +8,13 @@ use http_body_util::Either;
 use hyper::{Method, Request};
 
 use super::ActiveToken;
-use super::credentials::{Scheme, check_user_name};
+use super::credentials::Scheme;
 use crate::body::{Forwarded, Reading, RequestBody, is_encoded, read_json};
 use crate::clock::EpochMs;
 use crate::config::{Scope, TokenAuth};
 use crate::error::{GatewayError, Reason};
 use crate::rules::{JsonBody, RequestHead, Verdict};
+use crate::tokens::check_user_name;
 
 /// What the checks look at, besides the token.
 pub struct CheckContext<'a> {

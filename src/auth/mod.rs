@@ -39,14 +39,14 @@ use hyper::{HeaderMap, Request};
 
 pub use checks::{CheckContext, RulesCheck, check_rules, check_rules_on_json, check_rules_with_body, check_token};
 pub use context::RequestContext;
-pub use credentials::{BadCredentials, Credentials, Scheme, check_user_name};
+pub use credentials::{BadCredentials, Credentials, Scheme};
 pub use memo::CredentialMemo;
 pub use passwords::PasswordVerdicts;
-pub use rate_limit::{RateLimit, RateLimits, RateState};
+pub use rate_limit::{RateLimits, RateState};
 pub use served_as::IdentityCheck;
 pub use sessions::{SESSION_COOKIE, Session, Sessions};
 pub use throttle::{FailureThrottle, throttle_key};
-pub use upstream::{PatVerdict, bearer};
+pub use upstream::PatVerdict;
 pub use verifier::{ActiveToken, PatMode, SecretRole, Verifier, VerifyError};
 
 /// The `Authorization` decoder itself, for the fuzz targets and the

@@ -10,14 +10,11 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 
-use bytes::Bytes;
 use hyper::header::HeaderValue;
-use zeroize::Zeroizing;
 
 use crate::clock::EpochMs;
 use crate::confluence::Confluence;
 use crate::error::{GatewayError, Reason};
-use crate::secrets::Pat;
 
 /// How often Confluence is asked again about a PAT in use (SPEC §13: at least every 60 s).
 pub const RECHECK_MS: EpochMs = 60_000;
@@ -61,26 +58,6 @@ impl std::fmt::Debug for UpstreamCredential {
             .field("verdict", &self.verdict.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
-}
-
-/// A zeroizing buffer that `Bytes` can share.
-struct Secret(Zeroizing<Vec<u8>>);
-
-impl AsRef<[u8]> for Secret {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// `Bearer <PAT>` as a header value whose bytes are zeroed once no request
-/// holds it any more. `None` when the PAT is not a valid header value.
-pub fn bearer(pat: &Pat) -> Option<HeaderValue> {
-    let mut value = Zeroizing::new(Vec::with_capacity(7 + pat.as_str().len()));
-    value.extend_from_slice(b"Bearer ");
-    value.extend_from_slice(pat.as_str().as_bytes());
-    let mut header = HeaderValue::from_maybe_shared(Bytes::from_owner(Secret(value))).ok()?;
-    header.set_sensitive(true);
-    Some(header)
 }
 
 impl UpstreamCredential {
@@ -185,18 +162,11 @@ pub async fn ask(upstream: &Confluence, authorization: &HeaderValue, user: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secrets::Pat;
 
     fn credential(verdict: PatVerdict) -> UpstreamCredential {
-        let authorization = bearer(&Pat::new("NjQ2MDc1NDk0OTQ6Zt".into())).unwrap();
+        let authorization = Pat::new("NjQ2MDc1NDk0OTQ6Zt".into()).bearer().unwrap();
         UpstreamCredential::new(authorization, verdict, 1_000)
-    }
-
-    #[test]
-    fn the_bearer_value_is_sensitive_and_exact() {
-        let value = bearer(&Pat::new("NjQ2MDc1NDk0OTQ6Zt".into())).unwrap();
-        assert_eq!(value, "Bearer NjQ2MDc1NDk0OTQ6Zt");
-        assert!(value.is_sensitive());
-        assert!(bearer(&Pat::new("line\nbreak".into())).is_none());
     }
 
     #[test]

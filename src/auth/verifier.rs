@@ -14,14 +14,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use argon2::Argon2;
 use ipnet::IpNet;
 use moka::future::Cache;
-use tokio::sync::Semaphore;
 
-use super::rate_limit::{Bucket, RateLimit, RateLimits};
+use super::rate_limit::{Bucket, RateLimits};
 use super::upstream::{self, UpstreamCredential};
 use crate::clock::{Clock, EpochMs};
 use crate::config::parse_ip_list;
@@ -31,7 +29,9 @@ use crate::record::{Metrics, TokenUsage, UsageBook};
 use crate::rules::RuleSet;
 use crate::secrets::seal::{self, SealError, SealKey};
 use crate::secrets::token::{self, SecretDigest};
+use crate::secrets::{HashError, Hasher};
 use crate::store::{ChangeKind, StoreError, TokenRecord, TokenStore};
+use crate::tokens::{RateLimit, TokenCache};
 
 /// Most verified secrets kept in memory at once.
 const CACHE_CAPACITY: u64 = 200_000;
@@ -177,8 +177,8 @@ impl ActiveToken {
 pub enum VerifyError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("argon2 task failed: {0}")]
-    Task(String),
+    #[error(transparent)]
+    Hash(#[from] HashError),
     /// The token's PAT does not unseal: a wrong or missing `seal_key_file`,
     /// or a store that was tampered with.
     #[error("token {token_id}: {error}")]
@@ -212,8 +212,7 @@ pub struct Verifier {
     /// held for a few map operations, only on cold verifications and
     /// revocations, never across an await.
     registry: Mutex<Registry>,
-    argon2_slots: Semaphore,
-    hasher: Argon2<'static>,
+    hasher: Arc<Hasher>,
     metrics: Arc<Metrics>,
     usage: Arc<UsageBook>,
     limits: Arc<RateLimits>,
@@ -239,7 +238,7 @@ impl Verifier {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn TokenStore>,
-        hasher: Argon2<'static>,
+        hasher: Arc<Hasher>,
         cache_ttl: Duration,
         metrics: Arc<Metrics>,
         usage: Arc<UsageBook>,
@@ -247,7 +246,6 @@ impl Verifier {
         pat_mode: Option<PatMode>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let slots = std::thread::available_parallelism().map_or(2, usize::from);
         Verifier {
             store,
             cache: Cache::builder()
@@ -255,7 +253,6 @@ impl Verifier {
                 .time_to_live(cache_ttl)
                 .build(),
             registry: Mutex::new(Registry::default()),
-            argon2_slots: Semaphore::new(slots),
             hasher,
             metrics,
             usage,
@@ -383,60 +380,11 @@ impl Verifier {
         Ok(active)
     }
 
-    /// The stored record whose hash matches `secret`, and that hash: the
-    /// current secret's, or a replaced one's still in grace. Checks each row
-    /// that shares the secret's lookup prefix (a prefix with no rows costs
-    /// no argon2, nor does a replaced secret whose grace is over).
-    pub async fn find_record(&self, secret: &str) -> Result<Option<(TokenRecord, String)>, VerifyError> {
-        let lookup = token::lookup_of(secret);
-        let now = self.clock.now_ms();
-        for record in self.store.tokens_by_lookup(lookup).await? {
-            let mut hashes = Vec::with_capacity(2);
-            if record.lookup == lookup {
-                hashes.push(record.token_hash.clone());
-            }
-            if record.previous_lookup.as_deref() == Some(lookup) && record.grace_until.is_some_and(|until| until > now)
-            {
-                hashes.extend(record.previous_hash.clone());
-            }
-            for hash in hashes {
-                if self.argon2_verify(secret, &hash).await? {
-                    return Ok(Some((record, hash)));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    async fn argon2_verify(&self, secret: &str, phc: &str) -> Result<bool, VerifyError> {
-        let (secret, phc) = (secret.to_owned(), phc.to_owned());
-        self.off_thread(move |_| token::verify(&secret, &phc)).await
-    }
-
-    /// The argon2id PHC string for a new token value.
-    pub async fn hash(&self, value: &str) -> Result<String, VerifyError> {
-        let value = value.to_owned();
-        self.off_thread(move |hasher| token::hash(&hasher, &value))
-            .await?
-            .map_err(|e| VerifyError::Task(e.to_string()))
-    }
-
-    /// Runs argon2 work on the blocking pool, at most one job per core.
-    async fn off_thread<T: Send + 'static>(
-        &self,
-        job: impl FnOnce(Argon2<'static>) -> T + Send + 'static,
-    ) -> Result<T, VerifyError> {
-        let _slot = self
-            .argon2_slots
-            .acquire()
-            .await
-            .map_err(|e| VerifyError::Task(e.to_string()))?;
-        self.metrics.argon2_checks.inc();
-        let hasher = self.hasher.clone();
-        let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || job(hasher)).await;
-        self.metrics.argon2_duration.observe(started.elapsed());
-        result.map_err(|e| VerifyError::Task(e.to_string()))
+    /// The stored record whose hash matches `secret`, and that hash (see
+    /// [`Hasher::find`]).
+    async fn find_record(&self, secret: &str) -> Result<Option<(TokenRecord, String)>, VerifyError> {
+        let candidates = self.store.tokens_by_lookup(token::lookup_of(secret)).await?;
+        Ok(self.hasher.find(candidates, secret, self.clock.now_ms()).await?)
     }
 
     fn epoch(&self) -> u64 {
@@ -482,14 +430,6 @@ impl Verifier {
         }
     }
 
-    /// Applies a deletion or an update made elsewhere.
-    pub fn changed(&self, kind: ChangeKind, id: &str) {
-        match kind {
-            ChangeKind::Delete => self.revoke(id),
-            ChangeKind::Update => self.updated(id),
-        }
-    }
-
     /// Stops a token working in this process at once: every cache entry that
     /// points at it is flagged, and a verification in flight will not cache it.
     pub fn revoke(&self, id: &str) {
@@ -510,6 +450,17 @@ impl Verifier {
     }
 }
 
+impl TokenCache for Verifier {
+    /// Applies a deletion or an update, made here (through the token
+    /// service) or elsewhere (read from the store's change feed).
+    fn changed(&self, kind: ChangeKind, id: &str) {
+        match kind {
+            ChangeKind::Delete => self.revoke(id),
+            ChangeKind::Update => self.updated(id),
+        }
+    }
+}
+
 /// Unseals a token's PAT with the secret that verified it, and asks
 /// Confluence whether it still acts as the token's user (SPEC §13).
 async fn open_upstream(
@@ -523,7 +474,7 @@ async fn open_upstream(
         error,
     };
     let pat = seal::unseal(sealed, secret, &record.id, pat_mode.seal_key.as_ref()).map_err(unseal_error)?;
-    let authorization = upstream::bearer(&pat).ok_or_else(|| unseal_error(SealError::Malformed))?;
+    let authorization = pat.bearer().ok_or_else(|| unseal_error(SealError::Malformed))?;
     let user = record.user.as_deref().unwrap_or_default();
     let verdict = upstream::ask(&pat_mode.upstream, &authorization, user)
         .await
@@ -536,7 +487,7 @@ fn clone_cold(error: &ColdError) -> ColdError {
     match error {
         ColdError::NotFound => ColdError::NotFound,
         ColdError::Failed(VerifyError::Upstream(e)) => ColdError::Failed(VerifyError::Upstream(e.clone())),
-        ColdError::Failed(e) => ColdError::Failed(VerifyError::Task(e.to_string())),
+        ColdError::Failed(e) => ColdError::Failed(VerifyError::Hash(HashError(e.to_string()))),
     }
 }
 
@@ -550,6 +501,7 @@ mod tests {
     /// A verifier over a throwaway SQLite store, with cheap argon2.
     struct Fixture {
         verifier: Verifier,
+        hasher: Arc<Hasher>,
         store: Arc<dyn TokenStore>,
         metrics: Arc<Metrics>,
         clock: Arc<ManualClock>,
@@ -567,9 +519,10 @@ mod tests {
             iterations: 1,
             parallelism: 1,
         };
+        let hasher = Arc::new(Hasher::new(cheap, metrics.clone()));
         let verifier = Verifier::new(
             store.clone(),
-            token::hasher(cheap),
+            hasher.clone(),
             Duration::from_secs(600),
             metrics.clone(),
             Arc::default(),
@@ -579,6 +532,7 @@ mod tests {
         );
         Fixture {
             verifier,
+            hasher,
             store,
             metrics,
             clock,
@@ -593,7 +547,7 @@ mod tests {
             let id = format!("id-{user}");
             let record = TokenRecord {
                 label: format!("{user}-bot"),
-                token_hash: self.verifier.hash(&value).await.unwrap(),
+                token_hash: self.hasher.hash(&value).await.unwrap(),
                 lookup: token::lookup_of(&value).to_owned(),
                 ..crate::store::test_record(&id, Some(user), 0)
             };
@@ -626,12 +580,12 @@ mod tests {
         let (id, old) = f.token("alice").await;
         let held = f.verifier.verify(&old).await.unwrap().unwrap();
         let rotate = |replaces: String, value: String, grace: Option<EpochMs>| {
-            let (store, verifier) = (f.store.clone(), &f.verifier);
+            let (store, verifier, hasher) = (f.store.clone(), &f.verifier, &f.hasher);
             let id = id.clone();
             async move {
                 let rotation = crate::store::Rotation {
                     replaces,
-                    token_hash: verifier.hash(&value).await.unwrap(),
+                    token_hash: hasher.hash(&value).await.unwrap(),
                     lookup: token::lookup_of(&value).to_owned(),
                     sealed_pat: None,
                     grace_until: grace,
@@ -694,11 +648,7 @@ mod tests {
     async fn fixture_twin(f: &Fixture) -> Verifier {
         Verifier::new(
             f.store.clone(),
-            token::hasher(Argon2Cost {
-                memory_kib: 64,
-                iterations: 1,
-                parallelism: 1,
-            }),
+            f.hasher.clone(),
             Duration::from_secs(600),
             Metrics::new(),
             Arc::default(),

@@ -52,8 +52,8 @@ fn read_pat(path: &std::path::Path) -> Result<Pat, Failure> {
 pub(super) async fn create(args: CreateArgs) -> Result<(), Failure> {
     let limit_to = args.limit_to.map(inline_or_file).transpose()?;
     let pat = args.upstream_token_file.as_deref().map(read_pat).transpose()?;
-    let app = open(&args.store, Overrides::default()).await?;
-    if app.config.forward_as == ForwardAs::Pat && pat.is_none() {
+    let tokens = open(&args.store).await?;
+    if tokens.policy.forward_as == ForwardAs::Pat && pat.is_none() {
         let user = args.user.as_deref().unwrap_or("the user");
         return Err(Failure::Usage(format!(
             "with forward_as = \"pat\" a token needs its user's Confluence personal access token, and the command \
@@ -73,11 +73,11 @@ pub(super) async fn create(args: CreateArgs) -> Result<(), Failure> {
         enforce: Some(!args.report_only),
         spaces: args.spaces,
     };
-    let created = app.tokens.create(new, &Actor::cli()).await;
-    app.store.close().await;
+    let created = tokens.create(new, &Actor::cli()).await;
+    tokens.store.close().await;
     let created = created.map_err(|e| describe(&e))?;
     if args.json {
-        println!("{}", created.to_json());
+        println!("{}", created.answer(tokens.clock.now_ms()).to_json());
     } else {
         let record = &created.record;
         eprintln!("created token '{}' (id {})", record.label, record.id);
@@ -88,15 +88,15 @@ pub(super) async fn create(args: CreateArgs) -> Result<(), Failure> {
 }
 
 pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {
-    let app = open(&args.store, Overrides::default()).await?;
+    let tokens = open(&args.store).await?;
     let query = TokenQuery {
         user: args.user,
         max_results: u64::MAX,
         ..TokenQuery::default()
     };
-    let page = app.tokens.list(&query).await.map_err(|e| describe(&e))?;
-    app.store.close().await;
-    let now = app.clock.now_ms();
+    let page = tokens.list(&query).await.map_err(|e| describe(&e))?;
+    tokens.store.close().await;
+    let now = tokens.clock.now_ms();
     let mut out = std::io::stdout().lock();
     if args.json {
         let tokens: Vec<_> = page.items.iter().map(|t| token_json(t, now)).collect();
@@ -162,12 +162,12 @@ pub(super) async fn update(args: UpdateArgs) -> Result<(), Failure> {
                 .into(),
         ));
     }
-    let app = open(&args.store, Overrides::default()).await?;
-    let updated = app.tokens.update(&args.id, change, &Actor::cli()).await;
-    app.store.close().await;
+    let tokens = open(&args.store).await?;
+    let updated = tokens.update(&args.id, change, &Actor::cli()).await;
+    tokens.store.close().await;
     let updated = updated.map_err(|e| describe(&e))?;
     if args.json {
-        println!("{}", token_json(&updated.after, app.clock.now_ms()));
+        println!("{}", token_json(&updated.after, tokens.clock.now_ms()));
     } else {
         let after = &updated.after;
         println!(
@@ -183,17 +183,14 @@ pub(super) async fn update(args: UpdateArgs) -> Result<(), Failure> {
 /// A new secret from the command line, which has none to re-seal a PAT
 /// with: with `forward_as = "pat"` tokens rotate themselves (SPEC §18).
 pub(super) async fn rotate(args: RotateArgs) -> Result<(), Failure> {
-    let app = open(&args.store, Overrides::default()).await?;
-    let rotated = app
-        .tokens
+    let tokens = open(&args.store).await?;
+    let rotated = tokens
         .rotate(&args.id, Some(args.grace_hours), None, &Actor::cli())
         .await;
-    app.store.close().await;
+    tokens.store.close().await;
     let rotated = rotated.map_err(|e| describe(&e))?;
     if args.json {
-        let mut answer = rotated.to_json();
-        answer["graceUntil"] = rotated.record.grace_until.into();
-        println!("{answer}");
+        println!("{}", rotated.answer(tokens.clock.now_ms()).to_json());
     } else {
         let record = &rotated.record;
         eprintln!("rotated token '{}' (id {})", record.label, record.id);
@@ -210,29 +207,29 @@ pub(super) async fn rotate(args: RotateArgs) -> Result<(), Failure> {
 }
 
 pub(super) async fn delete(args: DeleteArgs) -> Result<(), Failure> {
-    let app = open(&args.store, Overrides::default()).await?;
+    let tokens = open(&args.store).await?;
     let actor = Actor::cli();
     let deleted = match (&args.id, &args.user) {
-        (Some(id), _) => app.tokens.delete(id, &actor).await.map(|_| 1),
-        (None, Some(user)) => app.tokens.delete_user(user, &actor).await.map(|deleted| deleted.len()),
+        (Some(id), _) => tokens.delete(id, &actor).await.map(|_| 1),
+        (None, Some(user)) => tokens.delete_user(user, &actor).await.map(|deleted| deleted.len()),
         (None, None) => unreachable!("clap requires an id or --user"),
     };
-    app.store.close().await;
+    tokens.store.close().await;
     let deleted = deleted.map_err(|e| describe(&e))?;
     println!("deleted {deleted} token{}", if deleted == 1 { "" } else { "s" });
     Ok(())
 }
 
 pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {
-    let app = open(&args.store, Overrides::default()).await?;
+    let tokens = open(&args.store).await?;
     let query = AuditQuery {
         token_id: args.token_id,
         user: args.user,
         start_at: 0,
         max_results: args.limit,
     };
-    let page = app.store.list_audit(&query).await;
-    app.store.close().await;
+    let page = tokens.store.list_audit(&query).await;
+    tokens.store.close().await;
     let page = page?;
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -320,9 +317,9 @@ pub(super) fn rules_check(args: RulesCheckArgs) -> Result<(), Failure> {
 /// `> rules.txt` makes a file for `--limit-to @rules.txt`; what each allows,
 /// and the caveat, on standard error.
 pub(super) async fn rules_suggest(args: RulesSuggestArgs) -> Result<(), Failure> {
-    let app = open(&args.store, Overrides::default()).await?;
-    let suggested = app.tokens.suggest(&args.token_id, args.days).await;
-    app.store.close().await;
+    let tokens = open(&args.store).await?;
+    let suggested = tokens.suggest(&args.token_id, args.days).await;
+    tokens.store.close().await;
     let suggested = suggested.map_err(|e| describe(&e))?;
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -9,8 +9,9 @@ mod commands;
 
 use std::process::ExitCode;
 
-use crate::app::{App, StartError};
+use crate::app::{App, StartError, open_token_service};
 use crate::config::{self, Config, LogFormat, Overrides};
+use crate::tokens::TokenManager;
 pub use args::Cli;
 use args::{Command, RulesCommand, ServeArgs, StoreArgs, TokenCommand};
 
@@ -84,8 +85,9 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Rules(RulesCommand::Suggest(args)) => commands::rules_suggest(args).await,
         Command::Audit(args) => commands::audit(args).await,
         Command::Migrate(args) => {
-            let app = open(&args, Overrides::default()).await?;
-            app.store.close().await;
+            let config = load_config(&args, Overrides::default())?;
+            let store = crate::store::open(&config.database_url).await?;
+            store.close().await;
             println!("migrations applied");
             Ok(())
         }
@@ -100,9 +102,10 @@ fn load_config(args: &StoreArgs, mut overrides: Overrides) -> Result<Config, Fai
     Ok(config)
 }
 
-async fn open(args: &StoreArgs, overrides: Overrides) -> Result<App, Failure> {
-    let config = load_config(args, overrides)?;
-    Ok(App::open(config).await?)
+/// The token service over the configured store, for a one-shot command.
+async fn open(args: &StoreArgs) -> Result<TokenManager, Failure> {
+    let config = load_config(args, Overrides::default())?;
+    Ok(open_token_service(&config).await?)
 }
 
 /// Logs go to stderr; the level comes from `RUST_LOG` (default `info`).

@@ -19,9 +19,11 @@
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
+use hyper::header::HeaderValue;
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 use sha2::Sha256;
@@ -59,6 +61,27 @@ impl Pat {
     }
 
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `Bearer <PAT>` as a header value whose bytes are zeroed once no
+    /// request holds it any more. `None` when the PAT is not a valid header
+    /// value.
+    pub fn bearer(&self) -> Option<HeaderValue> {
+        let mut value = Zeroizing::new(Vec::with_capacity(7 + self.0.len()));
+        value.extend_from_slice(b"Bearer ");
+        value.extend_from_slice(self.0.as_bytes());
+        let mut header = HeaderValue::from_maybe_shared(Bytes::from_owner(ZeroizedBytes(value))).ok()?;
+        header.set_sensitive(true);
+        Some(header)
+    }
+}
+
+/// A zeroizing buffer that `Bytes` can share.
+struct ZeroizedBytes(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for ZeroizedBytes {
+    fn as_ref(&self) -> &[u8] {
         &self.0
     }
 }
@@ -153,6 +176,14 @@ mod tests {
 
     fn sealed(key: Option<&SealKey>) -> Vec<u8> {
         seal(&Pat::new(PAT.into()), SECRET, "token-1", key)
+    }
+
+    #[test]
+    fn the_bearer_value_is_sensitive_and_exact() {
+        let value = Pat::new("NjQ2MDc1NDk0OTQ6Zt".into()).bearer().unwrap();
+        assert_eq!(value, "Bearer NjQ2MDc1NDk0OTQ6Zt");
+        assert!(value.is_sensitive());
+        assert!(Pat::new("line\nbreak".into()).bearer().is_none());
     }
 
     #[test]

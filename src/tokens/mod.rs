@@ -1,9 +1,11 @@
 //! The token service: every change to a token goes through it, whoever
 //! makes it (the management API, the page through it, the CLI). Each change
-//! is validated ([`spec`]), stored, takes effect in the verifier at once,
-//! raises its event (SPEC §18) and leaves its audit entry naming the
-//! [`Actor`] ([`actor`]); the API, the CLI and the page only show the
-//! outcome ([`wire`]). With `forward_as = "pat"`, a new token gets its
+//! is validated ([`spec`]), stored, takes effect at once in the gateway it
+//! runs in (a [`TokenCache`]), raises its event (SPEC §18) and leaves its
+//! audit entry naming the [`Actor`] ([`actor`]); the API, the CLI and the
+//! page read and show tokens through [`wire`], where every JSON field name
+//! is written. Authentication enforces what [`spec`] validates and stands
+//! above this module: nothing here imports it. With `forward_as = "pat"`, a new token gets its
 //! user's Confluence personal access token, minted or supplied and checked,
 //! sealed under its value (SPEC §13).
 
@@ -12,24 +14,23 @@ mod spec;
 mod wire;
 
 pub use actor::{Actor, Came};
-pub use wire::token_json;
+pub use spec::{RateLimit, check_user_name};
+pub use wire::{Answer, spaces_field, token_json};
 
 use std::sync::Arc;
 
 use hyper::header::HeaderValue;
 
-use crate::auth::{Verifier, VerifyError, bearer};
 use crate::clock::{Clock, DAY_MS, EpochMs};
 use crate::config::ForwardAs;
 use crate::confluence::{Confluence, MintError};
 use crate::error::GatewayError;
 use crate::notify::{Event, Notifier};
 use crate::record::AuditLog;
-use crate::rules::RuleSet;
 use crate::rules::suggest::{self, Call, SuggestError, Suggestion};
 use crate::secrets::seal::{self, Pat, SealKey};
-use crate::secrets::token;
-use crate::store::{Page, Restrictions, Rotation, StoreError, TokenQuery, TokenRecord, TokenStore};
+use crate::secrets::{HashError, Hasher, token};
+use crate::store::{ChangeKind, Page, Restrictions, Rotation, StoreError, TokenQuery, TokenRecord, TokenStore};
 use actor::Change;
 use spec::{
     new_id, normalise_ip_list, validate_label, validate_rate_limit, validate_rules, validate_spaces, validate_user,
@@ -124,11 +125,11 @@ struct Minted {
     authorization: HeaderValue,
 }
 
-/// A created token: the value, shown this once, and what was stored.
+/// A created (or rotated) token: the value, shown this once, and what was
+/// stored.
 pub struct CreatedToken {
     pub value: String,
     pub record: TokenRecord,
-    pub rules: RuleSet,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +165,7 @@ pub enum TokenError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Verify(#[from] VerifyError),
+    Hash(#[from] HashError),
     /// Confluence could not be asked (502, 504): nothing was stored.
     #[error("{}", .0.message)]
     Upstream(GatewayError),
@@ -181,7 +182,14 @@ impl TokenError {
     }
 }
 
-/// Creates, lists and deletes tokens; deletion also revokes in this process.
+/// Where a change to a token takes effect in this process at once: the
+/// gateway's verified tokens. Other processes learn it from the store's
+/// change feed, within a second.
+pub trait TokenCache: Send + Sync {
+    fn changed(&self, kind: ChangeKind, id: &str);
+}
+
+/// Creates, lists, changes and deletes tokens.
 #[derive(Clone)]
 pub struct TokenManager {
     pub store: Arc<dyn TokenStore>,
@@ -189,7 +197,10 @@ pub struct TokenManager {
     pub events: Arc<Notifier>,
     /// ... and leaves its audit entry.
     pub audit: AuditLog,
-    pub verifier: Arc<Verifier>,
+    pub hasher: Arc<Hasher>,
+    /// The gateway's verified tokens; `None` in a one-shot command, which
+    /// verifies none.
+    pub cache: Option<Arc<dyn TokenCache>>,
     pub clock: Arc<dyn Clock>,
     pub upstream: Arc<Confluence>,
     pub policy: TokenPolicy,
@@ -280,12 +291,12 @@ impl TokenManager {
         }
         self.recorded(Change::Create(&record), actor).await;
         self.events.raise(Event::Created(&record)).await;
-        Ok(CreatedToken { value, record, rules })
+        Ok(CreatedToken { value, record })
     }
 
     /// Hashes the value into the record and inserts it within the user's limit.
     async fn store_new(&self, record: &mut TokenRecord, value: &str) -> Result<bool, TokenError> {
-        record.token_hash = self.verifier.hash(value).await?;
+        record.token_hash = self.hasher.hash(value).await?;
         let limit = record.user.as_ref().map(|_| u64::from(self.policy.max_tokens_per_user));
         Ok(self.store.insert_token(record, limit).await?)
     }
@@ -359,7 +370,7 @@ impl TokenManager {
                         "upstreamToken is a gateway token: give the user's Confluence personal access token".into(),
                     ));
                 }
-                let authorization = bearer(&pat).ok_or_else(|| {
+                let authorization = pat.bearer().ok_or_else(|| {
                     refused("upstreamToken is not a personal access token (it cannot be sent in a header)".into())
                 })?;
                 match self.upstream.current_user(&authorization).await {
@@ -447,7 +458,7 @@ impl TokenManager {
             .update_token(id, &restrictions, self.clock.now_ms())
             .await?
             .ok_or_else(|| TokenError::NotFound(id.to_owned()))?;
-        self.verifier.updated(id);
+        self.takes_effect(ChangeKind::Update, id);
         let updated = Updated { before, after };
         self.recorded(Change::Update(&updated), actor).await;
         self.events
@@ -493,7 +504,7 @@ impl TokenManager {
         let now = self.clock.now_ms();
         let rotation = Rotation {
             replaces: before.token_hash.clone(),
-            token_hash: self.verifier.hash(&value).await?,
+            token_hash: self.hasher.hash(&value).await?,
             lookup: token::lookup_of(&value).to_owned(),
             sealed_pat: sealed_pat.map(|pat| seal::seal(&pat, &value, id, self.policy.seal_key.as_ref())),
             grace_until: (grace_hours > 0).then(|| now + grace_hours * HOUR_MS),
@@ -503,11 +514,10 @@ impl TokenManager {
             None if self.store.token(id).await?.is_some() => return Err(TokenError::RotatedMeanwhile(id.to_owned())),
             None => return Err(TokenError::NotFound(id.to_owned())),
         };
-        self.verifier.updated(id);
+        self.takes_effect(ChangeKind::Update, id);
         self.recorded(Change::Rotate(&record), actor).await;
         self.events.raise(Event::Rotated(&record)).await;
-        let rules = RuleSet::parse(&record.limit_to).map_err(|e| TokenError::invalid("limitTo", e.to_string()))?;
-        Ok(CreatedToken { value, record, rules })
+        Ok(CreatedToken { value, record })
     }
 
     /// The token's PAT, opened with its current secret.
@@ -562,7 +572,7 @@ impl TokenManager {
             .delete_token(id, self.clock.now_ms())
             .await?
             .ok_or_else(|| TokenError::NotFound(id.to_owned()))?;
-        self.verifier.revoke(id);
+        self.takes_effect(ChangeKind::Delete, id);
         self.recorded(Change::Delete(&deleted), actor).await;
         self.events.raise(Event::Deleted(&deleted)).await;
         Ok(deleted)
@@ -585,7 +595,7 @@ impl TokenManager {
         let user = validate_user(Some(user))?.ok_or_else(|| TokenError::invalid("userName", "userName is empty"))?;
         let deleted = self.store.delete_user_tokens(&user, self.clock.now_ms()).await?;
         for token in &deleted {
-            self.verifier.revoke(&token.id);
+            self.takes_effect(ChangeKind::Delete, &token.id);
         }
         let change = Change::DeleteUser {
             user: &user,
@@ -596,6 +606,13 @@ impl TokenManager {
             self.events.raise(Event::Deleted(token)).await;
         }
         Ok(deleted)
+    }
+
+    /// Makes a change take effect in this process at once.
+    fn takes_effect(&self, kind: ChangeKind, id: &str) {
+        if let Some(cache) = &self.cache {
+            cache.changed(kind, id);
+        }
     }
 
     /// Writes a change's audit entry: whatever the `auditLog` setting says,
@@ -627,7 +644,13 @@ impl TokenManager {
 
     async fn validate_custom_value(&self, value: String) -> Result<String, TokenError> {
         token::validate_custom(&value).map_err(|m| TokenError::invalid("token", m))?;
-        if self.verifier.find_record(&value).await?.is_some() {
+        let candidates = self.store.tokens_by_lookup(token::lookup_of(&value)).await?;
+        if self
+            .hasher
+            .find(candidates, &value, self.clock.now_ms())
+            .await?
+            .is_some()
+        {
             return Err(TokenError::Duplicate);
         }
         Ok(value)

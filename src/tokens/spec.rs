@@ -3,14 +3,18 @@
 //! list, rate limit and spaces each in their canonical form. Every error
 //! names the API field it concerns.
 
+use std::fmt;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+
 use rand::TryRngCore;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::OsRng;
 
 use super::TokenError;
-use crate::auth::{RateLimit, check_user_name};
 use crate::config::parse_ip_list;
 use crate::rules::RuleSet;
+use crate::secrets::TOKEN_PREFIX;
 use crate::spaces;
 
 const MAX_LABEL_CHARS: usize = 255;
@@ -78,6 +82,100 @@ pub(super) fn normalise_ip_list(text: &str) -> Result<String, TokenError> {
     Ok(nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
 }
 
+/// The most calls a limit may name per unit.
+const MAX_CALLS: u32 = 1_000_000;
+
+/// A limit as written: `calls` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub calls: NonZeroU32,
+    pub per: Per,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Per {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Per {
+    pub fn seconds(self) -> u64 {
+        match self {
+            Per::Second => 1,
+            Per::Minute => 60,
+            Per::Hour => 3600,
+            Per::Day => 86_400,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Per::Second => "s",
+            Per::Minute => "min",
+            Per::Hour => "hour",
+            Per::Day => "day",
+        }
+    }
+}
+
+impl FromStr for RateLimit {
+    type Err = String;
+
+    /// `N/s`, `N/min`, `N/hour` or `N/day` (also `sec`, `second`, `m`,
+    /// `minute`, `h`, `d`; any case, spaces around the parts).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let usage = || format!("`{text}` is not a rate limit such as 60/min (N/s, N/min, N/hour or N/day)");
+        let (calls, per) = text.split_once('/').ok_or_else(usage)?;
+        let calls: u32 = calls.trim().parse().map_err(|_| usage())?;
+        let calls = NonZeroU32::new(calls).ok_or_else(|| "a rate limit must allow at least 1 call".to_owned())?;
+        if calls.get() > MAX_CALLS {
+            return Err(format!("a rate limit may allow at most {MAX_CALLS} calls per unit"));
+        }
+        let per = match per.trim().to_ascii_lowercase().as_str() {
+            "s" | "sec" | "second" => Per::Second,
+            "m" | "min" | "minute" => Per::Minute,
+            "h" | "hour" => Per::Hour,
+            "d" | "day" => Per::Day,
+            _ => return Err(usage()),
+        };
+        Ok(RateLimit { calls, per })
+    }
+}
+
+impl fmt::Display for RateLimit {
+    /// The canonical form, as stored and listed: `60/min`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.calls, self.per.name())
+    }
+}
+
+/// Checks a user name before it becomes an identity Confluence sees, in a
+/// header: a token's bound user, or the Basic name an unbound token acts
+/// as. The error says what is wrong, for a message.
+pub fn check_user_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("the user name is empty");
+    }
+    if name.len() > 255 {
+        return Err("the user name is longer than 255 bytes");
+    }
+    if name.trim() != name {
+        return Err("the user name begins or ends with whitespace");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("the user name contains control characters");
+    }
+    if name.contains(',') {
+        return Err("the user name contains a comma");
+    }
+    if name.contains(TOKEN_PREFIX) {
+        return Err("the user name holds a token value");
+    }
+    Ok(())
+}
+
 /// A random token id: 22 base62 characters (131 bits), URL-safe and never
 /// starting with `-`, so `tokengate token delete ID` cannot take it for a flag.
 pub(super) fn new_id() -> String {
@@ -127,6 +225,55 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn limits_are_read_in_any_spelling_and_written_one_way() {
+        for (text, canonical) in [
+            ("60/min", "60/min"),
+            (" 60 / Minute ", "60/min"),
+            ("10/s", "10/s"),
+            ("10/sec", "10/s"),
+            ("5/h", "5/hour"),
+            ("1000/day", "1000/day"),
+            ("1/d", "1/day"),
+        ] {
+            assert_eq!(text.parse::<RateLimit>().unwrap().to_string(), canonical, "{text}");
+        }
+        for bad in [
+            "",
+            "60",
+            "/min",
+            "0/min",
+            "-1/min",
+            "60/week",
+            "x/min",
+            "60/min/s",
+            "2000000/s",
+        ] {
+            assert!(bad.parse::<RateLimit>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn user_names_that_could_confuse_an_identity_header_are_refused() {
+        for good in ["alice", "alice@example.com", "Jean Dupont", "é"] {
+            assert_eq!(check_user_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            " ",
+            " alice",
+            "alice ",
+            "al\tice",
+            "bob\r\nX-Forwarded-User: admin",
+            "alice, admin",
+            "tgw_x",
+            "alice tgw_x",
+        ] {
+            assert!(check_user_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_user_name(&"a".repeat(256)).is_err());
     }
 
     #[test]

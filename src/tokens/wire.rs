@@ -1,94 +1,165 @@
-//! Tokens on the wire: the JSON objects of the management API, of the
-//! CLI's `--json` and of the page (SPEC §5, §16), and a token error as the
-//! HTTP refusal it becomes. Every field name a client reads is written here.
+//! Tokens on the wire: the JSON of the management API, of the CLI's
+//! `--json` and of the page (SPEC §5, §16, §18), both ways. Every field
+//! name a client reads or sends is written here, once: [`TokenView`] is the
+//! token object every answer carries, [`NewToken::from_json`] and
+//! [`RestrictionsChange::from_json`] read the bodies that create and change
+//! one, and a token error becomes the HTTP refusal it is.
 
-use super::{CreatedToken, Suggested, TokenError, Updated};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{CreatedToken, NewToken, PatSource, RestrictionsChange, Suggested, TokenError, Updated};
+use crate::body::{SWITCH, TEXT, field};
 use crate::clock::{DAY_MS, EpochMs};
 use crate::config::ForwardAs;
 use crate::error::{GatewayError, Reason};
 use crate::rules::suggest;
+use crate::secrets::Pat;
 use crate::spaces;
 use crate::store::TokenRecord;
+
+const SPACES: &str = "space keys with :read for read only, as \"DOCS,KB:read\" or [\"DOCS\",\"KB:read\"]";
+const RATE: &str = "a rate limit such as \"60/min\" (N/s, N/min, N/hour or N/day)";
+
+/// The fields an update may change (SPEC §16), as the API names them.
+pub const CHANGEABLE: [&str; 6] = ["label", "limitTo", "ip", "rateLimit", "enforce", "spaces"];
+
+/// A token as every answer shows it (SPEC §5): the list of `GET /get` and
+/// `token list --json`, and, with `"status":"ok"`, the answers of create,
+/// update and rotate. Epoch-millisecond times (null when absent),
+/// `limitTo` joined with `<br>` as Extender does and the same lines as
+/// `rules`. Never the value (see [`Answer`]).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenView<'a> {
+    id: &'a str,
+    label: &'a str,
+    user: Option<&'a str>,
+    #[serde(rename = "authorKey")]
+    author: &'a str,
+    limit_to: String,
+    rules: Vec<&'a str>,
+    ip: &'a str,
+    valid_until: Option<EpochMs>,
+    #[serde(rename = "dateCreated")]
+    created_at: EpochMs,
+    counter: i64,
+    #[serde(rename = "lastUsed")]
+    last_used_at: Option<EpochMs>,
+    last_ip: Option<&'a str>,
+    expired: bool,
+    /// Expires within `SOON_DAYS` (SPEC §18).
+    expiring_soon: bool,
+    forward_as: &'static str,
+    upstream_token_id: Option<&'a str>,
+    rate_limit: Option<&'a str>,
+    enforce: bool,
+    spaces: Vec<&'a str>,
+    /// Until when the secret a rotation replaced still works (SPEC §18).
+    grace_until: Option<EpochMs>,
+}
+
+impl<'a> TokenView<'a> {
+    pub fn new(record: &'a TokenRecord, now: EpochMs) -> Self {
+        let rules: Vec<&str> = record.limit_to.lines().filter(|l| !l.trim().is_empty()).collect();
+        let soon = now + crate::notify::SOON_DAYS * DAY_MS;
+        TokenView {
+            id: &record.id,
+            label: &record.label,
+            user: record.user.as_deref(),
+            author: &record.author,
+            limit_to: rules.join("<br>"),
+            rules,
+            ip: &record.ip,
+            valid_until: record.valid_until,
+            created_at: record.created_at,
+            counter: record.counter,
+            last_used_at: record.last_used_at,
+            last_ip: record.last_ip.as_deref(),
+            expired: record.valid_until.is_some_and(|until| until <= now),
+            expiring_soon: record.valid_until.is_some_and(|until| until > now && until <= soon),
+            forward_as: forward_as(record).name(),
+            upstream_token_id: record.upstream_token_id.as_deref(),
+            rate_limit: record.rate_limit.as_deref(),
+            enforce: record.enforce,
+            spaces: space_list(&record.spaces),
+            grace_until: record.grace_until,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).expect("a token view is plain JSON")
+    }
+}
+
+/// An answer about one token: `"status":"ok"`, the token, and its value
+/// the one time it is shown (create, rotate).
+#[derive(Debug, Serialize)]
+pub struct Answer<'a> {
+    status: &'static str,
+    #[serde(rename = "token", skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+    #[serde(flatten)]
+    token: TokenView<'a>,
+}
+
+impl<'a> Answer<'a> {
+    /// The answer of an update: the token as it is now.
+    pub fn changed(record: &'a TokenRecord, now: EpochMs) -> Self {
+        Answer {
+            status: "ok",
+            value: None,
+            token: TokenView::new(record, now),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).expect("an answer is plain JSON")
+    }
+}
+
+/// The token object of `GET /get` and `token list --json`.
+pub fn token_json(record: &TokenRecord, now: EpochMs) -> Value {
+    TokenView::new(record, now).to_json()
+}
+
+impl CreatedToken {
+    /// The answer of a create or a rotation (SPEC §5, §18): the one time
+    /// the value is shown.
+    pub fn answer(&self, now: EpochMs) -> Answer<'_> {
+        Answer {
+            status: "ok",
+            value: Some(&self.value),
+            token: TokenView::new(&self.record, now),
+        }
+    }
+}
 
 impl Updated {
     /// What changed, for the audit log: `{"field":[old,new],...}` with the
     /// API's field names, only the fields that changed.
-    pub fn changes(&self) -> serde_json::Value {
-        let (a, b) = (&self.before, &self.after);
-        let mut changes = serde_json::Map::new();
-        let mut compare = |name: &str, old: serde_json::Value, new: serde_json::Value| {
-            if old != new {
-                changes.insert(name.to_owned(), serde_json::json!([old, new]));
-            }
-        };
-        compare("label", a.label.clone().into(), b.label.clone().into());
-        compare("limitTo", a.limit_to.clone().into(), b.limit_to.clone().into());
-        compare("ip", a.ip.clone().into(), b.ip.clone().into());
-        compare("rateLimit", a.rate_limit.clone().into(), b.rate_limit.clone().into());
-        compare("enforce", a.enforce.into(), b.enforce.into());
-        compare("spaces", space_list(&a.spaces).into(), space_list(&b.spaces).into());
-        serde_json::Value::Object(changes)
-    }
-}
-
-/// The token object of the management API's `get` and of `token list --json`
-/// (SPEC §5): epoch-millisecond times, `limitTo` joined with `<br>` as
-/// Extender does, and the same lines as `rules`. Never the value.
-pub fn token_json(record: &TokenRecord, now: EpochMs) -> serde_json::Value {
-    let rules: Vec<&str> = rule_lines(&record.limit_to);
-    serde_json::json!({
-        "id": record.id,
-        "label": record.label,
-        "user": record.user,
-        "authorKey": record.author,
-        "limitTo": rules.join("<br>"),
-        "rules": rules,
-        "ip": record.ip,
-        "validUntil": record.valid_until,
-        "dateCreated": record.created_at,
-        "counter": record.counter,
-        "lastUsed": record.last_used_at,
-        "lastIp": record.last_ip,
-        "expired": record.valid_until.is_some_and(|until| until <= now),
-        "expiringSoon": record
-            .valid_until
-            .is_some_and(|until| until > now && until <= now + crate::notify::SOON_DAYS * DAY_MS),
-        "forwardAs": forward_as(record).name(),
-        "upstreamTokenId": record.upstream_token_id,
-        "rateLimit": record.rate_limit,
-        "enforce": record.enforce,
-        "spaces": space_list(&record.spaces),
-    })
-}
-
-impl CreatedToken {
-    /// The create response (SPEC §5): the one time the value is shown.
-    pub fn to_json(&self) -> serde_json::Value {
-        let record = &self.record;
-        serde_json::json!({
-            "status": "ok",
-            "id": record.id,
-            "label": record.label,
-            "token": self.value,
-            "user": record.user,
-            "validUntil": record.valid_until,
-            "dateCreated": record.created_at,
-            "limitTo": self.rules.lines().join("<br>"),
-            "rules": self.rules.lines(),
-            "ip": record.ip,
-            "forwardAs": forward_as(record).name(),
-            "upstreamTokenId": record.upstream_token_id,
-            "rateLimit": record.rate_limit,
-            "enforce": record.enforce,
-            "spaces": space_list(&record.spaces),
-        })
+    pub fn changes(&self) -> Value {
+        let now = self.after.created_at;
+        let before = TokenView::new(&self.before, now).to_json();
+        let after = TokenView::new(&self.after, now).to_json();
+        let changes = CHANGEABLE
+            .iter()
+            .filter(|name| before[*name] != after[*name])
+            .map(|name| {
+                (
+                    (*name).to_owned(),
+                    Value::Array(vec![before[*name].clone(), after[*name].clone()]),
+                )
+            })
+            .collect();
+        Value::Object(changes)
     }
 }
 
 impl Suggested {
     /// The answer of `GET /suggest` and `rules suggest --json` (SPEC §16).
-    pub fn to_json(&self) -> serde_json::Value {
-        let rules: Vec<serde_json::Value> = self
+    pub fn to_json(&self) -> Value {
+        let rules: Vec<Value> = self
             .suggestion
             .rules
             .iter()
@@ -103,6 +174,123 @@ impl Suggested {
             "rules": rules,
             "note": suggest::NOTE,
         })
+    }
+}
+
+impl NewToken {
+    /// The token a `POST /set` body with a `label` asks for (SPEC §5);
+    /// `None` without a label (a settings change). Unknown fields are
+    /// ignored, as Extender ignores them; `null` is absent.
+    pub fn from_json(body: &Map<String, Value>) -> Result<Option<NewToken>, GatewayError> {
+        let Some(label) = field::<String>(body, "label", TEXT)? else {
+            return Ok(None);
+        };
+        Ok(Some(NewToken {
+            label,
+            user: field(body, "userName", TEXT)?,
+            days_until_expiry: days_until_expiry(body)?,
+            limit_to: field(body, "limitTo", TEXT)?,
+            ip: field(body, "ip", TEXT)?,
+            token: field(body, "token", TEXT)?,
+            pat: field::<String>(body, "upstreamToken", TEXT)?
+                .map(|pat| pat.trim().to_owned())
+                .filter(|pat| !pat.is_empty())
+                .map(|pat| PatSource::Supplied(Pat::new(pat))),
+            rate_limit: field(body, "rateLimit", RATE)?,
+            enforce: field(body, "enforce", SWITCH)?,
+            spaces: spaces_field(body)?,
+        }))
+    }
+}
+
+impl RestrictionsChange {
+    /// The body of `POST /update`: the token's id and what to change. Unlike
+    /// a create, an unknown field is refused (a typo must not pass for a
+    /// change made), and so is a field that cannot change; `null` is
+    /// absent, but `"rateLimit": null` removes the limit and `"spaces":
+    /// null` the confinement.
+    pub fn from_json(body: &Map<String, Value>) -> Result<(String, RestrictionsChange), GatewayError> {
+        const FIXED: [(&str, &str); 5] = [
+            ("userName", "the user"),
+            ("token", "the value"),
+            ("daysUntilExpiry", "the expiry"),
+            ("validUntil", "the expiry"),
+            ("upstreamToken", "the personal access token"),
+        ];
+        for name in body.keys() {
+            if let Some((field, what)) = FIXED.iter().find(|(field, _)| field == name) {
+                return Err(GatewayError::invalid(
+                    field,
+                    format!("{what} of a token cannot change: create a new token (and delete this one)"),
+                ));
+            }
+            if name != "id" && !CHANGEABLE.contains(&name.as_str()) {
+                return Err(GatewayError::new(
+                    Reason::BadRequest,
+                    format!("unknown field {name:?}: an update changes {}", CHANGEABLE.join(", ")),
+                ));
+            }
+        }
+        let id = field::<String>(body, "id", TEXT)?
+            .filter(|id| !id.trim().is_empty())
+            .ok_or_else(|| GatewayError::invalid("id", "id is required"))?;
+        let removable = |name: &str| body.get(name).map(Value::is_null);
+        let change = RestrictionsChange {
+            label: field(body, "label", TEXT)?,
+            limit_to: field(body, "limitTo", TEXT)?,
+            ip: field(body, "ip", TEXT)?,
+            rate_limit: match removable("rateLimit") {
+                None => None,
+                Some(true) => Some(None),
+                Some(false) => Some(field::<String>(body, "rateLimit", RATE)?),
+            },
+            enforce: field(body, "enforce", SWITCH)?,
+            spaces: match removable("spaces") {
+                None => None,
+                Some(true) => Some(None),
+                Some(false) => Some(spaces_field(body)?),
+            },
+        };
+        Ok((id, change))
+    }
+}
+
+/// `spaces`: `"DOCS,PM"` or `["DOCS","PM"]`, as the stored list's text.
+pub fn spaces_field(body: &Map<String, Value>) -> Result<Option<String>, GatewayError> {
+    let invalid = || GatewayError::invalid("spaces", format!("spaces must be {SPACES}"));
+    match body.get("spaces") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(keys)) => Ok(Some(keys.clone())),
+        Some(Value::Array(keys)) => keys
+            .iter()
+            .map(|key| key.as_str().filter(|key| !key.contains(',')))
+            .collect::<Option<Vec<_>>>()
+            .map(|keys| Some(keys.join(",")))
+            .ok_or_else(invalid),
+        Some(_) => Err(invalid()),
+    }
+}
+
+/// Extender sends `daysUntilExpiry` as a number or as a numeric string; an
+/// empty string is absent.
+fn days_until_expiry(body: &Map<String, Value>) -> Result<Option<i64>, GatewayError> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText {
+        Number(i64),
+        Text(String),
+    }
+    const NAME: &str = "daysUntilExpiry";
+    const EXPECTED: &str = "a whole number of days";
+    match field::<NumberOrText>(body, NAME, EXPECTED)? {
+        None => Ok(None),
+        Some(NumberOrText::Number(days)) => Ok(Some(days)),
+        Some(NumberOrText::Text(text)) if text.trim().is_empty() => Ok(None),
+        Some(NumberOrText::Text(text)) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| GatewayError::invalid(NAME, format!("{NAME} must be {EXPECTED}"))),
     }
 }
 
@@ -128,7 +316,7 @@ impl From<TokenError> for GatewayError {
             TokenError::NothingObserved { .. } => GatewayError::new(Reason::NotFound, error.to_string()),
             TokenError::Suggest(e) => GatewayError::internal(&e),
             TokenError::Store(e) => GatewayError::internal(&e),
-            TokenError::Verify(e) => GatewayError::internal(&e),
+            TokenError::Hash(e) => GatewayError::internal(&e),
             TokenError::Upstream(e) => e,
         }
     }
@@ -143,10 +331,6 @@ fn forward_as(record: &TokenRecord) -> ForwardAs {
     }
 }
 
-fn rule_lines(limit_to: &str) -> Vec<&str> {
-    limit_to.lines().filter(|l| !l.trim().is_empty()).collect()
-}
-
 /// A stored space list as the API shows it: an array, empty for none.
 fn space_list(stored: &Option<String>) -> Vec<&str> {
     stored.as_deref().map(spaces::entries).unwrap_or_default()
@@ -155,6 +339,89 @@ fn space_list(stored: &Option<String>) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn body(json: Value) -> Map<String, Value> {
+        match json {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn days_may_be_a_number_or_numeric_text() {
+        let days = |json: Value| days_until_expiry(&body(json)).unwrap();
+        assert_eq!(days(json!({"daysUntilExpiry": 7})), Some(7));
+        assert_eq!(days(json!({"daysUntilExpiry": " 7 "})), Some(7));
+        assert_eq!(days(json!({"daysUntilExpiry": ""})), None);
+        assert_eq!(days(json!({"daysUntilExpiry": null})), None);
+        assert_eq!(days(json!({})), None);
+        assert_eq!(
+            days(json!({"daysUntilExpiry": -1})),
+            Some(-1),
+            "the token manager refuses it"
+        );
+    }
+
+    #[test]
+    fn every_answer_shows_the_token_with_the_fields_of_spec_5() {
+        let mut record = crate::store::test_record("t1", Some("alice"), 1_000);
+        record.limit_to = "GET /a\n\nPOST /b".into();
+        record.spaces = Some("DOCS,KB:read".into());
+        record.grace_until = Some(5_000);
+        let listed = token_json(&record, 2_000);
+        // Every field's name is pinned by the API test (tests/it/admin.rs).
+        assert!(listed.get("token").is_none() && listed.get("status").is_none());
+        assert_eq!(listed["limitTo"], "GET /a<br>POST /b");
+        assert_eq!(listed["rules"], json!(["GET /a", "POST /b"]));
+        assert_eq!(listed["spaces"], json!(["DOCS", "KB:read"]));
+        let created = CreatedToken {
+            value: "tgw_value".into(),
+            record: record.clone(),
+        };
+        let answer = created.answer(2_000).to_json();
+        assert_eq!(
+            (&answer["status"], &answer["token"]),
+            (&Value::from("ok"), &Value::from("tgw_value"))
+        );
+        assert_eq!(answer["graceUntil"], 5_000);
+        let changed = Answer::changed(&record, 2_000).to_json();
+        assert!(
+            changed.get("token").is_none(),
+            "an update never shows a value: {changed}"
+        );
+        assert_eq!(changed["id"], "t1");
+    }
+
+    #[test]
+    fn an_update_names_only_the_changeable_fields_that_changed() {
+        let before = crate::store::test_record("t1", Some("alice"), 1_000);
+        let mut after = before.clone();
+        after.label = "renamed".into();
+        after.counter = 7;
+        after.rate_limit = Some("60/min".into());
+        let changes = Updated { before, after }.changes();
+        assert_eq!(
+            changes,
+            json!({"label": ["label t1", "renamed"], "rateLimit": [null, "60/min"]})
+        );
+    }
+
+    #[test]
+    fn an_update_body_refuses_unknown_and_fixed_fields_and_null_removes() {
+        let (id, change) =
+            RestrictionsChange::from_json(&body(json!({"id": "t1", "rateLimit": null, "spaces": ["DOCS"]}))).unwrap();
+        assert_eq!(
+            (id.as_str(), change.rate_limit, change.spaces),
+            ("t1", Some(None), Some(Some("DOCS".into())))
+        );
+        let unknown = RestrictionsChange::from_json(&body(json!({"id": "t1", "lable": "x"}))).unwrap_err();
+        assert!(unknown.message.contains("lable"), "{unknown:?}");
+        let fixed = RestrictionsChange::from_json(&body(json!({"id": "t1", "userName": "bob"}))).unwrap_err();
+        assert_eq!(fixed.field(), Some("userName"));
+        let missing = RestrictionsChange::from_json(&body(json!({"label": "x"}))).unwrap_err();
+        assert_eq!(missing.field(), Some("id"));
+    }
 
     #[test]
     fn token_errors_keep_their_field_and_position_and_hide_internals() {

@@ -199,6 +199,7 @@ async fn get_pages_filters_and_describes_each_token() {
         "enforce",
         "spaces",
         "expiringSoon",
+        "graceUntil",
     ];
     expected.sort();
     assert_eq!(keys, expected);

@@ -326,7 +326,7 @@ async fn report_only_never_applies_to_the_management_api_or_to_rules_that_do_not
         spaces: None,
     };
     gw.app.store.update_token(&id, &restrictions, 0).await.unwrap().unwrap();
-    gw.app.tokens.verifier.updated(&id);
+    gw.app.auth.verifier().updated(&id);
     let reply = get(&gw.url(SPACE), &[("authorization", &broken)]).await;
     assert_eq!((reply.status.as_u16(), reply.reason()), (403, "rule_mismatch".into()));
     assert!(gw.upstream.requests_to(SPACE).is_empty(), "not forwarded");
@@ -549,7 +549,7 @@ async fn new_tokens_made_through_the_token_manager_take_the_same_fields() {
         .await;
     assert_eq!(created.record.rate_limit.as_deref(), Some("100/day"));
     assert!(!created.record.enforce);
-    let json = created.to_json();
+    let json = created.answer(0).to_json();
     assert_eq!(
         (json["rateLimit"].as_str(), json["enforce"].as_bool()),
         (Some("100/day"), Some(false))

@@ -348,7 +348,7 @@ async fn a_stored_rule_that_no_longer_compiles_denies_everything() {
         ip: String::new(),
         created_at: 0,
         valid_until: None,
-        token_hash: gw.app.auth.verifier().hash(value).await.unwrap(),
+        token_hash: gw.app.tokens.hasher.hash(value).await.unwrap(),
         lookup: value[..12].into(),
         counter: 0,
         last_used_at: None,

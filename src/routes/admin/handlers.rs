@@ -3,29 +3,24 @@
 //! [`crate::tokens`] (which records each change, naming the caller) or the
 //! store, and returns the JSON to answer with.
 
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::caller::{Caller, Role};
 use super::record_settings;
 use crate::app::App;
 use crate::auth::{SecretRole, Via};
+use crate::body::{SWITCH, TEXT, field};
 use crate::config::{ForwardAs, Scope};
 use crate::error::{GatewayError, Reason};
 use crate::record::audit_json;
 use crate::rules::{RequestHead, RuleSet};
-use crate::secrets::Pat;
 use crate::settings::SettingsChange;
 use crate::spaces;
 use crate::store::{AuditQuery, Settings, TokenQuery, TokenRecord};
 use crate::target::canonical_text_target;
-use crate::tokens::{DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, TokenError, token_json};
-
-const TEXT: &str = "a string";
-const SWITCH: &str = "true or false";
-const SPACES: &str = "space keys with :read for read only, as \"DOCS,KB:read\" or [\"DOCS\",\"KB:read\"]";
-const RATE: &str = "a rate limit such as \"60/min\" (N/s, N/min, N/hour or N/day)";
+use crate::tokens::{
+    Answer, DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, TokenError, spaces_field, token_json,
+};
 
 const DEFAULT_MAX_RESULTS: u64 = 50;
 /// Larger `maxResults` are served as this many.
@@ -116,7 +111,7 @@ pub async fn set(app: &App, caller: &Caller, body: Map<String, Value>) -> Result
                 }
                 created => created?,
             };
-            Ok(created.to_json())
+            Ok(created.answer(app.clock.now_ms()).to_json())
         }
         SetRequest::Settings(change) => {
             admin_only(caller, "change the settings")?;
@@ -195,13 +190,11 @@ fn password_again(caller: &Caller, what: &str) -> Result<(), GatewayError> {
 /// from the web page it needs the password again (it can widen access).
 /// Audited with the old and new values.
 pub async fn update(app: &App, caller: &Caller, body: Map<String, Value>) -> Result<Value, GatewayError> {
-    let (id, change) = update_request(&body)?;
+    let (id, change) = RestrictionsChange::from_json(&body)?;
     password_again(caller, "changing a token's restrictions")?;
     own_token(app, caller, &id).await?;
     let updated = app.tokens.update(&id, change, &caller.actor()).await?;
-    let mut answer = token_json(&updated.after, app.clock.now_ms());
-    answer["status"] = Value::from("ok");
-    Ok(answer)
+    Ok(Answer::changed(&updated.after, app.clock.now_ms()).to_json())
 }
 
 /// `POST /rotate` with `{"id","graceHours"?}` (SPEC §18): a new secret,
@@ -246,9 +239,7 @@ pub async fn rotate(
         }
     };
     let rotated = app.tokens.rotate(&id, grace_hours, presented, &caller.actor()).await?;
-    let mut answer = rotated.to_json();
-    answer["graceUntil"] = Value::from(rotated.record.grace_until);
-    Ok(answer)
+    Ok(rotated.answer(app.clock.now_ms()).to_json())
 }
 
 /// `GET /suggest?tokenId=..[&days=N]`: rules proposed from the token's
@@ -274,55 +265,6 @@ async fn own_token(app: &App, caller: &Caller, id: &str) -> Result<(), GatewayEr
         Some(user) if caller.is(user) => Ok(()),
         _ => Err(GatewayError::new(Reason::NotFound, format!("no token with id {id}"))),
     }
-}
-
-/// The body of `POST /update`. Unlike `set`, an unknown field is refused (a
-/// typo must not pass for a change made), and so is a field that cannot
-/// change; `null` is absent, but `"rateLimit": null` removes the limit.
-fn update_request(body: &Map<String, Value>) -> Result<(String, RestrictionsChange), GatewayError> {
-    const FIXED: [(&str, &str); 5] = [
-        ("userName", "the user"),
-        ("token", "the value"),
-        ("daysUntilExpiry", "the expiry"),
-        ("validUntil", "the expiry"),
-        ("upstreamToken", "the personal access token"),
-    ];
-    const KNOWN: [&str; 7] = ["id", "label", "limitTo", "ip", "rateLimit", "enforce", "spaces"];
-    for name in body.keys() {
-        if let Some((field, what)) = FIXED.iter().find(|(field, _)| field == name) {
-            return Err(GatewayError::invalid(
-                field,
-                format!("{what} of a token cannot change: create a new token (and delete this one)"),
-            ));
-        }
-        if !KNOWN.contains(&name.as_str()) {
-            return Err(GatewayError::new(
-                Reason::BadRequest,
-                format!("unknown field {name:?}: an update changes {}", KNOWN[1..].join(", ")),
-            ));
-        }
-    }
-    let id = field::<String>(body, "id", TEXT)?
-        .filter(|id| !id.trim().is_empty())
-        .ok_or_else(|| GatewayError::invalid("id", "id is required"))?;
-    let rate_limit = match body.get("rateLimit") {
-        None => None,
-        Some(Value::Null) => Some(None),
-        Some(_) => Some(field::<String>(body, "rateLimit", RATE)?),
-    };
-    let change = RestrictionsChange {
-        label: field(body, "label", TEXT)?,
-        limit_to: field(body, "limitTo", TEXT)?,
-        ip: field(body, "ip", TEXT)?,
-        rate_limit,
-        enforce: field(body, "enforce", SWITCH)?,
-        spaces: match body.get("spaces") {
-            None => None,
-            Some(Value::Null) => Some(None),
-            Some(_) => Some(spaces_field(body)?),
-        },
-    };
-    Ok((id, change))
 }
 
 /// `POST /check`: the rules dry run of `tokengate rules check` (SPEC §15):
@@ -434,24 +376,11 @@ enum SetRequest {
 }
 
 impl SetRequest {
-    /// Unknown fields are ignored, as Extender ignores them; `null` is absent.
+    /// A token when the body has a `label` ([`NewToken::from_json`]), else
+    /// the settings it names.
     fn from_body(body: &Map<String, Value>) -> Result<SetRequest, GatewayError> {
-        if let Some(label) = field::<String>(body, "label", TEXT)? {
-            return Ok(SetRequest::Create(Box::new(NewToken {
-                label,
-                user: field(body, "userName", TEXT)?,
-                days_until_expiry: days_until_expiry(body)?,
-                limit_to: field(body, "limitTo", TEXT)?,
-                ip: field(body, "ip", TEXT)?,
-                token: field(body, "token", TEXT)?,
-                pat: field::<String>(body, "upstreamToken", TEXT)?
-                    .map(|pat| pat.trim().to_owned())
-                    .filter(|pat| !pat.is_empty())
-                    .map(|pat| PatSource::Supplied(Pat::new(pat))),
-                rate_limit: field(body, "rateLimit", RATE)?,
-                enforce: field(body, "enforce", SWITCH)?,
-                spaces: spaces_field(body)?,
-            })));
+        if let Some(new) = NewToken::from_json(body)? {
+            return Ok(SetRequest::Create(Box::new(new)));
         }
         let change = SettingsChange {
             usage_details: field(body, "usageDetails", SWITCH)?,
@@ -482,59 +411,6 @@ fn settings_json(settings: Settings) -> Value {
         "status": "ok",
         "settings": {"usageDetails": settings.usage_details, "auditLog": settings.audit_log},
     })
-}
-
-/// A body field as `T`; absent or `null` is `None`. The error names the field
-/// and what it must be, never the value sent (it could be a secret).
-/// `spaces`: `"DOCS,PM"` or `["DOCS","PM"]`, as the stored list's text.
-fn spaces_field(body: &Map<String, Value>) -> Result<Option<String>, GatewayError> {
-    match body.get("spaces") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(keys)) => Ok(Some(keys.clone())),
-        Some(Value::Array(keys)) => keys
-            .iter()
-            .map(|key| key.as_str().filter(|key| !key.contains(',')))
-            .collect::<Option<Vec<_>>>()
-            .map(|keys| Some(keys.join(",")))
-            .ok_or_else(|| GatewayError::invalid("spaces", format!("spaces must be {SPACES}"))),
-        Some(_) => Err(GatewayError::invalid("spaces", format!("spaces must be {SPACES}"))),
-    }
-}
-
-fn field<T: DeserializeOwned>(
-    body: &Map<String, Value>,
-    name: &'static str,
-    expected: &str,
-) -> Result<Option<T>, GatewayError> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => T::deserialize(value)
-            .map(Some)
-            .map_err(|_| GatewayError::invalid(name, format!("{name} must be {expected}"))),
-    }
-}
-
-/// Extender sends `daysUntilExpiry` as a number or as a numeric string; an
-/// empty string is absent.
-fn days_until_expiry(body: &Map<String, Value>) -> Result<Option<i64>, GatewayError> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumberOrText {
-        Number(i64),
-        Text(String),
-    }
-    const NAME: &str = "daysUntilExpiry";
-    const EXPECTED: &str = "a whole number of days";
-    match field::<NumberOrText>(body, NAME, EXPECTED)? {
-        None => Ok(None),
-        Some(NumberOrText::Number(days)) => Ok(Some(days)),
-        Some(NumberOrText::Text(text)) if text.trim().is_empty() => Ok(None),
-        Some(NumberOrText::Text(text)) => text
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| GatewayError::invalid(NAME, format!("{NAME} must be {EXPECTED}"))),
-    }
 }
 
 /// Paging and filters of `GET /get`.
@@ -674,21 +550,6 @@ mod tests {
             assert!(!error.message.contains("secret") && !error.message.contains("12345678"));
             assert_eq!(field_of(error), Some(name), "{json}");
         }
-    }
-
-    #[test]
-    fn days_may_be_a_number_or_numeric_text() {
-        let days = |json: Value| days_until_expiry(&body(json)).unwrap();
-        assert_eq!(days(json!({"daysUntilExpiry": 7})), Some(7));
-        assert_eq!(days(json!({"daysUntilExpiry": " 7 "})), Some(7));
-        assert_eq!(days(json!({"daysUntilExpiry": ""})), None);
-        assert_eq!(days(json!({"daysUntilExpiry": null})), None);
-        assert_eq!(days(json!({})), None);
-        assert_eq!(
-            days(json!({"daysUntilExpiry": -1})),
-            Some(-1),
-            "the token manager refuses it"
-        );
     }
 
     #[test]

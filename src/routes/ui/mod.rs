@@ -19,10 +19,11 @@ use serde_json::{Value, json};
 
 use super::admin::read_json_object;
 use crate::app::App;
-use crate::auth::{Authenticated, Door, Principal, RequestContext, SESSION_COOKIE, Via, check_user_name};
+use crate::auth::{Authenticated, Door, Principal, RequestContext, SESSION_COOKIE, Via};
 use crate::body::RequestBody;
 use crate::error::{GatewayError, Reason, json_response};
 use crate::store::AuditEntry;
+use crate::tokens::check_user_name;
 
 /// Where the page lives.
 pub const UI: &str = "/tokengate/ui";
