@@ -32,9 +32,8 @@ use crate::secrets::seal::{self, Pat, SealKey};
 use crate::secrets::{HashError, Hasher, token};
 use crate::store::{ChangeKind, Page, Restrictions, Rotation, StoreError, TokenQuery, TokenRecord, TokenStore};
 use actor::Change;
-use spec::{
-    new_id, normalise_ip_list, validate_label, validate_rate_limit, validate_rules, validate_spaces, validate_user,
-};
+pub use spec::{NewToken, RestrictionsChange};
+use spec::{new_id, validate_user};
 /// Suggested rules read this many days of calls unless told otherwise.
 pub const DEFAULT_SUGGEST_DAYS: u32 = 30;
 /// ... and at most this many.
@@ -47,53 +46,6 @@ pub const DEFAULT_GRACE_HOURS: i64 = 24;
 /// ... and at most.
 const MAX_GRACE_HOURS: i64 = 168;
 const HOUR_MS: EpochMs = 3_600_000;
-
-/// A request to create a token, as the API or CLI received it.
-#[derive(Debug, Default)]
-pub struct NewToken {
-    pub label: String,
-    pub user: Option<String>,
-    pub days_until_expiry: Option<i64>,
-    pub limit_to: Option<String>,
-    pub ip: Option<String>,
-    /// A custom value; generated when absent.
-    pub token: Option<String>,
-    /// With `forward_as = "pat"`: where the user's personal access token comes from.
-    pub pat: Option<PatSource>,
-    /// `N/s`, `N/min`, `N/hour` or `N/day`; absent or empty: no limit.
-    pub rate_limit: Option<String>,
-    /// `Some(false)`: report-only (SPEC §16). Absent: enforced.
-    pub enforce: Option<bool>,
-    /// Space keys (`DOCS,PM`) the token is confined to (SPEC §17); absent or
-    /// empty: any space.
-    pub spaces: Option<String>,
-}
-
-/// A change to a token's restrictions (SPEC §16), as the API or CLI
-/// received it: `None` keeps what the token has. The user, the value and
-/// the expiry cannot change.
-#[derive(Debug, Default, Clone)]
-pub struct RestrictionsChange {
-    pub label: Option<String>,
-    pub limit_to: Option<String>,
-    pub ip: Option<String>,
-    /// `Some(None)` removes the limit.
-    pub rate_limit: Option<Option<String>>,
-    pub enforce: Option<bool>,
-    /// `Some(None)` (or an empty list) lifts the confinement.
-    pub spaces: Option<Option<String>>,
-}
-
-impl RestrictionsChange {
-    pub fn is_empty(&self) -> bool {
-        self.label.is_none()
-            && self.limit_to.is_none()
-            && self.ip.is_none()
-            && self.rate_limit.is_none()
-            && self.enforce.is_none()
-            && self.spaces.is_none()
-    }
-}
 
 /// A token before and after an update.
 #[derive(Debug)]
@@ -221,13 +173,9 @@ impl TokenManager {
     /// mode. Nothing is stored when any step fails, and a PAT minted for it
     /// is revoked again.
     pub async fn create(&self, new: NewToken, actor: &Actor) -> Result<CreatedToken, TokenError> {
-        let label = validate_label(&new.label)?;
+        let restrictions = new.restrictions()?;
         let user = validate_user(new.user.as_deref())?;
         let days = self.validate_days(new.days_until_expiry)?;
-        let rules = validate_rules(new.limit_to.as_deref().unwrap_or_default())?;
-        let ip = normalise_ip_list(new.ip.as_deref().unwrap_or_default())?;
-        let rate_limit = validate_rate_limit(new.rate_limit.as_deref())?;
-        let spaces = validate_spaces(new.spaces.as_deref())?;
         self.check_pat_mode(user.as_deref(), new.token.is_some(), new.pat.is_some())?;
         if let Some(user) = &user {
             self.check_room_for(user).await?;
@@ -238,16 +186,24 @@ impl TokenManager {
         };
         let id = new_id();
         let upstream = match (new.pat, &user) {
-            (Some(source), Some(user)) => Some(self.obtain_pat(source, user, &label, &id, days).await?),
+            (Some(source), Some(user)) => Some(self.obtain_pat(source, user, &restrictions.label, &id, days).await?),
             _ => None,
         };
         let created_at = self.clock.now_ms();
+        let Restrictions {
+            label,
+            limit_to,
+            ip,
+            rate_limit,
+            enforce,
+            spaces,
+        } = restrictions;
         let mut record = TokenRecord {
             id,
             label,
             user,
             author: actor.name.clone(),
-            limit_to: rules.lines().join("\n"),
+            limit_to,
             ip,
             created_at,
             valid_until: days.map(|d| created_at + d * DAY_MS),
@@ -259,7 +215,7 @@ impl TokenManager {
             sealed_pat: None,
             upstream_token_id: None,
             rate_limit,
-            enforce: new.enforce.unwrap_or(true),
+            enforce,
             spaces,
             previous_hash: None,
             previous_lookup: None,
@@ -431,28 +387,7 @@ impl TokenManager {
             return Err(TokenError::NothingToChange);
         }
         let before = self.get(id).await?;
-        let label = change.label.as_deref().map(validate_label).transpose()?;
-        let limit_to = match change.limit_to.as_deref() {
-            Some(text) => validate_rules(text)?.lines().join("\n"),
-            None => before.limit_to.clone(),
-        };
-        let ip = change.ip.as_deref().map(normalise_ip_list).transpose()?;
-        let rate_limit = match change.rate_limit {
-            Some(text) => validate_rate_limit(text.as_deref())?,
-            None => before.rate_limit.clone(),
-        };
-        let spaces = match change.spaces {
-            Some(text) => validate_spaces(text.as_deref())?,
-            None => before.spaces.clone(),
-        };
-        let restrictions = Restrictions {
-            label: label.unwrap_or_else(|| before.label.clone()),
-            limit_to,
-            ip: ip.unwrap_or_else(|| before.ip.clone()),
-            rate_limit,
-            enforce: change.enforce.unwrap_or(before.enforce),
-            spaces,
-        };
+        let restrictions = change.apply_to(&before)?;
         let after = self
             .store
             .update_token(id, &restrictions, self.clock.now_ms())

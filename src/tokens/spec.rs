@@ -1,7 +1,9 @@
-//! A token's specification as the API, the CLI and the page give it,
-//! validated once into what is stored: label, user, rules (compiled), IP
-//! list, rate limit and spaces each in their canonical form. Every error
-//! names the API field it concerns.
+//! A token's specification as the API, the CLI and the page give it
+//! ([`NewToken`], [`RestrictionsChange`]), validated once into what is
+//! stored ([`Restrictions`]): label, user, rules (compiled), IP list, rate
+//! limit, report-only and spaces, each in its canonical form. Every error
+//! names the API field it concerns. Authentication enforces what is valid
+//! here: a rate limit ([`RateLimit`]) and a user name ([`check_user_name`]).
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -11,15 +13,101 @@ use rand::TryRngCore;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::OsRng;
 
-use super::TokenError;
+use super::{PatSource, TokenError};
 use crate::config::parse_ip_list;
 use crate::rules::RuleSet;
 use crate::secrets::TOKEN_PREFIX;
 use crate::spaces;
+use crate::store::{Restrictions, TokenRecord};
+
+/// A request to create a token, as the API or CLI received it.
+#[derive(Debug, Default)]
+pub struct NewToken {
+    pub label: String,
+    pub user: Option<String>,
+    pub days_until_expiry: Option<i64>,
+    pub limit_to: Option<String>,
+    pub ip: Option<String>,
+    /// A custom value; generated when absent.
+    pub token: Option<String>,
+    /// With `forward_as = "pat"`: where the user's personal access token comes from.
+    pub pat: Option<PatSource>,
+    /// `N/s`, `N/min`, `N/hour` or `N/day`; absent or empty: no limit.
+    pub rate_limit: Option<String>,
+    /// `Some(false)`: report-only (SPEC §16). Absent: enforced.
+    pub enforce: Option<bool>,
+    /// Space keys (`DOCS,PM`) the token is confined to (SPEC §17); absent or
+    /// empty: any space.
+    pub spaces: Option<String>,
+}
+
+/// A change to a token's restrictions (SPEC §16), as the API or CLI
+/// received it: `None` keeps what the token has. The user, the value and
+/// the expiry cannot change.
+#[derive(Debug, Default, Clone)]
+pub struct RestrictionsChange {
+    pub label: Option<String>,
+    pub limit_to: Option<String>,
+    pub ip: Option<String>,
+    /// `Some(None)` removes the limit.
+    pub rate_limit: Option<Option<String>>,
+    pub enforce: Option<bool>,
+    /// `Some(None)` (or an empty list) lifts the confinement.
+    pub spaces: Option<Option<String>>,
+}
+
+impl RestrictionsChange {
+    pub fn is_empty(&self) -> bool {
+        self.label.is_none()
+            && self.limit_to.is_none()
+            && self.ip.is_none()
+            && self.rate_limit.is_none()
+            && self.enforce.is_none()
+            && self.spaces.is_none()
+    }
+}
+
+impl NewToken {
+    /// What the new token's restrictions are, each validated.
+    pub(super) fn restrictions(&self) -> Result<Restrictions, TokenError> {
+        Ok(Restrictions {
+            label: validate_label(&self.label)?,
+            limit_to: validate_rules(self.limit_to.as_deref().unwrap_or_default())?,
+            ip: normalise_ip_list(self.ip.as_deref().unwrap_or_default())?,
+            rate_limit: validate_rate_limit(self.rate_limit.as_deref())?,
+            enforce: self.enforce.unwrap_or(true),
+            spaces: validate_spaces(self.spaces.as_deref())?,
+        })
+    }
+}
+
+impl RestrictionsChange {
+    /// `before`'s restrictions with this change applied, validated exactly
+    /// as a create validates them.
+    pub(super) fn apply_to(&self, before: &TokenRecord) -> Result<Restrictions, TokenError> {
+        let changed = |field: &Option<String>, validate: fn(&str) -> Result<String, TokenError>, kept: &String| {
+            field.as_deref().map(validate).unwrap_or_else(|| Ok(kept.clone()))
+        };
+        Ok(Restrictions {
+            label: changed(&self.label, validate_label, &before.label)?,
+            limit_to: changed(&self.limit_to, validate_rules, &before.limit_to)?,
+            ip: changed(&self.ip, normalise_ip_list, &before.ip)?,
+            rate_limit: match &self.rate_limit {
+                Some(text) => validate_rate_limit(text.as_deref())?,
+                None => before.rate_limit.clone(),
+            },
+            enforce: self.enforce.unwrap_or(before.enforce),
+            spaces: match &self.spaces {
+                Some(text) => validate_spaces(text.as_deref())?,
+                None => before.spaces.clone(),
+            },
+        })
+    }
+}
 
 const MAX_LABEL_CHARS: usize = 255;
 
-pub(super) fn validate_label(label: &str) -> Result<String, TokenError> {
+fn validate_label(label: &str) -> Result<String, TokenError> {
     let label = label.trim();
     let chars = label.chars().count();
     if chars == 0 {
@@ -52,17 +140,19 @@ pub(super) fn validate_user(user: Option<&str>) -> Result<Option<String>, TokenE
     }
 }
 
-pub(super) fn validate_rules(text: &str) -> Result<RuleSet, TokenError> {
-    RuleSet::parse(text).map_err(|e| TokenError::Invalid {
+/// Rules in their stored form: the lines, joined with `\n`.
+fn validate_rules(text: &str) -> Result<String, TokenError> {
+    let rules = RuleSet::parse(text).map_err(|e| TokenError::Invalid {
         field: "limitTo",
         message: e.to_string(),
         line: Some(e.line),
         column: Some(e.column),
-    })
+    })?;
+    Ok(rules.lines().join("\n"))
 }
 
 /// A rate limit in its canonical form (`60/min`); absent or empty: none.
-pub(super) fn validate_rate_limit(text: Option<&str>) -> Result<Option<String>, TokenError> {
+fn validate_rate_limit(text: Option<&str>) -> Result<Option<String>, TokenError> {
     match text.map(str::trim) {
         None | Some("") => Ok(None),
         Some(text) => text
@@ -73,11 +163,11 @@ pub(super) fn validate_rate_limit(text: Option<&str>) -> Result<Option<String>, 
 }
 
 /// A space list in its stored form (`DOCS,PM`); absent or empty: none.
-pub(super) fn validate_spaces(text: Option<&str>) -> Result<Option<String>, TokenError> {
+fn validate_spaces(text: Option<&str>) -> Result<Option<String>, TokenError> {
     spaces::normalise(text.unwrap_or_default()).map_err(|m| TokenError::invalid("spaces", m))
 }
 
-pub(super) fn normalise_ip_list(text: &str) -> Result<String, TokenError> {
+fn normalise_ip_list(text: &str) -> Result<String, TokenError> {
     let nets = parse_ip_list(text).map_err(|m| TokenError::invalid("ip", m))?;
     Ok(nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
 }
