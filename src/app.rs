@@ -16,7 +16,7 @@ use crate::secrets::{Hasher, SealKey};
 use crate::settings::LiveSettings;
 use crate::spaces::Spaces;
 use crate::store::{self, StoreError, TokenStore};
-use crate::tokens::{TokenManager, TokenPolicy};
+use crate::tokens::{TokenCache, TokenManager, TokenPolicy};
 
 #[derive(Clone)]
 pub struct App {
@@ -92,33 +92,47 @@ pub async fn open_token_service(config: &Config) -> Result<TokenManager, StartEr
     let metrics = Metrics::new();
     let upstream = Arc::new(UpstreamClient::new(config, metrics.upstream_connects.clone())?);
     let confluence = Arc::new(Confluence::new(upstream));
-    token_service(config, store, Arc::new(SystemClock), confluence, &metrics)
+    let service = TokenService {
+        store,
+        clock: Arc::new(SystemClock),
+        confluence,
+        hasher: Arc::new(Hasher::new(config.argon2, metrics)),
+        seal_key: config.seal_key_file.as_deref().map(read_seal_key).transpose()?,
+        cache: None,
+    };
+    service.build(config)
 }
 
-/// The token service as configured, with its own events, audit writer and
-/// argon2 pool, and no verified cache yet.
-fn token_service(
-    config: &Config,
+/// What the token service is built from, beside the configuration.
+struct TokenService {
     store: Arc<dyn TokenStore>,
     clock: Arc<dyn Clock>,
     confluence: Arc<Confluence>,
-    metrics: &Arc<Metrics>,
-) -> Result<TokenManager, StartError> {
-    Ok(TokenManager {
-        events: Arc::new(Notifier::new(config, store.clone(), clock.clone())?),
-        audit: AuditLog::start(store.clone(), AUDIT_QUEUE),
-        hasher: Arc::new(Hasher::new(config.argon2, metrics.clone())),
-        cache: None,
-        store,
-        clock,
-        upstream: confluence,
-        policy: TokenPolicy {
-            max_days_until_expiry: config.max_days_until_expiry,
-            max_tokens_per_user: config.max_tokens_per_user,
-            forward_as: config.forward_as,
-            seal_key: config.seal_key_file.as_deref().map(read_seal_key).transpose()?,
-        },
-    })
+    hasher: Arc<Hasher>,
+    seal_key: Option<SealKey>,
+    /// The gateway's verified tokens; `None` in a one-shot command.
+    cache: Option<Arc<dyn TokenCache>>,
+}
+
+impl TokenService {
+    /// The service as configured, with its own events and audit writer.
+    fn build(self, config: &Config) -> Result<TokenManager, StartError> {
+        Ok(TokenManager {
+            events: Arc::new(Notifier::new(config, self.store.clone(), self.clock.clone())?),
+            audit: AuditLog::start(self.store.clone(), AUDIT_QUEUE),
+            hasher: self.hasher,
+            cache: self.cache,
+            store: self.store,
+            clock: self.clock,
+            upstream: self.confluence,
+            policy: TokenPolicy {
+                max_days_until_expiry: config.max_days_until_expiry,
+                max_tokens_per_user: config.max_tokens_per_user,
+                forward_as: config.forward_as,
+                seal_key: self.seal_key,
+            },
+        })
+    }
 }
 
 impl App {
@@ -144,17 +158,18 @@ impl App {
         let upstream = Arc::new(UpstreamClient::new(&config, metrics.upstream_connects.clone())?);
         // The gateway's own calls to Confluence, over the same connections.
         let confluence = Arc::new(Confluence::new(upstream.clone()));
-        let mut tokens = token_service(&config, store.clone(), clock.clone(), confluence.clone(), &metrics)?;
+        let seal_key = config.seal_key_file.as_deref().map(read_seal_key).transpose()?;
+        let hasher = Arc::new(Hasher::new(config.argon2, metrics.clone()));
         let pat_mode = (config.forward_as == ForwardAs::Pat).then(|| PatMode {
             upstream: confluence.clone(),
-            seal_key: tokens.policy.seal_key.clone(),
+            seal_key: seal_key.clone(),
             clock: clock.clone(),
         });
         let limits =
             Arc::new(RateLimits::start(clock.clone(), config.rate_limit_redis.as_deref(), metrics.clone()).await);
         let verifier = Arc::new(Verifier::new(
             store.clone(),
-            tokens.hasher.clone(),
+            hasher.clone(),
             config.verify_cache_ttl,
             metrics.clone(),
             usage.clone(),
@@ -162,7 +177,15 @@ impl App {
             pat_mode,
             clock.clone(),
         ));
-        tokens.cache = Some(verifier.clone());
+        let tokens = TokenService {
+            store: store.clone(),
+            clock: clock.clone(),
+            confluence: confluence.clone(),
+            hasher,
+            seal_key,
+            cache: Some(verifier.clone()),
+        }
+        .build(&config)?;
         let (events, audit) = (tokens.events.clone(), tokens.audit.clone());
         let sessions = Sessions::new(store.clone(), clock.clone(), config.ui_session, config.ui_idle);
         let auth = Authenticator::new(

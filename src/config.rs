@@ -178,7 +178,8 @@ pub struct TlsFiles {
 }
 
 /// The validated configuration. Built once at start-up; code after that trusts it.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
+#[cfg_attr(test, derive(PartialEq))]
 pub struct Config {
     pub listen: SocketAddr,
     pub upstream: Upstream,

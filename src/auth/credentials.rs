@@ -1,5 +1,5 @@
 //! Decoding `Authorization` into credentials (SPEC §2.5), finding gateway
-//! tokens where no credential may be, and what a user name may be. Pure: no
+//! tokens where no credential may be. Pure: no
 //! I/O, no token knowledge beyond the `tgw_` prefix that marks a gateway
 //! credential.
 

@@ -3,9 +3,10 @@
 //! as the `Authorization` value its forwarded requests carry, and
 //! Confluence's latest word on whether it still acts as the token's user.
 //!
-//! The plaintext lives only here, beside the verified-cache entry: the
-//! header value is built over a buffer that is zeroed when the last copy of
-//! it is dropped, and every forwarded request shares that buffer.
+//! The plaintext lives only here, beside the verified-cache entry, as the
+//! header value [`crate::secrets::Pat::bearer`] builds over a buffer that is
+//! zeroed when the last copy of it is dropped; every forwarded request
+//! shares that buffer.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};

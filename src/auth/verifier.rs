@@ -1,5 +1,5 @@
-//! Token verification (SPEC §4): the verified cache, argon2 off the async
-//! threads behind a semaphore, and revocation.
+//! Token verification (SPEC §4): the verified cache, the cold path through
+//! the store and argon2 (run by [`Hasher`]), and revocation.
 //!
 //! The warm path is one SHA-256 and one cache read: no argon2, no database.
 //! Concurrent first uses of one secret share a single verification (the cache
@@ -179,6 +179,10 @@ pub enum VerifyError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Hash(#[from] HashError),
+    /// The failure of a verification another request was waiting on (the
+    /// cache shares one outcome among them).
+    #[error("{0}")]
+    Shared(String),
     /// The token's PAT does not unseal: a wrong or missing `seal_key_file`,
     /// or a store that was tampered with.
     #[error("token {token_id}: {error}")]
@@ -487,7 +491,7 @@ fn clone_cold(error: &ColdError) -> ColdError {
     match error {
         ColdError::NotFound => ColdError::NotFound,
         ColdError::Failed(VerifyError::Upstream(e)) => ColdError::Failed(VerifyError::Upstream(e.clone())),
-        ColdError::Failed(e) => ColdError::Failed(VerifyError::Hash(HashError(e.to_string()))),
+        ColdError::Failed(e) => ColdError::Failed(VerifyError::Shared(e.to_string())),
     }
 }
 

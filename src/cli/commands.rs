@@ -17,7 +17,7 @@ use crate::secrets::Pat;
 use crate::spaces;
 use crate::store::{AuditKind, AuditQuery, TokenQuery};
 use crate::target::canonical_text_target;
-use crate::tokens::{Actor, NewToken, PatSource, RestrictionsChange, TokenError, token_json};
+use crate::tokens::{Actor, NewToken, PatSource, RestrictionsChange, TokenAnswer, TokenError, token_json};
 
 /// A value given inline, or `@FILE` to read it from a file.
 fn inline_or_file(value: String) -> Result<String, Failure> {
@@ -77,7 +77,7 @@ pub(super) async fn create(args: CreateArgs) -> Result<(), Failure> {
     tokens.store.close().await;
     let created = created.map_err(|e| describe(&e))?;
     if args.json {
-        println!("{}", created.answer(tokens.clock.now_ms()).to_json());
+        println!("{}", created.answer().to_json());
     } else {
         let record = &created.record;
         eprintln!("created token '{}' (id {})", record.label, record.id);
@@ -167,7 +167,10 @@ pub(super) async fn update(args: UpdateArgs) -> Result<(), Failure> {
     tokens.store.close().await;
     let updated = updated.map_err(|e| describe(&e))?;
     if args.json {
-        println!("{}", token_json(&updated.after, tokens.clock.now_ms()));
+        println!(
+            "{}",
+            TokenAnswer::changed(&updated.after, tokens.clock.now_ms()).to_json()
+        );
     } else {
         let after = &updated.after;
         println!(
@@ -190,7 +193,7 @@ pub(super) async fn rotate(args: RotateArgs) -> Result<(), Failure> {
     tokens.store.close().await;
     let rotated = rotated.map_err(|e| describe(&e))?;
     if args.json {
-        println!("{}", rotated.answer(tokens.clock.now_ms()).to_json());
+        println!("{}", rotated.answer().to_json());
     } else {
         let record = &rotated.record;
         eprintln!("rotated token '{}' (id {})", record.label, record.id);

@@ -15,7 +15,7 @@ mod wire;
 
 pub use actor::{Actor, Came};
 pub use spec::{RateLimit, check_user_name};
-pub use wire::{Answer, spaces_field, token_json};
+pub use wire::{TokenAnswer, spaces_field, token_json};
 
 use std::sync::Arc;
 

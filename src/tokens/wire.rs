@@ -22,34 +22,25 @@ const SPACES: &str = "space keys with :read for read only, as \"DOCS,KB:read\" o
 const RATE: &str = "a rate limit such as \"60/min\" (N/s, N/min, N/hour or N/day)";
 
 /// The fields an update may change (SPEC §16), as the API names them.
-pub const CHANGEABLE: [&str; 6] = ["label", "limitTo", "ip", "rateLimit", "enforce", "spaces"];
+const CHANGEABLE: [&str; 6] = ["label", "limitTo", "ip", "rateLimit", "enforce", "spaces"];
 
 /// A token as every answer shows it (SPEC §5): the list of `GET /get` and
-/// `token list --json`, and, with `"status":"ok"`, the answers of create,
+/// `token list --json`, and, in a [`TokenAnswer`], the answers of create,
 /// update and rotate. Epoch-millisecond times (null when absent),
 /// `limitTo` joined with `<br>` as Extender does and the same lines as
-/// `rules`. Never the value (see [`Answer`]).
+/// `rules`. Never the value.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenView<'a> {
     id: &'a str,
     label: &'a str,
     user: Option<&'a str>,
-    #[serde(rename = "authorKey")]
-    author: &'a str,
     limit_to: String,
     rules: Vec<&'a str>,
     ip: &'a str,
     valid_until: Option<EpochMs>,
     #[serde(rename = "dateCreated")]
     created_at: EpochMs,
-    counter: i64,
-    #[serde(rename = "lastUsed")]
-    last_used_at: Option<EpochMs>,
-    last_ip: Option<&'a str>,
-    expired: bool,
-    /// Expires within `SOON_DAYS` (SPEC §18).
-    expiring_soon: bool,
     forward_as: &'static str,
     upstream_token_id: Option<&'a str>,
     rate_limit: Option<&'a str>,
@@ -57,33 +48,63 @@ pub struct TokenView<'a> {
     spaces: Vec<&'a str>,
     /// Until when the secret a rotation replaced still works (SPEC §18).
     grace_until: Option<EpochMs>,
+    /// Who made it and how it was used: listed, and in the answer of an
+    /// update, but not in the answer that shows a value (a create, or a
+    /// rotation, which a token may make of itself without seeing listings).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    history: Option<History<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct History<'a> {
+    #[serde(rename = "authorKey")]
+    author: &'a str,
+    counter: i64,
+    #[serde(rename = "lastUsed")]
+    last_used_at: Option<EpochMs>,
+    last_ip: Option<&'a str>,
+    expired: bool,
+    /// Expires within `SOON_DAYS` (SPEC §18).
+    expiring_soon: bool,
 }
 
 impl<'a> TokenView<'a> {
+    /// The token as listed at `now`.
     pub fn new(record: &'a TokenRecord, now: EpochMs) -> Self {
-        let rules: Vec<&str> = record.limit_to.lines().filter(|l| !l.trim().is_empty()).collect();
         let soon = now + crate::notify::SOON_DAYS * DAY_MS;
+        TokenView {
+            history: Some(History {
+                author: &record.author,
+                counter: record.counter,
+                last_used_at: record.last_used_at,
+                last_ip: record.last_ip.as_deref(),
+                expired: record.valid_until.is_some_and(|until| until <= now),
+                expiring_soon: record.valid_until.is_some_and(|until| until > now && until <= soon),
+            }),
+            ..TokenView::without_history(record)
+        }
+    }
+
+    /// The token as the answer that shows its value has it.
+    fn without_history(record: &'a TokenRecord) -> Self {
+        let rules: Vec<&str> = record.limit_to.lines().filter(|l| !l.trim().is_empty()).collect();
         TokenView {
             id: &record.id,
             label: &record.label,
             user: record.user.as_deref(),
-            author: &record.author,
             limit_to: rules.join("<br>"),
             rules,
             ip: &record.ip,
             valid_until: record.valid_until,
             created_at: record.created_at,
-            counter: record.counter,
-            last_used_at: record.last_used_at,
-            last_ip: record.last_ip.as_deref(),
-            expired: record.valid_until.is_some_and(|until| until <= now),
-            expiring_soon: record.valid_until.is_some_and(|until| until > now && until <= soon),
             forward_as: forward_as(record).name(),
             upstream_token_id: record.upstream_token_id.as_deref(),
             rate_limit: record.rate_limit.as_deref(),
             enforce: record.enforce,
             spaces: space_list(&record.spaces),
             grace_until: record.grace_until,
+            history: None,
         }
     }
 
@@ -95,7 +116,7 @@ impl<'a> TokenView<'a> {
 /// An answer about one token: `"status":"ok"`, the token, and its value
 /// the one time it is shown (create, rotate).
 #[derive(Debug, Serialize)]
-pub struct Answer<'a> {
+pub struct TokenAnswer<'a> {
     status: &'static str,
     #[serde(rename = "token", skip_serializing_if = "Option::is_none")]
     value: Option<&'a str>,
@@ -103,10 +124,10 @@ pub struct Answer<'a> {
     token: TokenView<'a>,
 }
 
-impl<'a> Answer<'a> {
+impl<'a> TokenAnswer<'a> {
     /// The answer of an update: the token as it is now.
     pub fn changed(record: &'a TokenRecord, now: EpochMs) -> Self {
-        Answer {
+        TokenAnswer {
             status: "ok",
             value: None,
             token: TokenView::new(record, now),
@@ -126,31 +147,34 @@ pub fn token_json(record: &TokenRecord, now: EpochMs) -> Value {
 impl CreatedToken {
     /// The answer of a create or a rotation (SPEC §5, §18): the one time
     /// the value is shown.
-    pub fn answer(&self, now: EpochMs) -> Answer<'_> {
-        Answer {
+    pub fn answer(&self) -> TokenAnswer<'_> {
+        TokenAnswer {
             status: "ok",
             value: Some(&self.value),
-            token: TokenView::new(&self.record, now),
+            token: TokenView::without_history(&self.record),
         }
     }
 }
 
 impl Updated {
-    /// What changed, for the audit log: `{"field":[old,new],...}` with the
-    /// API's field names, only the fields that changed.
+    /// What changed, for the audit log and the `token.updated` event:
+    /// `{"field":[old,new],...}` with the API's field names, only the
+    /// fields that changed; `limitTo` as stored (lines joined with `\n`).
     pub fn changes(&self) -> Value {
-        let now = self.after.created_at;
-        let before = TokenView::new(&self.before, now).to_json();
-        let after = TokenView::new(&self.after, now).to_json();
+        let (a, b) = (&self.before, &self.after);
+        let pairs: [(Value, Value); CHANGEABLE.len()] = [
+            (a.label.clone().into(), b.label.clone().into()),
+            (a.limit_to.clone().into(), b.limit_to.clone().into()),
+            (a.ip.clone().into(), b.ip.clone().into()),
+            (a.rate_limit.clone().into(), b.rate_limit.clone().into()),
+            (a.enforce.into(), b.enforce.into()),
+            (space_list(&a.spaces).into(), space_list(&b.spaces).into()),
+        ];
         let changes = CHANGEABLE
             .iter()
-            .filter(|name| before[*name] != after[*name])
-            .map(|name| {
-                (
-                    (*name).to_owned(),
-                    Value::Array(vec![before[*name].clone(), after[*name].clone()]),
-                )
-            })
+            .zip(pairs)
+            .filter(|(_, (old, new))| old != new)
+            .map(|(name, (old, new))| ((*name).to_owned(), Value::Array(vec![old, new])))
             .collect();
         Value::Object(changes)
     }
@@ -379,13 +403,20 @@ mod tests {
             value: "tgw_value".into(),
             record: record.clone(),
         };
-        let answer = created.answer(2_000).to_json();
+        let answer = created.answer().to_json();
         assert_eq!(
             (&answer["status"], &answer["token"]),
             (&Value::from("ok"), &Value::from("tgw_value"))
         );
         assert_eq!(answer["graceUntil"], 5_000);
-        let changed = Answer::changed(&record, 2_000).to_json();
+        for history in ["authorKey", "counter", "lastUsed", "lastIp", "expired", "expiringSoon"] {
+            assert!(
+                answer.get(history).is_none(),
+                "{history} is listed, not shown with the value"
+            );
+            assert!(listed.get(history).is_some(), "{history} is listed");
+        }
+        let changed = TokenAnswer::changed(&record, 2_000).to_json();
         assert!(
             changed.get("token").is_none(),
             "an update never shows a value: {changed}"
@@ -400,11 +431,34 @@ mod tests {
         after.label = "renamed".into();
         after.counter = 7;
         after.rate_limit = Some("60/min".into());
-        let changes = Updated { before, after }.changes();
+        let changes = Updated {
+            before: before.clone(),
+            after,
+        }
+        .changes();
         assert_eq!(
             changes,
             json!({"label": ["label t1", "renamed"], "rateLimit": [null, "60/min"]})
         );
+        // Each changeable field, by the name the update body gives it.
+        let everything = Updated {
+            before: before.clone(),
+            after: TokenRecord {
+                label: "x".into(),
+                limit_to: "GET /a\nGET /b".into(),
+                ip: "10.0.0.0/8".into(),
+                rate_limit: Some("1/s".into()),
+                enforce: !before.enforce,
+                spaces: Some("DOCS".into()),
+                ..before
+            },
+        }
+        .changes();
+        let names: Vec<&str> = everything.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut changeable = CHANGEABLE.to_vec();
+        changeable.sort_unstable();
+        assert_eq!(names, changeable);
+        assert_eq!(everything["limitTo"][1], "GET /a\nGET /b", "as stored");
     }
 
     #[test]

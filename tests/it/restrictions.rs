@@ -549,7 +549,7 @@ async fn new_tokens_made_through_the_token_manager_take_the_same_fields() {
         .await;
     assert_eq!(created.record.rate_limit.as_deref(), Some("100/day"));
     assert!(!created.record.enforce);
-    let json = created.answer(0).to_json();
+    let json = created.answer().to_json();
     assert_eq!(
         (json["rateLimit"].as_str(), json["enforce"].as_bool()),
         (Some("100/day"), Some(false))

@@ -19,7 +19,7 @@ use crate::spaces;
 use crate::store::{AuditQuery, Settings, TokenQuery, TokenRecord};
 use crate::target::canonical_text_target;
 use crate::tokens::{
-    Answer, DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, TokenError, spaces_field, token_json,
+    DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, TokenAnswer, TokenError, spaces_field, token_json,
 };
 
 const DEFAULT_MAX_RESULTS: u64 = 50;
@@ -111,7 +111,7 @@ pub async fn set(app: &App, caller: &Caller, body: Map<String, Value>) -> Result
                 }
                 created => created?,
             };
-            Ok(created.answer(app.clock.now_ms()).to_json())
+            Ok(created.answer().to_json())
         }
         SetRequest::Settings(change) => {
             admin_only(caller, "change the settings")?;
@@ -194,7 +194,7 @@ pub async fn update(app: &App, caller: &Caller, body: Map<String, Value>) -> Res
     password_again(caller, "changing a token's restrictions")?;
     own_token(app, caller, &id).await?;
     let updated = app.tokens.update(&id, change, &caller.actor()).await?;
-    Ok(Answer::changed(&updated.after, app.clock.now_ms()).to_json())
+    Ok(TokenAnswer::changed(&updated.after, app.clock.now_ms()).to_json())
 }
 
 /// `POST /rotate` with `{"id","graceHours"?}` (SPEC §18): a new secret,
@@ -239,7 +239,7 @@ pub async fn rotate(
         }
     };
     let rotated = app.tokens.rotate(&id, grace_hours, presented, &caller.actor()).await?;
-    Ok(rotated.answer(app.clock.now_ms()).to_json())
+    Ok(rotated.answer().to_json())
 }
 
 /// `GET /suggest?tokenId=..[&days=N]`: rules proposed from the token's
