@@ -310,7 +310,13 @@ impl RawConfig {
         })?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
-            message: e.message().to_owned(),
+            message: match e.span() {
+                Some(span) => {
+                    let (line, column) = line_and_column(&text, span.start);
+                    format!("line {line}, column {column}: {}", e.message())
+                }
+                None => e.message().to_owned(),
+            },
         })?;
         let mut raw = RawConfig::default();
         for (key, value) in table {
@@ -356,6 +362,20 @@ impl RawConfig {
         self.values.insert(key, (value, origin));
         Ok(())
     }
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }
 
 /// Loads the configuration as `tokengate serve` does: file (explicit, else the
@@ -926,6 +946,18 @@ mod tests {
         ] {
             assert!(all.contains(&key), "{key}");
         }
+    }
+
+    #[test]
+    fn a_file_that_is_not_toml_is_refused_with_its_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:8080\"\n# é\nupstream = http://x\n").unwrap();
+        let error = RawConfig::from_file(&path).unwrap_err().to_string();
+        assert!(error.contains("line 3, column 12"), "{error}");
+        assert!(error.contains("bad.toml"), "{error}");
+        assert_eq!(line_and_column("aé\nb", 4), (2, 1));
+        assert_eq!(line_and_column("aé", 2), (1, 2), "inside a character: its start");
     }
 
     #[test]

@@ -85,7 +85,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Rules(RulesCommand::Suggest(args)) => commands::rules_suggest(args).await,
         Command::Audit(args) => commands::audit(args).await,
         Command::Migrate(args) => {
-            let config = load_config(&args, Overrides::default())?;
+            let config = load_config(&args, Overrides::default(), "off")?;
             let store = crate::store::open(&config.database_url).await?;
             store.close().await;
             println!("migrations applied");
@@ -94,24 +94,27 @@ async fn run(command: Command) -> Result<(), Failure> {
     }
 }
 
-fn load_config(args: &StoreArgs, mut overrides: Overrides) -> Result<Config, Failure> {
+/// The configuration, and logging as it says. `serve` logs at `info`; a
+/// one-shot command logs nothing (SPEC §9: stdout carries its result,
+/// stderr only what is meant for the person), unless `RUST_LOG` asks.
+fn load_config(args: &StoreArgs, mut overrides: Overrides, default_log: &str) -> Result<Config, Failure> {
     overrides.database = args.database.clone();
     let config = config::load(args.config.as_deref(), std::env::vars(), &overrides)
         .map_err(|e| Failure::Usage(e.to_string()))?;
-    init_tracing(config.log_format);
+    init_tracing(config.log_format, default_log);
     Ok(config)
 }
 
 /// The token service over the configured store, for a one-shot command.
 async fn open(args: &StoreArgs) -> Result<TokenManager, Failure> {
-    let config = load_config(args, Overrides::default())?;
+    let config = load_config(args, Overrides::default(), "off")?;
     Ok(open_token_service(&config).await?)
 }
 
-/// Logs go to stderr; the level comes from `RUST_LOG` (default `info`).
-fn init_tracing(format: LogFormat) {
+/// Logs go to stderr; the level comes from `RUST_LOG`, else `default`.
+fn init_tracing(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colours only on a terminal: journald and container logs want plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -130,7 +133,7 @@ fn serve_config(args: &ServeArgs) -> Result<Config, Failure> {
         upstream: args.upstream.clone(),
         database: None,
     };
-    load_config(&args.store, overrides)
+    load_config(&args.store, overrides, "info")
 }
 
 async fn serve(config: Config) -> Result<(), Failure> {

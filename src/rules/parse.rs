@@ -69,14 +69,27 @@ const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OP
 pub(super) struct MethodSet(u8);
 
 impl MethodSet {
-    /// The set named by `list` when it is a `|`-list of known methods in any
-    /// case (`get|POST`); `None` otherwise, which makes the brackets part of
-    /// the URL regex (`[a-z]+/rest/…`, `[post|fetch]…`).
-    fn parse_list(list: &str) -> Option<MethodSet> {
-        list.split('|')
-            .map(|name| method_bit(name.trim()))
-            .try_fold(0, |set, bit| Some(set | bit?))
-            .map(MethodSet)
+    /// The set named by `list`, a `|`-list of method names in any case
+    /// (`get|POST`); the name that is not a known method, and its offset in
+    /// `list`, otherwise.
+    fn parse_list(list: &str) -> Result<MethodSet, (&str, usize)> {
+        let mut set = 0;
+        let mut offset = 0;
+        for name in list.split('|') {
+            let trimmed = name.trim();
+            let at = offset + (name.len() - name.trim_start().len());
+            set |= method_bit(trimmed).ok_or((trimmed, at))?;
+            offset += name.len() + 1;
+        }
+        Ok(MethodSet(set))
+    }
+
+    /// Whether a bracket group at the start of a rule is meant as a method
+    /// tag: only letters, `|` and spaces, with a letter. Anything else
+    /// (`[a-z]+/rest/…`, `[0-9]`) is a character class of the URL regex.
+    fn is_tag_shaped(list: &str) -> bool {
+        list.bytes().any(|b| b.is_ascii_alphabetic())
+            && list.bytes().all(|b| b.is_ascii_alphabetic() || b == b'|' || b == b' ')
     }
 
     /// Whether the request method is in the set. HTTP methods are
@@ -220,7 +233,7 @@ struct SourceLine<'t> {
 impl SourceLine<'_> {
     fn parse_rule(&self) -> Result<Rule, RuleError> {
         let rule = self.trimmed(0..self.text.len());
-        let (methods, after_tag) = self.method_tag(rule.clone());
+        let (methods, after_tag) = self.method_tag(rule.clone())?;
         let first_constraint = find_keyword(self.text, after_tag..rule.end).unwrap_or(rule.end);
         let url = self.url_pattern(after_tag..first_constraint)?;
         let constraints = self.constraints(first_constraint..rule.end)?;
@@ -233,16 +246,31 @@ impl SourceLine<'_> {
         })
     }
 
-    /// The method tag at the start of the rule, if there is one, and where the rest begins.
-    fn method_tag(&self, rule: Range<usize>) -> (Option<MethodSet>, usize) {
-        let tag = self.text[rule.clone()]
+    /// The method tag at the start of the rule, if there is one, and where
+    /// the rest begins. A tag that names something other than an HTTP
+    /// method Confluence serves (`[gte]`, `[post|fetch]`) is an error at
+    /// that name (SPEC §9): read as a character class it would match no
+    /// path, and the rule would silently allow nothing.
+    fn method_tag(&self, rule: Range<usize>) -> Result<(Option<MethodSet>, usize), RuleError> {
+        let Some((list, _)) = self.text[rule.clone()]
             .strip_prefix('[')
             .and_then(|rest| rest.split_once(']'))
-            .and_then(|(list, _)| Some((MethodSet::parse_list(list)?, list.len())));
-        match tag {
-            Some((methods, list_len)) => (Some(methods), rule.start + list_len + "[]".len()),
-            None => (None, rule.start),
-        }
+            .filter(|(list, _)| MethodSet::is_tag_shaped(list))
+        else {
+            return Ok((None, rule.start));
+        };
+        let methods = MethodSet::parse_list(list).map_err(|(name, at)| {
+            let what = if name.is_empty() {
+                "an empty method name".to_owned()
+            } else {
+                format!("`{name}` is not an HTTP method")
+            };
+            self.error(
+                rule.start + 1 + at,
+                format!("{what} in the method tag: name GET, HEAD, POST, PUT, DELETE, PATCH or OPTIONS"),
+            )
+        })?;
+        Ok((Some(methods), rule.start + list.len() + "[]".len()))
     }
 
     /// The URL regex: everything between the tag and the first constraint, trimmed.
@@ -366,6 +394,7 @@ impl SourceLine<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::RuleSet;
 
     fn rules(text: &str) -> Vec<Rule> {
         parse_rules(text).unwrap_or_else(|error| panic!("{text:?}: {error}"))
@@ -487,16 +516,27 @@ mod tests {
         }
     }
 
-    /// Decision: a bracket list that is not only method names is a regex
-    /// character class, as SPEC 3.1 says, even when it looks like a tag with a
-    /// typo. `[post|fetch]` then needs one of `p o s t | f e c h` before the
-    /// path's leading `/`, so the rule matches no canonical path.
+    /// A bracket list of words at the start is a method tag, and a word in
+    /// it that is not a method is an error at that word (SPEC §9, turn 3):
+    /// `[gte]` read as a character class would match no path.
     #[test]
-    fn a_tag_with_an_unknown_method_is_a_character_class() {
-        for text in ["[post|fetch].*/rest/api/content", "[get|]/x", "[]/x", "[|]/x"] {
-            let rule = only_rule(text);
-            assert_eq!(rule.methods, None, "{text}");
-            assert_eq!(rule.url.source, text);
+    fn a_tag_with_an_unknown_method_is_invalid_at_that_name() {
+        for (text, column, name) in [
+            ("[gte]/x", 2, "`gte`"),
+            ("[post|fetch].*/rest/api/content", 7, "`fetch`"),
+            ("[ get | pots ]/x", 9, "`pots`"),
+            ("[get|]/x", 6, "an empty method name"),
+            ("  [GTE] /x", 4, "`GTE`"),
+        ] {
+            let error = RuleSet::parse(text).unwrap_err();
+            assert_eq!((error.line, error.column), (1, column), "{text}: {error}");
+            assert!(error.message.contains(name), "{text}: {error}");
+            assert!(error.message.contains("GET, HEAD, POST"), "{error}");
+        }
+        let error = RuleSet::parse("[get]/ok\n[gte]/x").unwrap_err();
+        assert_eq!((error.line, error.column), (2, 2));
+        for text in ["[]/x", "[|]/x", "[a-z]/x", "[A-Z0-9]+/x"] {
+            assert_eq!(only_rule(text).methods, None, "{text} is a character class");
         }
     }
 

@@ -349,6 +349,17 @@ async fn set_refuses_invalid_input_naming_the_field() {
     assert_eq!(expected.line, 3);
     assert_eq!(reply.json()["line"].as_u64(), Some(3));
     assert_eq!(reply.json()["column"].as_u64(), Some(expected.column as u64));
+    // A method tag that names no HTTP method is an error at that name, in
+    // a create as in an update (SPEC §9).
+    let reply = create(&gw, json!({"label": "x", "limitTo": "[get]/a\n[gte].*/rest/api/.*"})).await;
+    assert_error(&reply, 400, "bad_request", Some("limitTo"));
+    assert_eq!((&reply.json()["line"], &reply.json()["column"]), (&json!(2), &json!(2)));
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("`gte` is not an HTTP method")
+    );
 
     let listed = call(&gw, Method::GET, "/get", &auth, "").await;
     assert_eq!(listed.json()["total"], 1, "no refused request created a token");

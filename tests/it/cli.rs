@@ -26,6 +26,11 @@ fn token_create_list_delete_round_trip() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let value = stdout(&out).trim().to_owned();
     assert!(value.starts_with("tgw_") && value.len() == 44, "{value}");
+    // No log lines: stderr says only what is meant for the person.
+    let notice = stderr(&out);
+    let notice: Vec<&str> = notice.lines().collect();
+    assert_eq!(notice.len(), 2, "{notice:?}");
+    assert!(notice[0].starts_with("created token 'ci bot'") && notice[1].starts_with("store this value now"));
     assert!(
         Path::new(&dir.path().join("data/tokengate.db")).exists(),
         "default store under data/"
@@ -43,6 +48,7 @@ fn token_create_list_delete_round_trip() {
     let json_id = created["id"].as_str().unwrap().to_owned();
 
     let out = cli(dir.path(), &["token", "list", "--json"]);
+    assert_eq!(stderr(&out), "", "a one-shot command logs nothing");
     let listed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 2);
     assert!(!stdout(&out).contains(&value), "list shows a token value");

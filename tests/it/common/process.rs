@@ -105,7 +105,8 @@ pub fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
         .current_dir(dir)
         .env("TOKENGATE_ARGON2_MEMORY_KIB", "64")
         .env("TOKENGATE_ARGON2_ITERATIONS", "1")
-        .env("RUST_LOG", "warn")
+        // As an admin runs it: a one-shot command logs nothing by default.
+        .env_remove("RUST_LOG")
         .output()
         .unwrap()
 }
@@ -121,7 +122,7 @@ pub async fn cli_with(dir: &Path, args: &[&str], envs: &[(&str, &str)], stdin: &
         .current_dir(dir)
         .env("TOKENGATE_ARGON2_MEMORY_KIB", "64")
         .env("TOKENGATE_ARGON2_ITERATIONS", "1")
-        .env("RUST_LOG", "warn")
+        .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
