@@ -32,7 +32,7 @@ pub enum Command {
     /// Show the audit log, newest first.
     Audit(AuditArgs),
     /// Apply database migrations and exit.
-    Migrate(StoreArgs),
+    Migrate(MigrateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +100,9 @@ pub struct RulesCheckArgs {
     /// Configuration file whose `scope` applies (default: config/tokengate.toml when it exists).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Print the answer of the API's `POST /check` as JSON (still exit 1 when denied).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the configuration and store are; every command that touches the store takes these.
@@ -131,6 +134,8 @@ pub enum TokenCommand {
     Create(CreateArgs),
     /// List tokens (never their values).
     List(ListArgs),
+    /// Show one token: its restrictions, expiry and use (never its value).
+    Show(ShowArgs),
     /// Change a token's label, rules, IP list, rate limit or mode (not its
     /// user, value or expiry).
     Update(UpdateArgs),
@@ -194,9 +199,13 @@ pub struct CreateArgs {
     /// What the token is for (1 to 255 characters).
     #[arg(long)]
     pub label: String,
-    /// Bind the token to this user (unbound when absent: any Basic user name may use it).
-    #[arg(long)]
+    /// The Confluence user the token acts as (or --unbound).
+    #[arg(long, conflicts_with = "unbound")]
     pub user: Option<String>,
+    /// Make a token bound to no user: it acts as whichever user the
+    /// client names (Basic NAME:TOKEN). Required without --user.
+    #[arg(long)]
+    pub unbound: bool,
     /// Days until the token expires (0 or absent: no expiry, or max_days_until_expiry).
     #[arg(long, value_name = "N")]
     pub days: Option<i64>,
@@ -249,7 +258,34 @@ pub struct DeleteArgs {
     pub store: StoreArgs,
     /// The token id.
     pub id: Option<String>,
-    /// Delete every token bound to this user.
+    /// Delete every token bound to this user (asks first; --yes where no
+    /// terminal can ask).
     #[arg(long)]
     pub user: Option<String>,
+    /// Delete every token of --user without asking.
+    #[arg(long, requires = "user")]
+    pub yes: bool,
+    /// Print the answer as JSON ({"status":"ok","deleted":N}).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The token id.
+    pub id: String,
+    /// Print the token object of the API's `get`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print {"status":"ok"} once the migrations are applied.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -4,12 +4,13 @@
 //! every change), closes the store and prints the outcome (as JSON with
 //! `--json`, where the command has it).
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use super::args::{
-    AuditArgs, CreateArgs, DeleteArgs, ListArgs, RotateArgs, RulesCheckArgs, RulesSuggestArgs, UpdateArgs,
+    AuditArgs, CreateArgs, DeleteArgs, ListArgs, RotateArgs, RulesCheckArgs, RulesSuggestArgs, ShowArgs, UpdateArgs,
 };
 use super::{Failure, open};
+use crate::clock::{DAY_MS, EpochMs};
 use crate::config::{self, ForwardAs, Overrides};
 use crate::record::audit_json;
 use crate::rules::{RequestHead, RuleSet, suggest};
@@ -17,7 +18,9 @@ use crate::secrets::Pat;
 use crate::spaces;
 use crate::store::{AuditKind, AuditQuery, TokenQuery};
 use crate::target::canonical_text_target;
-use crate::tokens::{Actor, NewToken, PatSource, RestrictionsChange, TokenAnswer, TokenError, token_json};
+use crate::tokens::{
+    Actor, NewToken, PatSource, RestrictionsChange, TokenAnswer, TokenError, TokenManager, token_json,
+};
 
 /// A value given inline, or `@FILE` to read it from a file.
 fn inline_or_file(value: String) -> Result<String, Failure> {
@@ -50,6 +53,13 @@ fn read_pat(path: &std::path::Path) -> Result<Pat, Failure> {
 }
 
 pub(super) async fn create(args: CreateArgs) -> Result<(), Failure> {
+    if args.user.is_none() && !args.unbound {
+        return Err(Failure::Usage(
+            "give --user USER, the Confluence user the token acts as, or --unbound for a token that acts as \
+             whichever user the client names (Basic NAME:TOKEN)"
+                .into(),
+        ));
+    }
     let limit_to = args.limit_to.map(inline_or_file).transpose()?;
     let pat = args.upstream_token_file.as_deref().map(read_pat).transpose()?;
     let tokens = open(&args.store).await?;
@@ -209,18 +219,160 @@ pub(super) async fn rotate(args: RotateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Deletes one token, or every token of a user once confirmed: asked on a
+/// terminal, `--yes` otherwise (SPEC §9).
 pub(super) async fn delete(args: DeleteArgs) -> Result<(), Failure> {
+    let asking = args.id.is_none() && !args.yes;
+    let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if asking && !terminal {
+        return Err(Failure::Usage(
+            "token delete --user deletes every token of that user: add --yes to confirm (there is no terminal to ask on)"
+                .into(),
+        ));
+    }
     let tokens = open(&args.store).await?;
+    let deleted = delete_confirmed(&tokens, &args, asking).await;
+    tokens.store.close().await;
+    let deleted = deleted?;
+    if args.json {
+        println!("{}", serde_json::json!({"status": "ok", "deleted": deleted}));
+    } else {
+        println!("deleted {deleted} token{}", if deleted == 1 { "" } else { "s" });
+    }
+    Ok(())
+}
+
+async fn delete_confirmed(tokens: &TokenManager, args: &DeleteArgs, asking: bool) -> Result<usize, Failure> {
     let actor = Actor::cli();
-    let deleted = match (&args.id, &args.user) {
-        (Some(id), _) => tokens.delete(id, &actor).await.map(|_| 1),
-        (None, Some(user)) => tokens.delete_user(user, &actor).await.map(|deleted| deleted.len()),
+    let user = match (&args.id, &args.user) {
+        (Some(id), _) => return tokens.delete(id, &actor).await.map(|_| 1).map_err(|e| describe(&e)),
+        (None, Some(user)) => user,
         (None, None) => unreachable!("clap requires an id or --user"),
     };
+    if asking {
+        let query = TokenQuery {
+            user: Some(user.clone()),
+            max_results: 0,
+            ..TokenQuery::default()
+        };
+        let held = tokens.list(&query).await.map_err(|e| describe(&e))?.total;
+        if held == 0 {
+            return Ok(0);
+        }
+        let question = format!("delete all {held} tokens of {user}? They stop working at once. [y/N] ");
+        let confirmed = tokio::task::spawn_blocking(move || confirm(&question, &mut std::io::stdin().lock()))
+            .await
+            .map_err(|e| Failure::Failed(e.to_string()))??;
+        if !confirmed {
+            return Err(Failure::Failed("not confirmed: nothing deleted".into()));
+        }
+    }
+    let deleted = tokens.delete_user(user, &actor).await.map_err(|e| describe(&e))?;
+    Ok(deleted.len())
+}
+
+/// Asks `question` on stderr; `y` or `yes` (any case) confirms.
+fn confirm(question: &str, answer: &mut impl std::io::BufRead) -> Result<bool, Failure> {
+    eprint!("{question}");
+    let mut line = String::new();
+    answer.read_line(&mut line)?;
+    Ok(matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+}
+
+/// One token, as `get` lists it (`--json`) or as lines for a person.
+pub(super) async fn show(args: ShowArgs) -> Result<(), Failure> {
+    let tokens = open(&args.store).await?;
+    let token = tokens.get(&args.id).await;
     tokens.store.close().await;
-    let deleted = deleted.map_err(|e| describe(&e))?;
-    println!("deleted {deleted} token{}", if deleted == 1 { "" } else { "s" });
+    let token = token.map_err(|e| describe(&e))?;
+    let now = tokens.clock.now_ms();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", token_json(&token, now))?;
+        return Ok(());
+    }
+    let or = |value: Option<String>, otherwise: &str| value.unwrap_or_else(|| otherwise.to_owned());
+    let rules: Vec<&str> = token.limit_to.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines = [
+        ("id", token.id.clone()),
+        ("label", token.label.clone()),
+        (
+            "user",
+            or(token.user.clone(), "(unbound: acts as whichever user the client names)"),
+        ),
+        (
+            "created",
+            format!("{} by {}", format_time(token.created_at), token.author),
+        ),
+        ("expires", expiry(token.valid_until, now)),
+        (
+            "rules",
+            if rules.is_empty() {
+                "none: everything in scope".to_owned()
+            } else {
+                rules.join("\n             ")
+            },
+        ),
+        (
+            "ip",
+            Some(token.ip.clone())
+                .filter(|ip| !ip.is_empty())
+                .unwrap_or_else(|| "any".into()),
+        ),
+        ("rate limit", or(token.rate_limit.clone(), "none")),
+        (
+            "mode",
+            if token.enforce { "enforced" } else { "report-only" }.to_owned(),
+        ),
+        (
+            "spaces",
+            or(
+                token.spaces.as_deref().map(|keys| spaces::entries(keys).join(", ")),
+                "any",
+            ),
+        ),
+        (
+            "forwarded",
+            match (&token.sealed_pat, &token.upstream_token_id) {
+                (None, _) => "with the identity header".to_owned(),
+                (Some(_), Some(id)) => format!("with the user's personal access token (Confluence id {id})"),
+                (Some(_), None) => "with the user's personal access token".to_owned(),
+            },
+        ),
+        (
+            "used",
+            match (token.last_used_at, &token.last_ip) {
+                (None, _) => "never".to_owned(),
+                (Some(at), ip) => format!(
+                    "{} times, last {} from {}",
+                    token.counter,
+                    format_time(at),
+                    ip.as_deref().unwrap_or("-")
+                ),
+            },
+        ),
+    ];
+    for (name, value) in lines {
+        writeln!(out, "{name:<11}  {value}")?;
+    }
+    if let Some(until) = token.grace_until.filter(|until| *until > now) {
+        writeln!(
+            out,
+            "{:<11}  the replaced secret works until {}",
+            "rotated",
+            format_time(until)
+        )?;
+    }
     Ok(())
+}
+
+/// When a token expires, as a person reads it.
+fn expiry(valid_until: Option<EpochMs>, now: EpochMs) -> String {
+    match valid_until {
+        None => "never".to_owned(),
+        Some(until) if until <= now => format!("expired {}", format_time(until)),
+        Some(until) => format!("{} (in {}d)", format_time(until), (until - now + DAY_MS - 1) / DAY_MS),
+    }
 }
 
 pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {
@@ -240,6 +392,15 @@ pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {
         writeln!(out, "{}", serde_json::Value::Array(entries))?;
         return Ok(());
     }
+    if page.items.is_empty() {
+        eprintln!("no audit entries match");
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<20}  {:<22}  {:<20}  {:<20}  WHAT",
+        "TIME", "TOKEN", "LABEL", "USER"
+    )?;
     for e in &page.items {
         let what = match e.kind {
             AuditKind::Request => format!(
@@ -254,10 +415,11 @@ pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {
         };
         writeln!(
             out,
-            "{}  {:<22}  {:<20}  {what}",
+            "{:<20}  {:<22}  {:<20}  {:<20}  {what}",
             format_time(e.at),
             e.token_id.as_deref().unwrap_or("-"),
-            e.user.as_deref().unwrap_or("-"),
+            truncate(e.token_label.as_deref().unwrap_or("-"), 20),
+            truncate(e.user.as_deref().unwrap_or("-"), 20),
         )?;
     }
     Ok(())
@@ -300,6 +462,10 @@ pub(super) fn rules_check(args: RulesCheckArgs) -> Result<(), Failure> {
         spaces::dry_run(spaces, &head, body, &mut run);
     }
     let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", run.to_json())?;
+        return if run.allowed { Ok(()) } else { Err(Failure::Denied) };
+    }
     if run.allowed {
         writeln!(out, "ALLOW {method} {path}: {}", run.explanation.join("; "))?;
         return Ok(());
@@ -349,5 +515,25 @@ fn describe(error: &TokenError) -> Failure {
     match error {
         TokenError::Invalid { field, message, .. } => Failure::Usage(format!("{field}: {message}")),
         other => Failure::Failed(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_yes_confirms() {
+        for (typed, confirmed) in [
+            ("y\n", true),
+            ("YES\n", true),
+            (" yes \n", true),
+            ("\n", false),
+            ("n\n", false),
+            ("yess\n", false),
+            ("", false),
+        ] {
+            assert_eq!(confirm("? ", &mut typed.as_bytes()).unwrap(), confirmed, "{typed:?}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::app::{App, StartError, open_token_service};
 use crate::config::{self, Config, LogFormat, Overrides};
 use crate::tokens::TokenManager;
 pub use args::Cli;
-use args::{Command, RulesCommand, ServeArgs, StoreArgs, TokenCommand};
+use args::{Command, MigrateArgs, RulesCommand, ServeArgs, StoreArgs, TokenCommand};
 
 /// A command's failure, and the exit code it maps to.
 #[derive(Debug)]
@@ -78,17 +78,21 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Serve(_) => unreachable!("serve builds its own runtime"),
         Command::Token(TokenCommand::Create(args)) => commands::create(args).await,
         Command::Token(TokenCommand::List(args)) => commands::list(args).await,
+        Command::Token(TokenCommand::Show(args)) => commands::show(args).await,
         Command::Token(TokenCommand::Update(args)) => commands::update(args).await,
         Command::Token(TokenCommand::Rotate(args)) => commands::rotate(args).await,
         Command::Token(TokenCommand::Delete(args)) => commands::delete(args).await,
         Command::Rules(RulesCommand::Check(args)) => commands::rules_check(args),
         Command::Rules(RulesCommand::Suggest(args)) => commands::rules_suggest(args).await,
         Command::Audit(args) => commands::audit(args).await,
-        Command::Migrate(args) => {
-            let config = load_config(&args, Overrides::default(), "off")?;
-            let store = crate::store::open(&config.database_url).await?;
-            store.close().await;
-            println!("migrations applied");
+        Command::Migrate(MigrateArgs { store, json }) => {
+            let config = load_config(&store, Overrides::default(), "off")?;
+            crate::store::open(&config.database_url).await?.close().await;
+            if json {
+                println!("{}", serde_json::json!({"status": "ok"}));
+            } else {
+                println!("migrations applied");
+            }
             Ok(())
         }
     }

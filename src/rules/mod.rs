@@ -143,6 +143,16 @@ pub struct DryRun {
 }
 
 impl DryRun {
+    /// The answer of `POST /check` and `rules check --json` (SPEC §15).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "status": "ok",
+            "allowed": self.allowed,
+            "line": self.line,
+            "explanation": self.explanation,
+        })
+    }
+
     /// Applies what the gateway checks of a token request's target before
     /// the rules (SPEC §2.7): no path parameters, a path inside the token
     /// scope. Either refuses whatever the rules say.

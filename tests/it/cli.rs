@@ -5,6 +5,7 @@ use std::process::Output;
 
 use crate::common::process::{GatewayProcess, cli};
 use crate::common::{FakeConfluence, basic, get};
+use serde_json::json;
 
 fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
@@ -38,7 +39,16 @@ fn token_create_list_delete_round_trip() {
 
     let out = cli(
         dir.path(),
-        &["token", "create", "--label", "json", "--json", "--ip", "10.0.0.0/8"],
+        &[
+            "token",
+            "create",
+            "--label",
+            "json",
+            "--unbound",
+            "--json",
+            "--ip",
+            "10.0.0.0/8",
+        ],
     );
     let created: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(created["status"], "ok");
@@ -70,8 +80,22 @@ fn token_create_list_delete_round_trip() {
     assert_eq!((out.status.code(), stdout(&out).trim()), (Some(0), "deleted 1 token"));
     let out = cli(dir.path(), &["token", "delete", &json_id]);
     assert_eq!(out.status.code(), Some(1), "unknown id is a failure");
+    // Deleting all of a user's tokens needs --yes where no terminal can ask.
     let out = cli(dir.path(), &["token", "delete", "--user", "alice"]);
-    assert_eq!(stdout(&out).trim(), "deleted 1 token");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
+    let out = cli(dir.path(), &["token", "list", "--user", "alice", "--json"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout(&out))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "nothing deleted without confirmation"
+    );
+    let out = cli(dir.path(), &["token", "delete", "--user", "alice", "--yes", "--json"]);
+    assert_eq!(stdout(&out).trim(), r#"{"deleted":1,"status":"ok"}"#);
 
     // Each change is recorded once, by the token service, naming the CLI.
     let out = cli(dir.path(), &["audit", "--json"]);
@@ -103,15 +127,118 @@ fn token_create_list_delete_round_trip() {
     );
 }
 
+/// SPEC §9, turn 3: an unbound token is asked for by name, one token can
+/// be shown, the audit log and rules dry run read as tables or JSON.
+#[test]
+fn the_cli_reads_as_a_person_and_a_script_expect() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| cli(dir.path(), args);
+
+    let out = run(&["token", "create", "--label", "shared"]);
+    assert_eq!(out.status.code(), Some(2), "an unbound token needs --unbound");
+    assert!(stderr(&out).contains("--unbound") && stderr(&out).contains("--user"));
+    let out = run(&["token", "create", "--label", "both", "--user", "alice", "--unbound"]);
+    assert_eq!(out.status.code(), Some(2), "--user and --unbound conflict");
+    let out = run(&["token", "list", "--json"]);
+    assert_eq!(stdout(&out).trim(), "[]", "nothing was created");
+
+    let out = run(&[
+        "token",
+        "create",
+        "--label",
+        "docs bot",
+        "--user",
+        "alice",
+        "--days",
+        "30",
+        "--limit-to",
+        "[get].*/rest/api/space.*",
+        "--rate-limit",
+        "60/min",
+        "--json",
+    ]);
+    let created: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let (id, value) = (created["id"].as_str().unwrap(), created["token"].as_str().unwrap());
+    let out = run(&["token", "show", id]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let shown = stdout(&out);
+    for line in [
+        "label        docs bot",
+        "user         alice",
+        "rules        [get].*/rest/api/space.*",
+        "rate limit   60/min",
+        "mode         enforced",
+        "spaces       any",
+        "used         never",
+    ] {
+        assert!(shown.contains(line), "{line:?} in\n{shown}");
+    }
+    assert!(shown.contains("(in 30d)") && shown.contains("by cli"), "{shown}");
+    assert!(!shown.contains(&value[4..]), "show never shows the value");
+    let out = run(&["token", "show", id, "--json"]);
+    let as_json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let out = run(&["token", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(as_json, listed[0], "show --json is the listed object");
+    let out = run(&["token", "show", "no-such-id"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no token with id no-such-id"));
+
+    let out = run(&["audit"]);
+    let table = stdout(&out);
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    for column in ["TIME", "TOKEN", "LABEL", "USER", "WHAT"] {
+        assert!(header.contains(column), "{header}");
+    }
+    let row = lines.next().unwrap();
+    assert!(
+        row.contains(id) && row.contains("docs bot") && row.contains("create"),
+        "{row}"
+    );
+
+    let rules = [
+        "rules",
+        "check",
+        "--rules",
+        "[get].*/rest/api/space.*",
+        "--method",
+        "GET",
+        "--json",
+    ];
+    let out = run(&[&rules[..], &["--url", "/rest/api/space"]].concat());
+    assert_eq!(out.status.code(), Some(0));
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!((&answer["allowed"], &answer["line"]), (&json!(true), &json!(1)));
+    let out = run(&[&rules[..], &["--url", "/rest/api/content"]].concat());
+    assert_eq!(out.status.code(), Some(1), "a denial still exits 1");
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!((&answer["allowed"], &answer["line"]), (&json!(false), &json!(null)));
+    let out = run(&["migrate", "--json"]);
+    assert_eq!(stdout(&out).trim(), r#"{"status":"ok"}"#);
+}
+
 #[test]
 fn exit_codes_for_usage_and_configuration_errors() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(cli(dir.path(), &["token", "delete"]).status.code(), Some(2));
     assert_eq!(cli(dir.path(), &["frobnicate"]).status.code(), Some(2));
-    let out = cli(dir.path(), &["token", "create", "--label", " "]);
+    let out = cli(dir.path(), &["token", "create", "--label", " ", "--user", "alice"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("label"));
-    let out = cli(dir.path(), &["token", "create", "--label", "x", "--ip", "300.1.1.1"]);
+    let out = cli(
+        dir.path(),
+        &[
+            "token",
+            "create",
+            "--label",
+            "x",
+            "--user",
+            "alice",
+            "--ip",
+            "300.1.1.1",
+        ],
+    );
     assert_eq!(out.status.code(), Some(2));
 
     std::fs::write(

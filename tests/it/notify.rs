@@ -136,7 +136,15 @@ async fn every_event_arrives_with_its_body_and_a_verifiable_signature() {
     let database = gw.app.config.database_url.clone();
     let out = cli_with(
         &dir,
-        &["token", "create", "--label", "from-cli", "--database", &database],
+        &[
+            "token",
+            "create",
+            "--label",
+            "from-cli",
+            "--unbound",
+            "--database",
+            &database,
+        ],
         &[("TOKENGATE_NOTIFY_URL", &receiver.url())],
         "",
     )
@@ -339,7 +347,15 @@ async fn two_senders_and_a_slow_receiver_see_each_event_once() {
         let label = format!("bot-{n}");
         let out = cli_with(
             first.dir.path(),
-            &["token", "create", "--label", &label, "--database", &database],
+            &[
+                "token",
+                "create",
+                "--label",
+                &label,
+                "--unbound",
+                "--database",
+                &database,
+            ],
             &[("TOKENGATE_NOTIFY_URL", &receiver.url())],
             "",
         )

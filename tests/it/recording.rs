@@ -365,7 +365,11 @@ async fn nothing_is_lost_across_sigterm() {
     assert_eq!(entries.as_array().unwrap().len(), 5);
     assert_eq!(entries[0]["tokenId"], id);
     let out = cli(dir.path(), &["audit", "--user", "alice"]);
-    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 40);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().lines().count(),
+        1 + 40,
+        "a header and the 40 requests that acted as alice"
+    );
 }
 
 const TOKEN_TOOLS: &str = "/rest/extender/1.0/tokenTools";

@@ -706,7 +706,7 @@ fn the_cli_creates_updates_and_checks_spaces() {
     let out = run(&["token", "list", "--json"]);
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed[0]["spaces"], json!([]));
-    let out = run(&["token", "create", "--label", "c", "--spaces", "DO CS"]);
+    let out = run(&["token", "create", "--label", "c", "--unbound", "--spaces", "DO CS"]);
     assert_eq!(out.status.code(), Some(2), "invalid input, as for every field");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a space key"));
 

@@ -297,12 +297,7 @@ pub fn check(body: Map<String, Value>, scope: Scope) -> Result<Value, GatewayErr
     if let (Some(spaces), true) = (&spaces, run.allowed) {
         spaces::dry_run(spaces, &head, request_body, &mut run);
     }
-    Ok(json!({
-        "status": "ok",
-        "allowed": run.allowed,
-        "line": run.line,
-        "explanation": run.explanation,
-    }))
+    Ok(run.to_json())
 }
 
 /// `GET /settings`: the settings this gateway runs with (admins only).
