@@ -21,6 +21,8 @@ WORKDIR /app
 USER tokengate
 VOLUME ["/app/data"]
 ENV TOKENGATE_LISTEN=0.0.0.0:8080
+# The home: /app/config/tokengate.toml and /app/data, wherever a command runs.
+ENV TOKENGATE_HOME=/app
 EXPOSE 8080
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["tokengate"]

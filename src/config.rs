@@ -29,8 +29,14 @@ pub fn keys() -> &'static [&'static str] {
     &KEYS
 }
 
-/// The file read when `--config` is not given, if it exists.
+/// The file read when `--config` is not given, if it exists: in
+/// `TOKENGATE_HOME` when that is set, else in the current directory.
 pub const DEFAULT_CONFIG_PATH: &str = "config/tokengate.toml";
+
+/// The environment variable naming the gateway's home: where the default
+/// configuration file and a relative SQLite store are (SPEC §9). Not a
+/// configuration key.
+pub const HOME_VAR: &str = "TOKENGATE_HOME";
 
 /// A configuration problem. Start-up stops with exit code 2 and this message.
 #[derive(Debug, thiserror::Error)]
@@ -329,7 +335,7 @@ impl RawConfig {
     /// since it is almost always a misspelt key.
     pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
         for (name, value) in vars {
-            let Some(key) = name.strip_prefix("TOKENGATE_") else {
+            let Some(key) = name.strip_prefix("TOKENGATE_").filter(|_| name != HOME_VAR) else {
                 continue;
             };
             let key = key.to_ascii_lowercase();
@@ -378,22 +384,76 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     )
 }
 
-/// Loads the configuration as `tokengate serve` does: file (explicit, else the
-/// default path when it exists), then environment, then flags.
+/// Loads the configuration as `tokengate serve` does: file (explicit, else
+/// the default path when it exists), then environment, then flags.
+///
+/// A relative SQLite path from the file or the default
+/// (`sqlite://data/tokengate.db`) is the gateway home's, so every command
+/// finds the same store wherever it runs (SPEC §9): the home is
+/// `TOKENGATE_HOME`, else the configuration file's directory (its parent
+/// when that is a `config` directory, as in `HOME/config/tokengate.toml`
+/// beside `HOME/data/`), else the current directory. A relative path given
+/// by a flag or an environment variable stays the current directory's: it
+/// was typed there.
 pub fn load(
     config_path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &Overrides,
 ) -> Result<Config, ConfigError> {
-    let default_path = Path::new(DEFAULT_CONFIG_PATH);
-    let mut raw = match config_path {
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let home = env
+        .iter()
+        .find(|(name, value)| name == HOME_VAR && !value.is_empty())
+        .map(|(_, value)| PathBuf::from(value));
+    let file = match (config_path, &home) {
+        (Some(path), _) => Some(path.to_owned()),
+        (None, Some(home)) => Some(home.join(DEFAULT_CONFIG_PATH)).filter(|path| path.exists()),
+        (None, None) => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|path| path.exists()),
+    };
+    let mut raw = match &file {
         Some(path) => RawConfig::from_file(path)?,
-        None if default_path.exists() => RawConfig::from_file(default_path)?,
         None => RawConfig::default(),
     };
     raw.apply_env(env)?;
     raw.apply_overrides(overrides);
-    Config::from_sources(raw)
+    let typed_here = matches!(
+        raw.values.get("database_url"),
+        Some((_, Origin::Env(_) | Origin::Flag(_)))
+    );
+    let mut config = Config::from_sources(raw)?;
+    let home = home.or_else(|| file.as_deref().map(home_of));
+    if let (Some(home), false) = (home, typed_here) {
+        config.database_url = within(&home, &config.database_url);
+    }
+    Ok(config)
+}
+
+/// The home a configuration file implies: its directory, or the parent of
+/// a `config` directory.
+fn home_of(file: &Path) -> PathBuf {
+    let dir = file
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let home = match dir.file_name() {
+        Some(name) if name == "config" => dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+        _ => dir,
+    };
+    std::path::absolute(home).unwrap_or_else(|_| home.to_owned())
+}
+
+/// `url` with a relative SQLite path made `home`'s; any other URL as it is.
+fn within(home: &Path, url: &str) -> String {
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
+    match path {
+        Some(path) if !path.is_empty() && Path::new(path).is_relative() && !path.starts_with(':') => {
+            format!("sqlite://{}", home.join(path).display())
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Config {
@@ -958,6 +1018,57 @@ mod tests {
         assert!(error.contains("bad.toml"), "{error}");
         assert_eq!(line_and_column("aé\nb", 4), (2, 1));
         assert_eq!(line_and_column("aé", 2), (1, 2), "inside a character: its start");
+    }
+
+    #[test]
+    fn the_store_is_the_homes_wherever_a_command_runs() {
+        let no_flags = Overrides::default();
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let home = tempfile::tempdir().unwrap();
+        let home_path = std::path::absolute(home.path()).unwrap();
+        let expected = format!("sqlite://{}", home_path.join("data/tokengate.db").display());
+        // TOKENGATE_HOME: the default store is there, and it is not a key.
+        let config = load(None, env(&[(HOME_VAR, home.path().to_str().unwrap())]), &no_flags).unwrap();
+        assert_eq!(config.database_url, expected);
+        // ... and so is the default configuration file.
+        std::fs::create_dir(home.path().join("config")).unwrap();
+        let file = home.path().join("config/tokengate.toml");
+        std::fs::write(&file, "database_url = 'sqlite://db/gate.db'\n").unwrap();
+        let config = load(None, env(&[(HOME_VAR, home.path().to_str().unwrap())]), &no_flags).unwrap();
+        assert_eq!(
+            config.database_url,
+            format!("sqlite://{}", home_path.join("db/gate.db").display())
+        );
+        // A file in a `config` directory: the home is its parent.
+        let config = load(Some(&file), env(&[]), &no_flags).unwrap();
+        assert_eq!(
+            config.database_url,
+            format!("sqlite://{}", home_path.join("db/gate.db").display())
+        );
+        // A file elsewhere: the store is beside it.
+        let elsewhere = home.path().join("gate.toml");
+        std::fs::write(&elsewhere, "listen = '127.0.0.1:9000'\n").unwrap();
+        let config = load(Some(&elsewhere), env(&[]), &no_flags).unwrap();
+        assert_eq!(config.database_url, expected);
+        // Typed on the command line or in the environment: as given.
+        let flags = Overrides {
+            database: Some("sqlite://here.db".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            load(Some(&file), env(&[]), &flags).unwrap().database_url,
+            "sqlite://here.db"
+        );
+        let typed = env(&[("TOKENGATE_DATABASE_URL", "sqlite://env.db")]);
+        assert_eq!(
+            load(Some(&file), typed, &no_flags).unwrap().database_url,
+            "sqlite://env.db"
+        );
+        // Absolute paths and PostgreSQL stay as they are.
+        assert_eq!(within(&home_path, "sqlite:///var/gate.db"), "sqlite:///var/gate.db");
+        assert_eq!(within(&home_path, "postgres://db/x"), "postgres://db/x");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::io::{IsTerminal as _, Write as _};
 use super::args::{
     AuditArgs, CreateArgs, DeleteArgs, ListArgs, RotateArgs, RulesCheckArgs, RulesSuggestArgs, ShowArgs, UpdateArgs,
 };
-use super::{Failure, open};
+use super::{Failure, open, open_naming};
 use crate::clock::{DAY_MS, EpochMs};
 use crate::config::{self, ForwardAs, Overrides};
 use crate::record::audit_json;
@@ -98,7 +98,7 @@ pub(super) async fn create(args: CreateArgs) -> Result<(), Failure> {
 }
 
 pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {
-    let tokens = open(&args.store).await?;
+    let (tokens, store) = open_naming(&args.store).await?;
     let query = TokenQuery {
         user: args.user,
         max_results: u64::MAX,
@@ -106,6 +106,15 @@ pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {
     };
     let page = tokens.list(&query).await.map_err(|e| describe(&e))?;
     tokens.store.close().await;
+    if page.total == 0 {
+        // The trap of a store read from the wrong place: say which it was.
+        let whose = query
+            .user
+            .as_deref()
+            .map(|user| format!(" of {user}"))
+            .unwrap_or_default();
+        eprintln!("no tokens{whose} in {store}");
+    }
     let now = tokens.clock.now_ms();
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -111,8 +111,14 @@ fn load_config(args: &StoreArgs, mut overrides: Overrides, default_log: &str) ->
 
 /// The token service over the configured store, for a one-shot command.
 async fn open(args: &StoreArgs) -> Result<TokenManager, Failure> {
+    Ok(open_naming(args).await?.0)
+}
+
+/// ... and the store's URL (without a password), to name it.
+async fn open_naming(args: &StoreArgs) -> Result<(TokenManager, String), Failure> {
     let config = load_config(args, Overrides::default(), "off")?;
-    Ok(open_token_service(&config).await?)
+    let tokens = open_token_service(&config).await?;
+    Ok((tokens, config::redact_password(&config.database_url)))
 }
 
 /// Logs go to stderr; the level comes from `RUST_LOG`, else `default`.

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use crate::common::process::{GatewayProcess, cli};
+use crate::common::process::{GatewayProcess, cli, cli_with};
 use crate::common::{FakeConfluence, basic, get};
 use serde_json::json;
 
@@ -216,6 +216,45 @@ fn the_cli_reads_as_a_person_and_a_script_expect() {
     assert_eq!((&answer["allowed"], &answer["line"]), (&json!(false), &json!(null)));
     let out = run(&["migrate", "--json"]);
     assert_eq!(stdout(&out).trim(), r#"{"status":"ok"}"#);
+}
+
+/// SPEC §9: the CLI finds the same store wherever it runs, and an empty
+/// listing names the store it read.
+#[tokio::test]
+async fn every_command_finds_the_homes_store_wherever_it_runs() {
+    let (home, here, there) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let env = [("TOKENGATE_HOME", home.path().to_str().unwrap())];
+    let out = cli_with(here.path(), &["token", "list"], &env, "").await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let store = home.path().join("data/tokengate.db");
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "no tokens in sqlite://{}",
+            std::path::absolute(&store).unwrap().display()
+        )
+    );
+    let args = ["token", "create", "--label", "a", "--user", "alice"];
+    let out = cli_with(here.path(), &args, &env, "").await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = cli_with(there.path(), &["token", "list", "--json"], &env, "").await;
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(listed[0]["label"], "a", "the same store from another directory");
+    assert!(store.exists() && !here.path().join("data").exists() && !there.path().join("data").exists());
+    // With --config, the store is the configuration's home.
+    std::fs::create_dir(home.path().join("config")).unwrap();
+    let file = home.path().join("config/tokengate.toml");
+    std::fs::write(&file, "listen = '127.0.0.1:8080'\n").unwrap();
+    let out = cli(
+        there.path(),
+        &["token", "list", "--json", "--config", file.to_str().unwrap()],
+    );
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{}", stderr(&out));
 }
 
 #[test]

@@ -30,6 +30,7 @@ impl GatewayProcess {
             .args(args)
             .current_dir(dir)
             .env("RUST_LOG", "info")
+            .env_remove("TOKENGATE_HOME")
             .env("TOKENGATE_ARGON2_MEMORY_KIB", "64")
             .env("TOKENGATE_ARGON2_ITERATIONS", "1")
             .stderr(Stdio::piped())
@@ -107,6 +108,7 @@ pub fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
         .env("TOKENGATE_ARGON2_ITERATIONS", "1")
         // As an admin runs it: a one-shot command logs nothing by default.
         .env_remove("RUST_LOG")
+        .env_remove("TOKENGATE_HOME")
         .output()
         .unwrap()
 }
@@ -123,6 +125,7 @@ pub async fn cli_with(dir: &Path, args: &[&str], envs: &[(&str, &str)], stdin: &
         .env("TOKENGATE_ARGON2_MEMORY_KIB", "64")
         .env("TOKENGATE_ARGON2_ITERATIONS", "1")
         .env_remove("RUST_LOG")
+        .env_remove("TOKENGATE_HOME")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
