@@ -17,6 +17,7 @@ mod notify;
 mod pat;
 mod postgres;
 mod protocols;
+mod readme;
 mod recording;
 mod replicas;
 mod restrictions;
