@@ -1,49 +1,82 @@
-//! README.md stays true: its shell examples (every ```` ```sh ```` block but
-//! those marked `no-run`) run as they are, each section's blocks as one
-//! script in an empty directory, with the `tokengate` this build made on
-//! `PATH`, against a fake Confluence standing where the README says
-//! `http://confluence.internal:8090`. A README reader's only substitutes
-//! are made here too: the Confluence URL, a free port for `127.0.0.1:8080`,
-//! and alice's `PASSWORD`.
+//! README.md stays true: its shell examples run as they are, against a fake
+//! Confluence standing where the README says
+//! `http://confluence.internal:8090`, with the `tokengate` this build made
+//! on `PATH`. Two kinds of ```` ```sh ```` block:
+//!
+//! - plain (the quick start): each section's blocks are one script, run in
+//!   an empty directory; it starts its own gateway;
+//! - `sh gateway` (a reference section): the blocks of one `##` section are
+//!   one script, run against a gateway this test starts (the quick start's
+//!   header path).
+//!
+//! `sh no-run` blocks are left out (the install, which builds the binary
+//! this test runs). A README reader's only substitutes are made here too:
+//! the Confluence URL, the gateway's port for `127.0.0.1:8080`, and the
+//! users' `PASSWORD`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use crate::common::FakeConfluence;
-use crate::common::process::BIN;
+use crate::common::process::{BIN, GatewayProcess};
 
-/// The README's ```` ```sh ```` blocks, each section's joined into one
-/// script: `(heading, script)`. `no-run` blocks are left out (counted).
-fn shell_examples(readme: &str) -> (Vec<(String, String)>, usize) {
-    let mut sections: Vec<(String, String)> = Vec::new();
-    let (mut heading, mut block, mut skipped) = (String::new(), None::<String>, 0);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Runs in an empty directory and starts its own gateway.
+    Own,
+    /// Runs against a gateway the test starts.
+    Gateway,
+}
+
+/// One script: the blocks of a section, in order.
+struct Example {
+    kind: Kind,
+    heading: String,
+    script: String,
+}
+
+/// The README's runnable examples, and how many blocks are `no-run`.
+fn examples(readme: &str) -> (Vec<Example>, usize) {
+    let mut examples: Vec<Example> = Vec::new();
+    let (mut heading, mut section, mut skipped) = (String::new(), String::new(), 0);
+    let mut block: Option<(Option<Kind>, String)> = None;
     for line in readme.lines() {
-        match (&mut block, line.trim_end()) {
-            (None, "```sh") => block = Some(String::new()),
-            (None, fence) if fence.starts_with("```sh ") => {
-                assert_eq!(fence, "```sh no-run", "an unknown marker");
-                skipped += 1;
-                block = Some("no-run".into());
-            }
-            (None, title) if title.starts_with('#') => heading = title.to_owned(),
-            (Some(script), "```") => {
-                if script != "no-run" {
-                    match sections.last_mut() {
-                        Some((last, text)) if *last == heading => text.push_str(script),
-                        _ => sections.push((heading.clone(), script.clone())),
-                    }
+        let line = line.trim_end();
+        let Some((kind, script)) = &mut block else {
+            match line {
+                "```sh" => block = Some((Some(Kind::Own), String::new())),
+                "```sh gateway" => block = Some((Some(Kind::Gateway), String::new())),
+                "```sh no-run" => {
+                    skipped += 1;
+                    block = Some((None, String::new()));
                 }
-                block = None;
+                fence if fence.starts_with("```sh") => panic!("an unknown marker: {fence}"),
+                title if title.starts_with("## ") => (heading, section) = (title.to_owned(), title.to_owned()),
+                title if title.starts_with('#') => heading = title.to_owned(),
+                _ => {}
             }
-            (Some(script), code) if script != "no-run" => {
-                script.push_str(code);
-                script.push('\n');
-            }
-            _ => {}
+            continue;
+        };
+        if line != "```" {
+            script.push_str(line);
+            script.push('\n');
+            continue;
         }
+        if let Some(kind) = *kind {
+            let group = if kind == Kind::Gateway { &section } else { &heading };
+            match examples.last_mut() {
+                Some(last) if last.kind == kind && last.heading == *group => last.script.push_str(script),
+                _ => examples.push(Example {
+                    kind,
+                    heading: group.clone(),
+                    script: script.clone(),
+                }),
+            }
+        }
+        block = None;
     }
     assert!(block.is_none(), "a code block is left open");
-    (sections, skipped)
+    (examples, skipped)
 }
 
 fn free_port() -> u16 {
@@ -57,8 +90,8 @@ fn free_port() -> u16 {
 #[tokio::test]
 async fn the_readmes_shell_examples_run_against_a_fake_confluence() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let (sections, skipped) = shell_examples(&readme);
-    let headings: Vec<&str> = sections.iter().map(|(heading, _)| heading.as_str()).collect();
+    let (examples, skipped) = examples(&readme);
+    let headings: Vec<&str> = examples.iter().map(|e| e.heading.as_str()).collect();
     assert!(
         headings.iter().any(|h| h.contains("forward_as = \"pat\"")),
         "{headings:?}"
@@ -67,63 +100,87 @@ async fn the_readmes_shell_examples_run_against_a_fake_confluence() {
         headings.iter().any(|h| h.contains("forward_as = \"header\"")),
         "{headings:?}"
     );
+    assert!(headings.contains(&"## Management API"), "{headings:?}");
     assert_eq!(
         skipped, 1,
         "only the install block (it builds the binary this test runs)"
     );
-    let bin_dir = Path::new(BIN).parent().unwrap();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    for (heading, script) in sections {
-        let confluence = FakeConfluence::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let script = script
-            .replace("http://confluence.internal:8090", &confluence.origin())
-            .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
-            .replace("alice:PASSWORD", "alice:alice-password");
-        let run = tokio::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}"
-            ))
-            .current_dir(dir.path())
-            .env("PATH", &path)
-            .env("TOKENGATE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("TOKENGATE_ARGON2_MEMORY_KIB", "64")
-            .env("TOKENGATE_ARGON2_ITERATIONS", "1")
-            .env_remove("TOKENGATE_HOME")
-            .env_remove("RUST_LOG")
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(120), run)
-            .await
-            .unwrap_or_else(|_| panic!("{heading}: the example did not finish"))
-            .unwrap();
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
-        assert!(out.status.success(), "{heading}: {}\n{stdout}\n{stderr}", out.status);
-        // Confluence saw each call as alice, and never a gateway token.
-        let calls = confluence.requests_to("/rest/api/space");
-        assert!(calls.len() >= 2, "{heading}: {} calls reached Confluence", calls.len());
-        let alices_pats: Vec<String> = confluence
-            .pats()
-            .into_iter()
-            .filter(|pat| pat.user == "alice")
-            .map(|pat| format!("Bearer {}", pat.raw))
-            .collect();
-        for call in calls {
-            assert!(!call.contains("tgw_"), "{heading}: a gateway token reached Confluence");
-            let as_alice = call.header("x-forwarded-user") == Some("alice")
-                || call
-                    .header("authorization")
-                    .is_some_and(|a| alices_pats.iter().any(|p| p == a));
-            assert!(as_alice, "{heading}: a call not made as alice");
-        }
-        assert!(
-            dir.path().join("data/tokengate.db").exists(),
-            "{heading}: the store is in the home"
-        );
+    for example in examples {
+        run(example).await;
     }
+}
+
+async fn run(example: Example) {
+    let Example { kind, heading, script } = example;
+    let confluence = FakeConfluence::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, address) = match kind {
+        Kind::Own => (None, format!("127.0.0.1:{}", free_port())),
+        Kind::Gateway => {
+            let gateway = GatewayProcess::spawn(dir.path(), &["--upstream", &confluence.origin()], &[]).await;
+            let address = gateway.url("").trim_start_matches("http://").to_owned();
+            (Some(gateway), address)
+        }
+    };
+    let script = script
+        .replace("http://confluence.internal:8090", &confluence.origin())
+        .replace("127.0.0.1:8080", &address)
+        .replace("alice:PASSWORD", "alice:alice-password")
+        .replace("admin:PASSWORD", "admin:admin-password");
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let run = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}"
+        ))
+        .current_dir(dir.path())
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()),
+        )
+        .env("TOKENGATE_LISTEN", &address)
+        .env("TOKENGATE_ARGON2_MEMORY_KIB", "64")
+        .env("TOKENGATE_ARGON2_ITERATIONS", "1")
+        .env_remove("TOKENGATE_HOME")
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .unwrap_or_else(|_| panic!("{heading}: the example did not finish"))
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{heading}: {}\n{stdout}\n{stderr}", out.status);
+    // Confluence saw each token call as alice, and never a gateway token.
+    let calls = confluence.requests_to("/rest/api/space");
+    let expected = if kind == Kind::Own { 2 } else { 1 };
+    assert!(
+        calls.len() >= expected,
+        "{heading}: {} calls reached Confluence",
+        calls.len()
+    );
+    let alices_pats: Vec<String> = confluence
+        .pats()
+        .into_iter()
+        .filter(|pat| pat.user == "alice")
+        .map(|pat| format!("Bearer {}", pat.raw))
+        .collect();
+    for call in confluence.requests() {
+        assert!(!call.contains("tgw_"), "{heading}: a gateway token reached Confluence");
+    }
+    for call in calls {
+        let as_alice = call.header("x-forwarded-user") == Some("alice")
+            || call
+                .header("authorization")
+                .is_some_and(|a| alices_pats.iter().any(|p| p == a));
+        assert!(as_alice, "{heading}: a call not made as alice");
+    }
+    assert!(
+        dir.path().join("data/tokengate.db").exists(),
+        "{heading}: the store is in the home"
+    );
+    drop(gateway);
 }
