@@ -47,6 +47,8 @@ pub enum ConfigError {
     Syntax { path: PathBuf, message: String },
     #[error("unknown configuration key `{key}` ({origin})")]
     UnknownKey { key: String, origin: Origin },
+    #[error("{HOME_VAR}={path} is not a directory: set it to the gateway's home (where config/ and data/ are)")]
+    Home { path: PathBuf },
     #[error("invalid value for `{key}` ({origin}): {message}")]
     Invalid {
         key: &'static str,
@@ -404,7 +406,10 @@ pub fn load(
     let home = env
         .iter()
         .find(|(name, value)| name == HOME_VAR && !value.is_empty())
-        .map(|(_, value)| PathBuf::from(value));
+        .map(|(_, value)| std::path::absolute(value).unwrap_or_else(|_| PathBuf::from(value)));
+    if let Some(home) = home.as_ref().filter(|home| !home.is_dir()) {
+        return Err(ConfigError::Home { path: home.clone() });
+    }
     let file = match (config_path, &home) {
         (Some(path), _) => Some(path.to_owned()),
         (None, Some(home)) => Some(home.join(DEFAULT_CONFIG_PATH)).filter(|path| path.exists()),
@@ -421,7 +426,9 @@ pub fn load(
         Some((_, Origin::Env(_) | Origin::Flag(_)))
     );
     let mut config = Config::from_sources(raw)?;
-    let home = home.or_else(|| file.as_deref().map(home_of));
+    let home = home
+        .or_else(|| file.as_deref().map(home_of))
+        .or_else(|| std::path::absolute(".").ok());
     if let (Some(home), false) = (home, typed_here) {
         config.database_url = within(&home, &config.database_url);
     }
@@ -762,6 +769,9 @@ impl std::str::FromStr for PublicUrl {
 }
 
 fn parse_database_url(s: &str) -> Result<String, String> {
+    if s.contains(":memory:") {
+        return Err("an in-memory SQLite store would lose every token at exit: give a file, sqlite://PATH".into());
+    }
     if s.starts_with("sqlite:") || s.starts_with("postgres://") || s.starts_with("postgresql://") {
         Ok(s.to_owned())
     } else {
@@ -1065,6 +1075,16 @@ mod tests {
         assert_eq!(
             load(Some(&file), typed, &no_flags).unwrap().database_url,
             "sqlite://env.db"
+        );
+        // A home that is not a directory, and an in-memory store, are refused.
+        let error = load(None, env(&[(HOME_VAR, "/nonexistent/home")]), &no_flags).unwrap_err();
+        assert!(error.to_string().contains("is not a directory"), "{error}");
+        let memory = env(&[("TOKENGATE_DATABASE_URL", "sqlite://:memory:")]);
+        assert!(
+            load(None, memory, &no_flags)
+                .unwrap_err()
+                .to_string()
+                .contains("in-memory")
         );
         // Absolute paths and PostgreSQL stay as they are.
         assert_eq!(within(&home_path, "sqlite:///var/gate.db"), "sqlite:///var/gate.db");

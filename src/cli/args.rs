@@ -263,7 +263,7 @@ pub struct DeleteArgs {
     #[arg(long)]
     pub user: Option<String>,
     /// Delete every token of --user without asking.
-    #[arg(long, requires = "user")]
+    #[arg(long, requires = "user", conflicts_with = "id")]
     pub yes: bool,
     /// Print the answer as JSON ({"status":"ok","deleted":N}).
     #[arg(long)]

@@ -9,7 +9,7 @@ use std::io::{IsTerminal as _, Write as _};
 use super::args::{
     AuditArgs, CreateArgs, DeleteArgs, ListArgs, RotateArgs, RulesCheckArgs, RulesSuggestArgs, ShowArgs, UpdateArgs,
 };
-use super::{Failure, open, open_naming};
+use super::{Failure, Store, open, open_naming};
 use crate::clock::{DAY_MS, EpochMs};
 use crate::config::{self, ForwardAs, Overrides};
 use crate::record::audit_json;
@@ -62,7 +62,7 @@ pub(super) async fn create(args: CreateArgs) -> Result<(), Failure> {
     }
     let limit_to = args.limit_to.map(inline_or_file).transpose()?;
     let pat = args.upstream_token_file.as_deref().map(read_pat).transpose()?;
-    let tokens = open(&args.store).await?;
+    let tokens = open(&args.store, Store::Create).await?;
     if tokens.policy.forward_as == ForwardAs::Pat && pat.is_none() {
         let user = args.user.as_deref().unwrap_or("the user");
         return Err(Failure::Usage(format!(
@@ -98,7 +98,7 @@ pub(super) async fn create(args: CreateArgs) -> Result<(), Failure> {
 }
 
 pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {
-    let (tokens, store) = open_naming(&args.store).await?;
+    let (tokens, store) = open_naming(&args.store, Store::Existing).await?;
     let query = TokenQuery {
         user: args.user,
         max_results: u64::MAX,
@@ -181,7 +181,7 @@ pub(super) async fn update(args: UpdateArgs) -> Result<(), Failure> {
                 .into(),
         ));
     }
-    let tokens = open(&args.store).await?;
+    let tokens = open(&args.store, Store::Existing).await?;
     let updated = tokens.update(&args.id, change, &Actor::cli()).await;
     tokens.store.close().await;
     let updated = updated.map_err(|e| describe(&e))?;
@@ -205,7 +205,7 @@ pub(super) async fn update(args: UpdateArgs) -> Result<(), Failure> {
 /// A new secret from the command line, which has none to re-seal a PAT
 /// with: with `forward_as = "pat"` tokens rotate themselves (SPEC §18).
 pub(super) async fn rotate(args: RotateArgs) -> Result<(), Failure> {
-    let tokens = open(&args.store).await?;
+    let tokens = open(&args.store, Store::Existing).await?;
     let rotated = tokens
         .rotate(&args.id, Some(args.grace_hours), None, &Actor::cli())
         .await;
@@ -239,7 +239,7 @@ pub(super) async fn delete(args: DeleteArgs) -> Result<(), Failure> {
                 .into(),
         ));
     }
-    let tokens = open(&args.store).await?;
+    let tokens = open(&args.store, Store::Existing).await?;
     let deleted = delete_confirmed(&tokens, &args, asking).await;
     tokens.store.close().await;
     let deleted = deleted?;
@@ -268,7 +268,10 @@ async fn delete_confirmed(tokens: &TokenManager, args: &DeleteArgs, asking: bool
         if held == 0 {
             return Ok(0);
         }
-        let question = format!("delete all {held} tokens of {user}? They stop working at once. [y/N] ");
+        let question = match held {
+            1 => format!("delete the one token of {user}? It stops working at once. [y/N] "),
+            _ => format!("delete all {held} tokens of {user}? They stop working at once. [y/N] "),
+        };
         let confirmed = tokio::task::spawn_blocking(move || confirm(&question, &mut std::io::stdin().lock()))
             .await
             .map_err(|e| Failure::Failed(e.to_string()))??;
@@ -290,7 +293,7 @@ fn confirm(question: &str, answer: &mut impl std::io::BufRead) -> Result<bool, F
 
 /// One token, as `get` lists it (`--json`) or as lines for a person.
 pub(super) async fn show(args: ShowArgs) -> Result<(), Failure> {
-    let tokens = open(&args.store).await?;
+    let tokens = open(&args.store, Store::Existing).await?;
     let token = tokens.get(&args.id).await;
     tokens.store.close().await;
     let token = token.map_err(|e| describe(&e))?;
@@ -319,7 +322,12 @@ pub(super) async fn show(args: ShowArgs) -> Result<(), Failure> {
             if rules.is_empty() {
                 "none: everything in scope".to_owned()
             } else {
-                rules.join("\n             ")
+                // Rules may hold any character: none may drive the terminal.
+                rules
+                    .iter()
+                    .map(|rule| printable(rule))
+                    .collect::<Vec<_>>()
+                    .join("\n             ")
             },
         ),
         (
@@ -375,6 +383,23 @@ pub(super) async fn show(args: ShowArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `text` with its control characters written as `\u{..}` escapes, so
+/// that what a user stored (rules, paths) cannot drive the terminal.
+fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// When a token expires, as a person reads it.
 fn expiry(valid_until: Option<EpochMs>, now: EpochMs) -> String {
     match valid_until {
@@ -385,7 +410,7 @@ fn expiry(valid_until: Option<EpochMs>, now: EpochMs) -> String {
 }
 
 pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {
-    let tokens = open(&args.store).await?;
+    let tokens = open(&args.store, Store::Existing).await?;
     let query = AuditQuery {
         token_id: args.token_id,
         user: args.user,
@@ -424,11 +449,12 @@ pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {
         };
         writeln!(
             out,
-            "{:<20}  {:<22}  {:<20}  {:<20}  {what}",
+            "{:<20}  {:<22}  {:<20}  {:<20}  {}",
             format_time(e.at),
             e.token_id.as_deref().unwrap_or("-"),
             truncate(e.token_label.as_deref().unwrap_or("-"), 20),
             truncate(e.user.as_deref().unwrap_or("-"), 20),
+            printable(&what),
         )?;
     }
     Ok(())
@@ -495,7 +521,7 @@ pub(super) fn rules_check(args: RulesCheckArgs) -> Result<(), Failure> {
 /// `> rules.txt` makes a file for `--limit-to @rules.txt`; what each allows,
 /// and the caveat, on standard error.
 pub(super) async fn rules_suggest(args: RulesSuggestArgs) -> Result<(), Failure> {
-    let tokens = open(&args.store).await?;
+    let tokens = open(&args.store, Store::Existing).await?;
     let suggested = tokens.suggest(&args.token_id, args.days).await;
     tokens.store.close().await;
     let suggested = suggested.map_err(|e| describe(&e))?;

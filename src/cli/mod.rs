@@ -1,4 +1,4 @@
-//! The command line (SPEC §9): `serve`, `token create|list|update|rotate|delete`,
+//! The command line (SPEC §9): `serve`, `token create|list|show|update|rotate|delete`,
 //! `rules check|suggest`, `audit` and `migrate`. Exit codes: 0 success, 1
 //! failure, 2 usage or configuration error. [`args`] says what each command
 //! takes; [`commands`] runs the one-shot ones; `serve` and `migrate` are
@@ -7,6 +7,7 @@
 mod args;
 mod commands;
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use crate::app::{App, StartError, open_token_service};
@@ -109,14 +110,30 @@ fn load_config(args: &StoreArgs, mut overrides: Overrides, default_log: &str) ->
     Ok(config)
 }
 
+/// Whether a one-shot command may create the store: only the ones that
+/// write a token do. The others, on a SQLite file that is not there, say
+/// where they looked instead of reading an empty store they made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    Create,
+    Existing,
+}
+
 /// The token service over the configured store, for a one-shot command.
-async fn open(args: &StoreArgs) -> Result<TokenManager, Failure> {
-    Ok(open_naming(args).await?.0)
+async fn open(args: &StoreArgs, store: Store) -> Result<TokenManager, Failure> {
+    Ok(open_naming(args, store).await?.0)
 }
 
 /// ... and the store's URL (without a password), to name it.
-async fn open_naming(args: &StoreArgs) -> Result<(TokenManager, String), Failure> {
+async fn open_naming(args: &StoreArgs, store: Store) -> Result<(TokenManager, String), Failure> {
     let config = load_config(args, Overrides::default(), "off")?;
+    let missing = crate::store::sqlite_path(&config.database_url).filter(|path| !Path::new(path).exists());
+    if let (Store::Existing, Some(path)) = (store, missing) {
+        return Err(Failure::Failed(format!(
+            "no token store at {path}: TOKENGATE_HOME, --config or --database say where the gateway's store is \
+             (`tokengate migrate` creates an empty one)"
+        )));
+    }
     let tokens = open_token_service(&config).await?;
     Ok((tokens, config::redact_password(&config.database_url)))
 }

@@ -85,11 +85,14 @@ impl MethodSet {
     }
 
     /// Whether a bracket group at the start of a rule is meant as a method
-    /// tag: only letters, `|` and spaces, with a letter. Anything else
+    /// tag: letters (any script), with only `|`, spaces and the separators
+    /// people mistype for `|` (`,` `;` `_`) between them. Anything else
     /// (`[a-z]+/rest/…`, `[0-9]`) is a character class of the URL regex.
     fn is_tag_shaped(list: &str) -> bool {
-        list.bytes().any(|b| b.is_ascii_alphabetic())
-            && list.bytes().all(|b| b.is_ascii_alphabetic() || b == b'|' || b == b' ')
+        list.chars().any(char::is_alphabetic)
+            && list
+                .chars()
+                .all(|c| c.is_alphabetic() || matches!(c, '|' | ' ' | '\t' | ',' | ';' | '_'))
     }
 
     /// Whether the request method is in the set. HTTP methods are
@@ -267,7 +270,10 @@ impl SourceLine<'_> {
             };
             self.error(
                 rule.start + 1 + at,
-                format!("{what} in the method tag: name GET, HEAD, POST, PUT, DELETE, PATCH or OPTIONS"),
+                format!(
+                    "{what} in the method tag: name GET, HEAD, POST, PUT, DELETE, PATCH or OPTIONS, \
+                     separated by | (a URL regex that begins with a class of letters: write (?:[abc]))"
+                ),
             )
         })?;
         Ok((Some(methods), rule.start + list.len() + "[]".len()))
@@ -527,6 +533,10 @@ mod tests {
             ("[ get | pots ]/x", 9, "`pots`"),
             ("[get|]/x", 6, "an empty method name"),
             ("  [GTE] /x", 4, "`GTE`"),
+            ("[get,post]/x", 2, "`get,post`"),
+            ("[get; post]/x", 2, "`get; post`"),
+            ("[get_post]/x", 2, "`get_post`"),
+            ("[gét]/x", 2, "`gét`"),
         ] {
             let error = RuleSet::parse(text).unwrap_err();
             assert_eq!((error.line, error.column), (1, column), "{text}: {error}");

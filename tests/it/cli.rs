@@ -140,7 +140,9 @@ fn the_cli_reads_as_a_person_and_a_script_expect() {
     let out = run(&["token", "create", "--label", "both", "--user", "alice", "--unbound"]);
     assert_eq!(out.status.code(), Some(2), "--user and --unbound conflict");
     let out = run(&["token", "list", "--json"]);
-    assert_eq!(stdout(&out).trim(), "[]", "nothing was created");
+    assert_eq!(out.status.code(), Some(1), "nothing was created, not even a store");
+    assert!(stderr(&out).contains("no token store at"), "{}", stderr(&out));
+    assert!(!dir.path().join("data").exists(), "a reading command makes no store");
 
     let out = run(&[
         "token",
@@ -183,6 +185,27 @@ fn the_cli_reads_as_a_person_and_a_script_expect() {
     let out = run(&["token", "show", "no-such-id"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no token with id no-such-id"));
+    // What a user stored cannot drive the admin's terminal.
+    let out = run(&[
+        "token",
+        "create",
+        "--label",
+        "esc",
+        "--user",
+        "bob",
+        "--limit-to",
+        "/x\u{1b}]0;pwned\u{7}.*",
+        "--json",
+    ]);
+    let created: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let out = run(&["token", "show", created["id"].as_str().unwrap()]);
+    assert!(
+        !stdout(&out).contains('\u{1b}') && stdout(&out).contains("/x\\u{1b}]0;pwned\\u{7}.*"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["token", "delete", created["id"].as_str().unwrap(), "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "--yes confirms a deletion by user only");
 
     let out = run(&["audit"]);
     let table = stdout(&out);
@@ -191,11 +214,8 @@ fn the_cli_reads_as_a_person_and_a_script_expect() {
     for column in ["TIME", "TOKEN", "LABEL", "USER", "WHAT"] {
         assert!(header.contains(column), "{header}");
     }
-    let row = lines.next().unwrap();
-    assert!(
-        row.contains(id) && row.contains("docs bot") && row.contains("create"),
-        "{row}"
-    );
+    let row = lines.find(|row| row.contains(id)).unwrap();
+    assert!(row.contains("docs bot") && row.contains("create"), "{row}");
 
     let rules = [
         "rules",
@@ -228,16 +248,33 @@ async fn every_command_finds_the_homes_store_wherever_it_runs() {
         tempfile::tempdir().unwrap(),
     );
     let env = [("TOKENGATE_HOME", home.path().to_str().unwrap())];
+    let store = std::path::absolute(home.path().join("data/tokengate.db")).unwrap();
+    // Before there is a store, a reading command says where it looked.
     let out = cli_with(here.path(), &["token", "list"], &env, "").await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let looked = format!("no token store at {}", store.display());
+    assert!(stderr(&out).contains(&looked), "{}", stderr(&out));
+    let out = cli_with(here.path(), &["migrate"], &env, "").await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let store = home.path().join("data/tokengate.db");
+    let out = cli_with(there.path(), &["token", "list"], &env, "").await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
         stderr(&out).trim(),
-        format!(
-            "no tokens in sqlite://{}",
-            std::path::absolute(&store).unwrap().display()
-        )
+        format!("no tokens in sqlite://{}", store.display())
     );
+    // A relative home is the same home from anywhere: it is made absolute.
+    let parent = home.path().parent().unwrap();
+    let name = home.path().file_name().unwrap().to_str().unwrap();
+    let out = cli_with(parent, &["token", "list"], &[("TOKENGATE_HOME", name)], "").await;
+    assert_eq!(
+        stderr(&out).trim(),
+        format!("no tokens in sqlite://{}", store.display())
+    );
+    // A home that is not a directory is a configuration error.
+    let missing = [("TOKENGATE_HOME", "/nonexistent/tokengate-home")];
+    let out = cli_with(here.path(), &["token", "list"], &missing, "").await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not a directory"), "{}", stderr(&out));
     let args = ["token", "create", "--label", "a", "--user", "alice"];
     let out = cli_with(here.path(), &args, &env, "").await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

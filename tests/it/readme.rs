@@ -145,10 +145,20 @@ async fn run(example: Example) {
         .env("TOKENGATE_ARGON2_ITERATIONS", "1")
         .env_remove("TOKENGATE_HOME")
         .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // Its own process group: whatever the script left running (a
+        // `tokengate serve &` it did not stop) is ended with it.
+        .process_group(0)
         .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let group = format!("-{}", run.id().unwrap());
+    let out = tokio::time::timeout(Duration::from_secs(120), run.wait_with_output()).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &group])
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
+    let out = out
         .unwrap_or_else(|_| panic!("{heading}: the example did not finish"))
         .unwrap();
     let (stdout, stderr) = (
