@@ -295,11 +295,7 @@ pub async fn test_app(adjust: impl FnOnce(&mut Config)) -> (App, Arc<crate::cloc
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut config = Config {
         database_url: format!("sqlite://{}/tokengate.db", dir.path().display()),
-        argon2: crate::config::Argon2Cost {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        },
+        argon2: crate::config::Argon2Cost::CHEAP,
         ..Config::default()
     };
     adjust(&mut config);

@@ -178,6 +178,17 @@ pub struct Argon2Cost {
     pub parallelism: u32,
 }
 
+impl Argon2Cost {
+    /// The cheapest cost argon2 accepts, for tests: hashing is not what
+    /// they check.
+    #[cfg(test)]
+    pub const CHEAP: Argon2Cost = Argon2Cost {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+}
+
 /// A PEM certificate chain and key to serve HTTPS with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -454,13 +465,18 @@ fn home_of(file: &Path) -> PathBuf {
 
 /// `url` with a relative SQLite path made `home`'s; any other URL as it is.
 fn within(home: &Path, url: &str) -> String {
-    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
-    match path {
-        Some(path) if !path.is_empty() && Path::new(path).is_relative() && !path.starts_with(':') => {
-            format!("sqlite://{}", home.join(path).display())
-        }
+    match sqlite_path(url) {
+        Some(path) if Path::new(path).is_relative() => format!("sqlite://{}", home.join(path).display()),
         _ => url.to_owned(),
     }
+}
+
+/// The file a `sqlite://PATH` (or `sqlite:PATH`) URL names; `None` for
+/// another URL.
+pub fn sqlite_path(url: &str) -> Option<&str> {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .filter(|p| !p.is_empty() && !p.contains('?'))
 }
 
 impl Config {

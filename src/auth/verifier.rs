@@ -518,12 +518,7 @@ mod tests {
         let store: Arc<dyn TokenStore> = Arc::new(SqliteStore::open(&url).await.unwrap());
         let metrics = Metrics::new();
         let clock = ManualClock::starting_now();
-        let cheap = Argon2Cost {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        };
-        let hasher = Arc::new(Hasher::new(cheap, metrics.clone()));
+        let hasher = Arc::new(Hasher::new(Argon2Cost::CHEAP, metrics.clone()));
         let verifier = Verifier::new(
             store.clone(),
             hasher.clone(),

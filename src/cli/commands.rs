@@ -131,10 +131,7 @@ pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {
         let expires = match token.valid_until {
             None => "never".to_owned(),
             Some(until) if until <= now => "expired".to_owned(),
-            Some(until) => format!(
-                "in {}d",
-                (until - now + crate::clock::DAY_MS - 1) / crate::clock::DAY_MS
-            ),
+            Some(until) => format!("in {}d", days_left(until, now)),
         };
         writeln!(
             out,
@@ -405,8 +402,13 @@ fn expiry(valid_until: Option<EpochMs>, now: EpochMs) -> String {
     match valid_until {
         None => "never".to_owned(),
         Some(until) if until <= now => format!("expired {}", format_time(until)),
-        Some(until) => format!("{} (in {}d)", format_time(until), (until - now + DAY_MS - 1) / DAY_MS),
+        Some(until) => format!("{} (in {}d)", format_time(until), days_left(until, now)),
     }
+}
+
+/// Whole days until `until`, a part day counted as one.
+fn days_left(until: EpochMs, now: EpochMs) -> i64 {
+    (until - now + DAY_MS - 1) / DAY_MS
 }
 
 pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {

@@ -127,7 +127,7 @@ async fn open(args: &StoreArgs, store: Store) -> Result<TokenManager, Failure> {
 /// ... and the store's URL (without a password), to name it.
 async fn open_naming(args: &StoreArgs, store: Store) -> Result<(TokenManager, String), Failure> {
     let config = load_config(args, Overrides::default(), "off")?;
-    let missing = crate::store::sqlite_path(&config.database_url).filter(|path| !Path::new(path).exists());
+    let missing = config::sqlite_path(&config.database_url).filter(|path| !Path::new(path).exists());
     if let (Store::Existing, Some(path)) = (store, missing) {
         return Err(Failure::Failed(format!(
             "no token store at {path}: TOKENGATE_HOME, --config or --database say where the gateway's store is \

@@ -99,16 +99,10 @@ impl Hasher {
 mod tests {
     use super::*;
 
-    const CHEAP: Argon2Cost = Argon2Cost {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    };
-
     #[tokio::test]
     async fn finds_the_current_secret_and_a_replaced_one_only_in_grace() {
         let metrics = Metrics::new();
-        let hasher = Hasher::new(CHEAP, metrics.clone());
+        let hasher = Hasher::new(Argon2Cost::CHEAP, metrics.clone());
         let (old, new) = (token::generate(), token::generate());
         let record = TokenRecord {
             token_hash: hasher.hash(&new).await.unwrap(),

@@ -88,12 +88,6 @@ pub fn verify(value: &str, phc: &str) -> bool {
 mod tests {
     use super::*;
 
-    const CHEAP: Argon2Cost = Argon2Cost {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    };
-
     #[test]
     fn generated_values_are_prefixed_base62_and_distinct() {
         let a = generate();
@@ -122,7 +116,7 @@ mod tests {
     #[test]
     fn hashes_are_argon2id_and_verify() {
         let value = generate();
-        let phc = hash(&hasher(CHEAP), &value).unwrap();
+        let phc = hash(&hasher(Argon2Cost::CHEAP), &value).unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
         assert!(!phc.contains(&value));
         assert!(verify(&value, &phc));

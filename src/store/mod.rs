@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::clock::EpochMs;
 
 pub use postgres::PgStore;
-pub use sqlite::{SqliteStore, sqlite_path};
+pub use sqlite::SqliteStore;
 
 /// A stored token (SPEC §4). Never contains the token value.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

@@ -23,7 +23,8 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database a `sqlite://PATH` URL names.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let path = sqlite_path(url).ok_or_else(|| StoreError::Url(format!("{url}: expected sqlite://PATH")))?;
+        let path =
+            crate::config::sqlite_path(url).ok_or_else(|| StoreError::Url(format!("{url}: expected sqlite://PATH")))?;
         create_private_file(Path::new(path))?;
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -52,14 +53,6 @@ impl SqliteStore {
 /// Creates the database file (and its directory) readable by its owner only,
 /// before SQLite would create it with the process umask. SQLite gives the WAL
 /// and shared-memory files the database file's mode.
-/// The file a `sqlite://PATH` (or `sqlite:PATH`) URL names; `None` for
-/// another URL.
-pub fn sqlite_path(url: &str) -> Option<&str> {
-    url.strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .filter(|p| !p.is_empty() && !p.contains('?'))
-}
-
 fn create_private_file(path: &Path) -> Result<(), StoreError> {
     let file_error = |source| StoreError::File {
         path: path.display().to_string(),
