@@ -142,6 +142,8 @@ struct Details {
     field: Option<&'static str>,
     /// Line and column of a rule error.
     position: Option<(usize, usize)>,
+    /// The space a space refusal concerns (SPEC §17), for the audit log.
+    space: Option<String>,
     /// Headers the response carries besides (a limited token's rate-limit headers).
     headers: HeaderMap,
 }
@@ -186,6 +188,17 @@ impl GatewayError {
     pub fn in_field(mut self, field: &'static str) -> Self {
         self.details_mut().field = Some(field);
         self
+    }
+
+    /// Names the space a refusal concerns (kept in its audit entry).
+    pub fn in_space(mut self, key: &str) -> Self {
+        self.details_mut().space = Some(key.to_owned());
+        self
+    }
+
+    /// The space a refusal concerns, if one.
+    pub fn space(&self) -> Option<&str> {
+        self.details.as_ref()?.space.as_deref()
     }
 
     /// Locates a rule error (`line` and `column` in the body).

@@ -97,16 +97,17 @@ mod tokens;
 
 pub use app::{App, StartError};
 pub use cli::{Cli, main};
-pub use clock::{Clock, DAY_MS, EpochMs, ManualClock, SystemClock};
+pub use clock::{Clock, DAY_MS, Day, EpochMs, ManualClock, SystemClock, day_of, day_text};
 pub use config::{Argon2Cost, Config, ForwardAs, Scope, TlsFiles, TokenAuth, Upstream};
 pub use record::AuditLog;
 pub use rules::{JsonBody, RequestHead, RuleSet, Verdict};
 pub use server::run as serve;
 pub use settings::SettingsChange;
 pub use store::{
-    AuditEntry, AuditKind, AuditQuery, ChangeKind, EventOutcome, EventRecord, NewEvent, ObservedCall, Page, PgStore,
-    Restrictions, Rotation, SessionRecord, Settings, SqliteStore, StoreError, TokenChange, TokenQuery, TokenRecord,
-    TokenStates, TokenStore, UsageDelta, open as open_store, open_for_serving as open_store_for_serving,
+    AuditEntry, AuditKind, AuditOutcome, AuditQuery, ChangeKind, EventOutcome, EventRecord, ListedToken, NewEvent,
+    ObservedCall, Page, PgStore, Restrictions, Rotation, SessionRecord, Settings, SqliteStore, StoreError, TokenChange,
+    TokenOrder, TokenQuery, TokenRecord, TokenState, TokenStates, TokenStore, UsageDay, UsageDelta, open as open_store,
+    open_for_serving as open_store_for_serving,
 };
 pub use tokens::{Actor, Came, CreatedToken, NewToken, RestrictionsChange, TokenError, Updated};
 

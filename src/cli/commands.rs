@@ -16,7 +16,7 @@ use crate::record::audit_json;
 use crate::rules::{RequestHead, RuleSet, suggest};
 use crate::secrets::Pat;
 use crate::spaces;
-use crate::store::{AuditKind, AuditQuery, TokenQuery};
+use crate::store::{AuditKind, AuditQuery, ListedToken, TokenQuery};
 use crate::target::canonical_text_target;
 use crate::tokens::{
     Actor, NewToken, PatSource, RestrictionsChange, TokenAnswer, TokenError, TokenManager, token_json,
@@ -101,6 +101,7 @@ pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {
     let (tokens, store) = open_naming(&args.store, Store::Existing).await?;
     let query = TokenQuery {
         user: args.user,
+        now: tokens.clock.now_ms(),
         max_results: u64::MAX,
         ..TokenQuery::default()
     };
@@ -118,7 +119,7 @@ pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {
     let now = tokens.clock.now_ms();
     let mut out = std::io::stdout().lock();
     if args.json {
-        let tokens: Vec<_> = page.items.iter().map(|t| token_json(t, now)).collect();
+        let tokens: Vec<_> = page.items.iter().map(|t| token_json(&t.record, now)).collect();
         writeln!(out, "{}", serde_json::Value::Array(tokens))?;
         return Ok(());
     }
@@ -127,7 +128,7 @@ pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {
         "{:<22}  {:<24}  {:<20}  {:<10}  {:>8}",
         "ID", "LABEL", "USER", "EXPIRES", "USES"
     )?;
-    for token in &page.items {
+    for ListedToken { record: token, .. } in &page.items {
         let expires = match token.valid_until {
             None => "never".to_owned(),
             Some(until) if until <= now => "expired".to_owned(),
@@ -416,6 +417,7 @@ pub(super) async fn audit(args: AuditArgs) -> Result<(), Failure> {
     let query = AuditQuery {
         token_id: args.token_id,
         user: args.user,
+        outcome: None,
         start_at: 0,
         max_results: args.limit,
     };

@@ -58,7 +58,7 @@ pub(super) async fn confine<B: RequestBody>(
         Verdict::Allowed { query: Some(query) } => {
             let shown = bounded(&query, MAX_PATH_BYTES);
             tracing::info!("report-only token: forwarded as sent, though its spaces would forward the query {shown}");
-            trail.report_detail = Some(format!("spaces would have forwarded the query {query}"));
+            trail.detail = Some(format!("spaces would have forwarded the query {query}"));
         }
         Verdict::Allowed { query: None } => {}
         Verdict::Refused(error) if !token.enforce => {
@@ -67,7 +67,7 @@ pub(super) async fn confine<B: RequestBody>(
                 "report-only token: forwarded, though {}",
                 bounded(&error.message, MAX_PATH_BYTES)
             );
-            trail.report_detail = Some(error.message);
+            trail.detail = Some(error.message);
             trail.reported.get_or_insert(error.reason);
         }
         Verdict::Refused(error) => return Err(error),

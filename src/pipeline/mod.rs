@@ -129,6 +129,10 @@ pub async fn handle(app: &App, conn: &Connection, req: Request<ClientBody>) -> R
         Ok(response) => (response, None),
         Err(error) => {
             trail::log_refusal(app, &span, &error, trail.client_ip);
+            if trail.audit && trail.detail.is_none() {
+                // A space refusal's entry names the space (SPEC §15.1).
+                trail.detail = error.space().map(str::to_owned);
+            }
             let reason = error.reason;
             let mut response = error.into_response(trail.audience(app));
             error::add_security_headers(response.headers_mut());
@@ -235,7 +239,7 @@ pub async fn decide<B: RequestBody>(
         token.usage.record(app.clock.now_ms(), client_ip);
     }
     tracing::debug!("token accepted");
-    let reported = trail.reported.is_some() || trail.report_detail.is_some();
+    let reported = trail.reported.is_some() || trail.detail.is_some();
     trail.decision = Some(if reported { Decision::Report } else { Decision::Allow });
     Ok(Next::Forward { req, target, identity })
 }

@@ -35,9 +35,10 @@ pub struct Trail {
     pub(super) rate: Option<RateState>,
     /// Why a report-only token's rules would have refused the request (SPEC §16).
     pub(super) reported: Option<Reason>,
-    /// What a report-only token's spaces would have done (SPEC §17): the
-    /// refusal's message, or the query they would have forwarded.
-    pub(super) report_detail: Option<String>,
+    /// The audit entry's detail: what a report-only token's spaces would
+    /// have done (SPEC §17), the refusal's message or the query they would
+    /// have forwarded; or the space a space refusal concerns.
+    pub(super) detail: Option<String>,
 }
 
 impl Trail {
@@ -55,7 +56,7 @@ impl Trail {
             decision: None,
             rate: None,
             reported: None,
-            report_detail: None,
+            detail: None,
         }
     }
 
@@ -125,6 +126,15 @@ pub(super) async fn record(
         (None, reported) => (trail.decision.unwrap_or(Decision::Own), reported),
     };
     app.metrics.observe_request(decision, reason, elapsed);
+    // A refusal of a known token counts on its day (SPEC §15.1); a request
+    // refused after it was forwarded (Confluence unreachable, or served as
+    // someone else) counted as a call already.
+    if let (Some(_), Some(token)) = (reason, &trail.token)
+        && !matches!(trail.decision, Some(Decision::Allow | Decision::Report))
+        && app.settings.get().usage_details
+    {
+        token.usage.refuse(app.clock.now_ms());
+    }
     trail.span.record("http.status", response.status().as_u16());
     trail.span.record("duration_ms", elapsed.as_millis() as u64);
     // A throttled client's refusals are one entry and one event per minute,
@@ -149,7 +159,7 @@ pub(super) async fn record(
         decision: decision.label().to_owned(),
         reason: reason.map(|r| r.code().to_owned()),
         duration_ms: Some(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)),
-        detail: trail.report_detail,
+        detail: trail.detail,
     };
     app.audit.record(entry).await;
 }

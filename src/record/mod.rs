@@ -16,7 +16,7 @@ pub use metrics::{Decision, LookupResult, Metrics};
 pub use throttled::{Logged, RefusalLog, ThrottleTally};
 pub use usage::{TokenUsage, UsageBook};
 
-use crate::clock::{DAY_MS, EpochMs};
+use crate::clock::{DAY_MS, EpochMs, day_of};
 use crate::store::{AuditEntry, AuditKind, TokenStore};
 
 /// Most bytes of path and query an audit entry or a log line keeps (SPEC §12).
@@ -96,13 +96,23 @@ pub async fn flush_usage(usage: &UsageBook, store: &dyn TokenStore) {
 /// a second, so a day is a wide margin.
 const REVOCATION_RETENTION_MS: i64 = DAY_MS;
 
-/// Housekeeping: audit entries older than `audit_retention_days`, and old revocations.
+/// How many days of calls per day are kept, today included: the most
+/// `GET /usage` serves (SPEC §15.1).
+pub const USAGE_DAYS_KEPT: i64 = 90;
+
+/// Housekeeping: audit entries older than `audit_retention_days`, days of
+/// usage older than [`USAGE_DAYS_KEPT`], and old revocations.
 pub async fn purge_expired(store: &dyn TokenStore, now: EpochMs, audit_retention_days: u32) {
     let horizon = now - i64::from(audit_retention_days) * DAY_MS;
     match store.purge_audit(horizon).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(entries = n, "purged old audit entries"),
         Err(e) => tracing::warn!(error = %e, "cannot purge the audit log"),
+    }
+    match store.purge_usage_days(day_of(now) - (USAGE_DAYS_KEPT - 1)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(days = n, "purged old days of usage"),
+        Err(e) => tracing::warn!(error = %e, "cannot purge old days of usage"),
     }
     if let Err(e) = store.purge_revocations(now - REVOCATION_RETENTION_MS).await {
         tracing::warn!(error = %e, "cannot purge old revocations");

@@ -1,31 +1,43 @@
 //! Usage details per token: counted in memory on the hot path (atomics, no
-//! global lock) and drained in batches by a periodic flush.
+//! global lock) and drained in batches by a periodic flush, which adds them
+//! to the token's counter and to its day (SPEC §15.1).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::clock::EpochMs;
+use crate::clock::{EpochMs, day_of};
 use crate::store::UsageDelta;
 
-/// Calls since the last flush, and the latest use, of one token.
+/// Calls and refusals since the last flush, and the latest use, of one token.
 #[derive(Debug, Default)]
 pub struct TokenUsage {
     calls: AtomicU64,
+    refused: AtomicU64,
     last_used: AtomicI64,
+    /// The latest call or refusal: the counts of a flush are on its day.
+    last_seen: AtomicI64,
     /// A mutex only ever taken with `try_lock`: when two requests of one
     /// token race, either IP is "the last", so the loser just skips.
     last_ip: Mutex<Option<IpAddr>>,
 }
 
 impl TokenUsage {
+    /// A call forwarded.
     pub fn record(&self, now: EpochMs, ip: IpAddr) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.last_used.fetch_max(now, Ordering::Relaxed);
+        self.last_seen.fetch_max(now, Ordering::Relaxed);
         if let Ok(mut last_ip) = self.last_ip.try_lock() {
             *last_ip = Some(ip);
         }
+    }
+
+    /// A call refused.
+    pub fn refuse(&self, now: EpochMs) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.last_seen.fetch_max(now, Ordering::Relaxed);
     }
 }
 
@@ -34,6 +46,8 @@ impl TokenUsage {
 #[derive(Debug, Default)]
 pub struct UsageBook {
     tokens: Mutex<HashMap<String, Arc<TokenUsage>>>,
+    /// Deltas a flush could not store, kept as they were (with their day).
+    unstored: Mutex<Vec<UsageDelta>>,
 }
 
 impl UsageBook {
@@ -45,17 +59,20 @@ impl UsageBook {
 
     /// Takes the usage since the last drain, and forgets tokens no longer in memory.
     pub fn drain(&self) -> Vec<UsageDelta> {
+        let mut deltas = std::mem::take(&mut *self.unstored.lock().expect("usage book poisoned"));
         let mut tokens = self.tokens.lock().expect("usage book poisoned");
-        let mut deltas = Vec::new();
         tokens.retain(|id, usage| {
             let calls = usage.calls.swap(0, Ordering::Relaxed);
-            if calls > 0 {
+            let refused = usage.refused.swap(0, Ordering::Relaxed);
+            if calls > 0 || refused > 0 {
                 let last_ip = usage.last_ip.lock().map(|ip| *ip).unwrap_or(None);
                 deltas.push(UsageDelta {
                     token_id: id.clone(),
                     calls: i64::try_from(calls).unwrap_or(i64::MAX),
+                    refused: i64::try_from(refused).unwrap_or(i64::MAX),
                     last_used_at: usage.last_used.load(Ordering::Relaxed),
                     last_ip: last_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                    day: day_of(usage.last_seen.load(Ordering::Relaxed)),
                 });
             }
             // Only this map holds it: no verified token counts into it any more.
@@ -64,26 +81,16 @@ impl UsageBook {
         deltas
     }
 
-    /// Puts back deltas that could not be stored, so they are not lost.
+    /// Keeps deltas that could not be stored for the next drain, so they are not lost.
     pub fn restore(&self, deltas: Vec<UsageDelta>) {
-        for delta in deltas {
-            let usage = self.usage_for(&delta.token_id);
-            usage
-                .calls
-                .fetch_add(u64::try_from(delta.calls).unwrap_or(0), Ordering::Relaxed);
-            usage.last_used.fetch_max(delta.last_used_at, Ordering::Relaxed);
-            if let (Ok(ip), Ok(mut last_ip)) = (delta.last_ip.parse(), usage.last_ip.try_lock())
-                && last_ip.is_none()
-            {
-                *last_ip = Some(ip);
-            }
-        }
+        self.unstored.lock().expect("usage book poisoned").extend(deltas);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::DAY_MS;
 
     #[test]
     fn calls_add_up_across_copies_and_drain_resets() {
@@ -98,11 +105,26 @@ mod tests {
             [UsageDelta {
                 token_id: "t".into(),
                 calls: 3,
+                refused: 0,
                 last_used_at: 30,
                 last_ip: "10.0.0.2".into(),
+                day: 0,
             }]
         );
         assert!(book.drain().is_empty());
+    }
+
+    #[test]
+    fn refusals_count_apart_on_the_day_of_the_latest_activity() {
+        let book = UsageBook::default();
+        let usage = book.usage_for("t");
+        usage.refuse(DAY_MS + 5);
+        usage.refuse(DAY_MS + 6);
+        let deltas = book.drain();
+        assert_eq!((deltas[0].calls, deltas[0].refused, deltas[0].day), (0, 2, 1));
+        assert_eq!(deltas[0].last_used_at, 0, "a refusal is no use");
+        usage.record(3 * DAY_MS, "::1".parse().unwrap());
+        assert_eq!(book.drain()[0].day, 3);
     }
 
     #[test]

@@ -306,7 +306,8 @@ fn check_space(token: Confined<'_>, key: &str, write: bool, what: impl FnOnce() 
                 token.label,
                 what()
             ),
-        )),
+        )
+        .in_space(key)),
         None => Err(GatewayError::new(
             Reason::SpaceNotAllowed,
             format!(
@@ -316,7 +317,8 @@ fn check_space(token: Confined<'_>, key: &str, write: bool, what: impl FnOnce() 
                 token.list.describe(),
                 what()
             ),
-        )),
+        )
+        .in_space(key)),
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::clock::EpochMs;
+use crate::clock::{Day, EpochMs};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -132,15 +132,129 @@ pub struct Restrictions {
     pub spaces: Option<String>,
 }
 
-/// Filters and paging for listing tokens.
+/// Filters, order and paging for listing tokens.
 #[derive(Debug, Clone, Default)]
 pub struct TokenQuery {
     /// Bound user, compared case-insensitively.
     pub user: Option<String>,
     /// Case-insensitive substring of the label.
     pub label: Option<String>,
+    pub state: Option<TokenState>,
+    pub order: TokenOrder,
+    /// Oldest, smallest, first (by default, newest first).
+    pub ascending: bool,
+    /// When states are judged, and the last day of the recent calls.
+    pub now: EpochMs,
+    /// Until when an active token counts as expiring.
+    pub soon: EpochMs,
     pub start_at: u64,
     pub max_results: u64,
+}
+
+/// A listing's state filter (SPEC §15.1), judged at the query's `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    /// Not expired.
+    Active,
+    /// Not expired, but by the query's `soon`.
+    Expiring,
+    Expired,
+    /// Bound to no user.
+    Unbound,
+}
+
+impl TokenState {
+    pub const ALL: [TokenState; 4] = [
+        TokenState::Active,
+        TokenState::Expiring,
+        TokenState::Expired,
+        TokenState::Unbound,
+    ];
+
+    /// Its name in the API (`state=`) and in SQL.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenState::Active => "active",
+            TokenState::Expiring => "expiring",
+            TokenState::Expired => "expired",
+            TokenState::Unbound => "unbound",
+        }
+    }
+}
+
+/// What a token listing is sorted by (SPEC §15.1); ties by newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenOrder {
+    #[default]
+    Created,
+    Label,
+    User,
+    Spaces,
+    /// Never expiring sorts after every date.
+    Expires,
+    /// Never used sorts before every time.
+    LastUsed,
+    /// Calls of the last [`RECENT_DAYS`].
+    Calls,
+}
+
+impl TokenOrder {
+    pub const ALL: [TokenOrder; 7] = [
+        TokenOrder::Created,
+        TokenOrder::Label,
+        TokenOrder::User,
+        TokenOrder::Spaces,
+        TokenOrder::Expires,
+        TokenOrder::LastUsed,
+        TokenOrder::Calls,
+    ];
+
+    /// Its name in the API (`orderBy=`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenOrder::Created => "created",
+            TokenOrder::Label => "label",
+            TokenOrder::User => "user",
+            TokenOrder::Spaces => "spaces",
+            TokenOrder::Expires => "expires",
+            TokenOrder::LastUsed => "lastUsed",
+            TokenOrder::Calls => "calls",
+        }
+    }
+
+    /// The SQL it sorts by (a column of the listing, or an expression of one).
+    fn sql(self) -> &'static str {
+        match self {
+            TokenOrder::Created => "created_at",
+            TokenOrder::Label => "lower(label)",
+            TokenOrder::User => "lower(coalesce(user_name, ''))",
+            TokenOrder::Spaces => "coalesce(spaces, '')",
+            TokenOrder::Expires => "coalesce(valid_until, 9223372036854775807)",
+            TokenOrder::LastUsed => "coalesce(last_used_at, 0)",
+            TokenOrder::Calls => "recent_calls",
+        }
+    }
+}
+
+/// How many days a listing's recent calls cover ("Calls (30 days)").
+pub const RECENT_DAYS: i64 = 30;
+
+/// A listed token, with its calls of the last [`RECENT_DAYS`].
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ListedToken {
+    #[sqlx(flatten)]
+    pub record: TokenRecord,
+    pub recent_calls: i64,
+}
+
+/// One token's calls on one UTC day (SPEC §15.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct UsageDay {
+    pub day: Day,
+    /// Forwarded to Confluence.
+    pub calls: i64,
+    /// Refused by the gateway.
+    pub refused: i64,
 }
 
 /// One page of results and the total that matched.
@@ -245,17 +359,44 @@ pub struct AuditQuery {
     pub token_id: Option<String>,
     /// Case-insensitive.
     pub user: Option<String>,
+    /// Requests with this outcome only (management entries have none).
+    pub outcome: Option<AuditOutcome>,
     pub start_at: u64,
     pub max_results: u64,
 }
 
-/// Usage of one token since the last flush (SPEC §6 usage details).
+/// What became of an audited request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditOutcome {
+    /// Forwarded (decision `allow` or `report`).
+    Allowed,
+    /// Refused (decision `deny`).
+    Refused,
+}
+
+impl AuditOutcome {
+    /// Its name in the API (`outcome=`) and in SQL.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditOutcome::Allowed => "allowed",
+            AuditOutcome::Refused => "refused",
+        }
+    }
+}
+
+/// Usage of one token since the last flush (SPEC §6 usage details, §15.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageDelta {
     pub token_id: String,
+    /// Calls forwarded.
     pub calls: i64,
+    /// Calls refused.
+    pub refused: i64,
+    /// The latest forwarded call (0: none in this delta).
     pub last_used_at: EpochMs,
     pub last_ip: String,
+    /// The day the calls and refusals count on.
+    pub day: Day,
 }
 
 /// A web page session (SPEC §15): never the session id, only its SHA-256.
@@ -312,8 +453,8 @@ pub trait TokenStore: Send + Sync + 'static {
     /// current secret's lookup, or a replaced one's still in grace.
     async fn tokens_by_lookup(&self, lookup: &str) -> Result<Vec<TokenRecord>, StoreError>;
     async fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
-    /// Newest first.
-    async fn list_tokens(&self, query: &TokenQuery) -> Result<Page<TokenRecord>, StoreError>;
+    /// In the query's order, with each token's recent calls.
+    async fn list_tokens(&self, query: &TokenQuery) -> Result<Page<ListedToken>, StoreError>;
     /// Replaces a token's restrictions and records the change for the other
     /// processes; returns the token as it now is (`None`: no such token).
     async fn update_token(
@@ -338,8 +479,12 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn revocations_after(&self, seq: i64) -> Result<Vec<TokenChange>, StoreError>;
     /// Forgets revocations older than `before`; no process needs them any more.
     async fn purge_revocations(&self, before: EpochMs) -> Result<u64, StoreError>;
-    /// Adds usage to tokens' counters (rows deleted meanwhile are skipped).
+    /// Adds usage to tokens' counters and days (tokens deleted meanwhile are skipped).
     async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError>;
+    /// A token's days from `from` on, oldest first; days without calls have no row.
+    async fn usage_days(&self, token_id: &str, from: Day) -> Result<Vec<UsageDay>, StoreError>;
+    /// Forgets every token's days before `before`; returns how many.
+    async fn purge_usage_days(&self, before: Day) -> Result<u64, StoreError>;
     /// Appends audit entries in one transaction.
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError>;
     /// Newest first.
@@ -416,26 +561,62 @@ pub async fn open_for_serving(database_url: &str) -> Result<Arc<dyn TokenStore>,
     }
 }
 
-/// A filtered, ordered listing, paged: both filters are bound as the first
-/// two parameters, and a NULL filter matches everything, so one statement
-/// serves every combination of filters. The backends differ only in the
-/// filter's functions ([`shared`]'s dialect).
-struct Listing {
+/// A filtered, ordered listing, paged. The filter's parameters come first
+/// (`$1`..), and a NULL filter matches everything, so one statement serves
+/// every combination of filters; the columns may use further parameters,
+/// then LIMIT and OFFSET follow. The backends differ only in the filter's
+/// functions ([`shared`]'s dialect).
+struct Listing<'a> {
     table: &'static str,
     columns: &'static str,
     filter: &'static str,
-    order: &'static str,
+    order: String,
+    filter_params: &'a [Param],
+    column_params: &'a [Param],
 }
 
-impl Listing {
+/// A value bound to a listing's statement.
+#[derive(Debug, Clone)]
+enum Param {
+    Text(Option<String>),
+    Number(i64),
+}
+
+impl From<Option<String>> for Param {
+    fn from(text: Option<String>) -> Self {
+        Param::Text(text)
+    }
+}
+
+impl From<Option<&str>> for Param {
+    fn from(text: Option<&str>) -> Self {
+        Param::Text(text.map(str::to_owned))
+    }
+}
+
+impl From<i64> for Param {
+    fn from(number: i64) -> Self {
+        Param::Number(number)
+    }
+}
+
+/// Binds each [`Param`] to a query, in order.
+macro_rules! bind {
+    ($query:expr, $params:expr) => {{
+        let mut query = $query;
+        for param in $params {
+            query = match param {
+                Param::Text(text) => query.bind(text.clone()),
+                Param::Number(number) => query.bind(*number),
+            };
+        }
+        query
+    }};
+}
+
+impl Listing<'_> {
     /// The total that matches, and one page of it.
-    async fn page<DB, T>(
-        &self,
-        pool: &sqlx::Pool<DB>,
-        filters: [&Option<String>; 2],
-        start_at: u64,
-        max_results: u64,
-    ) -> Result<Page<T>, StoreError>
+    async fn page<DB, T>(&self, pool: &sqlx::Pool<DB>, start_at: u64, max_results: u64) -> Result<Page<T>, StoreError>
     where
         DB: sqlx::Database,
         for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
@@ -450,22 +631,26 @@ impl Listing {
             columns,
             filter,
             order,
+            filter_params,
+            column_params,
         } = self;
         let count = format!("SELECT count(*) FROM {table} WHERE {filter}");
-        let (total,): (i64,) = sqlx::query_as(&count)
-            .bind(filters[0].clone())
-            .bind(filters[1].clone())
+        let (total,) = bind!(sqlx::query_as::<DB, (i64,)>(&count), filter_params.iter())
             .fetch_one(pool)
             .await?;
-        // LIMIT and OFFSET are bound as the third and fourth parameters.
-        let select = format!("SELECT {columns} FROM {table} WHERE {filter} ORDER BY {order} LIMIT $3 OFFSET $4");
-        let items = sqlx::query_as(&select)
-            .bind(filters[0].clone())
-            .bind(filters[1].clone())
-            .bind(i64::try_from(max_results).unwrap_or(i64::MAX))
-            .bind(i64::try_from(start_at).unwrap_or(i64::MAX))
-            .fetch_all(pool)
-            .await?;
+        let limit = filter_params.len() + column_params.len() + 1;
+        let select = format!(
+            "SELECT {columns} FROM {table} WHERE {filter} ORDER BY {order} LIMIT ${limit} OFFSET ${}",
+            limit + 1
+        );
+        let items = bind!(
+            sqlx::query_as::<DB, T>(&select),
+            filter_params.iter().chain(column_params.iter())
+        )
+        .bind(i64::try_from(max_results).unwrap_or(i64::MAX))
+        .bind(i64::try_from(start_at).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?;
         Ok(Page {
             total: total.try_into().unwrap_or(0),
             items,

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::shared::{audit_columns, token_columns, token_store};
 use super::{AuditEntry, AuditKind, ChangeKind, StoreError, TokenRecord, UsageDelta};
 use crate::backoff::Backoff;
-use crate::clock::EpochMs;
+use crate::clock::{Day, EpochMs};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -163,17 +163,22 @@ token_store! {
             // so replicas flushing at the same time wait for each other instead
             // of deadlocking, and `counter + calls` never loses an increment.
             let mut merged: BTreeMap<&str, (i64, EpochMs, &str)> = BTreeMap::new();
+            // And one per token and day (a delta kept from a failed flush may
+            // name an earlier day): ON CONFLICT may touch a row once.
+            let mut days: BTreeMap<(&str, Day), (i64, i64)> = BTreeMap::new();
             for d in deltas {
+                let day = days.entry((&d.token_id, d.day)).or_default();
+                (day.0, day.1) = (day.0 + d.calls, day.1 + d.refused);
+                if d.calls == 0 {
+                    continue;
+                }
                 let entry = merged.entry(&d.token_id).or_insert((0, d.last_used_at, &d.last_ip));
                 entry.0 += d.calls;
                 if d.last_used_at >= entry.1 {
                     (entry.1, entry.2) = (d.last_used_at, &d.last_ip);
                 }
             }
-            let ids: Vec<&str> = merged.keys().copied().collect();
-            let calls: Vec<i64> = merged.values().map(|v| v.0).collect();
-            let used_at: Vec<EpochMs> = merged.values().map(|v| v.1).collect();
-            let ips: Vec<&str> = merged.values().map(|v| v.2).collect();
+            let ids: Vec<&str> = days.keys().map(|(id, _)| *id).collect();
             let mut tx = self.begin().await?;
             sqlx::query("SELECT id FROM tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE")
                 .bind(&ids)
@@ -186,10 +191,24 @@ token_store! {
                  FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS d(id, calls, used_at, ip) \
                  WHERE t.id = d.id",
             )
+            .bind(merged.keys().copied().collect::<Vec<&str>>())
+            .bind(merged.values().map(|v| v.0).collect::<Vec<i64>>())
+            .bind(merged.values().map(|v| v.1).collect::<Vec<EpochMs>>())
+            .bind(merged.values().map(|v| v.2).collect::<Vec<&str>>())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO usage_days (token_id, day, calls, refused) \
+                 SELECT d.id, d.day, d.calls, d.refused \
+                 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS d(id, day, calls, refused) \
+                 WHERE EXISTS (SELECT 1 FROM tokens WHERE id = d.id) \
+                 ON CONFLICT (token_id, day) DO UPDATE \
+                 SET calls = usage_days.calls + excluded.calls, refused = usage_days.refused + excluded.refused",
+            )
             .bind(&ids)
-            .bind(&calls)
-            .bind(&used_at)
-            .bind(&ips)
+            .bind(days.keys().map(|(_, day)| *day).collect::<Vec<Day>>())
+            .bind(days.values().map(|v| v.0).collect::<Vec<i64>>())
+            .bind(days.values().map(|v| v.1).collect::<Vec<i64>>())
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;

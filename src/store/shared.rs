@@ -31,6 +31,13 @@ macro_rules! audit_columns {
     };
 }
 
+/// Adds a token's calls and refusals on one day (`$1` token, `$2` day, `$3`
+/// calls, `$4` refused), unless the token was deleted meanwhile.
+pub(super) const ADD_USAGE_DAY: &str = "INSERT INTO usage_days (token_id, day, calls, refused) \
+     SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM tokens WHERE id = $1) \
+     ON CONFLICT (token_id, day) DO UPDATE \
+     SET calls = usage_days.calls + excluded.calls, refused = usage_days.refused + excluded.refused";
+
 /// `impl TokenStore for $store`: the shared methods, in the backend's
 /// dialect, and the backend's own. The backend's module provides
 /// `self.check_ready()`, `self.begin()`, `self.pool`, and the functions
@@ -138,17 +145,58 @@ macro_rules! token_store {
             async fn list_tokens(
                 &self,
                 q: &$crate::store::TokenQuery,
-            ) -> Result<$crate::store::Page<$crate::store::TokenRecord>, $crate::store::StoreError> {
+            ) -> Result<$crate::store::Page<$crate::store::ListedToken>, $crate::store::StoreError> {
                 self.check_ready()?;
+
+                let direction = if q.ascending { "ASC" } else { "DESC" };
+                let today = $crate::clock::day_of(q.now);
                 let listing = $crate::store::Listing {
                     table: "tokens",
-                    columns: token_columns!(),
-                    filter: $token_filter,
-                    order: concat!("created_at DESC, ", $id_order),
+                    // $6 and $7: the first and last day of the recent calls.
+                    columns: concat!(
+                        token_columns!(),
+                        ", CAST((SELECT coalesce(sum(u.calls), 0) FROM usage_days u \
+                         WHERE u.token_id = tokens.id AND u.day >= $6 AND u.day <= $7) AS BIGINT) AS recent_calls"
+                    ),
+                    // $3: the state; $4 and $5: now and soon, as token_states counts them.
+                    filter: concat!(
+                        $token_filter,
+                        " AND ($3 IS NULL \
+                         OR ($3 = 'active' AND (valid_until IS NULL OR valid_until > $4)) \
+                         OR ($3 = 'expiring' AND valid_until > $4 AND valid_until <= $5) \
+                         OR ($3 = 'expired' AND valid_until <= $4) \
+                         OR ($3 = 'unbound' AND user_name IS NULL))"
+                    ),
+                    order: format!("{} {direction}, created_at DESC, {}", q.order.sql(), $id_order),
+                    filter_params: &[
+                        q.user.clone().into(),
+                        q.label.clone().into(),
+                        q.state.map($crate::store::TokenState::name).into(),
+                        q.now.into(),
+                        q.soon.into(),
+                    ],
+                    column_params: &[(today - ($crate::store::RECENT_DAYS - 1)).into(), today.into()],
                 };
-                listing
-                    .page(&self.pool, [&q.user, &q.label], q.start_at, q.max_results)
-                    .await
+                listing.page(&self.pool, q.start_at, q.max_results).await
+            }
+
+            async fn usage_days(
+                &self,
+                token_id: &str,
+                from: $crate::clock::Day,
+            ) -> Result<Vec<$crate::store::UsageDay>, $crate::store::StoreError> {
+                self.check_ready()?;
+                let sql = "SELECT day, calls, refused FROM usage_days WHERE token_id = $1 AND day >= $2 ORDER BY day";
+                Ok(sqlx::query_as(sql).bind(token_id).bind(from).fetch_all(&self.pool).await?)
+            }
+
+            async fn purge_usage_days(&self, before: $crate::clock::Day) -> Result<u64, $crate::store::StoreError> {
+                self.check_ready()?;
+                let result = sqlx::query("DELETE FROM usage_days WHERE day < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(result.rows_affected())
             }
 
             async fn rotate_token(
@@ -234,12 +282,21 @@ macro_rules! token_store {
                 let listing = $crate::store::Listing {
                     table: "audit",
                     columns: audit_columns!(),
-                    filter: $audit_filter,
-                    order: "at DESC, id DESC",
+                    // $3: the outcome of a request.
+                    filter: concat!(
+                        $audit_filter,
+                        " AND ($3 IS NULL OR (kind = 'request' AND \
+                         (($3 = 'allowed' AND decision IN ('allow', 'report')) OR ($3 = 'refused' AND decision = 'deny'))))"
+                    ),
+                    order: "at DESC, id DESC".into(),
+                    filter_params: &[
+                        q.token_id.clone().into(),
+                        q.user.clone().into(),
+                        q.outcome.map($crate::store::AuditOutcome::name).into(),
+                    ],
+                    column_params: &[],
                 };
-                listing
-                    .page(&self.pool, [&q.token_id, &q.user], q.start_at, q.max_results)
-                    .await
+                listing.page(&self.pool, q.start_at, q.max_results).await
             }
 
             async fn observed_calls(

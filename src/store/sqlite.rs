@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, Transaction};
 
-use super::shared::{audit_columns, token_columns, token_store};
+use super::shared::{ADD_USAGE_DAY, audit_columns, token_columns, token_store};
 use super::{AuditEntry, ChangeKind, StoreError, TokenRecord, UsageDelta};
 use crate::clock::EpochMs;
 
@@ -92,17 +92,26 @@ token_store! {
         async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
             let mut tx = self.pool.begin().await?;
             for delta in deltas {
-                sqlx::query(
-                    "UPDATE tokens SET counter = counter + $1, \
-                     last_ip = CASE WHEN $2 >= coalesce(last_used_at, 0) THEN $3 ELSE last_ip END, \
-                     last_used_at = max(coalesce(last_used_at, 0), $2) WHERE id = $4",
-                )
-                .bind(delta.calls)
-                .bind(delta.last_used_at)
-                .bind(&delta.last_ip)
-                .bind(&delta.token_id)
-                .execute(&mut *tx)
-                .await?;
+                if delta.calls > 0 {
+                    sqlx::query(
+                        "UPDATE tokens SET counter = counter + $1, \
+                         last_ip = CASE WHEN $2 >= coalesce(last_used_at, 0) THEN $3 ELSE last_ip END, \
+                         last_used_at = max(coalesce(last_used_at, 0), $2) WHERE id = $4",
+                    )
+                    .bind(delta.calls)
+                    .bind(delta.last_used_at)
+                    .bind(&delta.last_ip)
+                    .bind(&delta.token_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(ADD_USAGE_DAY)
+                    .bind(&delta.token_id)
+                    .bind(delta.day)
+                    .bind(delta.calls)
+                    .bind(delta.refused)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok(())

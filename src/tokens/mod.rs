@@ -15,7 +15,7 @@ mod wire;
 
 pub use actor::{Actor, Came};
 pub use spec::{RateLimit, check_user_name};
-pub use wire::{TokenAnswer, spaces_field, token_json};
+pub use wire::{TokenAnswer, listed_json, spaces_field, token_json};
 
 use std::sync::Arc;
 
@@ -30,7 +30,9 @@ use crate::record::AuditLog;
 use crate::rules::suggest::{self, Call, SuggestError, Suggestion};
 use crate::secrets::seal::{self, Pat, SealKey};
 use crate::secrets::{HashError, Hasher, token};
-use crate::store::{ChangeKind, Page, Restrictions, Rotation, StoreError, TokenQuery, TokenRecord, TokenStore};
+use crate::store::{
+    ChangeKind, ListedToken, Page, Restrictions, Rotation, StoreError, TokenQuery, TokenRecord, TokenStore,
+};
 use actor::Change;
 pub use spec::{NewToken, RestrictionsChange};
 use spec::{new_id, validate_user};
@@ -365,7 +367,7 @@ impl TokenManager {
         }
     }
 
-    pub async fn list(&self, query: &TokenQuery) -> Result<Page<TokenRecord>, TokenError> {
+    pub async fn list(&self, query: &TokenQuery) -> Result<Page<ListedToken>, TokenError> {
         Ok(self.store.list_tokens(query).await?)
     }
 

@@ -16,7 +16,7 @@ use crate::error::{GatewayError, Reason};
 use crate::rules::suggest;
 use crate::secrets::Pat;
 use crate::spaces;
-use crate::store::TokenRecord;
+use crate::store::{ListedToken, TokenRecord};
 
 const SPACES: &str = "space keys with :read for read only, as \"DOCS,KB:read\" or [\"DOCS\",\"KB:read\"]";
 const RATE: &str = "a rate limit such as \"60/min\" (N/s, N/min, N/hour or N/day)";
@@ -53,6 +53,9 @@ pub struct TokenView<'a> {
     /// rotation, which a token may make of itself without seeing listings).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     history: Option<History<'a>>,
+    /// Calls of the last 30 days: in a listing only.
+    #[serde(rename = "calls30Days", skip_serializing_if = "Option::is_none")]
+    recent_calls: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,6 +108,7 @@ impl<'a> TokenView<'a> {
             spaces: space_list(&record.spaces),
             grace_until: record.grace_until,
             history: None,
+            recent_calls: None,
         }
     }
 
@@ -142,6 +146,15 @@ impl<'a> TokenAnswer<'a> {
 /// The token object of `GET /get` and `token list --json`.
 pub fn token_json(record: &TokenRecord, now: EpochMs) -> Value {
     TokenView::new(record, now).to_json()
+}
+
+/// A token as a listing shows it at `now`: with its calls of the last 30 days.
+pub fn listed_json(listed: &ListedToken, now: EpochMs) -> Value {
+    TokenView {
+        recent_calls: Some(listed.recent_calls),
+        ..TokenView::new(&listed.record, now)
+    }
+    .to_json()
 }
 
 impl CreatedToken {

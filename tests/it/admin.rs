@@ -200,6 +200,7 @@ async fn get_pages_filters_and_describes_each_token() {
         "spaces",
         "expiringSoon",
         "graceUntil",
+        "calls30Days",
     ];
     expected.sort();
     assert_eq!(keys, expected);

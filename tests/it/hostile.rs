@@ -187,7 +187,8 @@ async fn all_tokens(gw: &Gateway) -> Vec<TokenRecord> {
         max_results: 1000,
         ..TokenQuery::default()
     };
-    gw.app.tokens.list(&query).await.unwrap().items
+    let page = gw.app.tokens.list(&query).await.unwrap();
+    page.items.into_iter().map(|listed| listed.record).collect()
 }
 
 async fn management_entries(gw: &Gateway, action: &str) -> Vec<tokengate::AuditEntry> {

@@ -33,3 +33,4 @@ mod tokens;
 mod tunnels;
 mod ui;
 mod upstream;
+mod usage_days;

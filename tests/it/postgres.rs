@@ -286,7 +286,7 @@ async fn during_an_outage_verified_tokens_keep_working_and_new_ones_fail_closed(
         })
         .await
         .unwrap();
-    assert_eq!(alice.items[0].counter, 2);
+    assert_eq!(alice.items[0].record.counter, 2);
     assert_eq!(gw.request_audit().await.len(), 4);
     gw.stop().await;
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use tokengate::EpochMs;
 use tokengate::{
-    self, AuditEntry, AuditKind, AuditQuery, ChangeKind, EventOutcome, NewEvent, Restrictions, Rotation, Settings,
-    TokenQuery, TokenRecord, TokenStore, UsageDelta,
+    self, AuditEntry, AuditKind, AuditOutcome, AuditQuery, ChangeKind, DAY_MS, EventOutcome, ListedToken, NewEvent,
+    Restrictions, Rotation, Settings, TokenOrder, TokenQuery, TokenRecord, TokenState, TokenStore, UsageDay,
+    UsageDelta,
 };
 
 use crate::common::PgSchema;
@@ -90,6 +91,9 @@ contract! {
         observed_calls_count_forwarded_requests_per_method_and_path,
         a_users_token_limit_holds_and_ignores_unbound_tokens,
         usage_adds_up_and_keeps_the_latest_ip,
+        usage_days_add_up_per_day_and_are_purged_and_deleted_with_their_token,
+        lists_sort_by_each_column_and_filter_by_state,
+        audit_filters_by_outcome,
         audit_entries_round_trip_filter_page_and_purge,
         rotations_keep_the_replaced_secret_in_grace_and_apply_once,
         events_queue_once_claim_retry_and_purge,
@@ -316,8 +320,8 @@ fn all_tokens() -> TokenQuery {
     }
 }
 
-fn ids(items: &[TokenRecord]) -> Vec<&str> {
-    items.iter().map(|t| t.id.as_str()).collect()
+fn ids(items: &[ListedToken]) -> Vec<&str> {
+    items.iter().map(|t| t.record.id.as_str()).collect()
 }
 
 async fn tokens_round_trip_and_are_found_by_lookup(store: Arc<dyn TokenStore>) {
@@ -599,8 +603,10 @@ async fn usage_adds_up_and_keeps_the_latest_ip(store: Arc<dyn TokenStore>) {
     let delta = |calls, at, ip: &str| UsageDelta {
         token_id: "a".into(),
         calls,
+        refused: 0,
         last_used_at: at,
         last_ip: ip.into(),
+        day: 0,
     };
     store.add_usage(&[delta(3, 100, "1.1.1.1")]).await.unwrap();
     store
@@ -629,6 +635,196 @@ async fn usage_adds_up_and_keeps_the_latest_ip(store: Arc<dyn TokenStore>) {
         .unwrap();
     store.add_usage(&[]).await.unwrap();
     assert_eq!(store.token("a").await.unwrap().unwrap().counter, 10);
+}
+
+async fn usage_days_add_up_per_day_and_are_purged_and_deleted_with_their_token(store: Arc<dyn TokenStore>) {
+    for id in ["a", "b"] {
+        store.insert_token(&record(id, None, 0), None).await.unwrap();
+    }
+    let delta = |id: &str, day, calls, refused| UsageDelta {
+        token_id: id.into(),
+        calls,
+        refused,
+        last_used_at: if calls > 0 { day * DAY_MS } else { 0 },
+        last_ip: "10.0.0.1".into(),
+        day,
+    };
+    store
+        .add_usage(&[delta("a", 20, 3, 1), delta("b", 20, 5, 0), delta("a", 21, 0, 2)])
+        .await
+        .unwrap();
+    // The same day again (another replica, a later flush) adds to it; a
+    // delta of refusals only is no use of the token.
+    store
+        .add_usage(&[delta("a", 20, 1, 1), delta("gone", 20, 9, 9)])
+        .await
+        .unwrap();
+    let day = |day, calls, refused| UsageDay { day, calls, refused };
+    assert_eq!(store.usage_days("a", 0).await.unwrap(), [day(20, 4, 2), day(21, 0, 2)]);
+    assert_eq!(store.usage_days("a", 21).await.unwrap(), [day(21, 0, 2)]);
+    assert_eq!(store.usage_days("gone", 0).await.unwrap(), []);
+    let a = store.token("a").await.unwrap().unwrap();
+    assert_eq!((a.counter, a.last_used_at), (4, Some(20 * DAY_MS)));
+    let b = store.token("b").await.unwrap().unwrap();
+    assert_eq!(b.last_ip.as_deref(), Some("10.0.0.1"));
+
+    // The listing's recent calls are the 30 days up to `now`'s.
+    let listed = |now_day: i64| {
+        let store = store.clone();
+        async move {
+            let query = TokenQuery {
+                now: now_day * DAY_MS,
+                order: TokenOrder::Label,
+                ascending: true,
+                ..all_tokens()
+            };
+            let page = store.list_tokens(&query).await.unwrap();
+            page.items.iter().map(|t| t.recent_calls).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(21).await, [4, 5]);
+    assert_eq!(listed(49).await, [4, 5], "day 20 is the 30th day back from day 49");
+    assert_eq!(listed(50).await, [0, 0]);
+    assert_eq!(listed(19).await, [0, 0], "days after now do not count");
+
+    assert_eq!(store.purge_usage_days(21).await.unwrap(), 2);
+    assert_eq!(store.usage_days("a", 0).await.unwrap(), [day(21, 0, 2)]);
+    store.delete_token("a", 1).await.unwrap();
+    assert_eq!(store.usage_days("a", 0).await.unwrap(), [], "a token's days go with it");
+    assert_eq!(store.purge_usage_days(1000).await.unwrap(), 0, "b's day was purged");
+}
+
+async fn lists_sort_by_each_column_and_filter_by_state(store: Arc<dyn TokenStore>) {
+    const NOW: EpochMs = 100 * DAY_MS;
+    let token =
+        |id: &str, label: &str, user: Option<&str>, valid_until, last_used_at, spaces: Option<&str>| TokenRecord {
+            label: label.into(),
+            valid_until,
+            last_used_at,
+            spaces: spaces.map(Into::into),
+            ..record(id, user, id.as_bytes()[0] as i64)
+        };
+    let tokens = [
+        // expired
+        token("a", "beta", Some("carol"), Some(NOW - 1), Some(5), Some("DOCS")),
+        // expiring (within 7 days)
+        token("b", "Alpha", Some("alice"), Some(NOW + DAY_MS), None, None),
+        // active, never expires, unbound
+        token("c", "gamma", None, None, Some(9), Some("KB:read")),
+        // active
+        token(
+            "d",
+            "delta",
+            Some("Bob"),
+            Some(NOW + 30 * DAY_MS),
+            Some(7),
+            Some("ARCH"),
+        ),
+    ];
+    for t in &tokens {
+        store.insert_token(t, None).await.unwrap();
+    }
+    store
+        .add_usage(&[
+            UsageDelta {
+                token_id: "a".into(),
+                calls: 2,
+                refused: 0,
+                last_used_at: 5,
+                last_ip: String::new(),
+                day: 99,
+            },
+            UsageDelta {
+                token_id: "d".into(),
+                calls: 9,
+                refused: 0,
+                last_used_at: 7,
+                last_ip: String::new(),
+                day: 100,
+            },
+            UsageDelta {
+                token_id: "c".into(),
+                calls: 1,
+                refused: 50,
+                last_used_at: 9,
+                last_ip: String::new(),
+                day: 98,
+            },
+        ])
+        .await
+        .unwrap();
+    let list = |order, ascending, state| {
+        let store = store.clone();
+        async move {
+            let query = TokenQuery {
+                order,
+                ascending,
+                state,
+                now: NOW,
+                soon: NOW + 7 * DAY_MS,
+                ..all_tokens()
+            };
+            let page = store.list_tokens(&query).await.unwrap();
+            assert_eq!(page.total as usize, page.items.len());
+            page.items
+                .iter()
+                .map(|t| t.record.id.clone())
+                .collect::<Vec<_>>()
+                .join("")
+        }
+    };
+    use TokenOrder::*;
+    // Labels compare without case; unbound sorts as the empty name.
+    assert_eq!(list(Label, true, None).await, "badc");
+    assert_eq!(list(Label, false, None).await, "cdab");
+    assert_eq!(list(User, true, None).await, "cbda");
+    // Any space (none named) first, then by the keys as written.
+    assert_eq!(list(Spaces, true, None).await, "bdac");
+    // Never expiring is the latest expiry; never used the earliest use.
+    assert_eq!(list(Expires, true, None).await, "abdc");
+    assert_eq!(list(LastUsed, false, None).await, "cdab");
+    assert_eq!(list(LastUsed, true, None).await, "badc");
+    // Calls of the last 30 days, refusals not counted; ties newest first.
+    assert_eq!(list(Calls, false, None).await, "dacb");
+    assert_eq!(list(Created, false, None).await, "dcba");
+    assert_eq!(list(Created, true, None).await, "abcd");
+    assert_eq!(list(Created, false, Some(TokenState::Active)).await, "dcb");
+    assert_eq!(list(Created, false, Some(TokenState::Expiring)).await, "b");
+    assert_eq!(list(Created, false, Some(TokenState::Expired)).await, "a");
+    assert_eq!(list(Created, false, Some(TokenState::Unbound)).await, "c");
+    // The states add up to what the metrics count.
+    let states = store.token_states(NOW, NOW + 7 * DAY_MS).await.unwrap();
+    assert_eq!((states.active, states.expiring, states.expired), (3, 1, 1));
+}
+
+async fn audit_filters_by_outcome(store: Arc<dyn TokenStore>) {
+    let refused = AuditEntry {
+        decision: "deny".into(),
+        status: Some(403),
+        reason: Some("rule_denied".into()),
+        ..audit_entry(2, Some("t"), "alice")
+    };
+    let reported = AuditEntry {
+        decision: "report".into(),
+        ..audit_entry(3, Some("t"), "alice")
+    };
+    let created = AuditEntry::management(4, "admin", "create");
+    store
+        .append_audit(&[audit_entry(1, Some("t"), "alice"), refused, reported, created])
+        .await
+        .unwrap();
+    let times = |outcome| {
+        let store = store.clone();
+        async move {
+            let query = AuditQuery { outcome, ..all_audit() };
+            let page = store.list_audit(&query).await.unwrap();
+            assert_eq!(page.total as usize, page.items.len());
+            page.items.iter().map(|e| e.at).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(times(None).await, [4, 3, 2, 1]);
+    assert_eq!(times(Some(AuditOutcome::Allowed)).await, [3, 1]);
+    assert_eq!(times(Some(AuditOutcome::Refused)).await, [2]);
 }
 
 fn audit_entry(at: EpochMs, token: Option<&str>, user: &str) -> AuditEntry {
@@ -784,8 +980,11 @@ async fn concurrent_usage_flushes_from_two_handles_add_up_exactly(a: Arc<dyn Tok
                         .map(|t| UsageDelta {
                             token_id: format!("u{t:02}"),
                             calls: (t + 1) as i64,
+                            refused: 1,
                             last_used_at: round * 100 + (h * FLUSHERS + f) as i64,
                             last_ip: format!("10.0.{h}.{f}"),
+                            // Two days, so flushes race on both rows.
+                            day: round % 2,
                         })
                         .collect();
                     if (h + f) % 2 == 1 {
@@ -806,6 +1005,16 @@ async fn concurrent_usage_flushes_from_two_handles_add_up_exactly(a: Arc<dyn Tok
         // The latest use is the last round of the highest-numbered writer.
         assert_eq!(stored.last_used_at, Some((ROUNDS - 1) * 100 + writers - 1));
         assert_eq!(stored.last_ip.as_deref(), Some("10.0.1.3"));
+        let days = b.usage_days(&format!("u{t:02}"), 0).await.unwrap();
+        let on = |day: i64| {
+            let rounds = (0..ROUNDS).filter(|round| round % 2 == day).count() as i64;
+            UsageDay {
+                day,
+                calls: (t as i64 + 1) * writers * rounds,
+                refused: writers * rounds,
+            }
+        };
+        assert_eq!(days, [on(0), on(1)]);
     }
 }
 

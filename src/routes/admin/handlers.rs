@@ -10,19 +10,23 @@ use super::record_settings;
 use crate::app::App;
 use crate::auth::{SecretRole, Via};
 use crate::body::{SWITCH, TEXT, field};
+use crate::clock::{DAY_MS, day_of, day_text};
 use crate::config::{ForwardAs, Scope};
 use crate::error::{GatewayError, Reason};
-use crate::record::audit_json;
+use crate::notify::SOON_DAYS;
+use crate::record::{USAGE_DAYS_KEPT, audit_json};
 use crate::rules::{RequestHead, RuleSet};
 use crate::settings::SettingsChange;
 use crate::spaces;
-use crate::store::{AuditQuery, Settings, TokenQuery, TokenRecord};
+use crate::store::{AuditOutcome, AuditQuery, Settings, TokenOrder, TokenQuery, TokenRecord, TokenState};
 use crate::target::canonical_text_target;
 use crate::tokens::{
-    DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, TokenAnswer, TokenError, spaces_field, token_json,
+    DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, TokenAnswer, TokenError, listed_json, spaces_field,
 };
 
 const DEFAULT_MAX_RESULTS: u64 = 50;
+/// The days `GET /usage` covers when not asked.
+const DEFAULT_USAGE_DAYS: i64 = 30;
 /// Larger `maxResults` are served as this many.
 const MAX_MAX_RESULTS: u64 = 1000;
 
@@ -31,12 +35,13 @@ const MAX_MAX_RESULTS: u64 = 1000;
 pub async fn list_tokens(app: &App, caller: &Caller, query: Option<&str>) -> Result<Value, GatewayError> {
     let mut query = token_query(query)?;
     query.user = within_own(caller, query.user);
+    let now = app.clock.now_ms();
+    (query.now, query.soon) = (now, now + SOON_DAYS * DAY_MS);
     let page = match &query.user {
         Some(user) if user.is_empty() => Default::default(),
         _ => app.tokens.list(&query).await?,
     };
-    let now = app.clock.now_ms();
-    let tokens: Vec<Value> = page.items.iter().map(|record| token_json(record, now)).collect();
+    let tokens: Vec<Value> = page.items.iter().map(|listed| listed_json(listed, now)).collect();
     Ok(json!({
         "total": page.total,
         "pages": page.total.div_ceil(query.max_results),
@@ -51,9 +56,21 @@ pub async fn list_tokens(app: &App, caller: &Caller, query: Option<&str>) -> Res
 /// user sees only the entries whose user is them.
 pub async fn list_audit(app: &App, caller: &Caller, query: Option<&str>) -> Result<Value, GatewayError> {
     let paging = token_query(query)?;
+    let outcome = match query_param(query, "outcome")?.as_deref() {
+        None | Some("all") => None,
+        Some("allowed") => Some(AuditOutcome::Allowed),
+        Some("refused") => Some(AuditOutcome::Refused),
+        Some(_) => {
+            return Err(GatewayError::invalid(
+                "outcome",
+                "outcome must be all, allowed or refused",
+            ));
+        }
+    };
     let audit_query = AuditQuery {
         token_id: query_param(query, "tokenId")?,
         user: within_own(caller, paging.user),
+        outcome,
         start_at: paging.start_at,
         max_results: paging.max_results,
     };
@@ -260,11 +277,58 @@ async fn own_token(app: &App, caller: &Caller, id: &str) -> Result<(), GatewayEr
     if caller.role == Role::Admin {
         return Ok(());
     }
-    let token = app.tokens.get(id).await?;
+    may_see(caller, &app.tokens.get(id).await?)
+}
+
+/// A user sees their own tokens only: another's is 404, as if absent.
+fn may_see(caller: &Caller, token: &TokenRecord) -> Result<(), GatewayError> {
     match token.user.as_deref() {
+        _ if caller.role == Role::Admin => Ok(()),
         Some(user) if caller.is(user) => Ok(()),
-        _ => Err(GatewayError::new(Reason::NotFound, format!("no token with id {id}"))),
+        _ => Err(GatewayError::new(
+            Reason::NotFound,
+            format!("no token with id {}", token.id),
+        )),
     }
+}
+
+/// `GET /usage?id=ID&days=N` (SPEC §15.1): a token's calls and refusals per
+/// UTC day, oldest first, each of the last N days (today included) with
+/// zeros where there were none. Counts reach the store with the usage
+/// flush, a few seconds after the calls. A user's own tokens only (another's
+/// id is 404), any for an admin.
+pub async fn usage(app: &App, caller: &Caller, query: Option<&str>) -> Result<Value, GatewayError> {
+    let id = query_param(query, "id")?.ok_or_else(|| GatewayError::invalid("id", "id is required"))?;
+    let days = match number_param(query, "days")?.map(i64::try_from) {
+        None => DEFAULT_USAGE_DAYS,
+        Some(Ok(days)) if (1..=USAGE_DAYS_KEPT).contains(&days) => days,
+        Some(_) => {
+            return Err(GatewayError::invalid(
+                "days",
+                format!("days must be 1 to {USAGE_DAYS_KEPT}"),
+            ));
+        }
+    };
+    may_see(caller, &app.tokens.get(&id).await?)?;
+    let today = day_of(app.clock.now_ms());
+    let from = today - (days - 1);
+    let stored = app
+        .store
+        .usage_days(&id, from)
+        .await
+        .map_err(|e| GatewayError::internal(&e))?;
+    let mut stored = stored.into_iter().peekable();
+    let days: Vec<Value> = (from..=today)
+        .map(|day| {
+            let counted = stored.next_if(|counted| counted.day == day);
+            json!({
+                "date": day_text(day),
+                "calls": counted.map_or(0, |c| c.calls),
+                "refused": counted.map_or(0, |c| c.refused),
+            })
+        })
+        .collect();
+    Ok(json!({"status": "ok", "id": id, "days": days}))
 }
 
 /// `POST /check`: the rules dry run of `tokengate rules check` (SPEC §15):
@@ -416,12 +480,54 @@ fn token_query(query: Option<&str>) -> Result<TokenQuery, GatewayError> {
         Some(0) => return Err(GatewayError::invalid("maxResults", "maxResults must be at least 1")),
         Some(n) => n.min(MAX_MAX_RESULTS),
     };
+    let (order, ascending) = match query_param(query, "orderBy")? {
+        None => (TokenOrder::Created, false),
+        Some(asked) => order_by(&asked)?,
+    };
+    let state = match query_param(query, "state")?.as_deref() {
+        None | Some("all") => None,
+        Some(asked) => Some(
+            TokenState::ALL
+                .into_iter()
+                .find(|state| state.name() == asked)
+                .ok_or_else(|| {
+                    GatewayError::invalid("state", "state must be all, active, expiring, expired or unbound")
+                })?,
+        ),
+    };
     Ok(TokenQuery {
         user: query_param(query, "userName")?,
         label: query_param(query, "label")?,
+        state,
+        order,
+        ascending,
         start_at,
         max_results,
+        ..TokenQuery::default()
     })
+}
+
+/// `orderBy`: a column's name, `-` before it for descending (`+` or
+/// nothing: ascending).
+fn order_by(asked: &str) -> Result<(TokenOrder, bool), GatewayError> {
+    let (name, ascending) = match asked.strip_prefix('-') {
+        Some(name) => (name, false),
+        None => (asked.strip_prefix('+').unwrap_or(asked), true),
+    };
+    let order = TokenOrder::ALL
+        .into_iter()
+        .find(|order| order.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = TokenOrder::ALL.iter().map(|order| order.name()).collect();
+            GatewayError::invalid(
+                "orderBy",
+                format!(
+                    "orderBy must be one of {}, with - before it for descending",
+                    names.join(", ")
+                ),
+            )
+        })?;
+    Ok((order, ascending))
 }
 
 fn number_param(query: Option<&str>, name: &'static str) -> Result<Option<u64>, GatewayError> {

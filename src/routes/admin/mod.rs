@@ -63,6 +63,7 @@ enum Endpoint {
     Suggest,
     Check,
     Rotate,
+    Usage,
 }
 
 impl Endpoint {
@@ -78,6 +79,7 @@ impl Endpoint {
             Some("/suggest") => (Endpoint::Suggest, "GET"),
             Some("/check") => (Endpoint::Check, "POST"),
             Some("/rotate") => (Endpoint::Rotate, "POST"),
+            Some("/usage") => (Endpoint::Usage, "GET"),
             _ => {
                 return Err(GatewayError::new(
                     Reason::NotFound,
@@ -145,6 +147,7 @@ async fn answer<B: RequestBody>(
         }
         Endpoint::Update => handlers::update(app, caller, read_json_object(req, MAX_BODY, READS).await?.1).await?,
         Endpoint::Suggest => handlers::suggest(app, caller, query).await?,
+        Endpoint::Usage => handlers::usage(app, caller, query).await?,
         Endpoint::Rotate => {
             let method = req.method().clone();
             let body = read_json_object(req, MAX_BODY, READS).await?.1;
@@ -229,6 +232,8 @@ mod tests {
     #[test]
     fn unknown_paths_are_not_found() {
         assert_eq!(route(Method::GET, "/audit"), Ok(Endpoint::Audit));
+        assert_eq!(route(Method::GET, "/usage"), Ok(Endpoint::Usage));
+        assert_eq!(route(Method::POST, "/usage"), Err(405));
         for sub in ["", "/", "/get/", "/GET", "/audit/x", "/get;x=1", "/set/x"] {
             assert_eq!(route(Method::GET, sub), Err(404), "{sub:?}");
         }

@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokengate::EpochMs;
 use tokengate::{
     AuditEntry, AuditQuery, ChangeKind, EventOutcome, EventRecord, NewEvent, ObservedCall, Page, Restrictions,
     Rotation, SessionRecord, Settings, StoreError, TokenChange, TokenQuery, TokenRecord, TokenStates, TokenStore,
     UsageDelta,
 };
+use tokengate::{Day, EpochMs, ListedToken, UsageDay};
 
 pub struct FaultyStore {
     inner: Arc<dyn TokenStore>,
@@ -52,7 +52,7 @@ impl TokenStore for FaultyStore {
         self.check()?;
         self.inner.token(id).await
     }
-    async fn list_tokens(&self, query: &TokenQuery) -> Result<Page<TokenRecord>, StoreError> {
+    async fn list_tokens(&self, query: &TokenQuery) -> Result<Page<ListedToken>, StoreError> {
         self.check()?;
         self.inner.list_tokens(query).await
     }
@@ -126,6 +126,14 @@ impl TokenStore for FaultyStore {
     async fn add_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
         self.check()?;
         self.inner.add_usage(deltas).await
+    }
+    async fn usage_days(&self, token_id: &str, from: Day) -> Result<Vec<UsageDay>, StoreError> {
+        self.check()?;
+        self.inner.usage_days(token_id, from).await
+    }
+    async fn purge_usage_days(&self, before: Day) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.purge_usage_days(before).await
     }
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
         self.check()?;
