@@ -2,6 +2,7 @@
 //! Confluence that records what it receives.
 
 mod admin;
+mod admin_page;
 mod auth;
 mod browser;
 mod cli;

@@ -122,6 +122,8 @@ fn session_json(app: &App, user: &str, csrf: &str) -> Value {
         "csrf": csrf,
         "forwardAs": app.config.forward_as.name(),
         "selfService": app.config.self_service,
+        // The longest expiry a token may have (null: none), for the page's presets.
+        "maxDaysUntilExpiry": app.config.max_days_until_expiry,
         // The parts of SPEC §15-18 this gateway serves; the page hides the rest.
         // Rotation re-seals a PAT with the token's own secret, which the page
         // never has: with forward_as = "pat" tokens rotate themselves.

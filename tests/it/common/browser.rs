@@ -149,6 +149,30 @@ impl Browser {
         field.send_keys(text).await.unwrap();
     }
 
+    /// Chooses the option of value `value` in the select labelled `label`.
+    pub async fn choose(&self, label: &str, value: &str) {
+        self.field(label).await.select_by_value(value).await.unwrap();
+    }
+
+    /// Runs `script` in the page; returns what it returns.
+    pub async fn js(&self, script: &str) -> serde_json::Value {
+        self.client.execute(script, vec![]).await.unwrap()
+    }
+
+    /// Waits until `script` (an expression) is true in the page.
+    pub async fn until(&self, what: &str, script: &str) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while self.js(&format!("return Boolean({script});")).await != serde_json::Value::Bool(true) {
+            assert!(std::time::Instant::now() < deadline, "never true: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Resizes the window.
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.client.set_window_size(width, height).await.unwrap();
+    }
+
     pub async fn click(&self, button: &str) {
         self.button(button).await.click().await.unwrap();
     }

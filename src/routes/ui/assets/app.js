@@ -7,12 +7,16 @@
 
 const API = "/rest/extender/1.0/tokenTools";
 const UI = "/tokengate/ui";
-const PAGE_SIZE = 20;
+const PAGE_SIZE = 50;
 
 const state = {
-  session: null, // {user, admin, csrf, forwardAs, features}
+  session: null, // {user, admin, csrf, forwardAs, maxDaysUntilExpiry, features}
   tokensStart: 0,
   auditStart: 0,
+  // The token table's order: a column of GET /get's orderBy.
+  sort: { by: "created", ascending: false },
+  // Tokens ticked for "Revoke selected", by id (kept across pages).
+  selected: new Map(),
   pendingDelete: null,
   editing: null,
 };
@@ -98,6 +102,7 @@ function showApp(session) {
       (!node.hasAttribute("data-feature") || Boolean(session.features[node.getAttribute("data-feature")]));
     node.hidden = !shown;
   }
+  offerExpiries(session.maxDaysUntilExpiry);
   $("nav-tokens").textContent = session.admin ? "Tokens" : "My tokens";
   $("tokens-title").textContent = session.admin ? "Tokens" : "My tokens";
   route();
@@ -157,76 +162,260 @@ function formatTime(ms) {
   return ms === null || ms === undefined ? "never" : new Date(ms).toLocaleString();
 }
 
-function expiryBadge(token) {
-  if (token.expired) return el("span", { class: "badge expired" }, "expired");
-  if (token.expiringSoon) {
-    return el("span", { class: "badge soon" }, "expires soon");
-  }
-  return null;
+/// A day, short (a table cell): "7 Dec 2026" in the reader's order.
+function formatDay(ms) {
+  return new Date(ms).toLocaleDateString(undefined, { year: "numeric", month: "short", day: "numeric" });
+}
+
+function plural(n, one, many = `${one}s`) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+/// The badges of a token's state: unbound, expired, expires soon.
+function badges(token) {
+  const shown = [];
+  if (token.user === null) shown.push(el("span", { class: "badge unbound" }, "unbound"));
+  if (token.expired) shown.push(el("span", { class: "badge expired" }, "expired"));
+  else if (token.expiringSoon) shown.push(el("span", { class: "badge soon" }, "expires soon"));
+  return shown;
 }
 
 function detail(list, term, ...values) {
   list.append(el("dt", {}, term), el("dd", {}, ...values));
 }
 
-function tokenCard(token) {
-  const list = el("dl", {});
-  detail(list, "User", token.user === null ? "any (unbound)" : token.user);
-  detail(list, "Created", formatTime(token.dateCreated));
-  detail(list, "Expires", formatTime(token.validUntil), " ", expiryBadge(token));
-  const rules = token.rules.length ? el("pre", { class: "rules" }, token.rules.join("\n")) : "none: everything in scope";
-  detail(list, "Rules", rules);
-  detail(list, "IP addresses", token.ip || "any");
-  if ("rateLimit" in token) detail(list, "Rate limit", token.rateLimit || "none");
-  if ("spaces" in token) detail(list, "Spaces", token.spaces.length ? token.spaces.join(", ") : "all");
-  if ("enforce" in token) detail(list, "Mode", token.enforce ? "enforced" : "report-only");
-  detail(list, "Forwarded as", token.forwardAs === "pat" ? "personal access token" : "identity header");
-  const usage = token.counter
-    ? `${token.counter} call${token.counter === 1 ? "" : "s"}, last ${formatTime(token.lastUsed)}${token.lastIp ? ` from ${token.lastIp}` : ""}`
-    : "not used yet";
-  detail(list, "Usage", usage);
-  detail(list, "Id", el("code", {}, token.id));
+/// One token as a table row, and the row of its details below it (hidden
+/// until "Details" opens it).
+function tokenRows(token) {
+  const labelId = `label-${token.id}`;
+  const pick = el("input", { type: "checkbox", "aria-label": `Select ${token.label}` });
+  pick.checked = state.selected.has(token.id);
+  pick.addEventListener("change", () => {
+    if (pick.checked) state.selected.set(token.id, token.label);
+    else state.selected.delete(token.id);
+    showSelection();
+  });
+  const expires =
+    token.validUntil === null ? "never" : el("time", { title: formatTime(token.validUntil) }, formatDay(token.validUntil));
+  const lastUsed =
+    token.lastUsed === null ? "never" : el("time", { title: formatTime(token.lastUsed) }, formatDay(token.lastUsed));
+  const spaces = token.spaces.length ? token.spaces.join(", ") : "all";
 
-  const actions = el("div", { class: "row actions" });
+  const detailsId = `details-${token.id}`;
+  const open = el("button", { type: "button", "aria-expanded": "false", "aria-controls": detailsId, "aria-describedby": labelId }, "Details");
+  const actions = el("div", { class: "actions" }, open);
   if (state.session.features.update) {
-    const edit = el("button", { type: "button", "aria-describedby": `label-${token.id}` }, "Edit");
+    const edit = el("button", { type: "button", "aria-describedby": labelId }, "Edit");
     edit.addEventListener("click", () => openEdit(token));
     actions.append(edit);
   }
   if (state.session.features.rotate) {
-    const rotate = el("button", { type: "button", "aria-describedby": `label-${token.id}` }, "Rotate");
+    const rotate = el("button", { type: "button", "aria-describedby": labelId }, "Rotate");
     rotate.addEventListener("click", () => askRotate(token));
     actions.append(rotate);
   }
-  const remove = el("button", { type: "button", class: "danger", "aria-describedby": `label-${token.id}` }, "Delete");
+  const remove = el("button", { type: "button", class: "danger", "aria-describedby": labelId }, "Delete");
   remove.addEventListener("click", () => askDelete(token));
   actions.append(remove);
-  return el(
-    "article",
-    { class: "card token", "aria-labelledby": `label-${token.id}` },
-    el("h2", { id: `label-${token.id}` }, token.label),
-    list,
-    actions,
+
+  const row = el(
+    "tr",
+    {},
+    el("td", { class: "pick" }, pick),
+    el("th", { scope: "row", class: "label" }, el("span", { id: labelId }, token.label), ...badges(token)),
+    el("td", {}, token.user === null ? "any user" : token.user),
+    el("td", { class: "spaces", title: spaces }, spaces),
+    el("td", {}, expires),
+    el("td", {}, lastUsed),
+    el("td", { class: "number" }, String(token.calls30Days ?? 0)),
+    el("td", {}, actions),
   );
+  const cell = el("td", { colspan: "8" });
+  const details = el("tr", { id: detailsId, class: "details", hidden: "" }, cell);
+  open.addEventListener("click", () => {
+    const opening = details.hidden;
+    details.hidden = !opening;
+    open.setAttribute("aria-expanded", String(opening));
+    if (opening) showDetails(token, cell);
+  });
+  return [row, details];
+}
+
+/// What the table does not show, and the token's calls per day.
+async function showDetails(token, cell) {
+  const list = el("dl", {});
+  detail(list, "Rules", token.rules.length ? el("pre", { class: "rules" }, token.rules.join("\n")) : "none: everything in scope");
+  detail(list, "IP addresses", token.ip || "any");
+  if ("rateLimit" in token) detail(list, "Rate limit", token.rateLimit || "none");
+  if ("enforce" in token) detail(list, "Mode", token.enforce ? "enforced" : "report-only");
+  detail(list, "Forwarded as", token.forwardAs === "pat" ? "personal access token" : "identity header");
+  detail(list, "Created", formatTime(token.dateCreated));
+  detail(list, "Expires", formatTime(token.validUntil));
+  const usage = token.counter
+    ? `${plural(token.counter, "call")} in all, last ${formatTime(token.lastUsed)}${token.lastIp ? ` from ${token.lastIp}` : ""}`
+    : "not used yet";
+  detail(list, "Usage", usage);
+  detail(list, "Id", el("code", {}, token.id));
+  const chart = el("div", { class: "chart-box" }, el("p", { class: "status" }, "Loading calls per day…"));
+  cell.replaceChildren(el("div", { class: "details-grid" }, list, chart));
+  try {
+    const usage = await call("GET", `${API}/usage?${new URLSearchParams({ id: token.id, days: 30 })}`);
+    chart.replaceChildren(callsChart(token, usage.days));
+  } catch (error) {
+    chart.replaceChildren(el("p", { class: "status error" }, error.message));
+  }
+}
+
+/// An SVG element: in the namespace the page's own <svg> template is in
+/// (the HTML parser puts it there), so no URL is written here.
+function svg(tag, attributes, ...children) {
+  const namespace = $("svg-template").content.firstElementChild.namespaceURI;
+  const node = document.createElementNS(namespace, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+  node.append(...children);
+  return node;
+}
+
+/// "Calls per day": a bar a day (forwarded calls, refusals stacked on
+/// top), drawn as inline SVG; every number is also in a table for screen
+/// readers, and the totals in words for everyone.
+function callsChart(token, days) {
+  const titleId = `chart-title-${token.id}`;
+  const summaryId = `chart-summary-${token.id}`;
+  const width = 600;
+  const height = 150;
+  const top = 14;
+  const bottom = 20;
+  const most = Math.max(1, ...days.map((d) => d.calls + d.refused));
+  const step = width / days.length;
+  const scale = (n) => (n / most) * (height - top - bottom);
+  const bars = days.map((day, i) => {
+    const x = i * step + 1;
+    const callsHeight = scale(day.calls);
+    const refusedHeight = scale(day.refused);
+    const base = height - bottom;
+    return svg(
+      "g",
+      {},
+      svg("title", {}, `${day.date}: ${plural(day.calls, "call")}, ${day.refused} refused`),
+      svg("rect", { class: "calls", x, y: base - callsHeight, width: step - 2, height: callsHeight }),
+      svg("rect", { class: "refused", x, y: base - callsHeight - refusedHeight, width: step - 2, height: refusedHeight }),
+    );
+  });
+  const picture = svg(
+    "svg",
+    { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-labelledby": titleId, "aria-describedby": summaryId, class: "chart" },
+    svg("line", { class: "axis", x1: 0, y1: height - bottom, x2: width, y2: height - bottom }),
+    ...bars,
+    svg("text", { class: "tick", x: 0, y: 10 }, `${most}`),
+    svg("text", { class: "tick", x: 0, y: height - 4 }, days[0].date),
+    svg("text", { class: "tick end", x: width, y: height - 4 }, days[days.length - 1].date),
+  );
+  const calls = days.reduce((sum, d) => sum + d.calls, 0);
+  const refused = days.reduce((sum, d) => sum + d.refused, 0);
+  const busiest = days.reduce((best, d) => (d.calls + d.refused > best.calls + best.refused ? d : best), days[0]);
+  const summary =
+    calls + refused === 0
+      ? `No calls in the last ${days.length} days.`
+      : `Last ${days.length} days: ${plural(calls, "call")}, ${refused} refused; busiest ${busiest.date} with ${busiest.calls + busiest.refused}.`;
+  // In a hidden box: a table is never as small as the 1 px asked of it.
+  const numbers = el(
+    "table",
+    { class: "chart-numbers" },
+    el("caption", {}, `Calls per day of ${token.label}`),
+    el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Date"), el("th", { scope: "col" }, "Calls"), el("th", { scope: "col" }, "Refused"))),
+    el(
+      "tbody",
+      {},
+      ...days.map((d) => el("tr", {}, el("th", { scope: "row" }, d.date), el("td", {}, String(d.calls)), el("td", {}, String(d.refused)))),
+    ),
+  );
+  const legend = el(
+    "p",
+    { class: "legend", "aria-hidden": "true" },
+    el("span", { class: "key calls" }),
+    " forwarded ",
+    el("span", { class: "key refused" }),
+    " refused",
+  );
+  return el("figure", { class: "chart-figure" }, el("figcaption", { id: titleId }, "Calls per day"), picture, legend, el("p", { id: summaryId, class: "hint" }, summary), el("div", { class: "visually-hidden" }, numbers));
+}
+
+/// Whether any filter narrows the list (an empty list then says so, rather
+/// than "no tokens yet").
+function filtering() {
+  return Boolean($("filter-user").value.trim() || $("filter-label").value.trim() || $("filter-state").value !== "all");
 }
 
 async function loadTokens() {
-  const query = new URLSearchParams({ startAt: state.tokensStart, maxResults: PAGE_SIZE });
-  if (state.session.admin) {
-    if ($("filter-user").value.trim()) query.set("userName", $("filter-user").value.trim());
-    if ($("filter-label").value.trim()) query.set("label", $("filter-label").value.trim());
-  }
+  const { by, ascending } = state.sort;
+  const query = new URLSearchParams({ startAt: state.tokensStart, maxResults: PAGE_SIZE, orderBy: `${ascending ? "" : "-"}${by}` });
+  if (state.session.admin && $("filter-user").value.trim()) query.set("userName", $("filter-user").value.trim());
+  if ($("filter-label").value.trim()) query.set("label", $("filter-label").value.trim());
+  if ($("filter-state").value !== "all") query.set("state", $("filter-state").value);
   $("delete-user").hidden = !(state.session.admin && $("filter-user").value.trim());
+  for (const header of document.querySelectorAll("#token-table th[data-sort]")) {
+    const sorted = header.dataset.sort === by;
+    if (sorted) header.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+    else header.removeAttribute("aria-sort");
+  }
   $("tokens-status").textContent = "Loading…";
   try {
     const page = await call("GET", `${API}/get?${query}`);
-    const list = $("token-list");
-    list.replaceChildren(...page.tokens.map(tokenCard));
-    $("tokens-status").textContent = page.total === 0 ? "No tokens yet." : `${page.total} token${page.total === 1 ? "" : "s"}`;
+    const empty = page.total === 0 && !filtering();
+    $("tokens-empty").hidden = !empty;
+    $("tokens-main").hidden = empty;
+    $("token-rows").replaceChildren(...page.tokens.flatMap(tokenRows));
+    $("tokens-status").textContent = page.total === 0 ? "No tokens match these filters." : plural(page.total, "token");
     pager("tokens", page);
+    showSelection();
   } catch (error) {
     $("tokens-status").textContent = error.message;
   }
+}
+
+/// A column header sorts by its column; again, the other way round.
+function sortBy(column) {
+  const { by, ascending } = state.sort;
+  // Most recent and busiest first; names, spaces and expiry from the top.
+  const first = !["lastUsed", "calls"].includes(column);
+  state.sort = { by: column, ascending: by === column ? !ascending : first };
+  state.tokensStart = 0;
+  loadTokens();
+}
+
+function showSelection() {
+  const count = state.selected.size;
+  $("revoke-selected").disabled = count === 0;
+  $("selected-count").textContent = count ? `${plural(count, "token")} selected` : "";
+}
+
+function askRevoke() {
+  const labels = [...state.selected.values()];
+  $("revoke-title").textContent = `Revoke ${plural(labels.length, "token")}?`;
+  $("revoke-text").textContent = "Scripts using them stop working at once. This cannot be undone.";
+  $("revoke-list").replaceChildren(...labels.map((label) => el("li", {}, label)));
+  $("confirm-revoke").showModal();
+  $("revoke-cancel").focus();
+}
+
+async function revokeSelected(event) {
+  event.preventDefault();
+  $("confirm-revoke").close();
+  const failed = [];
+  let revoked = 0;
+  for (const [id, label] of state.selected) {
+    try {
+      await call("DELETE", `${API}/delete?id=${encodeURIComponent(id)}`);
+      revoked += 1;
+      state.selected.delete(id);
+    } catch (error) {
+      failed.push(`“${label}”: ${error.message}`);
+    }
+  }
+  await loadTokens();
+  $("tokens-status").textContent =
+    `Revoked ${plural(revoked, "token")}.` + (failed.length ? ` Not revoked: ${failed.join("; ")}` : "");
 }
 
 function pager(name, page) {
@@ -448,58 +637,109 @@ async function tryRequest() {
   }
 }
 
+/// The create form's fields by the API's names: the field that shows an
+/// error about it, and the words a person knows it by.
+const CREATE_FIELDS = {
+  label: ["create-label", "Label"],
+  userName: ["create-user", "For user"],
+  daysUntilExpiry: ["create-days", "Expires in days"],
+  limitTo: ["create-rules", "Rules"],
+  ip: ["create-ip", "IP addresses"],
+  rateLimit: ["create-rate", "Rate limit"],
+  spaces: ["create-spaces", "Spaces"],
+  upstreamToken: ["create-password", "Confluence password"],
+};
+
+/// A message of the API in plain words: its field names as the form names them.
+function plainWords(message) {
+  let plain = message;
+  for (const [name, [, words]] of Object.entries(CREATE_FIELDS)) {
+    plain = plain.replace(new RegExp(`\\b${name}\\b`, "g"), `“${words}”`);
+  }
+  return plain.charAt(0).toUpperCase() + plain.slice(1);
+}
+
+function clearFieldErrors(form) {
+  for (const error of form.querySelectorAll(".field-error")) {
+    error.hidden = true;
+    error.textContent = "";
+  }
+  for (const field of form.querySelectorAll("[aria-invalid]")) field.removeAttribute("aria-invalid");
+  $("create-error").textContent = "";
+}
+
+/// Shows each error under its field and moves the focus to the first
+/// (in the form's order).
+function showFieldErrors(errors) {
+  const order = [...$("create-form").querySelectorAll("input, select, textarea")];
+  errors.sort((a, b) => order.indexOf($(a[0])) - order.indexOf($(b[0])));
+  for (const [fieldId, message] of errors) {
+    $(fieldId).setAttribute("aria-invalid", "true");
+    const shown = $(`${fieldId}-error`);
+    shown.textContent = message;
+    shown.hidden = false;
+  }
+  $("create-error").textContent = errors.length === 1 ? "Check the field marked above." : `Check the ${errors.length} fields marked above.`;
+  $(errors[0][0]).focus();
+}
+
+/// The expiry presets this gateway allows: 7, 30, 90 (chosen), 365 days,
+/// and never, within max_days_until_expiry.
+function offerExpiries(most) {
+  const select = $("create-days");
+  const days = [7, 30, 90, 365].filter((d) => most === null || d <= most);
+  if (most !== null && !days.includes(most)) days.push(most);
+  const options = days.map((d) => el("option", { value: String(d) }, d === most ? `${d} days (the most allowed)` : `${d} days`));
+  if (most === null) options.push(el("option", { value: "never" }, "never"));
+  select.replaceChildren(...options);
+  select.value = days.includes(90) ? "90" : String(days[days.length - 1]);
+}
+
 async function createToken(event) {
   event.preventDefault();
-  const error = $("create-error");
-  error.textContent = "";
+  const form = $("create-form");
+  clearFieldErrors(form);
   const label = $("create-label").value.trim();
   const password = $("create-password").value;
-  if (!label) {
-    error.textContent = "Give the token a label.";
-    $("create-label").focus();
-    return;
+  const user = state.session.admin ? $("create-user").value.trim() : "";
+  const unbound = state.session.admin && state.session.forwardAs !== "pat" && $("create-unbound").checked;
+  const errors = [];
+  if (!label) errors.push(["create-label", "Give the token a label, so that you know it again in the list."]);
+  if (unbound && user) {
+    errors.push(["create-user", "Leave this empty for a token any user may use, or untick “Any user may use this token”."]);
   }
-  if (!password) {
-    error.textContent = "Enter your Confluence password: creating a token needs it again.";
-    $("create-password").focus();
-    return;
-  }
-  if (!(await checkRules())) {
-    error.textContent = "Fix the rules first.";
-    $("create-rules").focus();
+  if (!password) errors.push(["create-password", "Enter your Confluence password: creating a token needs it again."]);
+  if (!(await checkRules())) errors.push(["create-rules", "Fix the rule shown above first."]);
+  if (errors.length) {
+    showFieldErrors(errors);
     return;
   }
   const body = { label };
-  const days = $("create-days").value.trim();
-  if (days) body.daysUntilExpiry = Number(days);
+  if ($("create-days").value !== "never") body.daysUntilExpiry = Number($("create-days").value);
   if ($("create-rules").value.trim()) body.limitTo = $("create-rules").value;
   if ($("create-ip").value.trim()) body.ip = $("create-ip").value.trim();
   if (state.session.features.rateLimit && $("create-rate").value.trim()) body.rateLimit = $("create-rate").value.trim();
   if (state.session.features.reportOnly && $("create-report-only").checked) body.enforce = false;
   if (state.session.features.spaces && $("create-spaces").value.trim()) body.spaces = $("create-spaces").value.trim();
-  if (state.session.admin) {
-    const user = $("create-user").value.trim();
-    if (user) body.userName = user;
-    else if (!$("create-unbound").checked || state.session.forwardAs === "pat") body.userName = state.session.user;
-  }
+  if (state.session.admin && !unbound) body.userName = user || state.session.user;
   try {
     const created = await call("POST", `${API}/set`, { body, password });
-    $("create-form").reset();
+    form.reset();
+    offerExpiries(state.session.maxDaysUntilExpiry);
+    $("create-user").disabled = false;
     $("rules-check").textContent = "";
     showCreated(created);
   } catch (failure) {
-    const where = failure.body.field ? ` (${failure.body.field})` : "";
-    error.textContent = failure.message + where;
-    const field = {
-      label: "create-label",
-      userName: "create-user",
-      daysUntilExpiry: "create-days",
-      limitTo: "create-rules",
-      ip: "create-ip",
-      rateLimit: "create-rate",
-      spaces: "create-spaces",
-    }[failure.body.field];
-    if (field) $(field).focus();
+    if (failure.status === 401) {
+      showFieldErrors([["create-password", "Confluence did not accept this password: enter the one you log in to Confluence with."]]);
+      return;
+    }
+    const [fieldId] = CREATE_FIELDS[failure.body.field] || [];
+    if (fieldId && $(fieldId).offsetParent !== null) {
+      showFieldErrors([[fieldId, plainWords(failure.message)]]);
+    } else {
+      $("create-error").textContent = plainWords(failure.message);
+    }
   }
 }
 
@@ -549,28 +789,82 @@ async function copyToken() {
 
 // ---- Audit log ------------------------------------------------------------------
 
+/// Why a request was refused, in words, by its reason code (SPEC §10).
+const REFUSALS = {
+  rule_mismatch: () => "no rule allows it",
+  space_not_allowed: (e) => (e.detail ? `space ${e.detail} is not allowed` : "a space it may not touch"),
+  space_read_only: (e) => (e.detail ? `space ${e.detail} may only be read` : "a change in a space it may only read"),
+  space_unknown: () => "its space cannot be told",
+  bad_cql: () => "a search that cannot be kept to its spaces",
+  out_of_scope: () => "outside the token's scope",
+  ip_not_allowed: () => "from an IP address not allowed",
+  invalid_token: () => "not a valid token",
+  token_expired: () => "the token has expired",
+  user_mismatch: () => "another user's name",
+  unbound_bearer: () => "an unbound token without a user name",
+  scheme_not_allowed: () => "the token sent in a way not allowed",
+  bad_credentials: () => "malformed credentials",
+  rate_limited: () => "over its rate limit",
+  too_many_failures: () => "too many failed attempts from this address",
+  upstream_credential_rejected: () => "Confluence refused its personal access token",
+  upstream_identity_ignored: () => "Confluence answered as another user",
+  upstream_unavailable: () => "Confluence could not be reached",
+  upstream_timeout: () => "Confluence did not answer in time",
+  body_too_large: () => "a body too large to check",
+  ambiguous_json: () => "a JSON body with a repeated key",
+  bad_path: () => "a path that cannot be read safely",
+  bad_request: () => "a malformed request",
+  internal_error: () => "an error in the gateway",
+};
+
+/// What was done, for a change to tokens or settings.
+const ACTIONS = {
+  create: "created",
+  update: "changed",
+  rotate: "rotated",
+  delete: "deleted",
+  delete_user: "all of a user's tokens deleted",
+  settings: "settings changed",
+  login: "logged in",
+  logout: "logged out",
+  refused_cross_site: "refused: a call from another site",
+};
+
+function outcome(entry) {
+  if (entry.kind !== "request") return ACTIONS[entry.decision] || entry.decision.replaceAll("_", " ");
+  if (entry.decision === "allow") return "allowed";
+  if (entry.decision === "report") {
+    const would = REFUSALS[entry.reason];
+    return would ? `allowed, report only: ${would(entry)}` : "allowed, report only";
+  }
+  const why = REFUSALS[entry.reason];
+  return `refused: ${why ? why(entry) : (entry.reason || "").replaceAll("_", " ")}`;
+}
+
 async function loadAudit() {
   const query = new URLSearchParams({ startAt: state.auditStart, maxResults: PAGE_SIZE });
   if (state.session.admin && $("audit-user").value.trim()) query.set("userName", $("audit-user").value.trim());
   if ($("audit-token").value.trim()) query.set("tokenId", $("audit-token").value.trim());
+  if ($("audit-outcome").value !== "all") query.set("outcome", $("audit-outcome").value);
   $("audit-status").textContent = "Loading…";
   try {
     const page = await call("GET", `${API}/audit?${query}`);
     const rows = page.entries.map((entry) => {
-      const what = entry.kind === "request" ? `${entry.method} ${entry.path}` : `${entry.decision}${entry.detail ? `: ${entry.detail}` : ""}`;
-      const outcome = entry.kind === "request" ? `${entry.status} ${entry.reason || entry.decision}` : "done";
+      const request = entry.method ? `${entry.method} ${entry.path || ""}` : entry.detail || "";
+      const token = entry.tokenLabel || entry.tokenId || "–";
+      const said = outcome(entry);
       return el(
         "tr",
         {},
-        el("td", {}, formatTime(entry.time)),
+        el("td", {}, el("time", { title: new Date(entry.time).toISOString() }, formatTime(entry.time))),
         el("td", {}, entry.user || "–"),
-        el("td", {}, entry.tokenLabel || entry.tokenId || "–"),
-        el("td", { class: "mono" }, what),
-        el("td", {}, outcome),
+        el("td", { class: "cut", title: entry.tokenId ? `id ${entry.tokenId}` : "" }, token),
+        el("td", { class: "cut mono", title: request }, request),
+        el("td", { class: said.startsWith("refused") ? "deny" : "" }, said),
       );
     });
     $("audit-table").tBodies[0].replaceChildren(...rows);
-    $("audit-status").textContent = page.total === 0 ? "No entries." : `${page.total} entries`;
+    $("audit-status").textContent = page.total === 0 ? "No entries." : plural(page.total, "entry", "entries");
     pager("audit", page);
   } catch (error) {
     $("audit-status").textContent = error.message;
@@ -637,19 +931,46 @@ async function start() {
   $("rotate-form").addEventListener("submit", confirmRotate);
   $("rotate-cancel").addEventListener("click", () => $("rotate-token").close());
   $("delete-user").addEventListener("click", deleteUserTokens);
+  $("revoke-selected").addEventListener("click", askRevoke);
+  $("revoke-form").addEventListener("submit", revokeSelected);
+  $("revoke-cancel").addEventListener("click", () => $("confirm-revoke").close());
+  $("create-first").addEventListener("click", () => {
+    location.hash = "create";
+  });
+  for (const header of document.querySelectorAll("#token-table th[data-sort]")) {
+    header.querySelector("button").addEventListener("click", () => sortBy(header.dataset.sort));
+  }
+  $("filter-state").addEventListener("change", () => {
+    state.tokensStart = 0;
+    loadTokens();
+  });
+  $("audit-outcome").addEventListener("change", () => {
+    state.auditStart = 0;
+    loadAudit();
+  });
+  // An unbound token has no user: ticking the box empties "For user".
+  $("create-unbound").addEventListener("change", () => {
+    if ($("create-unbound").checked) $("create-user").value = "";
+    $("create-user").disabled = $("create-unbound").checked;
+  });
   $("settings-form").addEventListener("submit", saveSettings);
   const reloadTokens = debounce(() => {
     state.tokensStart = 0;
     loadTokens();
   }, 300);
-  $("filter-user").addEventListener("input", reloadTokens);
-  $("filter-label").addEventListener("input", reloadTokens);
+  // "change" too: a field emptied by other means than typing.
+  for (const filter of ["filter-user", "filter-label"]) {
+    $(filter).addEventListener("input", reloadTokens);
+    $(filter).addEventListener("change", reloadTokens);
+  }
   const reloadAudit = debounce(() => {
     state.auditStart = 0;
     loadAudit();
   }, 300);
-  $("audit-user").addEventListener("input", reloadAudit);
-  $("audit-token").addEventListener("input", reloadAudit);
+  for (const filter of ["audit-user", "audit-token"]) {
+    $(filter).addEventListener("input", reloadAudit);
+    $(filter).addEventListener("change", reloadAudit);
+  }
   $("tokens-prev").addEventListener("click", () => {
     state.tokensStart = Math.max(0, state.tokensStart - PAGE_SIZE);
     loadTokens();
