@@ -81,9 +81,26 @@ impl UsageBook {
         deltas
     }
 
-    /// Keeps deltas that could not be stored for the next drain, so they are not lost.
+    /// Keeps deltas that could not be stored for the next drain, so they are
+    /// not lost: merged per token and day, so that however long the store is
+    /// away, what waits is one delta per token and day.
     pub fn restore(&self, deltas: Vec<UsageDelta>) {
-        self.unstored.lock().expect("usage book poisoned").extend(deltas);
+        let mut unstored = self.unstored.lock().expect("usage book poisoned");
+        for delta in deltas {
+            let same = unstored
+                .iter_mut()
+                .find(|kept| kept.token_id == delta.token_id && kept.day == delta.day);
+            match same {
+                Some(kept) => {
+                    kept.calls += delta.calls;
+                    kept.refused += delta.refused;
+                    if delta.last_used_at >= kept.last_used_at {
+                        (kept.last_used_at, kept.last_ip) = (delta.last_used_at, delta.last_ip);
+                    }
+                }
+                None => unstored.push(delta),
+            }
+        }
     }
 }
 
@@ -138,5 +155,28 @@ mod tests {
         assert!(book.tokens.lock().unwrap().is_empty());
         book.restore(deltas.clone());
         assert_eq!(book.drain(), deltas);
+    }
+
+    #[test]
+    fn failed_flushes_wait_as_one_delta_per_token_and_day() {
+        let book = UsageBook::default();
+        let usage = book.usage_for("t");
+        for flush in 0..1000 {
+            usage.record(DAY_MS + flush, "10.0.0.1".parse().unwrap());
+            usage.refuse(DAY_MS + flush);
+            let deltas = book.drain();
+            book.restore(deltas);
+        }
+        usage.record(2 * DAY_MS, "10.0.0.2".parse().unwrap());
+        let deltas = book.drain();
+        book.restore(deltas);
+        let waiting = book.drain();
+        assert_eq!(waiting.len(), 2, "{waiting:?}");
+        assert_eq!((waiting[0].day, waiting[0].calls, waiting[0].refused), (1, 1000, 1000));
+        assert_eq!(waiting[0].last_used_at, DAY_MS + 999);
+        assert_eq!(
+            (waiting[1].day, waiting[1].calls, waiting[1].last_ip.as_str()),
+            (2, 1, "10.0.0.2")
+        );
     }
 }

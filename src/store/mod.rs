@@ -222,16 +222,19 @@ impl TokenOrder {
         }
     }
 
-    /// The SQL it sorts by (a column of the listing, or an expression of one).
-    fn sql(self) -> &'static str {
+    /// The SQL it sorts by (a column of the listing, or an expression of
+    /// one), text folded by the backend's `fold` (ASCII only, as the
+    /// filters fold) and compared bytewise by its `text_order`, so both
+    /// backends sort alike whatever the database's collation.
+    fn sql(self, fold: &str, text_order: &str) -> String {
         match self {
-            TokenOrder::Created => "created_at",
-            TokenOrder::Label => "lower(label)",
-            TokenOrder::User => "lower(coalesce(user_name, ''))",
-            TokenOrder::Spaces => "coalesce(spaces, '')",
-            TokenOrder::Expires => "coalesce(valid_until, 9223372036854775807)",
-            TokenOrder::LastUsed => "coalesce(last_used_at, 0)",
-            TokenOrder::Calls => "recent_calls",
+            TokenOrder::Created => "created_at".into(),
+            TokenOrder::Label => format!("{fold}(label){text_order}"),
+            TokenOrder::User => format!("{fold}(coalesce(user_name, '')){text_order}"),
+            TokenOrder::Spaces => format!("coalesce(spaces, ''){text_order}"),
+            TokenOrder::Expires => "coalesce(valid_until, 9223372036854775807)".into(),
+            TokenOrder::LastUsed => "coalesce(last_used_at, 0)".into(),
+            TokenOrder::Calls => "recent_calls".into(),
         }
     }
 }

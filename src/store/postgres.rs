@@ -135,6 +135,9 @@ token_store! {
                    AND ($2::text IS NULL OR tokengate_fold(user_name) = tokengate_fold($2))",
     // Ids compare bytewise, as in SQLite, whatever the database collation.
     id_order: "id COLLATE \"C\"",
+    // Sorted text folds and compares as SQLite's lower() and BINARY do.
+    fold: "tokengate_fold",
+    text_order: " COLLATE \"C\"",
     // Other senders skip the rows a claim locks.
     claim_lock: " FOR UPDATE SKIP LOCKED",
     {

@@ -5,7 +5,9 @@
 //!
 //! - how a user name is compared (SQLite's `COLLATE NOCASE`, PostgreSQL's
 //!   `tokengate_fold`), in the listing filters and the per-user limit;
-//! - how ids sort bytewise (`COLLATE "C"` on PostgreSQL);
+//! - how ids and sorted text compare bytewise (`COLLATE "C"` on
+//!   PostgreSQL), and how text is folded to sort (`lower`, `tokengate_fold`:
+//!   both ASCII only);
 //! - how an event is claimed by one sender (`FOR UPDATE SKIP LOCKED`);
 //! - and, as functions of the backend's module: `lock_user` (the per-user
 //!   limit across replicas), `lock_revocations` (change seqs in commit
@@ -49,6 +51,8 @@ macro_rules! token_store {
         token_filter: $token_filter:literal,
         audit_filter: $audit_filter:literal,
         id_order: $id_order:literal,
+        fold: $fold:literal,
+        text_order: $text_order:literal,
         claim_lock: $claim_lock:literal,
         { $($own:tt)* }
     ) => {
@@ -167,7 +171,11 @@ macro_rules! token_store {
                          OR ($3 = 'expired' AND valid_until <= $4) \
                          OR ($3 = 'unbound' AND user_name IS NULL))"
                     ),
-                    order: format!("{} {direction}, created_at DESC, {}", q.order.sql(), $id_order),
+                    order: format!(
+                        "{} {direction}, created_at DESC, {}",
+                        q.order.sql($fold, $text_order),
+                        $id_order
+                    ),
                     filter_params: &[
                         q.user.clone().into(),
                         q.label.clone().into(),
@@ -282,11 +290,14 @@ macro_rules! token_store {
                 let listing = $crate::store::Listing {
                     table: "audit",
                     columns: audit_columns!(),
-                    // $3: the outcome of a request.
+                    // $3: the outcome of a request (a cross-site call the
+                    // gateway refused is a refusal too).
                     filter: concat!(
                         $audit_filter,
-                        " AND ($3 IS NULL OR (kind = 'request' AND \
-                         (($3 = 'allowed' AND decision IN ('allow', 'report')) OR ($3 = 'refused' AND decision = 'deny'))))"
+                        " AND ($3 IS NULL \
+                         OR ($3 = 'allowed' AND kind = 'request' AND decision IN ('allow', 'report')) \
+                         OR ($3 = 'refused' AND ((kind = 'request' AND decision = 'deny') \
+                         OR (kind = 'management' AND decision = 'refused_cross_site'))))"
                     ),
                     order: "at DESC, id DESC".into(),
                     filter_params: &[

@@ -76,6 +76,8 @@ token_store! {
     token_filter: "($1 IS NULL OR user_name = $1 COLLATE NOCASE) AND ($2 IS NULL OR instr(lower(label), lower($2)) > 0)",
     audit_filter: "($1 IS NULL OR token_id = $1) AND ($2 IS NULL OR user_name = $2 COLLATE NOCASE)",
     id_order: "id",
+    fold: "lower",
+    text_order: "",
     // SQLite runs the claim under its write lock: no sender sees it half done.
     claim_lock: "",
     {

@@ -301,15 +301,25 @@ async fn an_admin_revokes_three_selected_tokens_with_one_confirmation() {
         browser.field(&format!("Select {label}")).await.click().await.unwrap();
     }
     browser.text_of("selected-count", |t| t == "3 tokens selected").await;
+    // The selection outlives a filter; the confirmation lists all of it, and says so.
+    browser.fill("Label", "alpha").await;
+    browser.text_of("tokens-status", |t| t == "1 token").await;
     browser.click("Revoke selected").await;
     let listed = browser.text_of("revoke-list", |t| !t.is_empty()).await;
-    assert_eq!(listed.lines().collect::<Vec<_>>(), ["bravo", "charlie", "echo"]);
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        ["bravo (alice)", "charlie (alice)", "echo (alice)"]
+    );
     assert_eq!(
         browser.text_of("revoke-title", |t| !t.is_empty()).await,
         "Revoke 3 tokens?"
     );
+    let text = browser.text_of("revoke-text", |t| !t.is_empty()).await;
+    assert!(text.ends_with("3 of them are not on this page."), "{text}");
     browser.click("Yes, revoke them").await;
     browser.text_of("tokens-status", |t| t == "Revoked 3 tokens.").await;
+    browser.fill("Label", "").await;
+    browser.text_of("tokens-status", |t| t == "2 tokens").await;
     assert_eq!(row_labels(&browser).await, ["delta", "alpha"]);
     for (label, value) in &made {
         let reply = get(&gw.url("/rest/api/space"), &[("authorization", &basic("alice", value))]).await;
@@ -322,6 +332,13 @@ async fn an_admin_revokes_three_selected_tokens_with_one_confirmation() {
     browser.click("Revoke selected").await;
     browser.click("Cancel").await;
     assert_eq!(as_admin(&gw, "/get").await["total"], 2);
+    // Nothing selected carries over to the next login.
+    browser.text_of("selected-count", |t| t == "1 token selected").await;
+    browser.click("Log out").await;
+    log_in(&browser, &gw, "admin").await;
+    browser.text_of("tokens-status", |t| t == "2 tokens").await;
+    assert_eq!(browser.text_of("selected-count", |_| true).await, "");
+    assert!(!browser.button("Revoke selected").await.is_enabled().await.unwrap());
     browser.close().await;
 }
 
@@ -377,7 +394,7 @@ async fn details_show_the_calls_per_day_chart_with_its_numbers_as_text() {
         assert!(details.contains(shown), "{shown}: {details}");
     }
     let summary = browser.text_of("token-rows", |t| t.contains("busiest")).await;
-    assert!(summary.contains("Last 30 days: 6 calls, 1 refused"), "{summary}");
+    assert!(summary.contains("Last 30 days (UTC): 6 calls, 1 refused"), "{summary}");
     let chart = browser.by_name("svg", "Calls per day").await;
     assert_eq!(chart.attr("role").await.unwrap().as_deref(), Some("img"));
     let bars = browser
@@ -477,8 +494,18 @@ async fn create_offers_expiry_presets_asks_for_the_unbound_box_and_shows_errors_
         said.contains("is not a rate limit") && !said.contains("rateLimit"),
         "{said}"
     );
+    assert!(said.starts_with("“lots” is not"), "{said}");
     let focused = browser.client.active_element().await.unwrap();
     assert_eq!(browser.accessible_name(&focused).await, "Rate limit");
+    // Typing in the field takes its error away.
+    browser.fill("Rate limit", "10/min").await;
+    browser
+        .until("the error gone", "document.getElementById('create-rate-error').hidden")
+        .await;
+    assert_eq!(
+        browser.field("Rate limit").await.attr("aria-invalid").await.unwrap(),
+        None
+    );
     browser.fill("Rate limit", "").await;
 
     // An unbound token needs the box: ticking it empties and locks "For user".
@@ -603,7 +630,7 @@ async fn the_audit_table_says_each_outcome_in_words_and_filters_by_it() {
     let token_titles = browser
         .js("return [...document.querySelectorAll('#audit-table td:nth-child(3)')].map(c => c.title);")
         .await;
-    let on_hover = format!("id {}", created.record.id);
+    let on_hover = format!("docs publisher, id {}", created.record.id);
     assert!(
         token_titles.as_array().unwrap().iter().any(|t| *t == *on_hover),
         "{token_titles}"
@@ -633,7 +660,9 @@ async fn the_audit_table_says_each_outcome_in_words_and_filters_by_it() {
     browser.choose("Outcome", "allowed").await;
     browser.text_of("audit-status", |t| t == "2 entries").await;
     browser.fill("User", "nobody").await;
-    browser.text_of("audit-status", |t| t == "No entries.").await;
+    browser
+        .text_of("audit-status", |t| t == "No entries match these filters.")
+        .await;
     browser.fill("User", "").await;
     browser.fill("Token", &created.record.id).await;
     browser.choose("Outcome", "refused").await;
@@ -647,7 +676,9 @@ async fn the_audit_table_says_each_outcome_in_words_and_filters_by_it() {
     screenshot(&browser, "ui-audit-360.png").await;
     browser.choose("Outcome", "allowed").await;
     browser.fill("Token", "no-such-token").await;
-    browser.text_of("audit-status", |t| t == "No entries.").await;
+    browser
+        .text_of("audit-status", |t| t == "No entries match these filters.")
+        .await;
     browser.close().await;
 }
 
@@ -662,6 +693,12 @@ async fn a_user_without_tokens_is_shown_how_to_make_the_first() {
     log_in(&browser, &gw, "bob").await;
     browser.click("Create your first token").await;
     browser.field("Label").await;
+    let focused = browser.client.active_element().await.unwrap();
+    assert_eq!(
+        browser.accessible_name(&focused).await,
+        "Label",
+        "the form takes the focus"
+    );
     browser.field("Confluence password").await;
     assert!(browser.js("return location.hash;").await == "#create");
     browser.close().await;
@@ -751,5 +788,44 @@ async fn no_header_or_cell_breaks_inside_a_word_at_1280_or_360_pixels() {
             .await;
         browser.link("Tokens").await.click().await.unwrap();
     }
+    browser.close().await;
+}
+
+#[cfg_attr(
+    not(have_browser),
+    ignore = "needs Chromium and chromedriver (Debian: chromium chromium-driver)"
+)]
+#[tokio::test]
+async fn with_pat_mode_revoking_selected_tokens_with_the_password_revokes_their_pats() {
+    let browser = Browser::start(1280, 900).await;
+    let gw = Gateway::start_with(|c| c.forward_as = tokengate::ForwardAs::Pat).await;
+    let alice = basic("alice", password_of("alice"));
+    for label in ["one", "two", "three"] {
+        let headers = [("authorization", alice.as_str()), ("content-type", "application/json")];
+        let body = serde_json::json!({ "label": label }).to_string();
+        let reply = send(Method::POST, &gw.url(&format!("{BASE}/set")), &headers, body).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        gw.clock.advance_ms(1);
+    }
+    log_in(&browser, &gw, "alice").await;
+    browser.text_of("tokens-status", |t| t == "3 tokens").await;
+    browser.field("Select one").await.click().await.unwrap();
+    browser.field("Select three").await.click().await.unwrap();
+    browser.click("Revoke selected").await;
+    browser.fill("Confluence password", password_of("alice")).await;
+    browser.click("Yes, revoke them").await;
+    browser.text_of("tokens-status", |t| t == "Revoked 2 tokens.").await;
+    let revoked: Vec<bool> = gw.upstream.pats().iter().map(|p| p.revoked).collect();
+    assert_eq!(revoked, [true, false, true], "the PATs of one and three");
+
+    // Without the password the PAT stays, and the page says so.
+    browser.field("Select two").await.click().await.unwrap();
+    browser.click("Revoke selected").await;
+    browser.click("Yes, revoke them").await;
+    let said = browser
+        .text_of("tokens-status", |t| t.starts_with("Revoked 1 token."))
+        .await;
+    assert!(said.contains("1 personal access token stays in Confluence"), "{said}");
+    assert!(!gw.upstream.pats()[1].revoked);
     browser.close().await;
 }

@@ -55,7 +55,7 @@ pub async fn list_tokens(app: &App, caller: &Caller, query: Option<&str>) -> Res
 /// `GET /audit`: audit entries, newest first, in the envelope of `get`. A
 /// user sees only the entries whose user is them.
 pub async fn list_audit(app: &App, caller: &Caller, query: Option<&str>) -> Result<Value, GatewayError> {
-    let paging = token_query(query)?;
+    let (start_at, max_results) = paging(query)?;
     let outcome = match query_param(query, "outcome")?.as_deref() {
         None | Some("all") => None,
         Some("allowed") => Some(AuditOutcome::Allowed),
@@ -69,10 +69,10 @@ pub async fn list_audit(app: &App, caller: &Caller, query: Option<&str>) -> Resu
     };
     let audit_query = AuditQuery {
         token_id: query_param(query, "tokenId")?,
-        user: within_own(caller, paging.user),
+        user: within_own(caller, query_param(query, "userName")?),
         outcome,
-        start_at: paging.start_at,
-        max_results: paging.max_results,
+        start_at,
+        max_results,
     };
     let page = match &audit_query.user {
         Some(user) if user.is_empty() => Default::default(),
@@ -472,14 +472,20 @@ fn settings_json(settings: Settings) -> Value {
     })
 }
 
-/// Paging and filters of `GET /get`.
-fn token_query(query: Option<&str>) -> Result<TokenQuery, GatewayError> {
+/// `startAt` and `maxResults`, as `GET /get` and `GET /audit` page.
+fn paging(query: Option<&str>) -> Result<(u64, u64), GatewayError> {
     let start_at = number_param(query, "startAt")?.unwrap_or(0);
     let max_results = match number_param(query, "maxResults")? {
         None => DEFAULT_MAX_RESULTS,
         Some(0) => return Err(GatewayError::invalid("maxResults", "maxResults must be at least 1")),
         Some(n) => n.min(MAX_MAX_RESULTS),
     };
+    Ok((start_at, max_results))
+}
+
+/// Paging, filters and order of `GET /get`.
+fn token_query(query: Option<&str>) -> Result<TokenQuery, GatewayError> {
+    let (start_at, max_results) = paging(query)?;
     let (order, ascending) = match query_param(query, "orderBy")? {
         None => (TokenOrder::Created, false),
         Some(asked) => order_by(&asked)?,
@@ -507,12 +513,11 @@ fn token_query(query: Option<&str>) -> Result<TokenQuery, GatewayError> {
     })
 }
 
-/// `orderBy`: a column's name, `-` before it for descending (`+` or
-/// nothing: ascending).
+/// `orderBy`: a column's name, ascending; `-` before it for descending.
 fn order_by(asked: &str) -> Result<(TokenOrder, bool), GatewayError> {
     let (name, ascending) = match asked.strip_prefix('-') {
         Some(name) => (name, false),
-        None => (asked.strip_prefix('+').unwrap_or(asked), true),
+        None => (asked, true),
     };
     let order = TokenOrder::ALL
         .into_iter()

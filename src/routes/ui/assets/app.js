@@ -15,8 +15,14 @@ const state = {
   auditStart: 0,
   // The token table's order: a column of GET /get's orderBy.
   sort: { by: "created", ascending: false },
-  // Tokens ticked for "Revoke selected", by id (kept across pages).
+  // Tokens ticked for "Revoke selected": id → {label, user} (kept across
+  // pages and filters; the confirmation lists them all).
   selected: new Map(),
+  // What the confirmation listed: only these are revoked.
+  pendingRevoke: [],
+  // The latest listing asked for: an older answer arriving later is dropped.
+  tokensTicket: 0,
+  auditTicket: 0,
   pendingDelete: null,
   editing: null,
 };
@@ -79,6 +85,12 @@ async function call(method, path, { body, password } = {}) {
 
 function showLogin(message) {
   state.session = null;
+  // Nothing of the last user's view carries over to the next.
+  state.selected.clear();
+  Object.assign(state, { tokensStart: 0, auditStart: 0, sort: { by: "created", ascending: false } });
+  for (const id of ["filter-user", "filter-label", "audit-user", "audit-token"]) $(id).value = "";
+  $("filter-state").value = "all";
+  $("audit-outcome").value = "all";
   $("app-view").hidden = true;
   $("who").hidden = true;
   $("login-view").hidden = false;
@@ -191,7 +203,7 @@ function tokenRows(token) {
   const pick = el("input", { type: "checkbox", "aria-label": `Select ${token.label}` });
   pick.checked = state.selected.has(token.id);
   pick.addEventListener("change", () => {
-    if (pick.checked) state.selected.set(token.id, token.label);
+    if (pick.checked) state.selected.set(token.id, { label: token.label, user: token.user });
     else state.selected.delete(token.id);
     showSelection();
   });
@@ -222,7 +234,7 @@ function tokenRows(token) {
     "tr",
     {},
     el("td", { class: "pick" }, pick),
-    el("th", { scope: "row", class: "label" }, el("span", { id: labelId }, token.label), ...badges(token)),
+    el("th", { scope: "row", class: "label" }, el("span", { id: labelId, title: token.label }, token.label), ...badges(token)),
     el("td", {}, token.user === null ? "any user" : token.user),
     el("td", { class: "spaces", title: spaces }, spaces),
     el("td", {}, expires),
@@ -246,8 +258,8 @@ async function showDetails(token, cell) {
   const list = el("dl", {});
   detail(list, "Rules", token.rules.length ? el("pre", { class: "rules" }, token.rules.join("\n")) : "none: everything in scope");
   detail(list, "IP addresses", token.ip || "any");
-  if ("rateLimit" in token) detail(list, "Rate limit", token.rateLimit || "none");
-  if ("enforce" in token) detail(list, "Mode", token.enforce ? "enforced" : "report-only");
+  if (state.session.features.rateLimit) detail(list, "Rate limit", token.rateLimit || "none");
+  if (state.session.features.reportOnly) detail(list, "Mode", token.enforce ? "enforced" : "report-only");
   detail(list, "Forwarded as", token.forwardAs === "pat" ? "personal access token" : "identity header");
   detail(list, "Created", formatTime(token.dateCreated));
   detail(list, "Expires", formatTime(token.validUntil));
@@ -316,8 +328,8 @@ function callsChart(token, days) {
   const busiest = days.reduce((best, d) => (d.calls + d.refused > best.calls + best.refused ? d : best), days[0]);
   const summary =
     calls + refused === 0
-      ? `No calls in the last ${days.length} days.`
-      : `Last ${days.length} days: ${plural(calls, "call")}, ${refused} refused; busiest ${busiest.date} with ${busiest.calls + busiest.refused}.`;
+      ? `No calls in the last ${days.length} days (UTC).`
+      : `Last ${days.length} days (UTC): ${plural(calls, "call")}, ${refused} refused; busiest ${busiest.date} with ${busiest.calls + busiest.refused}.`;
   // In a hidden box: a table is never as small as the 1 px asked of it.
   const numbers = el(
     "table",
@@ -360,8 +372,15 @@ async function loadTokens() {
     else header.removeAttribute("aria-sort");
   }
   $("tokens-status").textContent = "Loading…";
+  const ticket = ++state.tokensTicket;
   try {
     const page = await call("GET", `${API}/get?${query}`);
+    if (ticket !== state.tokensTicket) return;
+    if (page.tokens.length === 0 && state.tokensStart > 0) {
+      // The last page emptied (its tokens deleted): show the one before.
+      state.tokensStart = Math.max(0, (Math.max(1, page.pages) - 1) * PAGE_SIZE);
+      return loadTokens();
+    }
     const empty = page.total === 0 && !filtering();
     $("tokens-empty").hidden = !empty;
     $("tokens-main").hidden = empty;
@@ -370,7 +389,7 @@ async function loadTokens() {
     pager("tokens", page);
     showSelection();
   } catch (error) {
-    $("tokens-status").textContent = error.message;
+    if (ticket === state.tokensTicket) $("tokens-status").textContent = error.message;
   }
 }
 
@@ -391,39 +410,82 @@ function showSelection() {
 }
 
 function askRevoke() {
-  const labels = [...state.selected.values()];
-  $("revoke-title").textContent = `Revoke ${plural(labels.length, "token")}?`;
-  $("revoke-text").textContent = "Scripts using them stop working at once. This cannot be undone.";
-  $("revoke-list").replaceChildren(...labels.map((label) => el("li", {}, label)));
+  state.pendingRevoke = [...state.selected];
+  const count = state.pendingRevoke.length;
+  const elsewhere = state.pendingRevoke.filter(([id]) => !document.getElementById(`label-${id}`)).length;
+  $("revoke-title").textContent = `Revoke ${plural(count, "token")}?`;
+  $("revoke-text").textContent =
+    "Scripts using them stop working at once. This cannot be undone." +
+    (elsewhere ? ` ${elsewhere === 1 ? "One of them is" : `${elsewhere} of them are`} not on this page.` : "");
+  $("revoke-list").replaceChildren(
+    ...state.pendingRevoke.map(([, token]) => el("li", {}, `${token.label} (${token.user === null ? "any user" : token.user})`)),
+  );
+  $("revoke-password").value = "";
   $("confirm-revoke").showModal();
   $("revoke-cancel").focus();
 }
 
+/// Revokes what the confirmation listed, one by one, saying how far it is.
 async function revokeSelected(event) {
   event.preventDefault();
+  const password = $("revoke-password").value;
   $("confirm-revoke").close();
+  const pending = state.pendingRevoke;
+  state.pendingRevoke = [];
+  // With forward_as = "pat" and the password, each token's personal access
+  // token is revoked in Confluence too, as a single delete does.
+  const options = state.session.forwardAs === "pat" && password ? { password } : {};
+  const button = $("revoke-selected");
+  button.disabled = true;
   const failed = [];
   let revoked = 0;
-  for (const [id, label] of state.selected) {
+  let patsKept = 0;
+  let refusedPassword = false;
+  for (const [id, token] of pending) {
+    $("tokens-status").textContent = `Revoking ${revoked + failed.length + 1} of ${pending.length}…`;
     try {
-      await call("DELETE", `${API}/delete?id=${encodeURIComponent(id)}`);
+      const answer = await call("DELETE", `${API}/delete?id=${encodeURIComponent(id)}`, options);
       revoked += 1;
+      if (answer.upstreamRevoked === false) patsKept += 1;
       state.selected.delete(id);
     } catch (error) {
-      failed.push(`“${label}”: ${error.message}`);
+      if (error.status === 404) {
+        // Deleted meanwhile: gone, as asked.
+        revoked += 1;
+        state.selected.delete(id);
+      } else if (error.status === 401 && options.password) {
+        // The same wrong password for every call would only lock this address out.
+        refusedPassword = true;
+        break;
+      } else {
+        failed.push(`“${token.label}”: ${error.message}`);
+      }
     }
   }
   await loadTokens();
-  $("tokens-status").textContent =
-    `Revoked ${plural(revoked, "token")}.` + (failed.length ? ` Not revoked: ${failed.join("; ")}` : "");
+  let message = `Revoked ${plural(revoked, "token")}.`;
+  if (patsKept === 1) message += " 1 personal access token stays in Confluence until it expires.";
+  if (patsKept > 1) message += ` ${patsKept} personal access tokens stay in Confluence until they expire.`;
+  if (refusedPassword) message += " Confluence did not accept the password: the others are still selected.";
+  if (failed.length) message += ` Not revoked: ${failed.join("; ")}`;
+  $("tokens-status").textContent = message;
+  const table = document.querySelector("#tokens-main .table-wrap");
+  if ($("tokens-main").hidden) $("create-first").focus();
+  else table.focus();
 }
 
 function pager(name, page) {
   const pages = Math.max(1, page.pages);
   const current = Math.floor(page.startAt / page.maxResults) + 1;
+  const [prev, next] = [$(`${name}-prev`), $(`${name}-next`)];
+  const focused = document.activeElement;
   $(`${name}-page`).textContent = `Page ${Math.min(current, pages)} of ${pages}`;
-  $(`${name}-prev`).disabled = page.startAt === 0;
-  $(`${name}-next`).disabled = page.startAt + page.maxResults >= page.total;
+  prev.disabled = page.startAt === 0;
+  next.disabled = page.startAt + page.maxResults >= page.total;
+  // A button pressed to the first or last page is disabled: the focus moves
+  // to the other rather than off the page.
+  if (focused === prev && prev.disabled && !next.disabled) next.focus();
+  if (focused === next && next.disabled && !prev.disabled) prev.focus();
 }
 
 function askDelete(token) {
@@ -444,6 +506,7 @@ async function confirmDelete(event) {
   try {
     const options = state.session.forwardAs === "pat" && password ? { password } : {};
     const answer = await call("DELETE", `${API}/delete?id=${encodeURIComponent(token.id)}`, options);
+    state.selected.delete(token.id);
     let message = `Deleted “${token.label}”.`;
     if (answer.upstreamRevoked === true) message += " Its personal access token was revoked in Confluence.";
     if (answer.upstreamRevoked === false) message += " Its personal access token stays in Confluence until it expires.";
@@ -496,6 +559,9 @@ async function deleteUserTokens() {
   if (!user || !window.confirm(`Delete every token of ${user}?`)) return;
   try {
     const answer = await call("DELETE", `${API}/delete`, { body: { userName: user } });
+    for (const [id, token] of state.selected) {
+      if (token.user !== null && token.user.toLowerCase() === user.toLowerCase()) state.selected.delete(id);
+    }
     await loadTokens();
     $("tokens-status").textContent = `Deleted ${answer.deleted} tokens of ${user}.`;
   } catch (error) {
@@ -652,7 +718,7 @@ const CREATE_FIELDS = {
 
 /// A message of the API in plain words: its field names as the form names them.
 function plainWords(message) {
-  let plain = message;
+  let plain = message.replace(/`([^`]*)`/g, "“$1”");
   for (const [name, [, words]] of Object.entries(CREATE_FIELDS)) {
     plain = plain.replace(new RegExp(`\\b${name}\\b`, "g"), `“${words}”`);
   }
@@ -792,8 +858,10 @@ async function copyToken() {
 /// Why a request was refused, in words, by its reason code (SPEC §10).
 const REFUSALS = {
   rule_mismatch: () => "no rule allows it",
-  space_not_allowed: (e) => (e.detail ? `space ${e.detail} is not allowed` : "a space it may not touch"),
-  space_read_only: (e) => (e.detail ? `space ${e.detail} may only be read` : "a change in a space it may only read"),
+  // A refusal's entry names the space; a report-only entry's detail is the message.
+  space_not_allowed: (e) => (e.decision === "deny" && e.detail ? `space ${e.detail} is not allowed` : "a space it may not touch"),
+  space_read_only: (e) =>
+    e.decision === "deny" && e.detail ? `space ${e.detail} may only be read` : "a change in a space it may only read",
   space_unknown: () => "its space cannot be told",
   bad_cql: () => "a search that cannot be kept to its spaces",
   out_of_scope: () => "outside the token's scope",
@@ -847,8 +915,10 @@ async function loadAudit() {
   if ($("audit-token").value.trim()) query.set("tokenId", $("audit-token").value.trim());
   if ($("audit-outcome").value !== "all") query.set("outcome", $("audit-outcome").value);
   $("audit-status").textContent = "Loading…";
+  const ticket = ++state.auditTicket;
   try {
     const page = await call("GET", `${API}/audit?${query}`);
+    if (ticket !== state.auditTicket) return;
     const rows = page.entries.map((entry) => {
       const request = entry.method ? `${entry.method} ${entry.path || ""}` : entry.detail || "";
       const token = entry.tokenLabel || entry.tokenId || "–";
@@ -858,16 +928,20 @@ async function loadAudit() {
         {},
         el("td", {}, el("time", { title: new Date(entry.time).toISOString() }, formatTime(entry.time))),
         el("td", {}, entry.user || "–"),
-        el("td", { class: "cut", title: entry.tokenId ? `id ${entry.tokenId}` : "" }, token),
+        el("td", { class: "cut", title: entry.tokenId ? `${token}, id ${entry.tokenId}` : "" }, token),
         el("td", { class: "cut mono", title: request }, request),
         el("td", { class: said.startsWith("refused") ? "deny" : "" }, said),
       );
     });
     $("audit-table").tBodies[0].replaceChildren(...rows);
-    $("audit-status").textContent = page.total === 0 ? "No entries." : plural(page.total, "entry", "entries");
+    const filtered = query.has("userName") || query.has("tokenId") || query.has("outcome");
+    const none = filtered
+      ? "No entries match these filters."
+      : "No entries yet: every request made with a token, and every change to a token, appears here.";
+    $("audit-status").textContent = page.total === 0 ? none : plural(page.total, "entry", "entries");
     pager("audit", page);
   } catch (error) {
-    $("audit-status").textContent = error.message;
+    if (ticket === state.auditTicket) $("audit-status").textContent = error.message;
   }
 }
 
@@ -916,6 +990,14 @@ async function start() {
   $("logout").addEventListener("click", logout);
   window.addEventListener("hashchange", route);
   $("create-form").addEventListener("submit", createToken);
+  // A field's error goes once the field is changed.
+  $("create-form").addEventListener("input", (event) => {
+    const field = event.target;
+    if (field.getAttribute("aria-invalid") !== "true" || !field.id) return;
+    field.removeAttribute("aria-invalid");
+    const error = $(`${field.id}-error`);
+    if (error) error.hidden = true;
+  });
   $("create-rules").addEventListener("input", () => checkRulesSoon("create-rules", "rules-check"));
   $("edit-rules").addEventListener("input", () => checkRulesSoon("edit-rules", "edit-rules-check"));
   $("edit-form").addEventListener("submit", saveEdit);
@@ -936,6 +1018,8 @@ async function start() {
   $("revoke-cancel").addEventListener("click", () => $("confirm-revoke").close());
   $("create-first").addEventListener("click", () => {
     location.hash = "create";
+    route();
+    $("create-label").focus();
   });
   for (const header of document.querySelectorAll("#token-table th[data-sort]")) {
     header.querySelector("button").addEventListener("click", () => sortBy(header.dataset.sort));
