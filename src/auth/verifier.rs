@@ -140,6 +140,11 @@ impl ActiveToken {
         self.stale.load(Ordering::Acquire)
     }
 
+    /// The stored hash the presented secret matched.
+    pub fn verified_hash(&self) -> &str {
+        &self.verified_by
+    }
+
     /// Whether this copy's secret is a replaced one whose grace has ended.
     pub fn grace_is_over(&self, now: EpochMs) -> bool {
         matches!(self.secret, SecretRole::Previous { until } if until <= now)

@@ -86,6 +86,15 @@ pub struct CreatedToken {
     pub record: TokenRecord,
 }
 
+/// A token rotating itself (SPEC §18): the secret it presented, which
+/// unseals its PAT, and the stored hash that secret matched. The rotation
+/// applies only while that hash is still the token's current one.
+#[derive(Debug, Clone, Copy)]
+pub struct SelfRotation<'a> {
+    pub secret: &'a str,
+    pub hash: &'a str,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// 400: a field is invalid. `line`/`column` locate a rule error.
@@ -102,7 +111,8 @@ pub enum TokenError {
     /// 404: no token with that id.
     #[error("no token with id {0}")]
     NotFound(String),
-    /// 409: another rotation of the token won the race.
+    /// 409: another rotation of the token won the race, or replaced the
+    /// secret a token rotating itself presented.
     #[error("token {0} was rotated by another request meanwhile: nothing changed")]
     RotatedMeanwhile(String),
     /// 400: an update that names nothing to change.
@@ -415,7 +425,7 @@ impl TokenManager {
         &self,
         id: &str,
         grace_hours: Option<i64>,
-        presented: Option<&str>,
+        itself: Option<SelfRotation<'_>>,
         actor: &Actor,
     ) -> Result<CreatedToken, TokenError> {
         let grace_hours = grace_hours.unwrap_or(DEFAULT_GRACE_HOURS);
@@ -426,7 +436,13 @@ impl TokenManager {
             ));
         }
         let before = self.get(id).await?;
-        let sealed_pat = match (&before.sealed_pat, presented) {
+        // A token rotates itself only with its current secret: one replaced
+        // since it was checked (by a rotation elsewhere, or while its body
+        // was read) must not take the token back.
+        if itself.as_ref().is_some_and(|itself| itself.hash != before.token_hash) {
+            return Err(TokenError::RotatedMeanwhile(id.to_owned()));
+        }
+        let sealed_pat = match (&before.sealed_pat, itself.map(|itself| itself.secret)) {
             (None, _) if self.policy.forward_as == ForwardAs::Header => None,
             (Some(sealed), Some(secret)) => Some(self.reseal(&before, sealed, secret)?),
             _ => {

@@ -530,3 +530,110 @@ async fn a_token_typed_in_any_wrong_field_never_reaches_confluence() {
     }
     assert_eq!(reached(&gw), 0, "the token reached Confluence");
 }
+
+/// Sends the head of a management call and the first part of its body; the
+/// caller sends the rest with [`finish`] once something has happened.
+async fn slow_call(gw: &Gateway, path: &str, authorization: &str, body: &str, first: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /rest/extender/1.0/tokenTools{path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {authorization}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        gw.addr,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..first]).await.unwrap();
+    stream.flush().await.unwrap();
+    // The gateway has authenticated the caller and waits for the rest.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream
+}
+
+async fn finish(mut stream: TcpStream, body: &str, first: usize) -> String {
+    stream.write_all(&body.as_bytes()[first..]).await.unwrap();
+    read_until_closed(&mut stream, Duration::from_secs(10)).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_token_deleted_while_its_slow_body_is_read_changes_nothing() {
+    let gw = Gateway::start().await;
+    let admin = gw
+        .create_token(NewToken {
+            label: "leaked admin token".into(),
+            user: Some("admin".into()),
+            ..NewToken::default()
+        })
+        .await;
+    let bearer = basic("admin", &admin.value);
+    let create = r#"{"label":"sneaky","userName":"admin"}"#;
+    let update = format!(r#"{{"id":"{}","limitTo":".*"}}"#, admin.record.id);
+    let pending_create = slow_call(&gw, "/set", &bearer, create, 10).await;
+    let pending_update = slow_call(&gw, "/update", &bearer, &update, 10).await;
+    // The admin deletes the leaked token meanwhile.
+    let auth = basic("admin", ADMIN_PASSWORD);
+    let url = gw.url(&format!("/rest/extender/1.0/tokenTools/delete?id={}", admin.record.id));
+    assert_eq!(
+        send(Method::DELETE, &url, &[("authorization", &auth)], "").await.status,
+        200
+    );
+
+    for (pending, body) in [(pending_create, create), (pending_update, update.as_str())] {
+        let answer = finish(pending, body, 10).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(answer.contains("invalid_token"), "{answer}");
+    }
+    assert!(all_tokens(&gw).await.is_empty(), "nothing was created");
+}
+
+#[tokio::test]
+async fn a_secret_rotated_away_while_its_own_rotation_is_read_cannot_take_the_token_back() {
+    let gw = Gateway::start().await;
+    let created = gw
+        .create_token(NewToken {
+            label: "leaked".into(),
+            user: Some("alice".into()),
+            ..NewToken::default()
+        })
+        .await;
+    let id = created.record.id.clone();
+    let leaked = created.value;
+    let body = format!(r#"{{"id":"{id}","graceHours":0}}"#);
+    let pending = slow_call(&gw, "/rotate", &basic("alice", &leaked), &body, 8).await;
+    // The owner rotates it meanwhile, keeping the old secret for a day.
+    let auth = basic("alice", "alice-password");
+    let reply = send(
+        Method::POST,
+        &gw.url("/rest/extender/1.0/tokenTools/rotate"),
+        &[("authorization", &auth), ("content-type", "application/json")],
+        json!({"id": id, "graceHours": 24}).to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let owners = reply.json()["token"].as_str().unwrap().to_owned();
+
+    let answer = finish(pending, &body, 8).await;
+    assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+    assert!(!answer.contains("tgw_"), "no new value: {answer}");
+    // The owner's value still works, and the leaked one only for its grace.
+    let space = gw.url("/rest/api/space");
+    assert_eq!(
+        get(&space, &[("authorization", &basic("alice", &owners))]).await.status,
+        200
+    );
+    // The same leaked secret, fast, now in grace: refused as before (403).
+    let again = send(
+        Method::POST,
+        &gw.url("/rest/extender/1.0/tokenTools/rotate"),
+        &[
+            ("authorization", &basic("alice", &leaked)),
+            ("content-type", "application/json"),
+        ],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(again.status, 403, "{:?}", again.body);
+    assert_eq!(
+        get(&space, &[("authorization", &basic("alice", &owners))]).await.status,
+        200
+    );
+}

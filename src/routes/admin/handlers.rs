@@ -21,7 +21,8 @@ use crate::spaces;
 use crate::store::{AuditOutcome, AuditQuery, Settings, TokenOrder, TokenQuery, TokenRecord, TokenState};
 use crate::target::canonical_text_target;
 use crate::tokens::{
-    DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, TokenAnswer, TokenError, listed_json, spaces_field,
+    DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, SelfRotation, TokenAnswer, TokenError, listed_json,
+    spaces_field,
 };
 
 const DEFAULT_MAX_RESULTS: u64 = 50;
@@ -230,7 +231,7 @@ pub async fn rotate(
         .filter(|id| !id.trim().is_empty())
         .ok_or_else(|| GatewayError::invalid("id", "id is required"))?;
     let grace_hours = field::<i64>(&body, "graceHours", "a number of hours, 0 to 168")?;
-    let presented = match &caller.principal.via {
+    let itself = match &caller.principal.via {
         Via::Token(token) if token.id == id => {
             if token.secret != SecretRole::Current {
                 return Err(GatewayError::new(
@@ -241,7 +242,10 @@ pub async fn rotate(
                     ),
                 ));
             }
-            presented
+            presented.map(|secret| SelfRotation {
+                secret,
+                hash: token.verified_hash(),
+            })
         }
         Via::Token(token) => {
             caller.may_manage()?;
@@ -255,7 +259,7 @@ pub async fn rotate(
             None
         }
     };
-    let rotated = app.tokens.rotate(&id, grace_hours, presented, &caller.actor()).await?;
+    let rotated = app.tokens.rotate(&id, grace_hours, itself, &caller.actor()).await?;
     Ok(rotated.answer().to_json())
 }
 

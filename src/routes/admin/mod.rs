@@ -37,7 +37,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::app::App;
-use crate::auth::{RequestContext, RuleCheck};
+use crate::auth::{RequestContext, RuleCheck, Via};
 use crate::body::{Forwarded, Reading, RequestBody, read_json};
 use crate::error::{GatewayError, Reason, json_response};
 use crate::rules::{JsonBody, RequestHead};
@@ -96,6 +96,22 @@ impl Endpoint {
     }
 }
 
+/// 401 when the caller's token no longer holds: deleted, expired, or its
+/// secret rotated past its grace since the caller was checked.
+async fn still_holds(app: &App, caller: &Caller) -> Result<(), GatewayError> {
+    let Via::Token(token) = &caller.principal.via else {
+        return Ok(());
+    };
+    match app.auth.verifier().still_holds(token).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(GatewayError::new(
+            Reason::InvalidToken,
+            "the token was deleted, expired or rotated while its request was read",
+        )),
+        Err(e) => Err(GatewayError::internal(&e)),
+    }
+}
+
 /// Answers one management request: route, refuse cross-site calls,
 /// authenticate, then the endpoint's work.
 pub async fn serve<B: RequestBody>(
@@ -136,21 +152,27 @@ async fn answer<B: RequestBody>(
         caller.may_manage()?;
     }
     let query = cx.target.query.as_deref();
+    // What changes tokens or settings reads its body, then checks again
+    // that a token caller's token still holds: a body sent slowly must not
+    // outlive the token's deletion, expiry or rotation (SPEC §12).
+    let body = |req| async {
+        let body = read_json_object(req, MAX_BODY, READS).await?.1;
+        still_holds(app, caller).await?;
+        Ok::<_, GatewayError>(body)
+    };
     let json = match endpoint {
         Endpoint::Check => handlers::check(read_json_object(req, MAX_BODY, READS).await?.1, app.config.scope)?,
         Endpoint::List => handlers::list_tokens(app, caller, query).await?,
         Endpoint::Settings => handlers::settings(app, caller)?,
         Endpoint::Audit => handlers::list_audit(app, caller, query).await?,
-        Endpoint::Set => handlers::set(app, caller, read_json_object(req, MAX_BODY, READS).await?.1).await?,
-        Endpoint::Delete => {
-            handlers::delete(app, caller, query, read_json_object(req, MAX_BODY, READS).await?.1).await?
-        }
-        Endpoint::Update => handlers::update(app, caller, read_json_object(req, MAX_BODY, READS).await?.1).await?,
+        Endpoint::Set => handlers::set(app, caller, body(req).await?).await?,
+        Endpoint::Delete => handlers::delete(app, caller, query, body(req).await?).await?,
+        Endpoint::Update => handlers::update(app, caller, body(req).await?).await?,
         Endpoint::Suggest => handlers::suggest(app, caller, query).await?,
         Endpoint::Usage => handlers::usage(app, caller, query).await?,
         Endpoint::Rotate => {
             let method = req.method().clone();
-            let body = read_json_object(req, MAX_BODY, READS).await?.1;
+            let body = body(req).await?;
             let head = RequestHead {
                 method: method.as_str(),
                 path: &cx.target.path,
