@@ -60,6 +60,11 @@ const _: () = assert!(DELIVERY_TIMEOUT.as_millis() as EpochMs * BATCH * 2 < LEAS
 pub const SEND_POLL: Duration = Duration::from_secs(1);
 /// `expiringSoon` and the `expiring` gauge: within this many days.
 pub const SOON_DAYS: i64 = 7;
+
+/// Until when a token valid at `now` counts as expiring soon.
+pub fn soon_after(now: EpochMs) -> EpochMs {
+    now + SOON_DAYS * DAY_MS
+}
 /// Once-keys remembered in memory at most (then forgotten, and the store
 /// answers again).
 const MAX_REMEMBERED_ONCE: usize = 200_000;
@@ -362,7 +367,7 @@ impl Notifier {
     /// the `tokengate_tokens` gauges. Run at start-up and every minute.
     pub async fn check_expiry(&self, metrics: &Metrics) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
-        let states = self.store.token_states(now, now + SOON_DAYS * DAY_MS).await?;
+        let states = self.store.token_states(now, soon_after(now)).await?;
         metrics.set_token_states(states.active, states.expiring, states.expired);
         let (Some(_), Some(&furthest)) = (&self.target, self.thresholds.first()) else {
             return Ok(());

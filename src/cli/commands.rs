@@ -99,9 +99,10 @@ pub(super) async fn create(args: CreateArgs) -> Result<(), Failure> {
 
 pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {
     let (tokens, store) = open_naming(&args.store, Store::Existing).await?;
+    let now = tokens.clock.now_ms();
     let query = TokenQuery {
         user: args.user,
-        now: tokens.clock.now_ms(),
+        now,
         max_results: u64::MAX,
         ..TokenQuery::default()
     };
@@ -116,7 +117,6 @@ pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {
             .unwrap_or_default();
         eprintln!("no tokens{whose} in {store}");
     }
-    let now = tokens.clock.now_ms();
     let mut out = std::io::stdout().lock();
     if args.json {
         let tokens: Vec<_> = page.items.iter().map(|t| token_json(&t.record, now)).collect();

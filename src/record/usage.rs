@@ -2,12 +2,12 @@
 //! global lock) and drained in batches by a periodic flush, which adds them
 //! to the token's counter and to its day (SPEC §15.1).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::clock::{EpochMs, day_of};
+use crate::clock::{Day, EpochMs, day_of};
 use crate::store::UsageDelta;
 
 /// Calls and refusals since the last flush, and the latest use, of one token.
@@ -46,8 +46,8 @@ impl TokenUsage {
 #[derive(Debug, Default)]
 pub struct UsageBook {
     tokens: Mutex<HashMap<String, Arc<TokenUsage>>>,
-    /// Deltas a flush could not store, kept as they were (with their day).
-    unstored: Mutex<Vec<UsageDelta>>,
+    /// Deltas a flush could not store, one per token and day.
+    unstored: Mutex<BTreeMap<(String, Day), UsageDelta>>,
 }
 
 impl UsageBook {
@@ -59,7 +59,8 @@ impl UsageBook {
 
     /// Takes the usage since the last drain, and forgets tokens no longer in memory.
     pub fn drain(&self) -> Vec<UsageDelta> {
-        let mut deltas = std::mem::take(&mut *self.unstored.lock().expect("usage book poisoned"));
+        let unstored = std::mem::take(&mut *self.unstored.lock().expect("usage book poisoned"));
+        let mut deltas: Vec<UsageDelta> = unstored.into_values().collect();
         let mut tokens = self.tokens.lock().expect("usage book poisoned");
         tokens.retain(|id, usage| {
             let calls = usage.calls.swap(0, Ordering::Relaxed);
@@ -87,18 +88,18 @@ impl UsageBook {
     pub fn restore(&self, deltas: Vec<UsageDelta>) {
         let mut unstored = self.unstored.lock().expect("usage book poisoned");
         for delta in deltas {
-            let same = unstored
-                .iter_mut()
-                .find(|kept| kept.token_id == delta.token_id && kept.day == delta.day);
-            match same {
-                Some(kept) => {
+            match unstored.entry((delta.token_id.clone(), delta.day)) {
+                std::collections::btree_map::Entry::Occupied(mut kept) => {
+                    let kept = kept.get_mut();
                     kept.calls += delta.calls;
                     kept.refused += delta.refused;
                     if delta.last_used_at >= kept.last_used_at {
                         (kept.last_used_at, kept.last_ip) = (delta.last_used_at, delta.last_ip);
                     }
                 }
-                None => unstored.push(delta),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(delta);
+                }
             }
         }
     }

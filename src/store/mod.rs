@@ -378,6 +378,8 @@ pub enum AuditOutcome {
 }
 
 impl AuditOutcome {
+    pub const ALL: [AuditOutcome; 2] = [AuditOutcome::Allowed, AuditOutcome::Refused];
+
     /// Its name in the API (`outcome=`) and in SQL.
     pub fn name(self) -> &'static str {
         match self {

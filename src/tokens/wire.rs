@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::{CreatedToken, NewToken, PatSource, RestrictionsChange, Suggested, TokenError, Updated};
 use crate::body::{SWITCH, TEXT, field};
-use crate::clock::{DAY_MS, EpochMs};
+use crate::clock::EpochMs;
 use crate::config::ForwardAs;
 use crate::error::{GatewayError, Reason};
 use crate::rules::suggest;
@@ -75,7 +75,7 @@ struct History<'a> {
 impl<'a> TokenView<'a> {
     /// The token as listed at `now`.
     pub fn new(record: &'a TokenRecord, now: EpochMs) -> Self {
-        let soon = now + crate::notify::SOON_DAYS * DAY_MS;
+        let soon = crate::notify::soon_after(now);
         TokenView {
             history: Some(History {
                 author: &record.author,

@@ -10,15 +10,15 @@ use super::record_settings;
 use crate::app::App;
 use crate::auth::{SecretRole, Via};
 use crate::body::{SWITCH, TEXT, field};
-use crate::clock::{DAY_MS, day_of, day_text};
+use crate::clock::{day_of, day_text};
 use crate::config::{ForwardAs, Scope};
 use crate::error::{GatewayError, Reason};
-use crate::notify::SOON_DAYS;
+use crate::notify::soon_after;
 use crate::record::{USAGE_DAYS_KEPT, audit_json};
 use crate::rules::{RequestHead, RuleSet};
 use crate::settings::SettingsChange;
 use crate::spaces;
-use crate::store::{AuditOutcome, AuditQuery, Settings, TokenOrder, TokenQuery, TokenRecord, TokenState};
+use crate::store::{AuditOutcome, AuditQuery, RECENT_DAYS, Settings, TokenOrder, TokenQuery, TokenRecord, TokenState};
 use crate::target::canonical_text_target;
 use crate::tokens::{
     DEFAULT_SUGGEST_DAYS, NewToken, PatSource, RestrictionsChange, SelfRotation, TokenAnswer, TokenError, listed_json,
@@ -26,8 +26,8 @@ use crate::tokens::{
 };
 
 const DEFAULT_MAX_RESULTS: u64 = 50;
-/// The days `GET /usage` covers when not asked.
-const DEFAULT_USAGE_DAYS: i64 = 30;
+/// The days `GET /usage` covers when not asked: the listing's "Calls (30 days)".
+const DEFAULT_USAGE_DAYS: i64 = RECENT_DAYS;
 /// Larger `maxResults` are served as this many.
 const MAX_MAX_RESULTS: u64 = 1000;
 
@@ -37,7 +37,7 @@ pub async fn list_tokens(app: &App, caller: &Caller, query: Option<&str>) -> Res
     let mut query = token_query(query)?;
     query.user = within_own(caller, query.user);
     let now = app.clock.now_ms();
-    (query.now, query.soon) = (now, now + SOON_DAYS * DAY_MS);
+    (query.now, query.soon) = (now, soon_after(now));
     let page = match &query.user {
         Some(user) if user.is_empty() => Default::default(),
         _ => app.tokens.list(&query).await?,
@@ -59,14 +59,12 @@ pub async fn list_audit(app: &App, caller: &Caller, query: Option<&str>) -> Resu
     let (start_at, max_results) = paging(query)?;
     let outcome = match query_param(query, "outcome")?.as_deref() {
         None | Some("all") => None,
-        Some("allowed") => Some(AuditOutcome::Allowed),
-        Some("refused") => Some(AuditOutcome::Refused),
-        Some(_) => {
-            return Err(GatewayError::invalid(
-                "outcome",
-                "outcome must be all, allowed or refused",
-            ));
-        }
+        Some(asked) => Some(
+            AuditOutcome::ALL
+                .into_iter()
+                .find(|outcome| outcome.name() == asked)
+                .ok_or_else(|| GatewayError::invalid("outcome", "outcome must be all, allowed or refused"))?,
+        ),
     };
     let audit_query = AuditQuery {
         token_id: query_param(query, "tokenId")?,

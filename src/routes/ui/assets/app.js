@@ -278,11 +278,14 @@ async function showDetails(token, cell) {
   }
 }
 
-/// An SVG element: in the namespace the page's own <svg> template is in
-/// (the HTML parser puts it there), so no URL is written here.
+/// The SVG namespace, from the page's own <svg> template (the HTML parser
+/// puts it there), so no URL is written here. The script is deferred: the
+/// page is parsed when this runs.
+const SVG_NAMESPACE = document.getElementById("svg-template").content.firstElementChild.namespaceURI;
+
+/// An SVG element.
 function svg(tag, attributes, ...children) {
-  const namespace = $("svg-template").content.firstElementChild.namespaceURI;
-  const node = document.createElementNS(namespace, tag);
+  const node = document.createElementNS(SVG_NAMESPACE, tag);
   for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
   node.append(...children);
   return node;
